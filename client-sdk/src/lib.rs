@@ -1,0 +1,1 @@
+//! The CryptFlow client SDK. Not built yet: see issue #5.

@@ -1,0 +1,128 @@
+//! Decryption in exact mode.
+//!
+//! `M_i = D_i − C·S_i`, minus the key-dependent noise mean `W·½·e_i·𝟙` (W = total weight),
+//! then rounded to the nearest multiple of `Δ`. Only the rounded integers leave this module:
+//! an unrounded decryption of known ciphertexts reveals the noise and, from enough of them,
+//! the secret key (Li–Micciancio, Eurocrypt 2021). No public function returns one.
+
+use crate::ciphertext::{Ciphertext, CiphertextHeader, CompressedCiphertext};
+use crate::encoding::Element;
+use crate::error::{Error, InputError, Mismatch};
+use crate::keys::SecretKey;
+use crate::ntt::NttPoly;
+use ndarray::Array1;
+use rayon::prelude::*;
+use zeroize::Zeroizing;
+
+/// A decrypted aggregate: the exact integer sums `T_j = Σ c_k·m_kj`, with the metadata to
+/// turn them into the weighted mean or the scaled sum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decrypted {
+    sums: Vec<i64>,
+    header: CiphertextHeader,
+}
+
+impl Decrypted {
+    /// Metadata of the decrypted ciphertext (contributors, weights, encoding).
+    pub fn header(&self) -> &CiphertextHeader {
+        &self.header
+    }
+
+    /// `Σ c_k·v_k / Σ c_k`: the weighted mean of the clipped, quantised inputs.
+    pub fn weighted_mean<T: Element>(&self) -> Array1<T> {
+        let denom = 2f64.powi(self.header.encoding.precision_bits() as i32)
+            * self.header.total_weight as f64;
+        self.sums.iter().map(|&t| T::from_f64(t as f64 / denom)).collect()
+    }
+
+    /// `Σ c_k·v_k · 2^-s` where `s` is the header's scale exponent (0 without scaling).
+    pub fn sum<T: Element>(&self) -> Array1<T> {
+        let denom = 2f64
+            .powi(self.header.encoding.precision_bits() as i32 + self.header.scale_exponent as i32);
+        self.sums.iter().map(|&t| T::from_f64(t as f64 / denom)).collect()
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.sums.len()
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.sums.is_empty()
+    }
+}
+
+impl SecretKey {
+    /// Decrypts a full-width ciphertext (fresh or aggregate), debiased and rounded.
+    ///
+    /// ```
+    /// use cryptflow_he::*;
+    /// let (sk, pk) =
+    ///     generate_keys(ParameterSet::default_128(), BodiesPerMask::try_new(1).unwrap()).unwrap();
+    /// let encoding = Encoding::try_new(10, 40, 1.0, 1, 1).unwrap();
+    /// let ct = pk.encrypt(&encoding, ndarray::arr1(&[0.5f64]).view()).unwrap().ciphertext;
+    /// assert_eq!(sk.decrypt(&ct).unwrap().weighted_mean::<f64>()[0], 0.5);
+    /// ```
+    pub fn decrypt(&self, ct: &Ciphertext) -> Result<Decrypted, Error> {
+        let encoding = ct.header.encoding;
+        let phases = self.debiased_phases(ct)?;
+        let sums = phases.par_iter().map(|&x| encoding.round_phase(x)).collect();
+        Ok(Decrypted { sums, header: ct.header })
+    }
+
+    /// Lifts and decrypts a compressed ciphertext (e.g. the downloaded aggregate).
+    pub fn decrypt_compressed(&self, ct: &CompressedCiphertext) -> Result<Decrypted, Error> {
+        self.decrypt(&ct.lift()?)
+    }
+
+    /// `D − C·S − W·β` per value: message plus centred noise. Crate-private on purpose.
+    pub(crate) fn debiased_phases(&self, ct: &Ciphertext) -> Result<Vec<u64>, Error> {
+        let h = &ct.header;
+        if h.params != self.params().id() {
+            return Err(
+                Mismatch::ParameterSet { left: h.params.0, right: self.params().id().0 }.into()
+            );
+        }
+        if h.key_id != self.id() {
+            return Err(Mismatch::Key.into());
+        }
+        if h.bodies != self.bodies() {
+            return Err(Mismatch::Layout {
+                left: format!("L = {}", h.bodies.get()),
+                right: format!("L = {}", self.bodies().get()),
+            }
+            .into());
+        }
+        if h.total_weight == 0 {
+            return Err(InputError::Empty.into());
+        }
+        let n = self.params().ring_degree().get();
+        let layout = h.layout(n);
+        if ct.words.len() != layout.words() {
+            return Err(Error::Internal("ciphertext length inconsistent with its header"));
+        }
+        let weight = h.total_weight as i128;
+        let mut out = vec![0u64; layout.values];
+        out.par_chunks_mut(layout.values_per_block())
+            .zip(ct.words.par_chunks(layout.full_block_words()))
+            .for_each_init(
+                // Zeroizing: the buffers hold C·S, which with D gives the unrounded phase.
+                || (Zeroizing::new(NttPoly::zeroed(n)), Zeroizing::new(vec![0u64; n])),
+                |(tmp, prod), (out, block)| {
+                    let (mask, bodies) = block.split_at(n);
+                    let ntt_c = self.plan().forward(mask);
+                    for (i, (out, body)) in out.chunks_mut(n).zip(bodies.chunks(n)).enumerate() {
+                        self.plan().mul(&ntt_c, self.ntt_secret(i), tmp, prod);
+                        let bias = &self.twice_bias()[i * n..(i + 1) * n];
+                        for (j, (o, d)) in out.iter_mut().zip(body).enumerate() {
+                            let k = n - 1 - j;
+                            let mean = ((weight * bias[k] as i128) >> 1) as i64 as u64;
+                            *o = d.wrapping_sub(prod[k]).wrapping_sub(mean);
+                        }
+                    }
+                },
+            );
+        Ok(out)
+    }
+}
