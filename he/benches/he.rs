@@ -9,7 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use cryptflow_he::planner::{plan, PlanRequest, PlanTarget};
 use cryptflow_he::{
     generate_keys, weighted_sum_compressed, BodiesPerMask, Ciphertext, CompressedCiphertext,
-    ParameterSet, Weight, Wire,
+    DecodeLimits, ParameterSet, Weight, Wire,
 };
 use ndarray::Array1;
 
@@ -55,6 +55,23 @@ fn bench(c: &mut Criterion) {
             let items: Vec<_> = ups.iter().map(|u| (u, Weight::ONE)).collect();
             weighted_sum_compressed(&params, &items).expect("sum")
         })
+    });
+    g.bench_function("decode_owned_lift_sum_8", |b| {
+        b.iter_batched(
+            || wire.clone(),
+            |owned| {
+                let limits = DecodeLimits::default();
+                let decoded: Vec<_> = owned
+                    .into_iter()
+                    .map(|w| {
+                        CompressedCiphertext::from_vec_with_limits(w, &limits).expect("decode")
+                    })
+                    .collect();
+                let items: Vec<_> = decoded.iter().map(|u| (u, Weight::ONE)).collect();
+                weighted_sum_compressed(&params, &items).expect("sum")
+            },
+            criterion::BatchSize::LargeInput,
+        )
     });
     g.bench_function("decode_lift_sum_8_from_bytes", |b| {
         b.iter(|| {

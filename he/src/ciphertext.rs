@@ -334,20 +334,11 @@ impl Ciphertext {
         let layout = self.header.layout(params.ring_degree().get());
         let block_words = layout.full_block_words();
         self.words.par_chunks_mut(block_words).enumerate().for_each(|(b, out)| {
-            let (mask_out, body_out) = out.split_at_mut(layout.n);
             for (item, weight) in items {
-                let w = weight.get();
                 let block_bytes = layout.full_block_bytes(item.widths);
                 let start = b * block_bytes;
                 let bytes = &item.bytes[start..(start + block_bytes).min(item.bytes.len())];
-                let mask_len = pack::packed_len(layout.n, item.widths.mask.get());
-                let (mask_in, body_in) = bytes.split_at(mask_len);
-                pack::unpack_lifted(mask_in, item.widths.mask.get(), layout.n, |i, x| {
-                    mask_out[i] = mask_out[i].wrapping_add(x.wrapping_mul(w));
-                });
-                pack::unpack_lifted(body_in, item.widths.body.get(), body_out.len(), |i, x| {
-                    body_out[i] = body_out[i].wrapping_add(x.wrapping_mul(w));
-                });
+                add_packed_block(bytes, layout.n, item.widths, weight.get(), out);
             }
         });
         self.header = header;
@@ -406,6 +397,20 @@ pub(crate) fn compress_block(block: &[u64], n: usize, widths: TransportWidths, o
     pack::switch_and_pack(bodies, widths.body.get(), body_out);
 }
 
+/// Adds `weight ·` the lifted words of one packed block to `out` (mask then bodies).
+pub(crate) fn add_packed_block(
+    bytes: &[u8],
+    n: usize,
+    widths: TransportWidths,
+    weight: u64,
+    out: &mut [u64],
+) {
+    let (mask_out, body_out) = out.split_at_mut(n);
+    let (mask_in, body_in) = bytes.split_at(pack::packed_len(n, widths.mask.get()));
+    pack::unpack_lift_add(mask_in, widths.mask.get(), weight, mask_out);
+    pack::unpack_lift_add(body_in, widths.body.get(), weight, body_out);
+}
+
 impl CompressedCiphertext {
     /// Metadata.
     pub fn header(&self) -> &CiphertextHeader {
@@ -427,7 +432,7 @@ impl CompressedCiphertext {
         self.bytes.len()
     }
 
-    fn check_length(&self) -> Result<(), Error> {
+    pub(crate) fn check_length(&self) -> Result<(), Error> {
         // Lengths are validated by the decoder and by construction; recheck cheaply since
         // the kernels index by them.
         let params = ParameterSet::by_id(self.header.params)?;

@@ -5,14 +5,16 @@
 //! an unrounded decryption of known ciphertexts reveals the noise and, from enough of them,
 //! the secret key (Li–Micciancio, Eurocrypt 2021). No public function returns one.
 
-use crate::ciphertext::{Ciphertext, CiphertextHeader, CompressedCiphertext};
+use crate::ciphertext::{
+    add_packed_block, Ciphertext, CiphertextHeader, CompressedCiphertext, Layout,
+};
 use crate::encoding::Element;
 use crate::error::{Error, InputError, Mismatch};
 use crate::keys::SecretKey;
 use crate::ntt::NttPoly;
 use ndarray::Array1;
 use rayon::prelude::*;
-use zeroize::Zeroizing;
+use zeroize::Zeroize;
 
 /// A decrypted aggregate: the exact integer sums `T_j = Σ c_k·m_kj`, with the metadata to
 /// turn them into the weighted mean or the scaled sum.
@@ -71,14 +73,17 @@ impl SecretKey {
         Ok(Decrypted { sums, header: ct.header })
     }
 
-    /// Lifts and decrypts a compressed ciphertext (e.g. the downloaded aggregate).
+    /// Decrypts a compressed ciphertext (e.g. the downloaded aggregate), lifting one block at
+    /// a time so the full-width ciphertext never exists in memory.
     pub fn decrypt_compressed(&self, ct: &CompressedCiphertext) -> Result<Decrypted, Error> {
-        self.decrypt(&ct.lift()?)
+        let encoding = ct.header.encoding;
+        let phases = self.debiased_phases_compressed(ct)?;
+        let sums = phases.par_iter().map(|&x| encoding.round_phase(x)).collect();
+        Ok(Decrypted { sums, header: ct.header })
     }
 
-    /// `D − C·S − W·β` per value: message plus centred noise. Crate-private on purpose.
-    pub(crate) fn debiased_phases(&self, ct: &Ciphertext) -> Result<Vec<u64>, Error> {
-        let h = &ct.header;
+    /// Checks that `h` belongs to this key and returns its layout.
+    fn layout_for(&self, h: &CiphertextHeader) -> Result<Layout, Error> {
         if h.params != self.params().id() {
             return Err(
                 Mismatch::ParameterSet { left: h.params.0, right: self.params().id().0 }.into()
@@ -97,32 +102,87 @@ impl SecretKey {
         if h.total_weight == 0 {
             return Err(InputError::Empty.into());
         }
-        let n = self.params().ring_degree().get();
-        let layout = h.layout(n);
+        Ok(h.layout(self.params().ring_degree().get()))
+    }
+
+    /// `D − C·S − W·β` per value: message plus centred noise. Crate-private on purpose.
+    pub(crate) fn debiased_phases(&self, ct: &Ciphertext) -> Result<Vec<u64>, Error> {
+        let layout = self.layout_for(&ct.header)?;
         if ct.words.len() != layout.words() {
             return Err(Error::Internal("ciphertext length inconsistent with its header"));
         }
-        let weight = h.total_weight as i128;
+        let weight = ct.header.total_weight;
         let mut out = vec![0u64; layout.values];
         out.par_chunks_mut(layout.values_per_block())
             .zip(ct.words.par_chunks(layout.full_block_words()))
             .for_each_init(
-                // Zeroizing: the buffers hold C·S, which with D gives the unrounded phase.
-                || (Zeroizing::new(NttPoly::zeroed(n)), Zeroizing::new(vec![0u64; n])),
-                |(tmp, prod), (out, block)| {
-                    let (mask, bodies) = block.split_at(n);
-                    let ntt_c = self.plan().forward(mask);
-                    for (i, (out, body)) in out.chunks_mut(n).zip(bodies.chunks(n)).enumerate() {
-                        self.plan().mul(&ntt_c, self.ntt_secret(i), tmp, prod);
-                        let bias = &self.twice_bias()[i * n..(i + 1) * n];
-                        for (j, (o, d)) in out.iter_mut().zip(body).enumerate() {
-                            let k = n - 1 - j;
-                            let mean = ((weight * bias[k] as i128) >> 1) as i64 as u64;
-                            *o = d.wrapping_sub(prod[k]).wrapping_sub(mean);
-                        }
-                    }
+                || BlockScratch::new(layout.n, 0),
+                |scratch, (out, block)| self.block_phases(block, weight, scratch, out),
+            );
+        Ok(out)
+    }
+
+    /// As [`Self::debiased_phases`], unpacking each block into a scratch buffer first.
+    pub(crate) fn debiased_phases_compressed(
+        &self,
+        ct: &CompressedCiphertext,
+    ) -> Result<Vec<u64>, Error> {
+        let layout = self.layout_for(&ct.header)?;
+        ct.check_length()?;
+        let weight = ct.header.total_weight;
+        let mut out = vec![0u64; layout.values];
+        out.par_chunks_mut(layout.values_per_block())
+            .zip(ct.bytes.par_chunks(layout.full_block_bytes(ct.widths)))
+            .for_each_init(
+                || BlockScratch::new(layout.n, layout.full_block_words()),
+                |scratch, (out, bytes)| {
+                    let mut words = std::mem::take(&mut scratch.words);
+                    words.clear();
+                    words.resize(layout.n + out.len(), 0);
+                    add_packed_block(bytes, layout.n, ct.widths, 1, &mut words);
+                    self.block_phases(&words, weight, scratch, out);
+                    scratch.words = words;
                 },
             );
         Ok(out)
+    }
+
+    /// Phases of one block (`mask ‖ bodies` words) into `out`.
+    fn block_phases(&self, block: &[u64], weight: u64, s: &mut BlockScratch, out: &mut [u64]) {
+        let n = self.params().ring_degree().get();
+        let weight = weight as i128;
+        let (mask, bodies) = block.split_at(n);
+        let ntt_c = self.plan().forward(mask);
+        for (i, (out, body)) in out.chunks_mut(n).zip(bodies.chunks(n)).enumerate() {
+            self.plan().mul(&ntt_c, self.ntt_secret(i), &mut s.tmp, &mut s.prod);
+            let bias = &self.twice_bias()[i * n..(i + 1) * n];
+            for (j, (o, d)) in out.iter_mut().zip(body).enumerate() {
+                let k = n - 1 - j;
+                let mean = ((weight * bias[k] as i128) >> 1) as i64 as u64;
+                *o = d.wrapping_sub(s.prod[k]).wrapping_sub(mean);
+            }
+        }
+    }
+}
+
+/// Per-thread buffers of decryption; they hold `C·S`, which with `D` gives the unrounded
+/// phase, so they are zeroized on drop.
+struct BlockScratch {
+    tmp: NttPoly,
+    prod: Vec<u64>,
+    words: Vec<u64>,
+}
+
+impl BlockScratch {
+    fn new(n: usize, words: usize) -> Self {
+        Self { tmp: NttPoly::zeroed(n), prod: vec![0; n], words: Vec::with_capacity(words) }
+    }
+}
+
+impl Drop for BlockScratch {
+    fn drop(&mut self) {
+        self.tmp.zeroize();
+        self.prod.zeroize();
+        self.words.zeroize();
     }
 }

@@ -20,8 +20,8 @@ pub(crate) fn switch(x: u64, w: u32) -> u64 {
     (x.wrapping_add((1u64 << (shift - 1)) - 1 + odd) >> shift) & ((1u64 << w) - 1)
 }
 
-/// Inverse of [`switch`] up to the rounding error: `y · 2^(64−w)`.
-#[inline(always)]
+/// Inverse of [`switch`] up to the rounding error: `y · 2^(64−w)` (the kernels inline it).
+#[cfg(test)]
 pub(crate) fn lift(y: u64, w: u32) -> u64 {
     if w >= 64 {
         y
@@ -62,46 +62,61 @@ pub(crate) fn switch_and_pack(words: &[u64], w: u32, out: &mut [u8]) {
     out[pos..pos + rest].copy_from_slice(&acc.to_le_bytes()[..rest]);
 }
 
-/// Unpacks `count` words of `w` bits from `input` and hands each, lifted back to 64 bits,
-/// to `sink(index, word)`.
+/// Reads 8 bytes at `at` as a little-endian `u64`; the caller guarantees `at + 8 <= len`.
 #[inline(always)]
-pub(crate) fn unpack_lifted(input: &[u8], w: u32, count: usize, mut sink: impl FnMut(usize, u64)) {
-    debug_assert!(input.len() >= packed_len(count, w));
+fn load_u64(input: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&input[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Reads up to 16 bytes at `at`, zero-padded past the end of `input`.
+#[inline(always)]
+fn load_u128_padded(input: &[u8], at: usize) -> u128 {
+    let mut b = [0u8; 16];
+    let end = input.len().min(at + 16);
+    if at < end {
+        b[..end - at].copy_from_slice(&input[at..end]);
+    }
+    u128::from_le_bytes(b)
+}
+
+/// Unpacks `out.len()` words of `w` bits from `input`, lifts each back to 64 bits and adds
+/// it, times `weight`, to `out` (wrapping).
+pub(crate) fn unpack_lift_add(input: &[u8], w: u32, weight: u64, out: &mut [u64]) {
+    debug_assert!(input.len() >= packed_len(out.len(), w));
+    let shift = 64 - w;
     if w == 64 {
-        for (i, c) in input.chunks_exact(8).take(count).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            sink(i, u64::from_le_bytes(b));
+        for (o, c) in out.iter_mut().zip(input.chunks_exact(8)) {
+            *o = o.wrapping_add(load_u64(c, 0).wrapping_mul(weight));
         }
         return;
     }
-    if w.is_multiple_of(8) {
-        let bytes = (w / 8) as usize;
-        for (i, c) in input.chunks_exact(bytes).take(count).enumerate() {
-            let mut b = [0u8; 8];
-            b[..bytes].copy_from_slice(c);
-            sink(i, lift(u64::from_le_bytes(b), w));
+    if w == 32 {
+        for (o, c) in out.iter_mut().zip(input.chunks_exact(4)) {
+            let v = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64;
+            *o = o.wrapping_add((v << shift).wrapping_mul(weight));
         }
         return;
     }
     let mask = (1u64 << w) - 1;
-    let shift = 64 - w;
-    let mut acc: u128 = 0;
-    let mut bits = 0u32;
-    let mut pos = 0usize;
-    for i in 0..count {
-        if bits < w {
-            // Refill with up to 8 bytes (fewer at the end of the input).
-            let take = (input.len() - pos).min(8);
-            let mut b = [0u8; 8];
-            b[..take].copy_from_slice(&input[pos..pos + take]);
-            acc |= (u64::from_le_bytes(b) as u128) << bits;
-            bits += 8 * take as u32;
-            pos += take;
-        }
-        sink(i, ((acc as u64) & mask) << shift);
-        acc >>= w;
-        bits -= w;
+    // Fast region: the 8-byte window of word i lies inside the input and, for w <= 56, holds
+    // all of the word whatever its bit offset.
+    let fast = if w <= 56 && input.len() >= 8 {
+        // Largest i with floor(i·w/8) + 8 <= len.
+        ((input.len() - 8) * 8 / w as usize + 1).min(out.len())
+    } else {
+        0
+    };
+    for (i, o) in out[..fast].iter_mut().enumerate() {
+        let bit = i * w as usize;
+        let v = (load_u64(input, bit >> 3) >> (bit & 7)) & mask;
+        *o = o.wrapping_add((v << shift).wrapping_mul(weight));
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(fast) {
+        let bit = i * w as usize;
+        let v = ((load_u128_padded(input, bit >> 3) >> (bit & 7)) as u64) & mask;
+        *o = o.wrapping_add((v << shift).wrapping_mul(weight));
     }
 }
 
@@ -112,11 +127,22 @@ mod tests {
 
     proptest! {
         #[test]
+        fn weighted_unpack_adds(words in proptest::collection::vec(any::<u64>(), 1..100), w in 1u32..=64, weight in any::<u64>(), base in any::<u64>()) {
+            let mut packed = vec![0u8; packed_len(words.len(), w)];
+            switch_and_pack(&words, w, &mut packed);
+            let mut acc = vec![base; words.len()];
+            unpack_lift_add(&packed, w, weight, &mut acc);
+            for (x, a) in words.iter().zip(&acc) {
+                prop_assert_eq!(*a, base.wrapping_add(lift(switch(*x, w), w).wrapping_mul(weight)));
+            }
+        }
+
+        #[test]
         fn pack_unpack_round_trip(words in proptest::collection::vec(any::<u64>(), 0..200), w in 1u32..=64) {
             let mut out = vec![0u8; packed_len(words.len(), w)];
             switch_and_pack(&words, w, &mut out);
             let mut back = vec![0u64; words.len()];
-            unpack_lifted(&out, w, words.len(), |i, x| back[i] = x);
+            unpack_lift_add(&out, w, 1, &mut back);
             for (x, y) in words.iter().zip(&back) {
                 prop_assert_eq!(lift(switch(*x, w), w), *y);
                 // rounding error is at most half a step

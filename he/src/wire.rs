@@ -91,6 +91,12 @@ pub trait Wire: Sized {
     fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         Self::from_bytes_with_limits(bytes, &DecodeLimits::default())
     }
+
+    /// Decodes from an owned buffer. Objects whose payload stays bytes (compressed
+    /// ciphertexts) keep the buffer instead of copying it.
+    fn from_vec_with_limits(bytes: Vec<u8>, limits: &DecodeLimits) -> Result<Self, Error> {
+        Self::from_bytes_with_limits(&bytes, limits)
+    }
 }
 
 /// What the shared prefix says.
@@ -362,27 +368,48 @@ impl Wire for CompressedCiphertext {
     }
 
     fn from_bytes_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Result<Self, Error> {
-        let (header, params) = read_ciphertext_header(bytes, Self::KIND, limits)?;
-        if bytes.len() < COMPRESSED_HEADER_LEN {
-            return Err(
-                DecodeError::Truncated { needed: COMPRESSED_HEADER_LEN, got: bytes.len() }.into()
-            );
-        }
-        let mut r = Reader::new(&bytes[CIPHERTEXT_HEADER_LEN..]);
-        let width = |field, w: u8| {
-            TransportBits::try_new(w).map_err(|_| invalid(field, format!("{w} is not in [1, 64]")))
-        };
-        let widths = TransportWidths {
-            mask: width("mask_bits", r.u8()?)?,
-            body: width("body_bits", r.u8()?)?,
-        };
-        if r.take(6)?.iter().any(|&b| b != 0) {
-            return Err(invalid("reserved", "must be zero".into()));
-        }
-        let payload = header.layout(params.ring_degree().get()).packed_len(widths) as u64;
-        check_exact_len(payload.checked_add(COMPRESSED_HEADER_LEN as u64), bytes.len())?;
+        let (header, widths) = read_compressed_header(bytes, limits)?;
         Ok(CompressedCiphertext { header, widths, bytes: bytes[COMPRESSED_HEADER_LEN..].to_vec() })
     }
+
+    fn from_vec_with_limits(mut bytes: Vec<u8>, limits: &DecodeLimits) -> Result<Self, Error> {
+        let (header, widths) = read_compressed_header(&bytes, limits)?;
+        bytes.drain(..COMPRESSED_HEADER_LEN);
+        Ok(CompressedCiphertext { header, widths, bytes })
+    }
+}
+
+/// Checks everything about a compressed ciphertext, including its exact length and the
+/// canonical zero padding.
+fn read_compressed_header(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<(CiphertextHeader, TransportWidths), Error> {
+    let (header, params) = read_ciphertext_header(bytes, ObjectKind::CompressedCiphertext, limits)?;
+    if bytes.len() < COMPRESSED_HEADER_LEN {
+        return Err(
+            DecodeError::Truncated { needed: COMPRESSED_HEADER_LEN, got: bytes.len() }.into()
+        );
+    }
+    let mut r = Reader::new(&bytes[CIPHERTEXT_HEADER_LEN..]);
+    let width = |field, w: u8| {
+        TransportBits::try_new(w).map_err(|_| invalid(field, format!("{w} is not in [1, 64]")))
+    };
+    let widths =
+        TransportWidths { mask: width("mask_bits", r.u8()?)?, body: width("body_bits", r.u8()?)? };
+    if r.take(6)?.iter().any(|&b| b != 0) {
+        return Err(invalid("reserved", "must be zero".into()));
+    }
+    let layout = header.layout(params.ring_degree().get());
+    let payload = layout.packed_len(widths) as u64;
+    check_exact_len(payload.checked_add(COMPRESSED_HEADER_LEN as u64), bytes.len())?;
+    // Canonical form: the padding bits after the last body word are zero.
+    let last_bits = (layout.values % layout.values_per_block()) * widths.body.get() as usize;
+    let used = (last_bits % 8) as u32;
+    if used != 0 && bytes.last().is_some_and(|&b| b >> used != 0) {
+        return Err(invalid("payload", "padding bits after the last word must be zero".into()));
+    }
+    Ok((header, widths))
 }
 
 /// A bounds-checked little-endian cursor.

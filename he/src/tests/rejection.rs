@@ -26,11 +26,15 @@ fn sample_objects() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 fn decode_all(bytes: &[u8]) -> [bool; 4] {
+    let compressed = CompressedCiphertext::from_bytes(bytes);
+    let owned =
+        CompressedCiphertext::from_vec_with_limits(bytes.to_vec(), &DecodeLimits::default());
+    assert_eq!(compressed, owned, "owned and borrowed decoders disagree");
     [
         PublicKey::from_bytes(bytes).is_ok(),
         SecretKey::from_bytes(bytes).is_ok(),
         Ciphertext::from_bytes(bytes).is_ok(),
-        CompressedCiphertext::from_bytes(bytes).is_ok(),
+        compressed.is_ok(),
     ]
 }
 
@@ -165,6 +169,13 @@ fn compressed_and_key_fields_are_checked() {
     assert!(matches!(
         CompressedCiphertext::from_bytes(&bad),
         Err(Error::Decode(DecodeError::LengthMismatch { .. }))
+    ));
+    // 150 values at 31 bits leave 6 padding bits in the last byte; they must be zero.
+    let mut bad = cct.clone();
+    *bad.last_mut().unwrap() |= 0x80;
+    assert!(matches!(
+        CompressedCiphertext::from_bytes(&bad),
+        Err(Error::Decode(DecodeError::InvalidField { field: "payload", .. }))
     ));
     let mut bad = pk.clone();
     bad[40] ^= 1; // flip a bit of A
