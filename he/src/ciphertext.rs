@@ -129,6 +129,17 @@ impl CiphertextHeader {
 
     /// Checks that `other` can be combined with `self`: same parameter set, key, layout,
     /// encoding and scale.
+    ///
+    /// ```
+    /// # use cryptflow_he::*;
+    /// # let params = ParameterSet::default_128();
+    /// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(2).unwrap()).unwrap();
+    /// # let encoding = Encoding::try_new(20, 38, 1.0, 8, 64).unwrap();
+    /// let a = pk.encrypt(&encoding, ndarray::arr1(&[0.5f64; 3]).view()).unwrap().ciphertext;
+    /// let b = pk.encrypt(&encoding, ndarray::arr1(&[0.5f64; 4]).view()).unwrap().ciphertext;
+    /// assert!(a.header().check_compatible(a.header()).is_ok());
+    /// assert!(matches!(a.header().check_compatible(b.header()), Err(Mismatch::Layout { .. })));
+    /// ```
     pub fn check_compatible(&self, other: &Self) -> Result<(), Mismatch> {
         if self.params != other.params {
             return Err(Mismatch::ParameterSet { left: self.params.0, right: other.params.0 });
@@ -254,6 +265,20 @@ impl Ciphertext {
     /// An empty sum (no contributors) with the layout and encoding of `template`; fold
     /// ciphertexts into it with [`Self::weighted_add_assign`] or
     /// [`Self::weighted_add_compressed`]. It cannot be decrypted until something is added.
+    ///
+    /// ```
+    /// # use cryptflow_he::*;
+    /// # let params = ParameterSet::default_128();
+    /// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(2).unwrap()).unwrap();
+    /// # let encoding = Encoding::try_new(20, 38, 1.0, 8, 64).unwrap();
+    /// let x = ndarray::arr1(&[0.5f64, 0.25]);
+    /// let fresh = pk.encrypt(&encoding, x.view()).unwrap().ciphertext;
+    /// let mut sum = Ciphertext::zero_like(fresh.header(), &params).unwrap();
+    /// assert_eq!(sum.header().contributors(), 0);
+    /// assert!(sk.decrypt(&sum).is_err()); // nothing to decrypt yet
+    /// sum.add_assign(&fresh).unwrap();
+    /// assert_eq!(sk.decrypt(&sum).unwrap().sum::<f64>().to_vec(), vec![0.5, 0.25]);
+    /// ```
     pub fn zero_like(template: &CiphertextHeader, params: &ParameterSet) -> Result<Self, Error> {
         if template.params != params.id() {
             return Err(
@@ -286,6 +311,22 @@ impl Ciphertext {
     }
 
     /// `self += weight · other`, rejecting incompatible ciphertexts and budget overruns.
+    ///
+    /// ```
+    /// # use cryptflow_he::*;
+    /// # let params = ParameterSet::default_128();
+    /// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(2).unwrap()).unwrap();
+    /// # let encoding = Encoding::try_new(20, 38, 1.0, 8, 64).unwrap();
+    /// let a = pk.encrypt(&encoding, ndarray::arr1(&[1.0f64]).view()).unwrap().ciphertext;
+    /// let b = pk.encrypt(&encoding, ndarray::arr1(&[0.0f64]).view()).unwrap().ciphertext;
+    /// let mut sum = a.clone();
+    /// sum.weighted_add_assign(&b, Weight::try_new(3).unwrap()).unwrap();
+    /// let d = sk.decrypt(&sum).unwrap();
+    /// assert_eq!(d.header().total_weight(), 4);
+    /// assert_eq!(d.weighted_mean::<f64>()[0], 0.25); // (1·1 + 3·0) / 4
+    /// // Beyond the encoding's budget of 8, the sum is refused:
+    /// assert!(sum.weighted_add_assign(&b, Weight::try_new(5).unwrap()).is_err());
+    /// ```
     pub fn weighted_add_assign(&mut self, other: &Ciphertext, weight: Weight) -> Result<(), Error> {
         let header = self.header.after_weighted_add(&other.header, weight)?;
         let w = weight.get();
@@ -348,6 +389,18 @@ impl Ciphertext {
     /// Multiplies by the fixed-point constant `factor / 2^exponent`: words are multiplied by
     /// `factor` and the header's scale exponent grows by `exponent`, which decryption divides
     /// out. Counts against the weight budget like a weight.
+    ///
+    /// ```
+    /// # use cryptflow_he::*;
+    /// # let params = ParameterSet::default_128();
+    /// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(2).unwrap()).unwrap();
+    /// # let encoding = Encoding::try_new(20, 38, 1.0, 8, 64).unwrap();
+    /// let mut ct = pk.encrypt(&encoding, ndarray::arr1(&[0.75f64]).view()).unwrap().ciphertext;
+    /// ct.scale_assign(Weight::try_new(3).unwrap(), 2).unwrap(); // × 3/4
+    /// let d = sk.decrypt(&ct).unwrap();
+    /// assert_eq!(d.sum::<f64>()[0], 0.75 * 3.0 / 4.0);
+    /// assert_eq!(d.weighted_mean::<f64>()[0], 0.75);
+    /// ```
     pub fn scale_assign(&mut self, factor: Weight, exponent: u8) -> Result<(), Error> {
         let f = factor.get() as u128;
         let total = self.header.total_weight as u128 * f;
@@ -377,6 +430,21 @@ impl Ciphertext {
 
     /// Switches every word to `widths` (rounding) and bit-packs the result, e.g. to serve an
     /// aggregate for download.
+    ///
+    /// ```
+    /// # use cryptflow_he::*;
+    /// # let params = ParameterSet::default_128();
+    /// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(2).unwrap()).unwrap();
+    /// # let encoding = Encoding::try_new(20, 38, 1.0, 8, 64).unwrap();
+    /// let ct = pk.encrypt(&encoding, ndarray::arr1(&[0.5f64; 100]).view()).unwrap().ciphertext;
+    /// let widths = TransportWidths {
+    ///     mask: TransportBits::try_new(40).unwrap(),
+    ///     body: TransportBits::try_new(32).unwrap(),
+    /// };
+    /// let small = ct.compress(&params, widths);
+    /// assert_eq!(small.payload_len(), (2048 * 40 + 100 * 32) / 8);
+    /// assert_eq!(sk.decrypt_compressed(&small).unwrap().sum::<f64>()[0], 0.5);
+    /// ```
     pub fn compress(&self, params: &ParameterSet, widths: TransportWidths) -> CompressedCiphertext {
         let layout = self.header.layout(params.ring_degree().get());
         let mut bytes = vec![0u8; layout.packed_len(widths)];
@@ -445,6 +513,20 @@ impl CompressedCiphertext {
     }
 
     /// Lifts the words back to 64 bits (shifting; the rounding error stays as noise).
+    ///
+    /// ```
+    /// # use cryptflow_he::*;
+    /// # let params = ParameterSet::default_128();
+    /// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(2).unwrap()).unwrap();
+    /// # let encoding = Encoding::try_new(20, 38, 1.0, 8, 64).unwrap();
+    /// # let widths = TransportWidths { mask: TransportBits::try_new(40).unwrap(),
+    /// #     body: TransportBits::try_new(32).unwrap() };
+    /// let up = pk.encrypt_compressed(&encoding, ndarray::arr1(&[0.5f64]).view(), widths)
+    ///     .unwrap().ciphertext;
+    /// let full = up.lift().unwrap();
+    /// assert_eq!(full.header(), up.header());
+    /// assert_eq!(sk.decrypt(&full).unwrap(), sk.decrypt_compressed(&up).unwrap());
+    /// ```
     pub fn lift(&self) -> Result<Ciphertext, Error> {
         let params = ParameterSet::by_id(self.header.params)?;
         let mut sum = Ciphertext::zero_like(&self.header, &params)?;

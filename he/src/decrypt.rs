@@ -18,6 +18,20 @@ use zeroize::Zeroize;
 
 /// A decrypted aggregate: the exact integer sums `T_j = Σ c_k·m_kj`, with the metadata to
 /// turn them into the weighted mean or the scaled sum.
+///
+/// ```
+/// # use cryptflow_he::*;
+/// # let params = ParameterSet::default_128();
+/// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(1).unwrap()).unwrap();
+/// let encoding = Encoding::try_new(10, 40, 1.0, 4, 16).unwrap();
+/// let mut sum = pk.encrypt(&encoding, ndarray::arr1(&[1.0f32]).view()).unwrap().ciphertext;
+/// let zero = pk.encrypt(&encoding, ndarray::arr1(&[0.0f32]).view()).unwrap().ciphertext;
+/// sum.weighted_add_assign(&zero, Weight::try_new(3).unwrap()).unwrap();
+/// let d = sk.decrypt(&sum).unwrap();
+/// assert_eq!((d.len(), d.header().contributors()), (1, 2));
+/// assert_eq!(d.sum::<f32>()[0], 1.0);           // 1·1.0 + 3·0.0
+/// assert_eq!(d.weighted_mean::<f32>()[0], 0.25); // divided by the total weight 4
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decrypted {
     sums: Vec<i64>,
@@ -75,6 +89,20 @@ impl SecretKey {
 
     /// Decrypts a compressed ciphertext (e.g. the downloaded aggregate), lifting one block at
     /// a time so the full-width ciphertext never exists in memory.
+    ///
+    /// ```
+    /// # use cryptflow_he::*;
+    /// # let params = ParameterSet::default_128();
+    /// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(4).unwrap()).unwrap();
+    /// let encoding = Encoding::try_new(12, 40, 1.0, 1, 1).unwrap();
+    /// let widths = TransportWidths {
+    ///     mask: TransportBits::try_new(48).unwrap(),
+    ///     body: TransportBits::try_new(40).unwrap(),
+    /// };
+    /// let x = ndarray::Array1::from_elem(10_000, -0.5f64);
+    /// let up = pk.encrypt_compressed(&encoding, x.view(), widths).unwrap().ciphertext;
+    /// assert!(sk.decrypt_compressed(&up).unwrap().sum::<f64>().iter().all(|&v| v == -0.5));
+    /// ```
     pub fn decrypt_compressed(&self, ct: &CompressedCiphertext) -> Result<Decrypted, Error> {
         let encoding = ct.header.encoding;
         let phases = self.debiased_phases_compressed(ct)?;

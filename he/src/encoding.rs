@@ -194,6 +194,13 @@ pub struct ClipReport {
 
 impl ClipReport {
     /// Combines the reports of two parts of one vector.
+    ///
+    /// ```
+    /// use cryptflow_he::ClipReport;
+    /// let a = ClipReport { clipped: 2, largest_magnitude: 3.0 };
+    /// let b = ClipReport { clipped: 1, largest_magnitude: 7.5 };
+    /// assert_eq!(a.merge(b), ClipReport { clipped: 3, largest_magnitude: 7.5 });
+    /// ```
     pub fn merge(self, other: Self) -> Self {
         Self {
             clipped: self.clipped + other.clipped,

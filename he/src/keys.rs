@@ -67,6 +67,15 @@ struct PublicTransforms {
 }
 
 /// The public key of a round: one mask polynomial `A` and `L` bodies `B_i`. Cheap to clone.
+///
+/// ```
+/// use cryptflow_he::*;
+/// let (sk, pk) = generate_keys(ParameterSet::default_128(), BodiesPerMask::try_new(3).unwrap())
+///     .unwrap();
+/// assert_eq!((pk.mask().len(), pk.body().len()), (2048, 3 * 2048));
+/// assert_eq!((pk.id(), pk.bodies(), *pk.params()), (sk.id(), sk.bodies(), *sk.params()));
+/// println!("round key {}", pk.id()); // 32 hex digits
+/// ```
 #[derive(Clone)]
 pub struct PublicKey {
     params: ParameterSet,
@@ -161,6 +170,17 @@ impl PublicKey {
 ///
 /// Whoever holds it can decrypt **every** ciphertext of the round, including each client's
 /// individual upload: the aggregator must never hold it.
+///
+/// ```
+/// use cryptflow_he::*;
+/// let (sk, _) = generate_keys(ParameterSet::default_128(), BodiesPerMask::try_new(1).unwrap())
+///     .unwrap();
+/// assert!(format!("{sk:?}").contains("redacted"));
+/// let h = sk.hamming_weight(); // ≈ N/2 for a uniform binary secret
+/// assert!(h > 800 && h < 1250);
+/// let bytes = zeroize::Zeroizing::new(sk.to_bytes()); // wipe serialised copies too
+/// assert_eq!(SecretKey::from_bytes(&bytes).unwrap().id(), sk.id());
+/// ```
 pub struct SecretKey {
     params: ParameterSet,
     bodies: BodiesPerMask,

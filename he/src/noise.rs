@@ -57,6 +57,16 @@ pub fn download_switch_variance(
 
 /// Noise standard deviation of an aggregate: fresh uploads switched to `upload`, weighted
 /// with `Σc_k² = weight_sq_sum`, summed, then the sum switched to `download`.
+///
+/// ```
+/// use cryptflow_he::{noise, ParameterSet, TransportBits, TransportWidths};
+/// let p = ParameterSet::default_128();
+/// let w = TransportWidths { mask: TransportBits::try_new(36).unwrap(),
+///     body: TransportBits::try_new(31).unwrap() };
+/// let one = noise::aggregate_std(&p, 2048.0, 1.0, w, w);
+/// let eight = noise::aggregate_std(&p, 2048.0, 8.0, w, w);
+/// assert!((eight / one - 8f64.sqrt()).abs() < 1e-9); // √K growth, thanks to debiasing
+/// ```
 pub fn aggregate_std(
     params: &ParameterSet,
     hamming_weight: f64,

@@ -96,6 +96,29 @@ impl Plan {
 }
 
 /// Runs the planner. See the [module documentation](self) for the guarantees.
+///
+/// ```
+/// use cryptflow_he::planner::{plan, PlanRequest, PlanTarget};
+/// use cryptflow_he::{BodiesPerMask, ParameterSet, PlanError, TransportBits, TransportWidths};
+/// let params = ParameterSet::default_128();
+/// let widths = TransportWidths {
+///     mask: TransportBits::try_new(40).unwrap(),
+///     body: TransportBits::try_new(32).unwrap(),
+/// };
+/// let request = PlanRequest {
+///     max_clients: 1000,
+///     clip_bound: 4.0,
+///     max_weight: 1,
+///     bodies: BodiesPerMask::try_new(8).unwrap(),
+///     target: PlanTarget::Widths { widths, max_abs_error: Some(1e-9) },
+/// };
+/// // 1000 clients at 40/32 bits cannot reach 1e-9: the error names the precision bound.
+/// let err = plan(&params, &request).unwrap_err();
+/// assert!(matches!(err, PlanError::Precision { .. }));
+/// let request = PlanRequest { target: PlanTarget::Widths { widths, max_abs_error: None }, ..request };
+/// let best = plan(&params, &request).unwrap();
+/// println!("best error for 1000 clients: {:e}", best.encoding.max_quantisation_error());
+/// ```
 pub fn plan(params: &ParameterSet, request: &PlanRequest) -> Result<Plan, PlanError> {
     let invalid = |field, reason: &str| PlanError::InvalidRequest { field, reason: reason.into() };
     if request.max_clients == 0 {

@@ -113,6 +113,16 @@ pub struct Prefix {
 }
 
 /// Reads and checks the 32-byte prefix of any object without decoding the rest.
+///
+/// ```
+/// use cryptflow_he::{generate_keys, wire::{read_prefix, ObjectKind}, BodiesPerMask,
+///     ParameterSet, Wire};
+/// let (_, pk) = generate_keys(ParameterSet::default_128(), BodiesPerMask::try_new(2).unwrap())
+///     .unwrap();
+/// let prefix = read_prefix(&pk.to_bytes()).unwrap();
+/// assert_eq!((prefix.kind, prefix.key_id), (ObjectKind::PublicKey, pk.id()));
+/// assert!(read_prefix(b"not a cryptflow object at all, definitely").is_err());
+/// ```
 pub fn read_prefix(bytes: &[u8]) -> Result<Prefix, Error> {
     let mut r = Reader::new(bytes);
     if bytes.len() < PREFIX_LEN {
