@@ -111,3 +111,25 @@ proptest! {
         prop_assert!(d.weighted_mean::<f64>().iter().all(|&m| m == 0.25));
     }
 }
+
+#[test]
+fn acceptance_upload_is_at_most_4_5_bytes_per_value() {
+    // K = 8, |v| ≤ 1, mean error ≤ 1e-6, d = 2^20: the whole serialised upload, header
+    // included, against float32's 4 bytes.
+    let params = ParameterSet::default_128();
+    let bodies = BodiesPerMask::try_new(8).unwrap();
+    let request = PlanRequest {
+        max_clients: 8,
+        clip_bound: 1.0,
+        max_weight: 1,
+        bodies,
+        target: PlanTarget::Precision { max_abs_error: 1e-6 },
+    };
+    let p = plan(&params, &request).unwrap();
+    let (_, pk) = crate::generate_keys(params, bodies).unwrap();
+    let d = 1 << 20;
+    let x = Array1::from_shape_fn(d, |i| ((i as f32) * 0.37).sin());
+    let up = pk.encrypt_compressed(&p.encoding, x.view(), p.upload).unwrap().ciphertext;
+    let per_value = up.to_bytes().len() as f64 / d as f64;
+    assert!(per_value <= 4.5, "{per_value} bytes per value");
+}
