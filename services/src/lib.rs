@@ -1,1 +1,37 @@
-//! Shared service types. Filled in by the KMS issue (#3); intentionally empty until then.
+//! # cryptflow-services — what CryptFlow's servers and SDK share
+//!
+//! Always compiled, and all the SDK sees:
+//! - [`ids`]: typed, validated identifiers ([`RoundId`], [`ClientId`], [`KeyVersion`]);
+//! - [`Role`]: who a token speaks for;
+//! - [`problem`]: the RFC 7807 problem document every error response carries, and the
+//!   stable [`ErrorCode`]s clients match on.
+//!
+//! Behind the `server` feature, the plumbing the KMS and the aggregator share:
+//! - [`auth`]: JWT verification (EdDSA, `kid` rotation, per-service audience, clock-skew
+//!   leeway) and an axum extractor for the verified [`auth::Principal`]; token minting for the
+//!   CLI;
+//! - [`config`]: one loader for a TOML file plus `CRYPTFLOW_…` environment overrides;
+//! - [`http`]: the one error type ([`http::AppError`]) that renders problem+json, hides
+//!   internals behind an opaque 5xx and logs it once; a JSON body extractor whose rejections
+//!   name the offending field;
+//! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod ids;
+pub mod problem;
+mod role;
+
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod shutdown;
+
+pub use ids::{ClientId, IdError, KeyVersion, RoundId};
+pub use problem::{ErrorCode, Problem, PROBLEM_JSON};
+pub use role::Role;

@@ -1,0 +1,229 @@
+//! The one error type of both services, and a JSON extractor that reports bad bodies as
+//! problem documents naming the field.
+//!
+//! [`AppError`] renders as `application/problem+json`. Client errors carry their detail; a
+//! server error shows only an opaque message and a correlation id, while the real cause is
+//! logged once, here, inside the request's span.
+
+use crate::problem::{ErrorCode, Problem, PROBLEM_JSON};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// An error response.
+#[derive(Debug)]
+pub struct AppError {
+    // Boxed: handlers return `Result<_, AppError>` everywhere; keep the error path small.
+    problem: Box<Problem>,
+    /// The internal cause of a 5xx, logged when rendered and never sent.
+    cause: Option<String>,
+}
+
+impl AppError {
+    /// A client-visible error.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self { problem: Box::new(Problem::new(code, detail)), cause: None }
+    }
+
+    /// Names the field at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.problem.field = Some(field.into());
+        self
+    }
+
+    /// States the limit that was exceeded.
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.problem.limit = Some(limit);
+        self
+    }
+
+    /// A 500 whose `cause` is logged but not shown.
+    pub fn internal(cause: impl fmt::Display) -> Self {
+        Self {
+            problem: Box::new(Problem::new(ErrorCode::Internal, "internal error")),
+            cause: Some(cause.to_string()),
+        }
+    }
+
+    /// A 503 (a dependency is down); `cause` is logged but not shown.
+    pub fn unavailable(cause: impl fmt::Display) -> Self {
+        Self {
+            problem: Box::new(Problem::new(
+                ErrorCode::Unavailable,
+                "a dependency is unavailable; retry later",
+            )),
+            cause: Some(cause.to_string()),
+        }
+    }
+
+    /// The problem document that will be sent.
+    pub fn problem(&self) -> &Problem {
+        &self.problem
+    }
+}
+
+static INCIDENTS: AtomicU64 = AtomicU64::new(1);
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut problem = *self.problem;
+        if let Some(cause) = self.cause {
+            let incident = INCIDENTS.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(incident, status = problem.status, %cause, "request failed");
+            problem.detail =
+                Some(format!("{} (incident {incident})", problem.detail.unwrap_or_default()));
+        }
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+/// `Json<T>` whose rejections are problem documents: syntax errors, wrong types, missing or
+/// unknown fields (with `deny_unknown_fields`), wrong content type and oversized bodies.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    // axum's message is "<what failed>: <path>: <serde message>"; keep from the path on.
+    let text = rejection.body_text();
+    let detail = text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest).to_owned();
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => AppError::new(
+            ErrorCode::UnsupportedMediaType,
+            "expected `Content-Type: application/json`",
+        )
+        .with_field("content-type"),
+        JsonRejection::JsonDataError(_) => {
+            let field = field_of(&detail);
+            AppError::new(ErrorCode::Unprocessable, detail).with_field(field)
+        }
+        JsonRejection::JsonSyntaxError(_) => {
+            AppError::new(ErrorCode::BadRequest, detail).with_field("body")
+        }
+        JsonRejection::BytesRejection(_) => {
+            AppError::new(ErrorCode::PayloadTooLarge, "request body too large or unreadable")
+                .with_field("body")
+        }
+        _ => AppError::new(ErrorCode::BadRequest, detail).with_field("body"),
+    }
+}
+
+/// The field a serde message is about: the `path: ` prefix serde_path_to_error adds (which
+/// already ends with an unknown field's name), extended by the name in "missing field `x`"
+/// (whose path is the parent object).
+fn field_of(detail: &str) -> String {
+    let (path, message) = match detail.split_once(": ") {
+        Some((p, m)) if !p.contains(' ') && p != "." => (Some(p), m),
+        _ => (None, detail),
+    };
+    let named = |marker: &str| message.split(marker).nth(1).and_then(|r| r.split('`').next());
+    if let Some(missing) = named("missing field `") {
+        return path.map_or_else(|| missing.to_owned(), |p| format!("{p}.{missing}"));
+    }
+    path.or_else(|| named("unknown field `")).unwrap_or("body").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::post;
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use serde::Deserialize;
+    use tower::ServiceExt;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body1 {
+        name: String,
+        size: u32,
+    }
+
+    async fn handler(ApiJson(b): ApiJson<Body1>) -> Result<String, AppError> {
+        if b.size > 10 {
+            return Err(AppError::new(ErrorCode::Unprocessable, "size too large")
+                .with_field("size")
+                .with_limit(10));
+        }
+        if b.name == "boom" {
+            return Err(AppError::internal("database password is hunter2"));
+        }
+        Ok(b.name)
+    }
+
+    async fn call(body: &str, content_type: &str) -> (u16, String, Option<Problem>) {
+        let app = Router::new().route("/", post(handler));
+        let res = app
+            .oneshot(
+                axum::http::Request::post("/")
+                    .header("content-type", content_type)
+                    .body(Body::from(body.to_owned()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let ct = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, ct, serde_json::from_slice(&bytes).ok())
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_become_problems_naming_the_field() {
+        let (s, ct, p) = call(r#"{"name":"a","size":1,"extra":2}"#, "application/json").await;
+        let p = p.unwrap();
+        assert_eq!((s, ct.as_str()), (422, PROBLEM_JSON));
+        assert_eq!(p.field.as_deref(), Some("extra"), "{p:?}");
+        let (s, _, p) = call(r#"{"name":"a"}"#, "application/json").await;
+        assert_eq!((s, p.unwrap().field.as_deref()), (422, Some("size")));
+        let (s, _, p) = call(r#"{"name":"a","size":"x"}"#, "application/json").await;
+        assert_eq!(s, 422);
+        assert!(p.unwrap().detail.unwrap().contains("size"));
+        let (s, _, p) = call(r#"{"name":"#, "application/json").await;
+        assert_eq!((s, p.unwrap().code), (400, ErrorCode::BadRequest));
+        let (s, _, p) = call(r#"{"name":"a","size":1}"#, "text/plain").await;
+        assert_eq!((s, p.unwrap().code), (415, ErrorCode::UnsupportedMediaType));
+        let (s, _, p) = call(r#"{"name":"a","size":11}"#, "application/json").await;
+        let p = p.unwrap();
+        assert_eq!((s, p.field.as_deref(), p.limit), (422, Some("size"), Some(10)));
+    }
+
+    #[tokio::test]
+    async fn internal_errors_are_opaque() {
+        let (s, _, p) = call(r#"{"name":"boom","size":1}"#, "application/json").await;
+        let p = p.unwrap();
+        assert_eq!(s, 500);
+        let detail = p.detail.unwrap();
+        assert!(!detail.contains("hunter2"), "{detail}");
+        assert!(detail.contains("incident"));
+    }
+}
