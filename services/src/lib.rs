@@ -1,6 +1,7 @@
 //! # cryptflow-services — what CryptFlow's servers and SDK share
 //!
 //! Always compiled, and all the SDK sees:
+//! - [`api`]: the JSON bodies of the services' REST APIs;
 //! - [`ids`]: typed, validated identifiers ([`RoundId`], [`ClientId`], [`KeyVersion`]);
 //! - [`Role`]: who a token speaks for;
 //! - [`problem`]: the RFC 7807 problem document every error response carries, and the
@@ -14,11 +15,14 @@
 //! - [`http`]: the one error type ([`http::AppError`]) that renders problem+json, hides
 //!   internals behind an opaque 5xx and logs it once; a JSON body extractor whose rejections
 //!   name the offending field;
+//! - [`db`]: one sqlx pool for SQLite (the embedded default) and PostgreSQL, with per-database
+//!   migrations and a fresh-database helper for tests;
 //! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod ids;
 pub mod problem;
 mod role;
@@ -27,6 +31,8 @@ mod role;
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod db;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]

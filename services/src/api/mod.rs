@@ -1,0 +1,3 @@
+//! JSON bodies of the REST APIs, shared by the servers and the SDK.
+
+pub mod kms;

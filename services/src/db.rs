@@ -1,0 +1,123 @@
+//! Databases: SQLite (embedded default) and PostgreSQL through one `sqlx::AnyPool`.
+//!
+//! Queries are written once, in the common SQL subset, with `$1, $2, …` placeholders
+//! numbered in order of appearance (SQLite reads `$N` positionally too). Migrations differ
+//! per database (types such as BLOB/BYTEA) and live under `migrations/<service>/<db>/`.
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::AnyConnection;
+use sqlx::{AnyPool, Connection, Executor};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Which database a URL points at.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:` URLs.
+    Sqlite,
+    /// `postgres:` / `postgresql:` URLs.
+    Postgres,
+}
+
+impl Backend {
+    /// Classifies a URL.
+    pub fn of(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            Err(DbError::UnsupportedUrl)
+        }
+    }
+}
+
+/// A service's migrations, one set per database.
+#[derive(Debug)]
+pub struct Migrations {
+    /// For SQLite.
+    pub sqlite: &'static Migrator,
+    /// For PostgreSQL.
+    pub postgres: &'static Migrator,
+}
+
+/// Database failures (never shown to API callers; they see an opaque 5xx).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The URL is neither `sqlite:` nor `postgres:`.
+    #[error("database URL must start with sqlite: or postgres:")]
+    UnsupportedUrl,
+    /// Connecting or querying failed.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Opens a pool. For SQLite, every connection gets WAL, a busy timeout and foreign keys.
+pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of(url)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn: &mut AnyConnection, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
+}
+
+/// Runs the migrations for the URL's database.
+pub async fn migrate(pool: &AnyPool, url: &str, migrations: &Migrations) -> Result<(), DbError> {
+    let migrator = match Backend::of(url)? {
+        Backend::Sqlite => migrations.sqlite,
+        Backend::Postgres => migrations.postgres,
+    };
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// Liveness of the database (for `/readyz`).
+pub async fn ping(pool: &AnyPool) -> Result<(), DbError> {
+    let mut conn = pool.acquire().await?;
+    conn.ping().await?;
+    Ok(())
+}
+
+/// The environment variable naming the PostgreSQL server for tests.
+pub const TEST_DATABASE_ENV: &str = "CRYPTFLOW_TEST_DATABASE_URL";
+
+/// For tests: a fresh, empty PostgreSQL database on the server named by
+/// [`TEST_DATABASE_ENV`], returned as a URL. `Ok(None)` when the variable is unset (the
+/// caller skips, saying why); an error when it is set but the server is unreachable, so CI
+/// fails rather than silently skipping.
+pub async fn fresh_postgres_database(tag: &str) -> Result<Option<String>, DbError> {
+    let Ok(base) = std::env::var(TEST_DATABASE_ENV) else {
+        eprintln!("skipping PostgreSQL: {TEST_DATABASE_ENV} is not set");
+        return Ok(None);
+    };
+    sqlx::any::install_default_drivers();
+    let mut admin = AnyConnection::connect(&base).await?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let name = format!("cf_{}_{}_{}", tag, std::process::id(), nanos % 1_000_000_000);
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    admin.close().await?;
+    let (prefix, _) = base.rsplit_once('/').ok_or(DbError::UnsupportedUrl)?;
+    Ok(Some(format!("{prefix}/{name}")))
+}
