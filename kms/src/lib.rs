@@ -141,9 +141,21 @@ impl Metrics {
     }
 }
 
+/// Environment secret that, when set, holds the master key (64 hex digits) instead of
+/// `master_key_file`.
+pub const MASTER_KEY_ENV: &str = "CRYPTFLOW_KMS_MASTER_KEY";
+
+/// The master key: from [`MASTER_KEY_ENV`] if set, else from `master_key_file`.
+pub fn master_key(config: &KmsConfig) -> Result<MasterKey, seal::SealError> {
+    match std::env::var(MASTER_KEY_ENV) {
+        Ok(hex) => MasterKey::from_hex(&zeroize::Zeroizing::new(hex), MASTER_KEY_ENV),
+        Err(_) => MasterKey::from_file(&config.master_key_file),
+    }
+}
+
 /// Builds the state from a configuration: reads keys, opens and migrates the database.
 pub async fn state_from_config(config: &KmsConfig) -> Result<AppState, StartError> {
-    let master = MasterKey::from_file(&config.master_key_file)?;
+    let master = master_key(config)?;
     let mut pems = Vec::new();
     for k in &config.jwt_keys {
         let pem = std::fs::read(&k.public_key_file)

@@ -21,7 +21,8 @@ COMMANDS:
 
 Configuration comes from --config FILE (TOML), then CRYPTFLOW_KMS__* environment
 variables, e.g. CRYPTFLOW_KMS__DATABASE_URL=postgres://... (nesting with __).
-Logs: RUST_LOG filters; CRYPTFLOW_LOG_FORMAT=json for JSON lines.
+The master key comes from CRYPTFLOW_KMS_MASTER_KEY (64 hex digits) if set, else from
+master_key_file. Logs: RUST_LOG filters; CRYPTFLOW_LOG_FORMAT=json for JSON lines.
 ";
 
 fn main() -> ExitCode {
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
             }
             "rotate-master-key" => {
                 let new_path = new_key_path.ok_or("rotate-master-key needs --new FILE")?;
-                let old = MasterKey::from_file(&cfg.master_key_file).map_err(|e| e.to_string())?;
+                let old = cryptflow_kms::master_key(&cfg).map_err(|e| e.to_string())?;
                 let new = MasterKey::from_file(&new_path).map_err(|e| e.to_string())?;
                 let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
                 let n = rotate_master_key(&pool, &old, &new).await.map_err(|e| e.to_string())?;

@@ -69,6 +69,16 @@ impl MasterKey {
         Ok(Self::from_bytes(key))
     }
 
+    /// Parses 64 hex digits (e.g. from the `CRYPTFLOW_KMS_MASTER_KEY` environment secret).
+    pub fn from_hex(text: &str, source: &str) -> Result<Self, SealError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), key.as_mut()).map_err(|_| SealError::BadMasterKey {
+            path: source.to_owned(),
+            reason: "must hold exactly 64 hex digits",
+        })?;
+        Ok(Self::from_bytes(key))
+    }
+
     /// A fresh random key (for `cryptflow-kms generate-master-key` and tests).
     pub fn generate() -> Self {
         let mut key = Zeroizing::new([0u8; 32]);
@@ -162,5 +172,9 @@ mod tests {
         let err = MasterKey::from_file(&bad).unwrap_err().to_string();
         assert!(!err.contains("not-hex-secret"));
         assert!(MasterKey::from_file(&dir.path().join("missing")).is_err());
+        // The environment-secret form parses the same way.
+        assert_eq!(MasterKey::from_hex(&m.to_hex(), "env").unwrap().id(), m.id());
+        let err = MasterKey::from_hex("secret-but-not-hex", "env").unwrap_err().to_string();
+        assert!(!err.contains("secret-but"));
     }
 }
