@@ -27,6 +27,20 @@ struct Kms {
     pool: sqlx::AnyPool,
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Drop the per-test PostgreSQL database; SQLite files go with the temp dir.
+        let url = self.url.clone();
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let _ = rt.block_on(db::drop_test_database(&url));
+            }
+        })
+        .join()
+        .ok();
+    }
+}
+
 impl Kms {
     async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

@@ -121,3 +121,19 @@ pub async fn fresh_postgres_database(tag: &str) -> Result<Option<String>, DbErro
     let (prefix, _) = base.rsplit_once('/').ok_or(DbError::UnsupportedUrl)?;
     Ok(Some(format!("{prefix}/{name}")))
 }
+
+/// For tests: drops a database made by [`fresh_postgres_database`] (no-op for SQLite URLs).
+pub async fn drop_test_database(url: &str) -> Result<(), DbError> {
+    if Backend::of(url)? != Backend::Postgres {
+        return Ok(());
+    }
+    let Ok(base) = std::env::var(TEST_DATABASE_ENV) else { return Ok(()) };
+    let Some((_, name)) = url.rsplit_once('/') else { return Ok(()) };
+    if !name.starts_with("cf_") || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Ok(()); // only ever drop what fresh_postgres_database made
+    }
+    let mut admin = AnyConnection::connect(&base).await?;
+    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await?;
+    admin.close().await?;
+    Ok(())
+}
