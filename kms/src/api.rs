@@ -24,7 +24,7 @@ use cryptflow_he::{generate_keys, BodiesPerMask, ParameterSet, Wire};
 use cryptflow_services::api::kms::{
     AuditEntry, KeyInfo, KeySpec, KeyState, MarkAggregated, MAX_ROUND_CLIENTS,
 };
-use cryptflow_services::auth::{Authenticated, Verifier};
+use cryptflow_services::auth::{Authenticated, Principal, Verifier};
 use cryptflow_services::http::{ApiJson, AppError};
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId};
 use serde::Deserialize;
@@ -97,6 +97,27 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+/// Appends the audit entry for `action` to `tx` and commits: the key change and its record
+/// land together or not at all.
+async fn record(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    at: i64,
+    caller: &Principal,
+    action: &str,
+    round: &RoundId,
+    detail: serde_json::Value,
+) -> Result<(), AppError> {
+    let event = Event {
+        actor: caller.subject.as_str(),
+        role: caller.role,
+        action,
+        round_id: Some(round.as_str()),
+        detail,
+    };
+    audit::append(&mut tx, at, event).await.map_err(db)?;
+    tx.commit().await.map_err(db)
 }
 
 /// Checks a spec and runs the planner; errors are 422 naming the field or bound.
@@ -272,20 +293,7 @@ async fn create_key(
             .await
             .map_err(db)?;
     }
-    audit::append(
-        &mut tx,
-        at,
-        Event {
-            actor: caller.subject.as_str(),
-            role: caller.role,
-            action: "key.create",
-            round_id: Some(round.as_str()),
-            detail: serde_json::json!({ "key_id": key_id, "clients": spec.clients.len(), "min_clients": spec.min_clients }),
-        },
-    )
-    .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
+    record(tx, at, &caller, "key.create", &round, serde_json::json!({ "key_id": key_id, "clients": spec.clients.len(), "min_clients": spec.min_clients })).await?;
     s.metrics.keys_created.fetch_add(1, Ordering::Relaxed);
     tracing::info!(round = %round, key_id = %key_id, "round key created");
     let row = KeyRow { key_id, spec, state: KeyState::Active, contributors: None, created_at: at };
@@ -416,20 +424,15 @@ async fn mark_aggregated(
         )
         .with_field("round"));
     }
-    audit::append(
-        &mut tx,
+    record(
+        tx,
         at,
-        Event {
-            actor: caller.subject.as_str(),
-            role: caller.role,
-            action: "key.aggregated",
-            round_id: Some(round.as_str()),
-            detail: serde_json::json!({ "contributors": body.contributors }),
-        },
+        &caller,
+        "key.aggregated",
+        &round,
+        serde_json::json!({ "contributors": body.contributors }),
     )
-    .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
+    .await?;
     let row = KeyRow { state: KeyState::Aggregated, contributors: Some(body.contributors), ..row };
     Ok(Json(info(round, row)?))
 }
@@ -488,21 +491,16 @@ async fn release_secret(
     let secret = s.master.open(round.as_str(), &row.key_id, &sealed).map_err(AppError::internal)?;
     {
         let _guard = s.audit_lock.lock().await;
-        let mut tx = s.pool.begin().await.map_err(db)?;
-        audit::append(
-            &mut tx,
+        let tx = s.pool.begin().await.map_err(db)?;
+        record(
+            tx,
             now(),
-            Event {
-                actor: caller.subject.as_str(),
-                role: caller.role,
-                action: "key.release",
-                round_id: Some(round.as_str()),
-                detail: serde_json::json!({ "key_id": row.key_id }),
-            },
+            &caller,
+            "key.release",
+            &round,
+            serde_json::json!({ "key_id": row.key_id }),
         )
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        .await?;
     }
     s.metrics.keys_released.fetch_add(1, Ordering::Relaxed);
     tracing::info!(round = %round, client = %caller.subject, "secret key released");
@@ -533,20 +531,8 @@ async fn destroy_key(
     .execute(&mut *tx)
     .await
     .map_err(db)?;
-    audit::append(
-        &mut tx,
-        at,
-        Event {
-            actor: caller.subject.as_str(),
-            role: caller.role,
-            action: "key.destroy",
-            round_id: Some(round.as_str()),
-            detail: serde_json::json!({ "key_id": row.key_id }),
-        },
-    )
-    .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
+    record(tx, at, &caller, "key.destroy", &round, serde_json::json!({ "key_id": row.key_id }))
+        .await?;
     s.metrics.keys_destroyed.fetch_add(1, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT)
 }
