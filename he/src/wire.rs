@@ -112,6 +112,34 @@ pub struct Prefix {
     pub key_id: KeyId,
 }
 
+/// Exact serialised size of a compressed ciphertext of `value_count` values, so a receiver
+/// can cap an upload before reading it. `None` if the size overflows.
+///
+/// ```
+/// use cryptflow_he::{wire, BodiesPerMask, ParameterSet, TransportBits, TransportWidths};
+/// let w = TransportWidths { mask: TransportBits::try_new(36).unwrap(),
+///     body: TransportBits::try_new(31).unwrap() };
+/// let len = wire::compressed_ciphertext_len(&ParameterSet::default_128(),
+///     BodiesPerMask::try_new(8).unwrap(), 1 << 20, w).unwrap();
+/// assert!(len as f64 / (1u64 << 20) as f64 <= 4.5);
+/// ```
+pub fn compressed_ciphertext_len(
+    params: &ParameterSet,
+    bodies: BodiesPerMask,
+    value_count: u64,
+    widths: TransportWidths,
+) -> Option<u64> {
+    if value_count == 0 || value_count > MAX_VALUES {
+        return None;
+    }
+    let layout = crate::ciphertext::Layout {
+        n: params.ring_degree().get(),
+        l: bodies.get(),
+        values: usize::try_from(value_count).ok()?,
+    };
+    (layout.packed_len(widths) as u64).checked_add(COMPRESSED_HEADER_LEN as u64)
+}
+
 /// Reads and checks the 32-byte prefix of any object without decoding the rest.
 ///
 /// ```

@@ -32,11 +32,7 @@ fn main() -> ExitCode {
         return if args.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS };
     }
     let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| PathBuf::from(&w[1]));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    shutdown::init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -118,17 +114,12 @@ async fn serve(cfg: KmsConfig) -> Result<ExitCode, String> {
         .await
         .map_err(|e| format!("{}: {e}", cfg.metrics_listen))?;
     tracing::info!(listen = %cfg.listen, metrics = %cfg.metrics_listen, "cryptflow-kms serving");
-    let timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(launch(listener, metrics, state, cfg.max_body_bytes, async move {
-        let _ = rx.await;
-    }));
-    shutdown::signal().await;
-    let _ = tx.send(());
-    match tokio::time::timeout(timeout, server).await {
-        Ok(Ok(Ok(()))) => Ok(ExitCode::SUCCESS),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("in-flight requests did not finish within {}s", timeout.as_secs())),
-    }
+    let grace = Duration::from_secs(cfg.shutdown_timeout_secs);
+    let max_body = cfg.max_body_bytes;
+    shutdown::serve_until_signal(
+        move |stop| launch(listener, metrics, state, max_body, stop),
+        grace,
+    )
+    .await
+    .map(|()| ExitCode::SUCCESS)
 }
