@@ -29,6 +29,7 @@ async fn spawn_aggregator(config: &std::path::Path) -> Aggregator {
         .env("CRYPTFLOW_AGGREGATOR__LISTEN", format!("127.0.0.1:{port}"))
         .env("CRYPTFLOW_AGGREGATOR__METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");

@@ -83,6 +83,7 @@ async fn sixty_four_concurrent_uploads_of_a_million_values() {
         .env("CRYPTFLOW_AGGREGATOR__LISTEN", format!("127.0.0.1:{port}"))
         .env("CRYPTFLOW_AGGREGATOR__METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -154,8 +155,14 @@ async fn sixty_four_concurrent_uploads_of_a_million_values() {
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 for attempt in 0..400 {
-                    let res =
-                        client.put(&url).bearer_auth(&t).body(body.clone()).send().await.unwrap();
+                    // A 429 is sent without reading the body, so the client may see it as a
+                    // broken pipe instead; both mean "retry later", as the SDK treats them.
+                    let Ok(res) = client.put(&url).bearer_auth(&t).body(body.clone()).send().await
+                    else {
+                        throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20 + 5 * (attempt % 10))).await;
+                        continue;
+                    };
                     match res.status() {
                         StatusCode::CREATED | StatusCode::OK => return,
                         StatusCode::TOO_MANY_REQUESTS => {
