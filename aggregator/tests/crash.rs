@@ -16,29 +16,47 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The aggregator process; killed (SIGKILL) and reaped when dropped, even on panic.
 struct Aggregator {
     child: Child,
     base: String,
 }
 
+impl Aggregator {
+    fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
 async fn spawn_aggregator(config: &std::path::Path) -> Aggregator {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_cryptflow-aggregator"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("CRYPTFLOW_AGGREGATOR__LISTEN", format!("127.0.0.1:{port}"))
-        .env("CRYPTFLOW_AGGREGATOR__METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut agg = Aggregator {
+        child: Command::new(env!("CARGO_BIN_EXE_cryptflow-aggregator"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("CRYPTFLOW_AGGREGATOR__LISTEN", format!("127.0.0.1:{port}"))
+            .env("CRYPTFLOW_AGGREGATOR__METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
     for _ in 0..200 {
-        if reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
-            return Aggregator { child, base };
+        if reqwest::get(format!("{}/readyz", agg.base)).await.is_ok_and(|r| r.status().is_success())
+        {
+            return agg;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    agg.kill_9();
     panic!("the aggregator did not become ready");
 }
 
@@ -152,22 +170,21 @@ async fn kill_9_loses_nothing_and_counts_nothing_twice() {
     };
 
     // Three acknowledged, then SIGKILL while a fourth is in flight.
-    for i in 0..3 {
+    for (i, update) in updates.iter().enumerate().take(3) {
         assert_eq!(
-            put(agg.base.clone(), i, updates[i].clone()).await.unwrap().status(),
+            put(agg.base.clone(), i, update.clone()).await.unwrap().status(),
             StatusCode::CREATED
         );
     }
     let in_flight = tokio::spawn(put(agg.base.clone(), 3, updates[3].clone()));
     tokio::time::sleep(Duration::from_millis(2)).await;
-    agg.child.kill().unwrap();
-    agg.child.wait().unwrap();
+    agg.kill_9();
     let fourth = in_flight.await.unwrap();
 
     // Restart: every client (re)sends. Accepted ones get 200, the others 201.
-    let mut agg = spawn_aggregator(&config).await;
-    for i in 0..k {
-        let status = put(agg.base.clone(), i, updates[i].clone()).await.unwrap().status();
+    let agg = spawn_aggregator(&config).await;
+    for (i, update) in updates.iter().enumerate() {
+        let status = put(agg.base.clone(), i, update.clone()).await.unwrap().status();
         let expected = if i < 3
             || (i == 3 && fourth.as_ref().is_ok_and(|r| r.status() == StatusCode::CREATED))
         {
@@ -236,6 +253,5 @@ async fn kill_9_loses_nothing_and_counts_nothing_twice() {
             / scale;
         assert_eq!(got[j], exact, "value {j}");
     }
-    agg.child.kill().unwrap();
-    agg.child.wait().unwrap();
+    drop(agg);
 }
