@@ -35,7 +35,7 @@ use cryptflow_services::api::aggregator::{
 };
 use cryptflow_services::api::kms::{KeySpec, MAX_ROUND_CLIENTS};
 use cryptflow_services::auth::{Authenticated, Verifier};
-use cryptflow_services::http::{ApiJson, AppError};
+use cryptflow_services::http::{not_found, probe_routes, round_param, unix_now, ApiJson, AppError};
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
@@ -87,41 +87,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rounds/{round}/close", post(close_round))
         .route("/v1/rounds/{round}/submissions/{client}", put(submit))
         .route("/v1/rounds/{round}/aggregate", get(aggregate))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/openapi.json", get(openapi))
-        .fallback(|| async { AppError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(4 << 20))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(probe_routes(state.pool, OPENAPI))
+        .fallback(not_found)
 }
 
 /// The OpenAPI document, checked in as `docs/aggregator-openapi.json`.
 pub const OPENAPI: &str = include_str!("../../docs/aggregator-openapi.json");
-
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-async fn ready(State(s): State<AppState>) -> Result<&'static str, AppError> {
-    cryptflow_services::db::ping(&s.pool).await.map_err(AppError::unavailable)?;
-    Ok("ready")
-}
-
-fn db(e: sqlx::Error) -> AppError {
-    AppError::internal(e)
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
-fn parse_round(raw: String) -> Result<RoundId, AppError> {
-    RoundId::parse(raw)
-        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("round"))
-}
 
 fn kms_error(e: KmsError) -> AppError {
     match e {
@@ -193,7 +166,7 @@ fn validate(spec: &RoundSpec) -> Result<u64, AppError> {
             format!("must be in [1, max_clients = {}]", spec.max_clients),
         ));
     }
-    if spec.deadline <= now() {
+    if spec.deadline <= unix_now() {
         return Err(bad("deadline", "must be in the future".into()));
     }
     if let Weighting::Samples { max_weight } | Weighting::Private { max_weight } = spec.weighting {
@@ -241,18 +214,18 @@ async fn load(pool: &AnyPool, round: &RoundId) -> Result<Option<RoundRow>, AppEr
     .bind(round.as_str())
     .fetch_optional(pool)
     .await
-    .map_err(db)?;
+    ?;
     let Some(row) = row else { return Ok(None) };
-    let spec: String = row.try_get("spec_json").map_err(db)?;
-    let plan: String = row.try_get("plan_json").map_err(db)?;
+    let spec: String = row.try_get("spec_json")?;
+    let plan: String = row.try_get("plan_json")?;
     Ok(Some(RoundRow {
         spec: serde_json::from_str(&spec).map_err(AppError::internal)?,
-        key_id: row.try_get("key_id").map_err(db)?,
+        key_id: row.try_get("key_id")?,
         plan: serde_json::from_str(&plan).map_err(AppError::internal)?,
-        public_key: row.try_get("public_key").map_err(db)?,
-        state: state_of(&row.try_get::<String, _>("state").map_err(db)?)?,
-        aggregate_sha256: row.try_get("aggregate_sha256").map_err(db)?,
-        failure: row.try_get("failure").map_err(db)?,
+        public_key: row.try_get("public_key")?,
+        state: state_of(&row.try_get::<String, _>("state")?)?,
+        aggregate_sha256: row.try_get("aggregate_sha256")?,
+        failure: row.try_get("failure")?,
     }))
 }
 
@@ -268,15 +241,14 @@ async fn contributions(pool: &AnyPool, round: &RoundId) -> Result<Vec<Contributi
     )
     .bind(round.as_str())
     .fetch_all(pool)
-    .await
-    .map_err(db)?;
+    .await?;
     rows.iter()
         .map(|r| {
             Ok(Contribution {
-                client_id: ClientId::parse(r.try_get::<String, _>("client_id").map_err(db)?)
+                client_id: ClientId::parse(r.try_get::<String, _>("client_id")?)
                     .map_err(AppError::internal)?,
-                weight: r.try_get::<i64, _>("weight").map_err(db)? as u64,
-                sha256: r.try_get("sha256").map_err(db)?,
+                weight: r.try_get::<i64, _>("weight")? as u64,
+                sha256: r.try_get("sha256")?,
             })
         })
         .collect()
@@ -320,7 +292,7 @@ async fn create_round(
             "the KMS served a public key that does not match the key id",
         ));
     }
-    let mut tx = s.pool.begin().await.map_err(db)?;
+    let mut tx = s.pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO rounds (round_id, spec_json, key_id, plan_json, public_key, state, deadline, created_at) \
          VALUES ($1, $2, $3, $4, $5, 'open', $6, $7) ON CONFLICT (round_id) DO NOTHING",
@@ -331,13 +303,13 @@ async fn create_round(
     .bind(serde_json::to_string(&key.plan).map_err(AppError::internal)?)
     .bind(public)
     .bind(spec.deadline)
-    .bind(now())
+    .bind(unix_now())
     .execute(&mut *tx)
     .await
-    .map_err(db)?
+    ?
     .rows_affected();
     if inserted == 0 {
-        tx.rollback().await.map_err(db)?;
+        tx.rollback().await?;
         let existing = require_round(&s.pool, &round).await?;
         return same_or_conflict(&s.pool, &round, existing, &spec).await;
     }
@@ -346,10 +318,9 @@ async fn create_round(
             .bind(round.as_str())
             .bind(client.as_str())
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
     }
-    tx.commit().await.map_err(db)?;
+    tx.commit().await?;
     s.metrics.rounds_created.fetch_add(1, Ordering::Relaxed);
     tracing::info!(round = %round, key_id = %key.key_id, "round created");
     let row = require_round(&s.pool, &round).await?;
@@ -378,7 +349,7 @@ async fn round_info(
     Authenticated(_caller): Authenticated,
     Path(round): Path<String>,
 ) -> Result<Json<RoundInfo>, AppError> {
-    let round = parse_round(round)?;
+    let round = round_param(round)?;
     let row = require_round(&s.pool, &round).await?;
     Ok(Json(info(&s.pool, &round, row).await?))
 }
@@ -390,7 +361,7 @@ async fn close_round(
     Path(round): Path<String>,
 ) -> Result<Json<RoundInfo>, AppError> {
     caller.require(&[Role::Admin])?;
-    let round = parse_round(round)?;
+    let round = round_param(round)?;
     let row = require_round(&s.pool, &round).await?;
     if row.state == RoundState::Open || row.state == RoundState::Aggregating {
         publish(&s, &round).await?;
@@ -416,8 +387,7 @@ async fn is_round_client(
         .bind(round.as_str())
         .bind(client.as_str())
         .fetch_optional(pool)
-        .await
-        .map_err(db)?
+        .await?
         .is_some())
 }
 
@@ -433,7 +403,7 @@ async fn submit(
     body: Body,
 ) -> Result<Response, AppError> {
     caller.require(&[Role::Client])?;
-    let round = parse_round(round)?;
+    let round = round_param(round)?;
     let client = ClientId::parse(client)
         .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("client"))?;
     if caller.subject != client {
@@ -568,11 +538,11 @@ async fn submit(
     .bind(weight as i64)
     .bind(&sha256)
     .bind(bytes.len() as i64)
-    .bind(now())
+    .bind(unix_now())
     .bind(round.as_str())
     .execute(&s.pool)
     .await
-    .map_err(db)?
+    ?
     .rows_affected();
     if inserted == 0 {
         // Lost a race: a concurrent identical upload, a different one, or the round closed.
@@ -660,10 +630,10 @@ async fn existing_submission(
         .bind(round.as_str())
         .bind(client.as_str())
         .fetch_optional(pool)
-        .await
-        .map_err(db)?
-        .map(|r| r.try_get::<String, _>(0).map_err(db))
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
         .transpose()
+        .map_err(AppError::from)
 }
 
 /// The round's accumulator, rebuilt from the recorded submissions if this process has none.
@@ -693,11 +663,10 @@ async fn accumulator(
     let rows = sqlx::query("SELECT client_id, weight FROM submissions WHERE round_id = $1")
         .bind(round.as_str())
         .fetch_all(&s.pool)
-        .await
-        .map_err(db)?;
+        .await?;
     for r in rows {
-        let client: String = r.try_get("client_id").map_err(db)?;
-        let weight = r.try_get::<i64, _>("weight").map_err(db)? as u64;
+        let client: String = r.try_get("client_id")?;
+        let weight = r.try_get::<i64, _>("weight")? as u64;
         let bytes =
             s.blobs.get(round.as_str(), &format!("{client}.ct")).map_err(AppError::internal)?;
         let ct =
@@ -759,8 +728,7 @@ pub async fn publish(s: &AppState, round: &RoundId) -> Result<(), AppError> {
     sqlx::query("UPDATE rounds SET state = 'aggregating' WHERE round_id = $1 AND state = 'open'")
         .bind(round.as_str())
         .execute(&s.pool)
-        .await
-        .map_err(db)?;
+        .await?;
     let list = contributions(&s.pool, round).await?;
     if (list.len() as u32) < row.spec.min_clients {
         let why = format!(
@@ -772,8 +740,7 @@ pub async fn publish(s: &AppState, round: &RoundId) -> Result<(), AppError> {
             .bind(&why)
             .bind(round.as_str())
             .execute(&s.pool)
-            .await
-            .map_err(db)?;
+            .await?;
         s.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
         s.accumulators.lock().await.remove(round.as_str());
         tracing::info!(round = %round, %why, "round failed");
@@ -806,12 +773,12 @@ pub async fn publish(s: &AppState, round: &RoundId) -> Result<(), AppError> {
         .map_err(AppError::internal)?
         .map_err(AppError::internal)?;
     sqlx::query("UPDATE rounds SET state = 'published', published_at = $1, aggregate_sha256 = $2 WHERE round_id = $3")
-        .bind(now())
+        .bind(unix_now())
         .bind(&sha)
         .bind(round.as_str())
         .execute(&s.pool)
         .await
-        .map_err(db)?;
+        ?;
     s.accumulators.lock().await.remove(round.as_str());
     s.metrics.rounds_published.fetch_add(1, Ordering::Relaxed);
     tracing::info!(round = %round, contributors = list.len(), aggregate = %sha, "round published");
@@ -824,8 +791,7 @@ async fn notify_kms(s: &AppState, round: &RoundId) -> Result<(), AppError> {
         .bind(round.as_str())
         .fetch_one(&s.pool)
         .await
-        .and_then(|r| r.try_get(0))
-        .map_err(db)?;
+        .and_then(|r| r.try_get(0))?;
     if notified != 0 {
         return Ok(());
     }
@@ -834,8 +800,7 @@ async fn notify_kms(s: &AppState, round: &RoundId) -> Result<(), AppError> {
     sqlx::query("UPDATE rounds SET kms_notified = 1 WHERE round_id = $1")
         .bind(round.as_str())
         .execute(&s.pool)
-        .await
-        .map_err(db)?;
+        .await?;
     Ok(())
 }
 
@@ -846,7 +811,7 @@ async fn aggregate(
     Path(round): Path<String>,
 ) -> Result<Response, AppError> {
     caller.require(&[Role::Client, Role::Admin])?;
-    let round = parse_round(round)?;
+    let round = round_param(round)?;
     let row = require_round(&s.pool, &round).await?;
     if caller.role == Role::Client && !is_round_client(&s.pool, &round, &caller.subject).await? {
         return Err(AppError::new(
@@ -887,7 +852,7 @@ pub async fn tick(s: &AppState) {
         "SELECT round_id FROM rounds WHERE (state = 'open' AND deadline <= $1) OR state = 'aggregating' \
          OR (state = 'published' AND kms_notified = 0)",
     )
-    .bind(now())
+    .bind(unix_now())
     .fetch_all(&s.pool)
     .await;
     let rows = match due {

@@ -17,12 +17,13 @@ pub mod api;
 pub mod blob;
 pub mod kms_client;
 
-use cryptflow_services::auth::{Verifier, DEFAULT_LEEWAY};
+use cryptflow_services::auth::verifier_from_files;
+pub use cryptflow_services::auth::JwtKey;
 use cryptflow_services::db::{self, Migrations};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -37,16 +38,6 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
     sqlx::migrate!("../migrations/aggregator/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
     sqlx::migrate!("../migrations/aggregator/postgres");
-
-/// One trusted token-signing key.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtKey {
-    /// The `kid` tokens name.
-    pub kid: String,
-    /// Path of the Ed25519 public key (SPKI PEM).
-    pub public_key_file: PathBuf,
-}
 
 /// Configuration (`--config FILE`, then `CRYPTFLOW_AGGREGATOR__…` environment variables).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,8 +125,7 @@ pub struct Metrics {
 impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, help, v) in [
+        cryptflow_services::http::render_counters(&[
             ("cryptflow_aggregator_submissions_total", "Submissions accepted.", &self.submissions),
             (
                 "cryptflow_aggregator_submission_bytes_total",
@@ -163,29 +153,13 @@ impl Metrics {
                 "Rounds failed at their deadline.",
                 &self.rounds_failed,
             ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        }
-        out
+        ])
     }
 }
 
 /// Builds the state from a configuration: reads keys, opens and migrates the database.
 pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, StartError> {
-    let mut pems = Vec::new();
-    for k in &config.jwt_keys {
-        let pem = std::fs::read(&k.public_key_file)
-            .map_err(|e| StartError::Io(format!("{}: {e}", k.public_key_file.display())))?;
-        pems.push((k.kid.clone(), pem));
-    }
-    let verifier = Verifier::new(
-        &config.audience,
-        DEFAULT_LEEWAY,
-        pems.iter().map(|(k, p)| (k.as_str(), p.as_slice())),
-    )?;
+    let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
     let pool = db::connect(&config.database_url, config.max_connections).await?;
     db::migrate(&pool, &config.database_url, &MIGRATIONS).await?;
     let blobs = blob::BlobStore::open(&config.blob_dir)
@@ -211,23 +185,13 @@ pub async fn launch(
     tick: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let counters = state.metrics.clone();
-    let metrics_app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let c = counters.clone();
-            async move { c.render() }
-        }),
-    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut rx = stop_rx.clone();
-    let metrics_task = tokio::spawn(async move {
-        axum::serve(metrics, metrics_app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let counters = state.metrics.clone();
+    let metrics_task = cryptflow_services::http::spawn_metrics(
+        metrics,
+        move || counters.render(),
+        stop_rx.clone(),
+    );
     let ticker_state = state.clone();
     let mut rx = stop_rx;
     let ticker = tokio::spawn(async move {

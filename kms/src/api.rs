@@ -25,7 +25,7 @@ use cryptflow_services::api::kms::{
     AuditEntry, KeyInfo, KeySpec, KeyState, MarkAggregated, MAX_ROUND_CLIENTS,
 };
 use cryptflow_services::auth::{Authenticated, Principal, Verifier};
-use cryptflow_services::http::{ApiJson, AppError};
+use cryptflow_services::http::{not_found, probe_routes, round_param, unix_now, ApiJson, AppError};
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId};
 use serde::Deserialize;
 use sqlx::{AnyPool, Row};
@@ -63,41 +63,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/rounds/{round}/key/aggregated", post(mark_aggregated))
         .route("/v1/rounds/{round}/key/secret", get(release_secret))
         .route("/v1/audit", get(audit_log))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/openapi.json", get(openapi))
-        .fallback(|| async { AppError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(probe_routes(state.pool, OPENAPI))
+        .fallback(not_found)
 }
 
 /// The OpenAPI document, checked in as `docs/kms-openapi.json`.
 pub const OPENAPI: &str = include_str!("../../docs/kms-openapi.json");
-
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-async fn ready(State(s): State<AppState>) -> Result<&'static str, AppError> {
-    cryptflow_services::db::ping(&s.pool).await.map_err(AppError::unavailable)?;
-    Ok("ready")
-}
-
-fn round_of(raw: String) -> Result<RoundId, AppError> {
-    RoundId::parse(raw)
-        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("round"))
-}
-
-fn db(e: sqlx::Error) -> AppError {
-    AppError::internal(e)
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
 
 /// Appends the audit entry for `action` to `tx` and commits: the key change and its record
 /// land together or not at all.
@@ -116,8 +89,8 @@ async fn record(
         round_id: Some(round.as_str()),
         detail,
     };
-    audit::append(&mut tx, at, event).await.map_err(db)?;
-    tx.commit().await.map_err(db)
+    audit::append(&mut tx, at, event).await?;
+    Ok(tx.commit().await?)
 }
 
 /// Checks a spec and runs the planner; errors are 422 naming the field or bound.
@@ -188,17 +161,17 @@ async fn load(pool: &AnyPool, round: &RoundId) -> Result<Option<KeyRow>, AppErro
         .bind(round.as_str())
         .fetch_optional(pool)
         .await
-        .map_err(db)?;
+        ?;
     let Some(row) = row else { return Ok(None) };
-    let spec_json: String = row.try_get("spec_json").map_err(db)?;
+    let spec_json: String = row.try_get("spec_json")?;
     let spec = serde_json::from_str(&spec_json).map_err(AppError::internal)?;
-    let contributors: Option<i64> = row.try_get("contributors").map_err(db)?;
+    let contributors: Option<i64> = row.try_get("contributors")?;
     Ok(Some(KeyRow {
-        key_id: row.try_get("key_id").map_err(db)?,
+        key_id: row.try_get("key_id")?,
         spec,
-        state: state_of(&row.try_get::<String, _>("state").map_err(db)?)?,
+        state: state_of(&row.try_get::<String, _>("state")?)?,
         contributors: contributors.map(|c| c as u32),
-        created_at: row.try_get("created_at").map_err(db)?,
+        created_at: row.try_get("created_at")?,
     }))
 }
 
@@ -237,7 +210,7 @@ async fn create_key(
     ApiJson(spec): ApiJson<KeySpec>,
 ) -> Result<Response, AppError> {
     caller.require(&[Role::Aggregator, Role::Admin])?;
-    let round = round_of(round)?;
+    let round = round_param(round)?;
     let (bodies, _) = validate(&spec)?;
     if let Some(existing) = load(&s.pool, &round).await? {
         return existing_or_conflict(round, existing, &spec);
@@ -257,10 +230,10 @@ async fn create_key(
     let sealed = s.master.seal(round.as_str(), &key_id, &secret).map_err(AppError::internal)?;
     drop(secret);
     let spec_json = serde_json::to_string(&spec).map_err(AppError::internal)?;
-    let at = now();
+    let at = unix_now();
 
     let _guard = s.audit_lock.lock().await;
-    let mut tx = s.pool.begin().await.map_err(db)?;
+    let mut tx = s.pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO round_keys (round_id, key_id, spec_json, public_key, sealed_secret, nonce, master_key_id, state, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8) ON CONFLICT (round_id) DO NOTHING",
@@ -275,11 +248,11 @@ async fn create_key(
     .bind(at)
     .execute(&mut *tx)
     .await
-    .map_err(db)?
+    ?
     .rows_affected();
     if inserted == 0 {
         // A concurrent create won: answer as if it had come first.
-        tx.rollback().await.map_err(db)?;
+        tx.rollback().await?;
         drop(_guard);
         let existing =
             load(&s.pool, &round).await?.ok_or_else(|| AppError::internal("key row vanished"))?;
@@ -290,8 +263,7 @@ async fn create_key(
             .bind(round.as_str())
             .bind(client.as_str())
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
     }
     record(tx, at, &caller, "key.create", &round, serde_json::json!({ "key_id": key_id, "clients": spec.clients.len(), "min_clients": spec.min_clients })).await?;
     s.metrics.keys_created.fetch_add(1, Ordering::Relaxed);
@@ -328,7 +300,7 @@ async fn key_info(
     Authenticated(_caller): Authenticated,
     Path(round): Path<String>,
 ) -> Result<Json<KeyInfo>, AppError> {
-    let round = round_of(round)?;
+    let round = round_param(round)?;
     let row = live(&s.pool, &round).await?;
     Ok(Json(info(round, row)?))
 }
@@ -341,7 +313,7 @@ async fn public_key(
     Path(round): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let round = round_of(round)?;
+    let round = round_param(round)?;
     let row = live(&s.pool, &round).await?;
     let etag = format!("\"{}\"", row.key_id);
     let etag_value = HeaderValue::from_str(&etag).map_err(AppError::internal)?;
@@ -361,8 +333,7 @@ async fn public_key(
         .bind(round.as_str())
         .fetch_one(&s.pool)
         .await
-        .and_then(|r| r.try_get(0))
-        .map_err(db)?;
+        .and_then(|r| r.try_get(0))?;
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
@@ -382,7 +353,7 @@ async fn mark_aggregated(
     ApiJson(body): ApiJson<MarkAggregated>,
 ) -> Result<Json<KeyInfo>, AppError> {
     caller.require(&[Role::Aggregator])?;
-    let round = round_of(round)?;
+    let round = round_param(round)?;
     let row = live(&s.pool, &round).await?;
     if body.contributors > row.spec.max_clients {
         return Err(AppError::new(
@@ -403,9 +374,9 @@ async fn mark_aggregated(
             .with_field("contributors"))
         };
     }
-    let at = now();
+    let at = unix_now();
     let _guard = s.audit_lock.lock().await;
-    let mut tx = s.pool.begin().await.map_err(db)?;
+    let mut tx = s.pool.begin().await?;
     let updated = sqlx::query(
         "UPDATE round_keys SET state = 'aggregated', contributors = $1, aggregated_at = $2 WHERE round_id = $3 AND state = 'active'",
     )
@@ -414,10 +385,10 @@ async fn mark_aggregated(
     .bind(round.as_str())
     .execute(&mut *tx)
     .await
-    .map_err(db)?
+    ?
     .rows_affected();
     if updated != 1 {
-        tx.rollback().await.map_err(db)?;
+        tx.rollback().await?;
         return Err(AppError::new(
             ErrorCode::Conflict,
             "the key changed state concurrently; retry",
@@ -445,14 +416,13 @@ async fn release_secret(
     Path(round): Path<String>,
 ) -> Result<Response, AppError> {
     caller.require(&[Role::Client])?;
-    let round = round_of(round)?;
+    let round = round_param(round)?;
     let row = live(&s.pool, &round).await?;
     let allowed = sqlx::query("SELECT 1 FROM round_clients WHERE round_id = $1 AND client_id = $2")
         .bind(round.as_str())
         .bind(caller.subject.as_str())
         .fetch_optional(&s.pool)
-        .await
-        .map_err(db)?
+        .await?
         .is_some();
     if !allowed {
         return Err(AppError::new(
@@ -481,20 +451,19 @@ async fn release_secret(
     )
     .bind(round.as_str())
     .fetch_optional(&s.pool)
-    .await
-    .map_err(db)?
+    .await?
     .ok_or_else(|| AppError::new(ErrorCode::Gone, "the key was destroyed"))?;
     let sealed = Sealed {
-        ciphertext: sealed_row.try_get("sealed_secret").map_err(db)?,
-        nonce: sealed_row.try_get("nonce").map_err(db)?,
+        ciphertext: sealed_row.try_get("sealed_secret")?,
+        nonce: sealed_row.try_get("nonce")?,
     };
     let secret = s.master.open(round.as_str(), &row.key_id, &sealed).map_err(AppError::internal)?;
     {
         let _guard = s.audit_lock.lock().await;
-        let tx = s.pool.begin().await.map_err(db)?;
+        let tx = s.pool.begin().await?;
         record(
             tx,
-            now(),
+            unix_now(),
             &caller,
             "key.release",
             &round,
@@ -518,11 +487,11 @@ async fn destroy_key(
     Path(round): Path<String>,
 ) -> Result<StatusCode, AppError> {
     caller.require(&[Role::Admin])?;
-    let round = round_of(round)?;
+    let round = round_param(round)?;
     let row = live(&s.pool, &round).await?;
-    let at = now();
+    let at = unix_now();
     let _guard = s.audit_lock.lock().await;
-    let mut tx = s.pool.begin().await.map_err(db)?;
+    let mut tx = s.pool.begin().await?;
     sqlx::query(
         "UPDATE round_keys SET state = 'destroyed', sealed_secret = NULL, nonce = NULL, destroyed_at = $1 WHERE round_id = $2",
     )
@@ -530,7 +499,7 @@ async fn destroy_key(
     .bind(round.as_str())
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
+    ?;
     record(tx, at, &caller, "key.destroy", &round, serde_json::json!({ "key_id": row.key_id }))
         .await?;
     s.metrics.keys_destroyed.fetch_add(1, Ordering::Relaxed);
@@ -565,5 +534,5 @@ async fn audit_log(
             .with_field("limit")
             .with_limit(1000));
     }
-    Ok(Json(audit::list(&s.pool, q.after, q.limit).await.map_err(db)?))
+    Ok(Json(audit::list(&s.pool, q.after, q.limit).await?))
 }

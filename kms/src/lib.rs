@@ -17,13 +17,14 @@ pub mod api;
 pub mod audit;
 pub mod seal;
 
-use cryptflow_services::auth::{Verifier, DEFAULT_LEEWAY};
+use cryptflow_services::auth::verifier_from_files;
+pub use cryptflow_services::auth::JwtKey;
 use cryptflow_services::db::{self, Migrations};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyPool, Row};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -36,16 +37,6 @@ pub static MIGRATIONS: Migrations =
     Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/kms/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/kms/postgres");
-
-/// One trusted token-signing key.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtKey {
-    /// The `kid` tokens name.
-    pub kid: String,
-    /// Path of the Ed25519 public key (SPKI PEM).
-    pub public_key_file: PathBuf,
-}
 
 /// Configuration (`--config FILE`, then `CRYPTFLOW_KMS__…` environment variables).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,8 +113,7 @@ pub struct Metrics {
 impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, help, v) in [
+        cryptflow_services::http::render_counters(&[
             ("cryptflow_kms_keys_created_total", "Round keys created.", &self.keys_created),
             (
                 "cryptflow_kms_keys_released_total",
@@ -131,13 +121,7 @@ impl Metrics {
                 &self.keys_released,
             ),
             ("cryptflow_kms_keys_destroyed_total", "Round keys destroyed.", &self.keys_destroyed),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        }
-        out
+        ])
     }
 }
 
@@ -156,17 +140,7 @@ pub fn master_key(config: &KmsConfig) -> Result<MasterKey, seal::SealError> {
 /// Builds the state from a configuration: reads keys, opens and migrates the database.
 pub async fn state_from_config(config: &KmsConfig) -> Result<AppState, StartError> {
     let master = master_key(config)?;
-    let mut pems = Vec::new();
-    for k in &config.jwt_keys {
-        let pem = std::fs::read(&k.public_key_file)
-            .map_err(|e| StartError::Io(format!("{}: {e}", k.public_key_file.display())))?;
-        pems.push((k.kid.clone(), pem));
-    }
-    let verifier = Verifier::new(
-        &config.audience,
-        DEFAULT_LEEWAY,
-        pems.iter().map(|(k, p)| (k.as_str(), p.as_slice())),
-    )?;
+    let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
     let pool = db::connect(&config.database_url, config.max_connections).await?;
     db::migrate(&pool, &config.database_url, &MIGRATIONS).await?;
     Ok(AppState {
@@ -187,23 +161,13 @@ pub async fn launch(
     max_body_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let counters = state.metrics.clone();
-    let metrics_app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let c = counters.clone();
-            async move { c.render() }
-        }),
-    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_task = tokio::spawn(async move {
-        let mut rx = stop_rx;
-        axum::serve(metrics, metrics_app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let counters = state.metrics.clone();
+    let metrics_task = cryptflow_services::http::spawn_metrics(
+        metrics,
+        move || counters.render(),
+        stop_rx.clone(),
+    );
     let app = api::router(state, max_body_bytes);
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);

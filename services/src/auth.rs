@@ -115,6 +115,29 @@ pub enum KeyError {
     Signing(String),
 }
 
+/// One trusted token-signing key, as configured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKey {
+    /// The `kid` tokens name.
+    pub kid: String,
+    /// Path of the Ed25519 public key (SPKI PEM).
+    pub public_key_file: std::path::PathBuf,
+}
+
+/// A verifier for `audience` trusting the configured keys (read from their files).
+pub fn verifier_from_files(audience: &str, keys: &[JwtKey]) -> Result<Verifier, KeyError> {
+    let mut pems = Vec::new();
+    for k in keys {
+        let pem = std::fs::read(&k.public_key_file).map_err(|e| KeyError::InvalidPem {
+            kid: k.kid.clone(),
+            reason: format!("{}: {e}", k.public_key_file.display()),
+        })?;
+        pems.push((k.kid.clone(), pem));
+    }
+    Verifier::new(audience, DEFAULT_LEEWAY, pems.iter().map(|(k, p)| (k.as_str(), p.as_slice())))
+}
+
 /// Verifies tokens for one audience against a set of public keys by `kid`.
 #[derive(Clone)]
 pub struct Verifier {

@@ -86,6 +86,87 @@ impl IntoResponse for AppError {
     }
 }
 
+impl From<sqlx::Error> for AppError {
+    /// Database failures are the server's fault: an opaque 500, the cause logged.
+    fn from(e: sqlx::Error) -> Self {
+        AppError::internal(e)
+    }
+}
+
+/// Parses the `{round}` path segment, or 400 naming `round`.
+pub fn round_param(raw: String) -> Result<crate::RoundId, AppError> {
+    crate::RoundId::parse(raw)
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("round"))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// The routes every service has: `/healthz`, `/readyz` (database ping), `/openapi.json`.
+/// Merge into a service's router after `with_state`, then set the fallback.
+pub fn probe_routes(pool: sqlx::AnyPool, openapi: &'static str) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let pool = pool.clone();
+                async move {
+                    crate::db::ping(&pool).await.map_err(AppError::unavailable)?;
+                    Ok::<_, AppError>("ready")
+                }
+            }),
+        )
+        .route(
+            "/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }),
+        )
+}
+
+/// The 404 for unknown routes, as a problem document.
+pub async fn not_found() -> AppError {
+    AppError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+/// Prometheus text exposition of `(name, help, value)` counters.
+pub fn render_counters(counters: &[(&str, &str, &std::sync::atomic::AtomicU64)]) -> String {
+    counters
+        .iter()
+        .map(|(name, help, v)| {
+            let v = v.load(std::sync::atomic::Ordering::Relaxed);
+            format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n")
+        })
+        .collect()
+}
+
+/// Serves `GET /metrics` (rendered by `render`) on its own listener until `stop` turns true.
+pub fn spawn_metrics(
+    listener: tokio::net::TcpListener,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let render = render.clone();
+            async move { render() }
+        }),
+    );
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await
+    })
+}
+
 /// `Json<T>` whose rejections are problem documents: syntax errors, wrong types, missing or
 /// unknown fields (with `deny_unknown_fields`), wrong content type and oversized bodies.
 #[derive(Debug, Clone)]
