@@ -523,7 +523,9 @@ async fn submit(
 
     // Durable before acknowledged: blob first, then the row that makes it count.
     let blobs = s.blobs.clone();
-    let (r, c, b) = (round.to_string(), format!("{client}.ct"), bytes.clone());
+    // Named by content: a concurrent, different upload of the same client (which will lose
+    // the insert and get 409) can never overwrite the blob the accepted row points to.
+    let (r, c, b) = (round.to_string(), submission_blob(client.as_str(), &sha256), bytes.clone());
     tokio::task::spawn_blocking(move || blobs.put(&r, &c, &b))
         .await
         .map_err(AppError::internal)?
@@ -636,6 +638,11 @@ async fn existing_submission(
         .map_err(AppError::from)
 }
 
+/// Blob name of a submission: client and content hash.
+fn submission_blob(client: &str, sha256: &str) -> String {
+    format!("{client}.{sha256}.ct")
+}
+
 /// The round's accumulator, rebuilt from the recorded submissions if this process has none.
 async fn accumulator(
     s: &AppState,
@@ -660,15 +667,23 @@ async fn accumulator(
     let sum = Ciphertext::zero_like(&template, &params).map_err(AppError::internal)?;
     let acc = Arc::new(Mutex::new(Accumulator { sum, folded: HashSet::new() }));
     // Re-fold every recorded submission (after a restart); each exactly once.
-    let rows = sqlx::query("SELECT client_id, weight FROM submissions WHERE round_id = $1")
+    let rows = sqlx::query("SELECT client_id, weight, sha256 FROM submissions WHERE round_id = $1")
         .bind(round.as_str())
         .fetch_all(&s.pool)
         .await?;
     for r in rows {
         let client: String = r.try_get("client_id")?;
         let weight = r.try_get::<i64, _>("weight")? as u64;
-        let bytes =
-            s.blobs.get(round.as_str(), &format!("{client}.ct")).map_err(AppError::internal)?;
+        let sha: String = r.try_get("sha256")?;
+        let bytes = s
+            .blobs
+            .get(round.as_str(), &submission_blob(&client, &sha))
+            .map_err(AppError::internal)?;
+        if hex::encode(Sha256::digest(&bytes)) != sha {
+            return Err(AppError::internal(format!(
+                "stored submission of {client} does not match its hash"
+            )));
+        }
         let ct =
             CompressedCiphertext::from_vec_with_limits(bytes, &DecodeLimits { max_values: values })
                 .map_err(AppError::internal)?;
