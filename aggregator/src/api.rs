@@ -500,25 +500,7 @@ async fn submit(
 
     // One submission per client: an identical retry is fine, a different one is not.
     if let Some(existing) = existing_submission(&s.pool, &round, &client).await? {
-        return if existing == sha256 {
-            let contributors = contributions(&s.pool, &round).await?.len() as u32;
-            Ok((
-                StatusCode::OK,
-                Json(SubmissionReceipt {
-                    round_id: round,
-                    client_id: client,
-                    sha256,
-                    contributors,
-                }),
-            )
-                .into_response())
-        } else {
-            Err(AppError::new(
-                ErrorCode::Conflict,
-                format!("{client} already submitted a different update"),
-            )
-            .with_field("client"))
-        };
+        return answer_repeat(&s.pool, round, client, sha256, &existing).await;
     }
 
     // Durable before acknowledged: blob first, then the row that makes it count.
@@ -549,24 +531,7 @@ async fn submit(
     if inserted == 0 {
         // Lost a race: a concurrent identical upload, a different one, or the round closed.
         return match existing_submission(&s.pool, &round, &client).await? {
-            Some(h) if h == sha256 => {
-                let contributors = contributions(&s.pool, &round).await?.len() as u32;
-                Ok((
-                    StatusCode::OK,
-                    Json(SubmissionReceipt {
-                        round_id: round,
-                        client_id: client,
-                        sha256,
-                        contributors,
-                    }),
-                )
-                    .into_response())
-            }
-            Some(_) => Err(AppError::new(
-                ErrorCode::Conflict,
-                format!("{client} already submitted a different update"),
-            )
-            .with_field("client")),
+            Some(h) => answer_repeat(&s.pool, round, client, sha256, &h).await,
             None => Err(AppError::new(ErrorCode::Conflict, format!("round {round} closed"))
                 .with_field("round")),
         };
@@ -588,6 +553,27 @@ async fn submit(
         Json(SubmissionReceipt { round_id: round, client_id: client, sha256, contributors }),
     )
         .into_response())
+}
+
+/// The answer to an upload from a client that already has a recorded one: 200 with the
+/// receipt if it is the same ciphertext, 409 otherwise.
+async fn answer_repeat(
+    pool: &AnyPool,
+    round: RoundId,
+    client: ClientId,
+    sha256: String,
+    recorded: &str,
+) -> Result<Response, AppError> {
+    if recorded != sha256 {
+        return Err(AppError::new(
+            ErrorCode::Conflict,
+            format!("{client} already submitted a different update"),
+        )
+        .with_field("client"));
+    }
+    let contributors = contributions(pool, &round).await?.len() as u32;
+    let receipt = SubmissionReceipt { round_id: round, client_id: client, sha256, contributors };
+    Ok((StatusCode::OK, Json(receipt)).into_response())
 }
 
 /// Checks a decoded upload belongs to the round: key, parameters, layout, encoding, widths,
