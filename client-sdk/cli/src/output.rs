@@ -1,0 +1,153 @@
+//! Exit codes, errors and output helpers shared by the commands.
+
+use cryptflow_client::{ClientError, Progress, ProgressFn};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::process::ExitCode;
+
+/// The CLI's exit codes (also in `cryptflow --help`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exit {
+    /// 1: anything not covered below.
+    Internal = 1,
+    /// 2: bad command line.
+    Usage = 2,
+    /// 3: an input file or the update in it is unusable (format, layout, weight, values).
+    Input = 3,
+    /// 4: a server refused the request (4xx: authentication, permission, conflict, limits).
+    Refused = 4,
+    /// 5: a server could not be reached or kept failing (after retries).
+    Unavailable = 5,
+    /// 6: the round is not in a state that allows this (failed, not yet published), or
+    /// waiting for it timed out.
+    RoundState = 6,
+    /// 7: a server sent something invalid (undecodable, wrong size, hash mismatch).
+    Protocol = 7,
+    /// 8: `demo` only: an encrypted mean differed from plaintext FedAvg by more than the
+    /// planner's bound.
+    BoundExceeded = 8,
+}
+
+/// A command's failure: what to print and which exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code.
+    pub exit: Exit,
+    /// Message.
+    pub message: String,
+    /// The server's problem document, for refusals.
+    pub problem: Option<Box<cryptflow_client::Problem>>,
+}
+
+impl CliError {
+    /// An error with this exit code.
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self { exit, message: message.into(), problem: None }
+    }
+
+    /// Exit 2.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    /// Exit 3.
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::new(Exit::Input, message)
+    }
+
+    /// Exit 1.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Exit::Internal, message)
+    }
+
+    /// Prints the error (as JSON on stderr with `--json`) and returns the exit code.
+    pub fn report(&self, json: bool) -> ExitCode {
+        if json {
+            let v = serde_json::json!({
+                "error": self.message,
+                "exit": self.exit as u8,
+                "kind": self.exit,
+                "problem": self.problem,
+            });
+            eprintln!("{v}");
+        } else {
+            eprintln!("error: {}", self.message);
+            if let Some(p) = &self.problem {
+                if let Some(f) = &p.field {
+                    eprintln!("  field: {f}");
+                }
+                if let Some(l) = p.limit {
+                    eprintln!("  limit: {l}");
+                }
+            }
+        }
+        ExitCode::from(self.exit as u8)
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        let exit = match &e {
+            ClientError::Input(_) => Exit::Input,
+            ClientError::Refused { .. } => Exit::Refused,
+            ClientError::Server { .. } | ClientError::Transport { .. } => Exit::Unavailable,
+            ClientError::Protocol { .. } => Exit::Protocol,
+            ClientError::RoundState { .. } | ClientError::Timeout(_) => Exit::RoundState,
+            ClientError::Crypto(_) => Exit::Input,
+            ClientError::Config(_) => Exit::Usage,
+            _ => Exit::Internal,
+        };
+        let problem = e.problem().cloned().map(Box::new);
+        Self { exit, message: e.to_string(), problem }
+    }
+}
+
+/// `1.23 MB`-style sizes (decimal units).
+pub fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2} MB", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1} kB", n / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal, or with `--json`)
+/// driven by the SDK's progress events.
+pub fn progress_bar(json: bool) -> (ProgressBar, ProgressFn) {
+    let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {msg:12} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let b = bar.clone();
+    let f = ProgressFn::new(move |p| match p {
+        Progress::Encrypting { values } => {
+            b.set_message(format!("encrypting {values} values"));
+            b.enable_steady_tick(std::time::Duration::from_millis(100));
+        }
+        Progress::Encrypted { bytes } => {
+            b.set_message("uploading");
+            b.set_length(bytes);
+            b.set_position(0);
+        }
+        Progress::Uploading { sent, total } => {
+            b.set_length(total);
+            b.set_position(sent);
+        }
+        Progress::Downloading { received, total } => {
+            b.set_message("downloading");
+            b.set_length(total);
+            b.set_position(received);
+        }
+        Progress::Decrypting => b.set_message("decrypting"),
+        _ => {}
+    });
+    (bar, f)
+}

@@ -1,0 +1,97 @@
+//! Errors, typed by culprit: the caller's input, a server's refusal, the network, or the
+//! data a server sent back.
+
+use cryptflow_services::Problem;
+use thiserror::Error;
+
+/// Everything the SDK can fail with.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The caller's update does not fit the round (layout, length, weight, values).
+    #[error("invalid update: {0}")]
+    Input(String),
+    /// A server refused the request (4xx). Never retried (except 429, see [`RetryPolicy`]).
+    ///
+    /// [`RetryPolicy`]: crate::RetryPolicy
+    #[error("{service} refused the request ({}): {}", problem.status, problem.detail.as_deref().unwrap_or(&problem.title))]
+    Refused {
+        /// `aggregator` or `kms`.
+        service: &'static str,
+        /// The server's problem document.
+        problem: Box<Problem>,
+    },
+    /// A server kept failing (5xx) after every retry.
+    #[error("{service} failed ({status}) after {attempts} attempts: {detail}")]
+    Server {
+        /// `aggregator` or `kms`.
+        service: &'static str,
+        /// Last status.
+        status: u16,
+        /// Last problem detail (or body excerpt).
+        detail: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The server could not be reached (or the connection broke) after every retry.
+    #[error("cannot reach {service} after {attempts} attempts: {source}")]
+    Transport {
+        /// `aggregator` or `kms`.
+        service: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A server answered with something that is not what the protocol says (wrong size,
+    /// undecodable object, a key that does not match the round, a hash mismatch).
+    #[error("{service} sent an invalid response: {detail}")]
+    Protocol {
+        /// `aggregator` or `kms`.
+        service: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The round is not in a state that allows this (e.g. fetching before publication).
+    #[error("round `{round}` is {state}: {detail}")]
+    RoundState {
+        /// The round.
+        round: String,
+        /// Its state.
+        state: String,
+        /// What was attempted.
+        detail: String,
+    },
+    /// Waiting for the round ran out of time.
+    #[error("timed out waiting for round `{0}`")]
+    Timeout(String),
+    /// Encryption or decryption failed in the encryption core.
+    #[error("encryption core: {0}")]
+    Crypto(#[from] cryptflow_he::Error),
+    /// The client was configured wrongly (bad URL, bad token).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The server's problem document, for a refusal.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            ClientError::Refused { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+
+    /// HTTP status of a refusal or server failure.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { problem, .. } => Some(problem.status),
+            ClientError::Server { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
