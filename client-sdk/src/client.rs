@@ -326,6 +326,22 @@ impl Client {
         .await
     }
 
+    /// GETs a binary body of at most `limit` bytes (under retries).
+    async fn get_bytes(
+        &self,
+        service: Service,
+        path: &str,
+        limit: usize,
+        progress: Option<&ProgressFn>,
+    ) -> Result<Vec<u8>> {
+        self.with_retries(service, || async {
+            let req = self.request(service, reqwest::Method::GET, path).map_err(Failure::Fatal)?;
+            let res = send(service, req).await?;
+            read_body(service, res, limit, progress).await
+        })
+        .await
+    }
+
     /// Creates a round (admin token). Creating the same round twice returns it; a
     /// different spec under the same id is refused (409).
     pub async fn create_round(&self, spec: &RoundSpec) -> Result<RoundInfo> {
@@ -597,15 +613,7 @@ impl Client {
         let expected = usize::try_from(expected)
             .map_err(|_| protocol(Service::Aggregator, "the aggregate is too large".into()))?;
         let path = format!("/v1/rounds/{round}/aggregate");
-        let bytes = self
-            .with_retries(Service::Aggregator, || async {
-                let req = self
-                    .request(Service::Aggregator, reqwest::Method::GET, &path)
-                    .map_err(Failure::Fatal)?;
-                let res = send(Service::Aggregator, req).await?;
-                read_body(Service::Aggregator, res, expected, progress).await
-            })
-            .await?;
+        let bytes = self.get_bytes(Service::Aggregator, &path, expected, progress).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let downloaded = bytes.len() as u64;
         if info.aggregate_sha256.as_deref() != Some(digest.as_str()) {
@@ -631,15 +639,7 @@ impl Client {
             ));
         }
         let secret_path = format!("/v1/rounds/{round}/key/secret");
-        let secret = self
-            .with_retries(Service::Kms, || async {
-                let req = self
-                    .request(Service::Kms, reqwest::Method::GET, &secret_path)
-                    .map_err(Failure::Fatal)?;
-                let res = send(Service::Kms, req).await?;
-                read_body(Service::Kms, res, MAX_SECRET_KEY_BYTES, None).await
-            })
-            .await?;
+        let secret = self.get_bytes(Service::Kms, &secret_path, MAX_SECRET_KEY_BYTES, None).await?;
         let secret = Zeroizing::new(secret);
         let sk = SecretKey::from_bytes(&secret)
             .map_err(|e| protocol(Service::Kms, format!("undecodable secret key: {e}")))?;

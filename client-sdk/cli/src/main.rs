@@ -415,6 +415,7 @@ fn print_round(info: &RoundInfo, json: bool) {
         info.encrypted_values,
         match &s.layout {
             Layout::Dimension(_) => "flat vector".to_owned(),
+            Layout::Tensors(ts) if ts.len() == 1 => format!("tensor `{}`", ts[0].name),
             Layout::Tensors(ts) => format!("{} tensors", ts.len()),
         },
         info.contributors,
