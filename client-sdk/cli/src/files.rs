@@ -224,6 +224,41 @@ fn write_safetensors(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Arbitrary bytes, and valid files with bytes flipped or cut, never panic the
+        /// readers: they decode or give an input error.
+        #[test]
+        fn readers_survive_arbitrary_and_mutated_bytes(
+            noise in proptest::collection::vec(any::<u8>(), 0..512),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let u = ModelUpdate::Tensors(vec![Tensor {
+                name: "t".into(),
+                values: ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.5; 6]).unwrap(),
+            }]);
+            for name in ["x.npy", "x.safetensors"] {
+                let p = dir.path().join(name);
+                write(&p, &u, &[DType::F32]).unwrap();
+                let mut valid = std::fs::read(&p).unwrap();
+                for (i, b) in &flips {
+                    let at = i.index(valid.len());
+                    valid[at] ^= b;
+                }
+                let cut_at = cut.index(valid.len() + 1);
+                for bytes in [noise.clone(), valid.clone(), valid[..cut_at].to_vec()] {
+                    std::fs::write(&p, &bytes).unwrap();
+                    if let Err(e) = read(&p) {
+                        prop_assert_eq!(e.exit, crate::output::Exit::Input);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn files_round_trip_with_names_shapes_and_dtypes() {

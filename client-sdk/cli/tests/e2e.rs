@@ -430,3 +430,37 @@ async fn three_cli_clients_average_npy_files_then_safetensors() {
     assert_eq!(missing.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&missing.stderr).starts_with("error: aggregator refused"));
 }
+
+/// The main job, as a script would run it: every round's JSON line shows the encrypted
+/// model's accuracy equal to plaintext FedAvg's and the mean within the planner's bound.
+#[test]
+fn demo_runs_and_matches_plaintext_fedavg() {
+    for weighting in ["uniform", "private"] {
+        let out = run_ok(Command::new(CLI).args([
+            "--json",
+            "demo",
+            "--rounds",
+            "3",
+            "--clients",
+            "4",
+            "--hidden",
+            "16",
+            "--weighting",
+            weighting,
+        ]));
+        let rounds: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rounds.len(), 3);
+        for r in &rounds {
+            assert_eq!(r["accuracy_encrypted"], r["accuracy_plaintext"], "{r}");
+            assert!(r["max_abs_error"].as_f64().unwrap() <= r["bound"].as_f64().unwrap(), "{r}");
+            assert_eq!(r["parameters"], 64 * 16 + 16 + 16 * 10 + 10);
+        }
+        assert!(rounds[2]["accuracy_encrypted"].as_f64().unwrap() > 0.5, "{:?}", rounds[2]);
+    }
+    // Bad flags are usage errors (exit 2), not crashes.
+    let bad = Command::new(CLI).args(["demo", "--clip", "-1"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
