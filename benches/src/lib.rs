@@ -1,1 +1,318 @@
-//! Benchmarks and the ciphertext-overhead suite. The `he` micro-benchmarks live in `he/benches`; the suite comes with issue #6.
+//! The ciphertext-overhead suite's report: one [`Row`] per (system, d, K, precision), and
+//! its renderings as a Markdown table, JSON lines and an SVG plot of overhead against d.
+//!
+//! The measuring binary is `overhead` (`benches/src/main.rs`); the peer comparison writes
+//! rows of the same shape (`benches/peers/`). Every figure in `BENCHMARKS.md` comes from
+//! these. The `he` criterion micro-benchmarks live in `he/benches/he.rs`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// One measured configuration. Times are milliseconds; sizes are bytes per value of the
+/// model update (float32 is 4). `None` where a figure was not measured (with the reason in
+/// `note`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// `cryptflow` or a peer's name.
+    pub system: String,
+    /// Values per update.
+    pub d: u64,
+    /// Clients.
+    pub k: u32,
+    /// Target error of a coordinate of the mean (`None` for peers without one).
+    pub precision: Option<f64>,
+    /// Upload bytes per value.
+    pub upload_bytes_per_value: f64,
+    /// Download (aggregate) bytes per value.
+    pub download_bytes_per_value: f64,
+    /// Public key (encryption material a client downloads) bytes per value.
+    pub key_bytes_per_value: f64,
+    /// Mean encryption time per client.
+    pub encrypt_ms: f64,
+    /// Aggregation time: combining K uploads into the published aggregate.
+    pub aggregate_ms: f64,
+    /// Decryption time of the aggregate (to the mean).
+    pub decrypt_ms: f64,
+    /// Plaintext FedAvg: summing K float32 vectors, same process, same data.
+    pub plaintext_fedavg_ms: f64,
+    /// Largest absolute error of a coordinate of the mean.
+    pub max_error: f64,
+    /// Root-mean-square error of the mean.
+    pub rms_error: f64,
+    /// The planner's guarantee on `max_error`.
+    pub bound: Option<f64>,
+    /// A whole round through the REST services on loopback with K concurrent clients:
+    /// create, encrypt + upload, publish, fetch + decrypt.
+    pub e2e_round_ms: Option<f64>,
+    /// Peak resident memory of the aggregator process during that round (MiB).
+    pub aggregator_peak_mib: Option<f64>,
+    /// Anything the reader needs (why a figure is missing, the machine's limits).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+impl Row {
+    /// Upload size relative to float32.
+    pub fn upload_ratio(&self) -> f64 {
+        self.upload_bytes_per_value / 4.0
+    }
+
+    /// Aggregation time relative to plaintext FedAvg.
+    pub fn aggregate_ratio(&self) -> f64 {
+        self.aggregate_ms / self.plaintext_fedavg_ms.max(1e-9)
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+fn sci(v: f64) -> String {
+    format!("{v:.1e}")
+}
+
+fn dim(d: u64) -> String {
+    let e = (d as f64).log10();
+    if (e - e.round()).abs() < 1e-9 && d >= 10 {
+        format!("10^{}", e.round() as u32)
+    } else {
+        d.to_string()
+    }
+}
+
+/// The Markdown table (one row per configuration, in the given order).
+///
+/// ```
+/// use cryptflow_benches::{markdown, Row};
+/// let row = Row { system: "cryptflow".into(), d: 1_000_000, k: 8, precision: Some(1e-6),
+///     upload_bytes_per_value: 4.44, download_bytes_per_value: 5.0, key_bytes_per_value: 0.1,
+///     encrypt_ms: 17.0, aggregate_ms: 6.0, decrypt_ms: 5.0, plaintext_fedavg_ms: 1.0,
+///     max_error: 8e-7, rms_error: 3e-7, bound: Some(9.5e-7), e2e_round_ms: None,
+///     aggregator_peak_mib: None, note: String::new() };
+/// let md = markdown(&[row]);
+/// assert!(md.contains("| cryptflow | 10^6 | 8 | 1e-6 | 4.44 (1.11×)"));
+/// ```
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| system | d | K | target | upload B/value (× f32) | download B/value | key B/value | \
+         encrypt ms | aggregate ms (× FedAvg) | decrypt ms | FedAvg ms | max error | RMS error | \
+         bound | REST round ms | aggregator peak MiB |\n",
+    );
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.2} ({:.2}×) | {:.2} | {:.3} | {:.1} | {:.1} ({:.1}×) | {:.1} | {:.2} | {} | {} | {} | {} | {} |",
+            r.system,
+            dim(r.d),
+            r.k,
+            r.precision.map_or_else(|| "—".to_owned(), |p| format!("{p:.0e}")),
+            r.upload_bytes_per_value,
+            r.upload_ratio(),
+            r.download_bytes_per_value,
+            r.key_bytes_per_value,
+            r.encrypt_ms,
+            r.aggregate_ms,
+            r.aggregate_ratio(),
+            r.decrypt_ms,
+            r.plaintext_fedavg_ms,
+            sci(r.max_error),
+            sci(r.rms_error),
+            r.bound.map_or_else(|| "—".to_owned(), sci),
+            opt(r.e2e_round_ms, 0),
+            opt(r.aggregator_peak_mib, 0),
+        );
+    }
+    let notes: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.note.is_empty())
+        .map(|r| format!("- {} d={} K={}: {}", r.system, dim(r.d), r.k, r.note))
+        .collect();
+    if !notes.is_empty() {
+        s.push('\n');
+        s.push_str(&notes.join("\n"));
+        s.push('\n');
+    }
+    s
+}
+
+/// JSON lines, one row each.
+pub fn json_lines(rows: &[Row]) -> String {
+    rows.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|l| l + "\n").collect()
+}
+
+/// Reads JSON lines written by [`json_lines`] (or a peer script); blank lines are skipped.
+pub fn parse_json_lines(text: &str) -> Result<Vec<Row>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        .collect()
+}
+
+const COLOURS: [&str; 8] =
+    ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+
+/// An SVG with two panels against d (log–log): upload size relative to float32, and
+/// aggregation time relative to plaintext FedAvg; one line per (system, K, precision).
+pub fn svg(rows: &[Row]) -> String {
+    let mut series: Vec<(String, Vec<&Row>)> = Vec::new();
+    for r in rows {
+        let name = format!(
+            "{} K={}{}",
+            r.system,
+            r.k,
+            r.precision.map_or_else(String::new, |p| format!(" ε={p:.0e}"))
+        );
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(r),
+            None => series.push((name, vec![r])),
+        }
+    }
+    for (_, v) in &mut series {
+        v.sort_by_key(|r| r.d);
+    }
+    let (w, h, pad) = (460.0, 300.0, 55.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        2.0 * w + 20.0,
+        h + 40.0 + 16.0 * series.len() as f64
+    );
+    type Metric = fn(&Row) -> f64;
+    let panels: [(&str, Metric); 2] = [
+        ("upload bytes / float32 bytes", Row::upload_ratio),
+        ("aggregation time / plaintext FedAvg time", Row::aggregate_ratio),
+    ];
+    let (dmin, dmax) = rows.iter().fold((f64::MAX, f64::MIN), |(a, b), r| {
+        let x = (r.d.max(1) as f64).log10();
+        (a.min(x), b.max(x))
+    });
+    let (dmin, dmax) = if dmin >= dmax { (dmin - 1.0, dmin + 1.0) } else { (dmin, dmax) };
+    for (p, (title, f)) in panels.iter().enumerate() {
+        let x0 = p as f64 * (w + 20.0);
+        let vals: Vec<f64> = rows.iter().map(f).filter(|v| *v > 0.0).collect();
+        let lo = vals.iter().copied().fold(f64::MAX, f64::min).log10().floor().min(0.0);
+        let hi = vals.iter().copied().fold(f64::MIN, f64::max).log10().ceil().max(lo + 1.0);
+        let px = |d: f64| x0 + pad + (d - dmin) / (dmax - dmin) * (w - pad - 15.0);
+        let py = |v: f64| 20.0 + (hi - v.max(1e-12).log10()) / (hi - lo) * (h - 50.0);
+        let _ =
+            writeln!(s, "<text x=\"{}\" y=\"14\" font-weight=\"bold\">{title}</text>", x0 + pad);
+        let _ = writeln!(
+            s,
+            "<rect x=\"{}\" y=\"20\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#888\"/>",
+            x0 + pad,
+            w - pad - 15.0,
+            h - 50.0
+        );
+        let mut e = lo;
+        while e <= hi + 1e-9 {
+            let y = py(10f64.powf(e));
+            let _ = writeln!(
+                s,
+                "<line x1=\"{}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                x0 + pad,
+                x0 + w - 15.0,
+                x0 + pad - 4.0,
+                y + 4.0,
+                if (0.0..4.0).contains(&e) { format!("{}", 10f64.powf(e)) } else { format!("1e{e}") }
+            );
+            e += 1.0;
+        }
+        let mut d = dmin.ceil();
+        while d <= dmax + 1e-9 {
+            let x = px(d);
+            let _ = writeln!(
+                s,
+                "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">10^{d}</text>",
+                h - 14.0
+            );
+            d += 1.0;
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">d (values per update)</text>",
+            x0 + w / 2.0,
+            h + 2.0
+        );
+        // The 1× line.
+        let y1 = py(1.0);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{y1:.1}\" y2=\"{y1:.1}\" stroke=\"#000\" stroke-dasharray=\"4 3\"/>",
+            x0 + pad,
+            x0 + w - 15.0
+        );
+        for (i, (_, pts)) in series.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let coords: Vec<String> = pts
+                .iter()
+                .filter(|r| f(r) > 0.0)
+                .map(|r| format!("{:.1},{:.1}", px((r.d as f64).log10()), py(f(r))))
+                .collect();
+            let _ = writeln!(
+                s,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>",
+                coords.join(" ")
+            );
+            for c in &coords {
+                let (cx, cy) = c.split_once(',').unwrap_or(("0", "0"));
+                let _ = writeln!(s, "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"3\" fill=\"{colour}\"/>");
+            }
+        }
+    }
+    for (i, (name, _)) in series.iter().enumerate() {
+        let y = h + 20.0 + 16.0 * i as f64;
+        let colour = COLOURS[i % COLOURS.len()];
+        let _ = writeln!(
+            s,
+            "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"{colour}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            pad + 24.0,
+            pad + 30.0,
+            y + 4.0,
+            name.replace('&', "&amp;").replace('<', "&lt;")
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(system: &str, d: u64, k: u32, up: f64) -> Row {
+        Row {
+            system: system.into(),
+            d,
+            k,
+            precision: Some(1e-6),
+            upload_bytes_per_value: up,
+            download_bytes_per_value: 5.0,
+            key_bytes_per_value: 0.1,
+            encrypt_ms: 1.0,
+            aggregate_ms: 2.0,
+            decrypt_ms: 1.0,
+            plaintext_fedavg_ms: 0.5,
+            max_error: 1e-7,
+            rms_error: 5e-8,
+            bound: Some(9.5e-7),
+            e2e_round_ms: Some(12.0),
+            aggregator_peak_mib: None,
+            note: "n".into(),
+        }
+    }
+
+    #[test]
+    fn renderings_agree_and_round_trip() {
+        let rows = vec![row("cryptflow", 10_000, 8, 9.0), row("cryptflow", 100_000, 8, 4.5)];
+        assert_eq!(parse_json_lines(&json_lines(&rows)).unwrap(), rows);
+        let md = markdown(&rows);
+        assert_eq!(md.lines().filter(|l| l.starts_with("| cryptflow")).count(), 2);
+        assert!(md.contains("| 10^5 | 8 | 1e-6 | 4.50 (1.12×)") && md.contains("(4.0×)"), "{md}");
+        let svg = svg(&rows);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2); // one series, two panels
+        assert!(parse_json_lines("{not json").is_err());
+    }
+}
