@@ -157,11 +157,12 @@ impl Metrics {
     }
 }
 
-/// Builds the state from a configuration: reads keys, opens and migrates the database.
+/// Builds the state from a configuration: reads keys, opens the database and checks it is
+/// migrated (migrations run only through `cryptflow-aggregator migrate`, never on start).
 pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, StartError> {
     let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
     let pool = db::connect(&config.database_url, config.max_connections).await?;
-    db::migrate(&pool, &config.database_url, &MIGRATIONS).await?;
+    db::require_migrated(&pool, &config.database_url, &MIGRATIONS).await?;
     let blobs = blob::BlobStore::open(&config.blob_dir)
         .map_err(|e| StartError::Io(format!("{}: {e}", config.blob_dir.display())))?;
     Ok(AppState {

@@ -13,8 +13,11 @@ USAGE:
     cryptflow-aggregator <COMMAND> [--config FILE]
 
 COMMANDS:
-    serve      run the service (API and metrics listeners, deadline task)
-    migrate    apply database migrations and exit
+    serve         run the service (API and metrics listeners, deadline task); refuses to
+                  start on a database that is not migrated
+    migrate       apply database migrations and exit
+    check-config  load the configuration, print it (no secrets), exit 1 on error
+    healthcheck   GET /healthz from the configured listener (container probes)
 
 Configuration comes from --config FILE (TOML), then CRYPTFLOW_AGGREGATOR__* environment
 variables, e.g. CRYPTFLOW_AGGREGATOR__KMS_URL=http://kms:8081 (nesting with __).
@@ -52,6 +55,11 @@ fn main() -> ExitCode {
                 let grace = Duration::from_secs(cfg.shutdown_timeout_secs);
                 shutdown::serve_until_signal(move |stop| launch(listener, metrics, state, tick, stop), grace).await
             }
+            "check-config" => {
+                println!("{}", config::redacted_json(&cfg));
+                Ok(())
+            }
+            "healthcheck" => cryptflow_services::http::healthcheck(&cfg.listen, "/healthz"),
             "migrate" => {
                 let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
                 db::migrate(&pool, &cfg.database_url, &cryptflow_aggregator::MIGRATIONS).await.map_err(|e| e.to_string())?;

@@ -106,6 +106,14 @@ async fn kill_9_loses_nothing_and_counts_nothing_twice() {
         ),
     )
     .unwrap();
+    // Migrations run only through `migrate`; `serve` refuses an unmigrated database.
+    let status = Command::new(env!("CARGO_BIN_EXE_cryptflow-aggregator"))
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
     let mut agg = spawn_aggregator(&config).await;
 
     let k = 6usize;

@@ -76,6 +76,12 @@ async fn sixty_four_concurrent_uploads_of_a_million_values() {
         ),
     )
     .unwrap();
+    let migrated = Command::new(env!("CARGO_BIN_EXE_cryptflow-aggregator"))
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(migrated.success());
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cryptflow-aggregator"))
         .args(["serve", "--config"])

@@ -124,10 +124,21 @@ pub fn markdown(rows: &[Row]) -> String {
             opt(r.aggregator_peak_mib, 0),
         );
     }
-    let notes: Vec<String> = rows
-        .iter()
-        .filter(|r| !r.note.is_empty())
-        .map(|r| format!("- {} d={} K={}: {}", r.system, dim(r.d), r.k, r.note))
+    // One line per distinct (system, note), naming the rows it applies to.
+    let mut notes: Vec<(String, String, Vec<String>)> = Vec::new();
+    for r in rows.iter().filter(|r| !r.note.is_empty()) {
+        let at = match r.precision {
+            Some(p) => format!("d={} K={} ε={p:.0e}", dim(r.d), r.k),
+            None => format!("d={} K={}", dim(r.d), r.k),
+        };
+        match notes.iter_mut().find(|(s, n, _)| *s == r.system && *n == r.note) {
+            Some((_, _, v)) => v.push(at),
+            None => notes.push((r.system.clone(), r.note.clone(), vec![at])),
+        }
+    }
+    let notes: Vec<String> = notes
+        .into_iter()
+        .map(|(system, note, at)| format!("- {system} ({}): {note}", at.join("; ")))
         .collect();
     if !notes.is_empty() {
         s.push('\n');

@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 || ups[0].lift().expect("lift"),
                 |mut one| {
-                    one.scale_assign(Weight::try_new(3).expect("weight"), 0).expect("scale");
+                    one.scale_assign(Weight::try_new(2).expect("weight"), 0).expect("scale");
                     one
                 },
                 BatchSize::LargeInput,

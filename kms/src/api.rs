@@ -57,13 +57,30 @@ impl FromRef<AppState> for Arc<Verifier> {
 
 /// The router (without the metrics endpoint, which listens elsewhere).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v1/rounds/{round}/key", put(create_key).get(key_info).delete(destroy_key))
+    routes(state, max_body_bytes, true)
+}
+
+/// The client-facing subset: key metadata, public key and secret-key release (and the
+/// probes). With `internal_listen` set, the KMS serves this on `listen` and the full
+/// [`router`] — aggregator and operator endpoints included — only on `internal_listen`, so a
+/// network policy can keep everyone but the aggregator away from those.
+pub fn public_router(state: AppState, max_body_bytes: usize) -> Router {
+    routes(state, max_body_bytes, false)
+}
+
+fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
+    let key =
+        if internal { put(create_key).get(key_info).delete(destroy_key) } else { get(key_info) };
+    let mut r = Router::new()
+        .route("/v1/rounds/{round}/key", key)
         .route("/v1/rounds/{round}/key/public", get(public_key))
-        .route("/v1/rounds/{round}/key/aggregated", post(mark_aggregated))
-        .route("/v1/rounds/{round}/key/secret", get(release_secret))
-        .route("/v1/audit", get(audit_log))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .route("/v1/rounds/{round}/key/secret", get(release_secret));
+    if internal {
+        r = r
+            .route("/v1/rounds/{round}/key/aggregated", post(mark_aggregated))
+            .route("/v1/audit", get(audit_log));
+    }
+    r.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state.clone())
         .merge(probe_routes(state.pool, OPENAPI))
         .fallback(not_found)

@@ -44,6 +44,9 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 pub struct KmsConfig {
     /// API listen address.
     pub listen: String,
+    /// If set, the aggregator's and operators' endpoints are served only here, and `listen`
+    /// serves the client endpoints (key metadata, public key, secret release) and probes.
+    pub internal_listen: Option<String>,
     /// Prometheus metrics listen address (a separate port).
     pub metrics_listen: String,
     /// `sqlite://…` (embedded default) or `postgres://…`.
@@ -66,6 +69,7 @@ impl Default for KmsConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8081".into(),
+            internal_listen: None,
             metrics_listen: "127.0.0.1:9081".into(),
             database_url: "sqlite://cryptflow-kms.db?mode=rwc".into(),
             max_connections: 8,
@@ -137,12 +141,13 @@ pub fn master_key(config: &KmsConfig) -> Result<MasterKey, seal::SealError> {
     }
 }
 
-/// Builds the state from a configuration: reads keys, opens and migrates the database.
+/// Builds the state from a configuration: reads keys, opens the database and checks it is
+/// migrated (migrations run only through `cryptflow-kms migrate`, never on start).
 pub async fn state_from_config(config: &KmsConfig) -> Result<AppState, StartError> {
     let master = master_key(config)?;
     let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
     let pool = db::connect(&config.database_url, config.max_connections).await?;
-    db::migrate(&pool, &config.database_url, &MIGRATIONS).await?;
+    db::require_migrated(&pool, &config.database_url, &MIGRATIONS).await?;
     Ok(AppState {
         pool,
         verifier: Arc::new(verifier),
@@ -161,6 +166,34 @@ pub async fn launch(
     max_body_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = api::router(state.clone(), max_body_bytes);
+    serve(vec![(listener, app)], metrics, &state, shutdown).await
+}
+
+/// Like [`launch`], with the endpoints split: the client-facing ones on `public`, all of them
+/// on `internal` (see [`KmsConfig::internal_listen`]).
+pub async fn launch_split(
+    public: TcpListener,
+    internal: TcpListener,
+    metrics: TcpListener,
+    state: AppState,
+    max_body_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let apps = vec![
+        (public, api::public_router(state.clone(), max_body_bytes)),
+        (internal, api::router(state.clone(), max_body_bytes)),
+    ];
+    serve(apps, metrics, &state, shutdown).await
+}
+
+/// Serves each router on its listener and the metrics on theirs; on `shutdown` all drain.
+async fn serve(
+    apps: Vec<(TcpListener, axum::Router)>,
+    metrics: TcpListener,
+    state: &AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let counters = state.metrics.clone();
     let metrics_task = cryptflow_services::http::spawn_metrics(
@@ -168,9 +201,24 @@ pub async fn launch(
         move || counters.render(),
         stop_rx.clone(),
     );
-    let app = api::router(state, max_body_bytes);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let servers: Vec<_> = apps
+        .into_iter()
+        .map(|(listener, app)| {
+            let mut rx = stop_rx.clone();
+            tokio::spawn(std::future::IntoFuture::into_future(
+                axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }),
+            ))
+        })
+        .collect();
+    shutdown.await;
     let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    for s in servers {
+        let r = s.await.map_err(std::io::Error::other).and_then(|r| r);
+        result = result.and(r);
+    }
     let _ = metrics_task.await;
     result
 }

@@ -1,6 +1,8 @@
 //! `cryptflow-kms`: the KMS binary. See `cryptflow-kms --help`.
 
-use cryptflow_kms::{audit, launch, rotate_master_key, state_from_config, KmsConfig, MasterKey};
+use cryptflow_kms::{
+    audit, launch, launch_split, rotate_master_key, state_from_config, KmsConfig, MasterKey,
+};
 use cryptflow_services::{config, db, shutdown};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,8 +15,11 @@ USAGE:
     cryptflow-kms <COMMAND> [--config FILE]
 
 COMMANDS:
-    serve                          run the service (API and metrics listeners)
+    serve                          run the service (API and metrics listeners); refuses to
+                                   start on a database that is not migrated
     migrate                        apply database migrations and exit
+    check-config                   load the configuration, print it (no secrets), exit 1 on error
+    healthcheck                    GET /healthz from the configured listener (container probes)
     verify-audit                   check the audit log's hash chain; exit 1 if broken
     rotate-master-key --new FILE   re-wrap every sealed key under the master key in FILE
     generate-master-key FILE       write a fresh random master key to FILE (mode 0600)
@@ -52,6 +57,11 @@ fn main() -> ExitCode {
         let cfg: KmsConfig = config::load(config_path.as_deref(), "CRYPTFLOW_KMS__").map_err(|e| e.to_string())?;
         match command.as_str() {
             "serve" => serve(cfg).await,
+            "check-config" => {
+                println!("{}", config::redacted_json(&cfg));
+                Ok(ExitCode::SUCCESS)
+            }
+            "healthcheck" => cryptflow_services::http::healthcheck(&cfg.listen, "/healthz").map(|()| ExitCode::SUCCESS),
             "migrate" => {
                 let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
                 db::migrate(&pool, &cfg.database_url, &cryptflow_kms::MIGRATIONS).await.map_err(|e| e.to_string())?;
@@ -113,11 +123,24 @@ async fn serve(cfg: KmsConfig) -> Result<ExitCode, String> {
     let metrics = tokio::net::TcpListener::bind(&cfg.metrics_listen)
         .await
         .map_err(|e| format!("{}: {e}", cfg.metrics_listen))?;
-    tracing::info!(listen = %cfg.listen, metrics = %cfg.metrics_listen, "cryptflow-kms serving");
+    let internal = match &cfg.internal_listen {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{addr}: {e}"))?)
+        }
+        None => None,
+    };
+    tracing::info!(listen = %cfg.listen, internal = ?cfg.internal_listen, metrics = %cfg.metrics_listen, "cryptflow-kms serving");
     let grace = Duration::from_secs(cfg.shutdown_timeout_secs);
     let max_body = cfg.max_body_bytes;
     shutdown::serve_until_signal(
-        move |stop| launch(listener, metrics, state, max_body, stop),
+        move |stop| async move {
+            match internal {
+                Some(internal) => {
+                    launch_split(listener, internal, metrics, state, max_body, stop).await
+                }
+                None => launch(listener, metrics, state, max_body, stop).await,
+            }
+        },
         grace,
     )
     .await

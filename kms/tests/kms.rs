@@ -666,3 +666,65 @@ async fn verify_audit_command_detects_tampering() {
     assert!(String::from_utf8_lossy(&broken.stdout).contains("BROKEN at entry 2"));
     kms.stop().await;
 }
+
+/// With `internal_listen`, the public listener serves only the client endpoints: the
+/// aggregator's and operators' endpoints exist only on the internal one (which a network
+/// policy opens to the aggregator alone).
+#[tokio::test]
+async fn split_listeners_keep_aggregator_endpoints_internal() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = env(format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display()), dir);
+    let pool = db::connect(&env.url, 2).await.unwrap();
+    // Servers never migrate: an unmigrated database is refused until `migrate` ran.
+    let missing = db::require_migrated(&pool, &env.url, &cryptflow_kms::MIGRATIONS).await;
+    assert!(matches!(missing, Err(db::DbError::NotMigrated { .. })), "{missing:?}");
+    db::migrate(&pool, &env.url, &cryptflow_kms::MIGRATIONS).await.unwrap();
+    db::require_migrated(&pool, &env.url, &cryptflow_kms::MIGRATIONS).await.unwrap();
+    let state = AppState {
+        pool: pool.clone(),
+        verifier: Arc::new(
+            Verifier::new("kms", DEFAULT_LEEWAY, [("test", env.public_pem.as_bytes())]).unwrap(),
+        ),
+        master: env.master.clone(),
+        metrics: Arc::default(),
+        audit_lock: Arc::default(),
+    };
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let (public, internal, metrics) = (bind().await, bind().await, bind().await);
+    let public_url = format!("http://{}", public.local_addr().unwrap());
+    let internal_url = format!("http://{}", internal.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(cryptflow_kms::launch_split(
+        public,
+        internal,
+        metrics,
+        state,
+        64 * 1024,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    let agg = token(&env, "aggregator", Role::Aggregator);
+    let admin = token(&env, "ops", Role::Admin);
+    let alice = token(&env, "alice", Role::Client);
+    let put = |base: &str| {
+        http.put(format!("{base}/v1/rounds/r/key")).bearer_auth(&agg).json(&spec()).send()
+    };
+    assert_eq!(put(&public_url).await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(put(&internal_url).await.unwrap().status(), StatusCode::CREATED);
+    for (path, tok) in [("/v1/rounds/r/key/aggregated", &agg), ("/v1/audit", &admin)] {
+        let res = http.post(format!("{public_url}{path}")).bearer_auth(tok).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    // Clients keep everything they need on the public listener.
+    for path in ["/v1/rounds/r/key", "/v1/rounds/r/key/public", "/healthz", "/readyz"] {
+        let res = http.get(format!("{public_url}{path}")).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+    let res =
+        http.get(format!("{internal_url}/v1/audit")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}

@@ -42,6 +42,44 @@ where
     figment.extract().map_err(|e| ConfigError(e.to_string()))
 }
 
+/// A configuration as JSON for display (`check-config`), with the password of every
+/// `…_url` value replaced by `***`.
+pub fn redacted_json<T: serde::Serialize>(config: &T) -> String {
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        for (k, val) in map.iter_mut() {
+            if let (true, Some(url)) = (k.ends_with("_url"), val.as_str()) {
+                *val = serde_json::Value::String(redact_url(url));
+            }
+        }
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`.
+///
+/// ```
+/// use cryptflow_services::config::redact_url;
+/// assert_eq!(redact_url("postgres://kms:s3cret@db:5432/kms"), "postgres://kms:***@db:5432/kms");
+/// assert_eq!(redact_url("sqlite://kms.db?mode=rwc"), "sqlite://kms.db?mode=rwc");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked =
+                if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

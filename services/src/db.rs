@@ -55,6 +55,12 @@ pub enum DbError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database lacks migrations this build needs (`migrate` was not run).
+    #[error("the database is not migrated (missing {missing:?}): run the `migrate` command, in Kubernetes the migration Job, first")]
+    NotMigrated {
+        /// Versions absent from the database.
+        missing: Vec<i64>,
+    },
 }
 
 /// Opens a pool. For SQLite, every connection gets WAL, a busy timeout and foreign keys.
@@ -88,6 +94,36 @@ pub async fn migrate(pool: &AnyPool, url: &str, migrations: &Migrations) -> Resu
     };
     migrator.run(pool).await?;
     Ok(())
+}
+
+/// Checks that every migration of this build has been applied (servers call it at start:
+/// migrations run only through the `migrate` command, never on start).
+pub async fn require_migrated(
+    pool: &AnyPool,
+    url: &str,
+    migrations: &Migrations,
+) -> Result<(), DbError> {
+    use sqlx::Row;
+    let migrator = match Backend::of(url)? {
+        Backend::Sqlite => migrations.sqlite,
+        Backend::Postgres => migrations.postgres,
+    };
+    let applied: Vec<i64> =
+        match sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(rows) => rows.iter().filter_map(|r| r.try_get::<i64, _>("version").ok()).collect(),
+            // No bookkeeping table: nothing was ever migrated.
+            Err(_) => Vec::new(),
+        };
+    let missing: Vec<i64> =
+        migrator.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(DbError::NotMigrated { missing })
+    }
 }
 
 /// Liveness of the database (for `/readyz`).

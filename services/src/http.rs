@@ -145,6 +145,36 @@ pub fn render_counters(counters: &[(&str, &str, &std::sync::atomic::AtomicU64)])
         .collect()
 }
 
+/// `healthcheck` for container images without a shell or curl: GETs `path` from the service
+/// listening on `listen` (a wildcard host is reached on loopback) and succeeds on a 2xx.
+pub fn healthcheck(listen: &str, path: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let (host, port) = listen.rsplit_once(':').ok_or(format!("`{listen}` has no port"))?;
+    let host = match host {
+        "0.0.0.0" | "[::]" | "" => "127.0.0.1",
+        h => h,
+    };
+    let addr = format!("{host}:{port}");
+    let timeout = std::time::Duration::from_secs(3);
+    let sock: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or(format!("{addr}: no address"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut head = [0u8; 32];
+    let n = stream.read(&mut head).map_err(|e| format!("{addr}: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    match line.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        Some(code) => Err(format!("{addr}{path}: HTTP {code}")),
+        None => Err(format!("{addr}{path}: no HTTP answer")),
+    }
+}
+
 /// Serves `GET /metrics` (rendered by `render`) on its own listener until `stop` turns true.
 pub fn spawn_metrics(
     listener: tokio::net::TcpListener,
