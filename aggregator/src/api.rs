@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cryptflow_he::planner::{Plan, PlanTarget};
-use cryptflow_he::wire::compressed_ciphertext_len;
+use cryptflow_he::wire::{compressed_ciphertext_len, COMPRESSED_HEADER_LEN};
 use cryptflow_he::{
     Ciphertext, CompressedCiphertext, DecodeLimits, ParameterSet, PublicKey, Weight, Wire,
 };
@@ -470,18 +470,24 @@ async fn submit(
         .with_field("body")
         .with_limit(expected)
     };
-    let bytes = Limited::new(body, expected as usize)
-        .collect()
-        .await
-        .map_err(|e| {
+    // Read straight into one buffer of the round's exact size: an upload is held once in
+    // memory (the decoder keeps this buffer, the blob is written from it).
+    let limit = usize::try_from(expected).map_err(|_| too_large())?;
+    let mut bytes: Vec<u8> = Vec::with_capacity(limit);
+    let mut body = Limited::new(body, limit);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 too_large()
             } else {
                 AppError::new(ErrorCode::BadRequest, "the upload was interrupted")
                     .with_field("body")
             }
-        })?
-        .to_bytes();
+        })?;
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
     if bytes.len() as u64 != expected {
         return Err(AppError::new(
             ErrorCode::BadRequest,
@@ -491,11 +497,10 @@ async fn submit(
         .with_limit(expected));
     }
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    let ct = CompressedCiphertext::from_vec_with_limits(
-        bytes.to_vec(),
-        &DecodeLimits { max_values: values },
-    )
-    .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("body"))?;
+    let header = bytes[..COMPRESSED_HEADER_LEN.min(bytes.len())].to_vec();
+    let ct =
+        CompressedCiphertext::from_vec_with_limits(bytes, &DecodeLimits { max_values: values })
+            .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("body"))?;
     check_fits(&ct, &row, values)?;
 
     // One submission per client: an identical retry is fine, a different one is not.
@@ -507,11 +512,14 @@ async fn submit(
     let blobs = s.blobs.clone();
     // Named by content: a concurrent, different upload of the same client (which will lose
     // the insert and get 409) can never overwrite the blob the accepted row points to.
-    let (r, c, b) = (round.to_string(), submission_blob(client.as_str(), &sha256), bytes.clone());
-    tokio::task::spawn_blocking(move || blobs.put(&r, &c, &b))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(AppError::internal)?;
+    // The blob is the upload byte for byte: its (validated) header and the payload.
+    let (r, c) = (round.to_string(), submission_blob(client.as_str(), &sha256));
+    let ct = tokio::task::spawn_blocking(move || {
+        blobs.put_parts(&r, &c, &[&header, ct.payload()]).map(|()| ct)
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(AppError::internal)?;
     let inserted = sqlx::query(
         "INSERT INTO submissions (round_id, client_id, weight, sha256, bytes, received_at) \
          SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM rounds WHERE round_id = $7 AND state = 'open') \
@@ -521,7 +529,7 @@ async fn submit(
     .bind(client.as_str())
     .bind(weight as i64)
     .bind(&sha256)
-    .bind(bytes.len() as i64)
+    .bind(expected as i64)
     .bind(unix_now())
     .bind(round.as_str())
     .execute(&s.pool)

@@ -27,12 +27,19 @@ impl BlobStore {
 
     /// Durably stores `bytes` as `round/name`, replacing any previous blob atomically.
     pub fn put(&self, round: &str, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.put_parts(round, name, &[bytes])
+    }
+
+    /// Like [`BlobStore::put`], for a blob given as consecutive parts (no concatenated copy).
+    pub fn put_parts(&self, round: &str, name: &str, parts: &[&[u8]]) -> std::io::Result<()> {
         let dir = self.root.join(round);
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
+            for part in parts {
+                f.write_all(part)?;
+            }
             f.sync_all()?;
         }
         std::fs::rename(&tmp, self.path(round, name))?;
@@ -66,7 +73,7 @@ mod tests {
         let store = BlobStore::open(dir.path().join("blobs")).unwrap();
         store.put("r1", "alice.ct", b"one").unwrap();
         assert_eq!(store.get("r1", "alice.ct").unwrap(), b"one");
-        store.put("r1", "alice.ct", b"two").unwrap();
+        store.put_parts("r1", "alice.ct", &[b"tw", b"", b"o"]).unwrap();
         assert_eq!(store.get("r1", "alice.ct").unwrap(), b"two");
         assert!(store.exists("r1", "alice.ct"));
         assert!(!store.exists("r1", "bob.ct"));
