@@ -334,6 +334,11 @@ async fn retries_5xx_and_429_never_other_4xx() {
     let e = fast(&format!("http://127.0.0.1:{port}")).round(&round).await.unwrap_err();
     assert!(matches!(e, ClientError::Transport { attempts: 4, .. }), "{e}");
 
+    // HTTPS is supported (rustls): an https URL with nobody listening is a transport error,
+    // not "scheme not supported".
+    let e = fast(&format!("https://127.0.0.1:{port}")).round(&round).await.unwrap_err();
+    assert!(matches!(e, ClientError::Transport { .. }), "{e}");
+
     // Configuration mistakes are reported before any request.
     assert!(matches!(Client::builder("ftp://x", "http://y").build(), Err(ClientError::Config(_))));
     let no_token = Client::builder("http://127.0.0.1:1", "http://127.0.0.1:1").build().unwrap();
