@@ -375,13 +375,13 @@ impl Client {
     /// only when the round names another key.
     pub async fn public_key(&self, round: &RoundInfo) -> Result<Arc<PublicKey>> {
         let id = &round.spec.round_id;
-        if let Some(pk) = self.cached_key(id) {
+        let cached = self.cached_key(id);
+        if let Some(pk) = &cached {
             if pk.id().to_string() == round.key_id {
-                return Ok(pk);
+                return Ok(pk.clone());
             }
         }
         let path = format!("/v1/rounds/{id}/key/public");
-        let cached = self.cached_key(id);
         let fetched = self
             .with_retries(Service::Kms, || async {
                 let mut req = self

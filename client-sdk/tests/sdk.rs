@@ -213,7 +213,22 @@ async fn tensors_round_trip_in_every_weighting_mode_with_progress() {
         assert!(worst <= agg.max_abs_error, "{name}: {worst:e} > {:e}", agg.max_abs_error);
     }
 
-    // A vector into a tensor round, and a client outside the round.
+    // A vector into a tensor round that is still open: refused locally, naming the layout.
+    let layout2 =
+        Layout::Tensors(vec![cryptflow_client::TensorLayout { name: "w".into(), shape: vec![4] }]);
+    admin.create_round(&spec("open-tensors", layout2, Weighting::Uniform, 1e-6)).await.unwrap();
+    let e = stack
+        .client("site-0", Role::Client)
+        .submit(
+            &RoundId::parse("open-tensors").unwrap(),
+            &ClientId::parse("site-0").unwrap(),
+            &ModelUpdate::from(Array1::<f64>::zeros(4)),
+            SubmitOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, ClientError::Input(m) if m.contains("named tensors")), "{e}");
+    // A published round refuses further submissions before anything is encrypted.
     let e = stack
         .client("site-0", Role::Client)
         .submit(
@@ -224,7 +239,8 @@ async fn tensors_round_trip_in_every_weighting_mode_with_progress() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, ClientError::Input(_) | ClientError::RoundState { .. }), "{e}");
+    assert!(matches!(e, ClientError::RoundState { .. }), "{e}");
+    // A client outside the round.
     admin
         .create_round(&spec("vec", Layout::Dimension(100), Weighting::Uniform, 1e-6))
         .await
