@@ -1,129 +1,138 @@
-//! Criterion benchmarks of every `he` operation at d ∈ {2^16, 2^20, 2^23} values, K = 8
-//! contributions, |v| ≤ 1, mean error ≤ 1e-6 (planner-chosen widths, L = 8).
+//! Criterion benchmarks of every `he` operation at d ∈ {2^16, 2^20, 2^23} values, C = 8
+//! contributions, |v| ≤ 1, mean error ≤ 1e-6 (planner: w = 28), next to plaintext FedAvg of the
+//! same float32 vectors in the same run.
 //!
-//! Run: `cargo bench -p cryptflow-he --bench he` (all sizes, ~6 minutes on two cores), or one
-//! size: `cargo bench -p cryptflow-he --bench he -- 'd=2\^20'`. The overhead report across
+//! Run: `cargo bench -p cryptflow-he --bench he` (all sizes, several minutes on two cores), or
+//! one size: `cargo bench -p cryptflow-he --bench he -- 'd=2\^20'`. The overhead report across
 //! dimensions, client counts and precisions is `cryptflow-benches`' `overhead` binary.
 #![allow(missing_docs, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use cryptflow_he::planner::{plan, PlanRequest, PlanTarget};
+use cryptflow_he::planner::{plan, PlanRequest, Weighting};
+use cryptflow_he::sharing::{CommitteeShape, Release};
 use cryptflow_he::{
-    generate_keys, weighted_sum_compressed, BodiesPerMask, Ciphertext, CompressedCiphertext,
-    DecodeLimits, ParameterSet, PublicKey, Weight, Wire,
+    decrypt_with_releases, AggregateKey, ClientKey, DecodeLimits, MaskSeed, PackedCiphertext,
+    ParameterSet, RoundSetup, RunningSum, Wire,
 };
-use ndarray::Array1;
 use std::time::Duration;
 
-const K: usize = 8;
+const C: usize = 8;
 
 fn bench(c: &mut Criterion) {
     let params = ParameterSet::default_128();
-    let bodies = BodiesPerMask::try_new(8).expect("valid L");
-    let plan = plan(
+    let p = plan(
         &params,
         &PlanRequest {
-            max_clients: K as u32,
+            max_clients: C as u32,
             clip_bound: 1.0,
-            max_weight: 1,
-            bodies,
-            target: PlanTarget::Precision { max_abs_error: 1e-6 },
+            max_abs_error: 1e-6,
+            weighting: Weighting::Uniform,
         },
     )
     .expect("feasible plan");
-    let (sk, pk) = generate_keys(params, bodies).expect("keygen");
+
+    let mut g = c.benchmark_group("he/keys");
+    g.bench_function("generate", |b| b.iter(|| ClientKey::generate(&params).expect("key")));
+    let key = ClientKey::generate(&params).expect("key");
+    for (n, t) in [(1u8, 1u8), (5, 4)] {
+        let shape = CommitteeShape::try_new(n, t).expect("shape");
+        g.bench_function(format!("share_{t}_of_{n}"), |b| b.iter(|| key.share(shape).expect("share")));
+    }
+    g.finish();
 
     for log_d in [16u32, 20, 23] {
         let d = 1usize << log_d;
-        let x: Array1<f32> = (0..d).map(|i| ((i as f32) * 0.001).sin()).collect();
-        let mut g = c.benchmark_group(format!("he/d=2^{log_d}"));
-        g.sample_size(if log_d >= 23 { 10 } else { 20 });
-        g.measurement_time(Duration::from_secs(if log_d >= 23 { 10 } else { 4 }));
-        g.throughput(Throughput::Elements(d as u64));
-
-        g.bench_function("encrypt", |b| {
-            b.iter(|| pk.encrypt(&plan.encoding, black_box(x.view())).expect("encrypt"))
-        });
-        g.bench_function("encrypt_compressed", |b| {
-            b.iter(|| {
-                pk.encrypt_compressed(&plan.encoding, black_box(x.view()), plan.upload)
-                    .expect("encrypt")
-            })
-        });
-        let full = pk.encrypt(&plan.encoding, x.view()).expect("encrypt").ciphertext;
-        g.bench_function("compress_upload", |b| {
-            b.iter(|| black_box(&full).compress(&params, plan.upload))
-        });
-        let ups: Vec<CompressedCiphertext> = (0..K)
-            .map(|_| {
-                pk.encrypt_compressed(&plan.encoding, x.view(), plan.upload)
-                    .expect("encrypt")
-                    .ciphertext
+        let setup = RoundSetup::try_new(p, MaskSeed::generate().expect("seed"), d as u64)
+            .expect("setup");
+        let inputs: Vec<Vec<f32>> = (0..C)
+            .map(|k| (0..d).map(|i| ((i * 7 + k * 13) as f32 * 0.001).sin()).collect())
+            .collect();
+        let keys: Vec<ClientKey> =
+            (0..C).map(|_| ClientKey::generate(&params).expect("key")).collect();
+        let uploads: Vec<PackedCiphertext> = keys
+            .iter()
+            .zip(&inputs)
+            .map(|(k, x)| {
+                k.encryptor(&setup, None).expect("encryptor").encrypt(&x[..]).expect("encrypt").ciphertext
             })
             .collect();
-        g.bench_function("serialize_upload", |b| b.iter(|| black_box(&ups[0]).to_bytes()));
-        let wire: Vec<Vec<u8>> = ups.iter().map(Wire::to_bytes).collect();
-        g.bench_function("deserialize_upload_owned", |b| {
+        let mut g = c.benchmark_group(format!("he/d=2^{log_d}"));
+        g.sample_size(if log_d >= 23 { 10 } else { 20 });
+        g.measurement_time(Duration::from_secs(if log_d >= 23 { 20 } else { 8 }));
+        g.throughput(Throughput::Elements(d as u64));
+
+        // A fresh encryptor per iteration: one encryption per key and block (invariant 1).
+        g.bench_function("encrypt_and_pack", |b| {
             b.iter_batched(
-                || wire[0].clone(),
-                |w| {
-                    CompressedCiphertext::from_vec_with_limits(w, &DecodeLimits::default())
-                        .expect("decode")
-                },
+                || keys[0].encryptor(&setup, None).expect("encryptor"),
+                |enc| enc.encrypt(black_box(&inputs[0][..])).expect("encrypt"),
                 BatchSize::LargeInput,
             )
         });
-        g.bench_function("lift", |b| b.iter(|| black_box(&ups[0]).lift().expect("lift")));
-        g.bench_function("lift_sum_8_compressed", |b| {
+        let bytes = uploads[0].to_bytes();
+        g.bench_function("decode_upload", |b| {
+            b.iter_batched(
+                || bytes.clone(),
+                |v| PackedCiphertext::from_vec_with_limits(v, &DecodeLimits::default()).expect("decode"),
+                BatchSize::LargeInput,
+            )
+        });
+        let refs: Vec<&PackedCiphertext> = uploads.iter().collect();
+        g.bench_function("lift_sum_8_into_allocated", |b| {
+            b.iter_batched_ref(
+                || {
+                    let mut s = RunningSum::zero(&setup, 0..setup.slots()).expect("sum");
+                    s.add_uploads(&refs[..1]).expect("touch");
+                    s
+                },
+                |sum| sum.add_uploads(black_box(&refs)).expect("fold"),
+                BatchSize::LargeInput,
+            )
+        });
+        g.bench_function("lift_sum_8", |b| {
             b.iter(|| {
-                let items: Vec<_> = ups.iter().map(|u| (u, Weight::ONE)).collect();
-                weighted_sum_compressed(&params, &items).expect("sum")
+                let mut sum = RunningSum::zero(&setup, 0..setup.slots()).expect("sum");
+                sum.add_uploads(black_box(&refs)).expect("fold");
+                sum
             })
         });
-        let lifted: Ciphertext = ups[1].lift().expect("lift");
-        g.bench_function("weighted_add_assign", |b| {
-            b.iter_batched(
-                || ups[0].lift().expect("lift"),
-                |mut acc| {
-                    acc.weighted_add_assign(&lifted, Weight::ONE).expect("add");
-                    acc
-                },
-                BatchSize::LargeInput,
-            )
+        // Plaintext FedAvg of the same vectors, as a user would sum them.
+        g.bench_function("plaintext_fedavg_sum_8", |b| {
+            b.iter(|| {
+                let mut acc = vec![0f32; d];
+                for x in black_box(&inputs) {
+                    for (a, v) in acc.iter_mut().zip(x) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
         });
-        let items: Vec<_> = ups.iter().map(|u| (u, Weight::ONE)).collect();
-        let sum: Ciphertext = weighted_sum_compressed(&params, &items).expect("sum");
-        g.bench_function("scale_assign", |b| {
-            b.iter_batched(
-                || ups[0].lift().expect("lift"),
-                |mut one| {
-                    one.scale_assign(Weight::try_new(2).expect("weight"), 0).expect("scale");
-                    one
-                },
-                BatchSize::LargeInput,
-            )
+        let mut sum = RunningSum::zero(&setup, 0..setup.slots()).expect("sum");
+        sum.add_uploads(&refs).expect("fold");
+        g.bench_function("pack_aggregate", |b| b.iter(|| sum.pack()));
+        let aggregate = PackedCiphertext::aggregate(&setup, C as u32, sum.pack()).expect("aggregate");
+        let key_sum = AggregateKey::sum_of(&keys);
+        g.bench_function("decrypt", |b| {
+            b.iter(|| key_sum.decrypt(&setup, black_box(&aggregate)).expect("decrypt"))
         });
-        g.bench_function("compress_aggregate", |b| {
-            b.iter(|| black_box(&sum).compress(&params, plan.download))
+        g.bench_function("decrypt_and_mean_f32", |b| {
+            b.iter(|| key_sum.decrypt(&setup, black_box(&aggregate)).expect("decrypt").mean::<f32>())
         });
-        g.bench_function("decrypt_aggregate", |b| {
-            b.iter(|| sk.decrypt(black_box(&sum)).expect("decrypt"))
-        });
-        let down = sum.compress(&params, plan.download);
-        g.bench_function("decrypt_compressed_aggregate", |b| {
-            b.iter(|| sk.decrypt_compressed(black_box(&down)).expect("decrypt"))
-        });
+        if log_d == 20 {
+            let shape = CommitteeShape::try_new(5, 4).expect("shape");
+            let shares: Vec<_> = keys.iter().map(|k| k.share(shape).expect("share")).collect();
+            let releases: Vec<Release> = (0..5)
+                .map(|j| {
+                    Release::sum(shares[0][j].index(), shares.iter().map(|s| &s[j])).expect("release")
+                })
+                .collect();
+            g.bench_function("cross_check_combine_decrypt_5_releases", |b| {
+                b.iter(|| decrypt_with_releases(&setup, &aggregate, shape, black_box(&releases)).expect("decrypt"))
+            });
+        }
         g.finish();
     }
-
-    let mut g = c.benchmark_group("he/keys");
-    g.sample_size(10);
-    g.bench_function("generate_L8", |b| b.iter(|| generate_keys(params, bodies).expect("keygen")));
-    let bytes = pk.to_bytes();
-    g.bench_function("public_key_from_bytes_L8", |b| {
-        b.iter(|| PublicKey::from_bytes(black_box(&bytes)).expect("decode"))
-    });
-    g.finish();
 }
 
 criterion_group!(benches, bench);

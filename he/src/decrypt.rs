@@ -1,216 +1,433 @@
-//! Decryption in exact mode.
+//! Decryption of an aggregate with the key sum, in the order DESIGN §3 fixes:
 //!
-//! `M_i = D_i − C·S_i`, minus the key-dependent noise mean `W·½·e_i·𝟙` (W = total weight),
-//! then rounded to the nearest multiple of `Δ`. Only the rounded integers leave this module:
-//! an unrounded decryption of known ciphertexts reveals the noise and, from enough of them,
-//! the secret key (Li–Micciancio, Eurocrypt 2021). No public function returns one.
+//! 1. with more than `t` releases, check they lie on one polynomial of degree `t − 1`; on a
+//!    mismatch say so, then try `t`-subsets with checks 2–4, and name a node only when at
+//!    least `t + 2` releases answered and exactly one disagrees ([`decrypt_with_releases`]);
+//! 2. **range-check the key sum**: every coefficient within `z·σ_k·√|S|`. A node that adds a
+//!    multiple of `Δ` to `K` shifts every value without disturbing a residual; only this check
+//!    catches it (the planner guarantees `2·z·σ_k·√C < Δ`);
+//! 3. `ΣB − A·K` per block, rounded to the `Δ` grid here, inside `he`;
+//! 4. **self-check**: every residual within the planner's noise bound `z·σ_C`, else
+//!    [`Error::WrongAggregateKey`] — a wrong key leaves uniform residuals, accepted with
+//!    probability at most `(2τ/Δ)^N` per block.
+//!
+//! Residuals — unrounded phases — never leave this module and are never logged: with the
+//! uploads they would reveal noise, and noise with the key sum leaks more than the mean.
 
-use crate::ciphertext::{
-    add_packed_block, Ciphertext, CiphertextHeader, CompressedCiphertext, Layout,
-};
+use crate::ciphertext::{CiphertextKind, PackedCiphertext, RoundSetup};
 use crate::encoding::Element;
-use crate::error::{Error, InputError, Mismatch};
-use crate::keys::SecretKey;
-use crate::ntt::NttPoly;
-use ndarray::Array1;
+use crate::error::{Error, Mismatch};
+use crate::keys::AggregateKey;
+use crate::noise;
+use crate::ntt::{NttPlan, NttPoly};
+use crate::pack;
+use crate::planner::Weighting;
+use crate::random::expand_mask;
+use crate::sharing::{self, CommitteeShape, Release, ShareIndex};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-/// A decrypted aggregate: the exact integer sums `T_j = Σ c_k·m_kj`, with the metadata to
-/// turn them into the weighted mean or the scaled sum.
-///
-/// ```
-/// # use cryptflow_he::*;
-/// # let params = ParameterSet::default_128();
-/// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(1).unwrap()).unwrap();
-/// let encoding = Encoding::try_new(10, 40, 1.0, 4, 16).unwrap();
-/// let mut sum = pk.encrypt(&encoding, ndarray::arr1(&[1.0f32]).view()).unwrap().ciphertext;
-/// let zero = pk.encrypt(&encoding, ndarray::arr1(&[0.0f32]).view()).unwrap().ciphertext;
-/// sum.weighted_add_assign(&zero, Weight::try_new(3).unwrap()).unwrap();
-/// let d = sk.decrypt(&sum).unwrap();
-/// assert_eq!((d.len(), d.header().contributors()), (1, 2));
-/// assert_eq!(d.sum::<f32>()[0], 1.0);           // 1·1.0 + 3·0.0
-/// assert_eq!(d.weighted_mean::<f32>()[0], 0.25); // divided by the total weight 4
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A decrypted aggregate: the exact integer sums of the contributions' messages, and what is
+/// needed to turn them into the (weighted) mean.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Decrypted {
     sums: Vec<i64>,
-    header: CiphertextHeader,
+    total_weight: i64,
+    contributors: u32,
+    step: f64,
 }
 
 impl Decrypted {
-    /// Metadata of the decrypted ciphertext (contributors, weights, encoding).
-    pub fn header(&self) -> &CiphertextHeader {
-        &self.header
+    /// Contributions in the aggregate.
+    pub fn contributors(&self) -> u32 {
+        self.contributors
     }
-
-    /// `Σ c_k·v_k / Σ c_k`: the weighted mean of the clipped, quantised inputs.
-    pub fn weighted_mean<T: Element>(&self) -> Array1<T> {
-        let denom = 2f64.powi(self.header.encoding.precision_bits() as i32)
-            * self.header.total_weight as f64;
-        self.sums.iter().map(|&t| T::from_f64(t as f64 / denom)).collect()
+    /// `Σc`: the decrypted sum of the counts in `samples` rounds, the number of contributions
+    /// otherwise.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight as u64
     }
-
-    /// `Σ c_k·v_k · 2^-s` where `s` is the header's scale exponent (0 without scaling).
-    pub fn sum<T: Element>(&self) -> Array1<T> {
-        let denom = 2f64
-            .powi(self.header.encoding.precision_bits() as i32 + self.header.scale_exponent as i32);
-        self.sums.iter().map(|&t| T::from_f64(t as f64 / denom)).collect()
-    }
-
-    /// Number of values.
+    /// Number of model values.
     pub fn len(&self) -> usize {
         self.sums.len()
     }
-
-    /// Whether there are no values.
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.sums.is_empty()
     }
-}
-
-impl SecretKey {
-    /// Decrypts a full-width ciphertext (fresh or aggregate), debiased and rounded.
-    ///
-    /// ```
-    /// use cryptflow_he::*;
-    /// let (sk, pk) =
-    ///     generate_keys(ParameterSet::default_128(), BodiesPerMask::try_new(1).unwrap()).unwrap();
-    /// let encoding = Encoding::try_new(10, 40, 1.0, 1, 1).unwrap();
-    /// let ct = pk.encrypt(&encoding, ndarray::arr1(&[0.5f64]).view()).unwrap().ciphertext;
-    /// assert_eq!(sk.decrypt(&ct).unwrap().weighted_mean::<f64>()[0], 0.5);
-    /// ```
-    pub fn decrypt(&self, ct: &Ciphertext) -> Result<Decrypted, Error> {
-        let encoding = ct.header.encoding;
-        let phases = self.debiased_phases(ct)?;
-        let sums = phases.par_iter().map(|&x| encoding.round_phase(x)).collect();
-        Ok(Decrypted { sums, header: ct.header })
+    /// The exact sums `Σ m` of the quantised (count-weighted) values.
+    pub fn sums(&self) -> &[i64] {
+        &self.sums
     }
 
-    /// Decrypts a compressed ciphertext (e.g. the downloaded aggregate), lifting one block at
-    /// a time so the full-width ciphertext never exists in memory.
+    /// The (weighted) mean `s·Σm / Σc`, computed in `f64`, then narrowed to `T`.
+    pub fn mean<T: Element>(&self) -> Vec<T> {
+        let scale = self.step / self.total_weight as f64;
+        self.sums.par_iter().map(|&m| T::from_f64(m as f64 * scale)).collect()
+    }
+
+    /// The guaranteed bound on the error of [`Self::mean`] as `f64` against the exact
+    /// (weighted) mean of the clipped inputs: each contribution's quantisation (at most
+    /// `s·(½ + 2^-11)`, the second term the floating-point slop of encoding), divided by `Σc`,
+    /// plus the `f64` rounding of the division. At most the plan's `ε`. Narrowing to `f32` or
+    /// a half type adds up to half an ulp of the value, which callers add.
+    pub fn error_bound(&self) -> f64 {
+        let quantisation =
+            self.step * (0.5 + 1.0 / 2048.0) * self.contributors as f64 / self.total_weight as f64;
+        let largest = self.sums.iter().map(|m| m.unsigned_abs()).max().unwrap_or(0) as f64
+            * self.step
+            / self.total_weight as f64;
+        quantisation + largest * f64::EPSILON
+    }
+}
+
+impl AggregateKey {
+    /// Decrypts an aggregate: range check of the key sum, `ΣB − A·K` rounded to the `Δ` grid,
+    /// and the residual self-check (module docs).
     ///
     /// ```
+    /// # use cryptflow_he::planner::{plan, PlanRequest, Weighting};
     /// # use cryptflow_he::*;
     /// # let params = ParameterSet::default_128();
-    /// # let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(4).unwrap()).unwrap();
-    /// let encoding = Encoding::try_new(12, 40, 1.0, 1, 1).unwrap();
-    /// let widths = TransportWidths {
-    ///     mask: TransportBits::try_new(48).unwrap(),
-    ///     body: TransportBits::try_new(40).unwrap(),
-    /// };
-    /// let x = ndarray::Array1::from_elem(10_000, -0.5f64);
-    /// let up = pk.encrypt_compressed(&encoding, x.view(), widths).unwrap().ciphertext;
-    /// assert!(sk.decrypt_compressed(&up).unwrap().sum::<f64>().iter().all(|&v| v == -0.5));
+    /// # let p = plan(&params, &PlanRequest { max_clients: 2, clip_bound: 1.0,
+    /// #     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
+    /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 3).unwrap();
+    /// let (a, b) = (ClientKey::generate(&params).unwrap(), ClientKey::generate(&params).unwrap());
+    /// let mut sum = RunningSum::zero(&setup, 0..3).unwrap();
+    /// for (k, x) in [(&a, [0.5, -1.0, 0.25]), (&b, [0.5, 1.0, 0.75])] {
+    ///     sum.add_upload(&k.encryptor(&setup, None).unwrap().encrypt(&x[..]).unwrap().ciphertext).unwrap();
+    /// }
+    /// let agg = PackedCiphertext::aggregate(&setup, 2, sum.pack()).unwrap();
+    /// let mean = AggregateKey::sum_of([&a, &b]).decrypt(&setup, &agg).unwrap().mean::<f64>();
+    /// assert!((mean[0] - 0.5).abs() <= 1e-6 && mean[1].abs() <= 1e-6);
+    /// // One client's key alone does not open the aggregate:
+    /// assert!(matches!(AggregateKey::sum_of([&a]).decrypt(&setup, &agg),
+    ///     Err(Error::KeyOutOfRange | Error::WrongAggregateKey)));
     /// ```
-    pub fn decrypt_compressed(&self, ct: &CompressedCiphertext) -> Result<Decrypted, Error> {
-        let encoding = ct.header.encoding;
-        let phases = self.debiased_phases_compressed(ct)?;
-        let sums = phases.par_iter().map(|&x| encoding.round_phase(x)).collect();
-        Ok(Decrypted { sums, header: ct.header })
+    pub fn decrypt(&self, setup: &RoundSetup, aggregate: &PackedCiphertext) -> Result<Decrypted, Error> {
+        let contributors = check_aggregate(setup, aggregate)?;
+        self.check_range(setup, contributors)?;
+        let prepared = Prepared::new(self, setup)?;
+        let slots = setup.slots() as usize;
+        let mut out = vec![0i64; slots];
+        let n = setup.ring_degree();
+        let w = setup.transport().get();
+        let block_bytes = pack::packed_len(n, w);
+        let tau = noise::residual_bound(setup.params(), setup.transport(), contributors);
+        out.par_chunks_mut(n)
+            .zip(aggregate.payload.par_chunks(block_bytes))
+            .enumerate()
+            .try_for_each_init(
+                || Scratch::new(n),
+                |s, (b, (out, bytes))| prepared.block(setup, b as u64, bytes, tau, s, out),
+            )?;
+        finish(setup, out, contributors)
     }
 
-    /// Checks that `h` belongs to this key and returns its layout.
-    fn layout_for(&self, h: &CiphertextHeader) -> Result<Layout, Error> {
-        if h.params != self.params().id() {
-            return Err(
-                Mismatch::ParameterSet { left: h.params.0, right: self.params().id().0 }.into()
-            );
+    /// Step 2: every coefficient within `z·σ_k·√|S|`.
+    pub(crate) fn check_range(&self, setup: &RoundSetup, contributors: u32) -> Result<(), Error> {
+        let bound = noise::key_bound(setup.params(), contributors);
+        if self.coefficients().len() != setup.ring_degree() {
+            return Err(Mismatch::Length { left: setup.ring_degree(), right: self.coefficients().len() }.into());
         }
-        if h.key_id != self.id() {
-            return Err(Mismatch::Key.into());
+        if self.coefficients().iter().any(|&c| c.unsigned_abs() as f64 > bound) {
+            return Err(Error::KeyOutOfRange);
         }
-        if h.bodies != self.bodies() {
-            return Err(Mismatch::Layout {
-                left: format!("L = {}", h.bodies.get()),
-                right: format!("L = {}", self.bodies().get()),
-            }
-            .into());
-        }
-        if h.total_weight == 0 {
-            return Err(InputError::Empty.into());
-        }
-        Ok(h.layout(self.params().ring_degree().get()))
+        Ok(())
     }
 
-    /// `D − C·S − W·β` per value: message plus centred noise. Crate-private on purpose.
-    pub(crate) fn debiased_phases(&self, ct: &Ciphertext) -> Result<Vec<u64>, Error> {
-        let layout = self.layout_for(&ct.header)?;
-        if ct.words.len() != layout.words() {
-            return Err(Error::Internal("ciphertext length inconsistent with its header"));
-        }
-        let weight = ct.header.total_weight;
-        let mut out = vec![0u64; layout.values];
-        out.par_chunks_mut(layout.values_per_block())
-            .zip(ct.words.par_chunks(layout.full_block_words()))
-            .for_each_init(
-                || BlockScratch::new(layout.n, 0),
-                |scratch, (out, block)| self.block_phases(block, weight, scratch, out),
-            );
-        Ok(out)
-    }
-
-    /// As [`Self::debiased_phases`], unpacking each block into a scratch buffer first.
-    pub(crate) fn debiased_phases_compressed(
+    /// Decryption without step 2 (tests: to show what the range check alone prevents).
+    #[cfg(test)]
+    pub(crate) fn decrypt_without_range_check(
         &self,
-        ct: &CompressedCiphertext,
-    ) -> Result<Vec<u64>, Error> {
-        let layout = self.layout_for(&ct.header)?;
-        ct.check_length()?;
-        let weight = ct.header.total_weight;
-        let mut out = vec![0u64; layout.values];
-        out.par_chunks_mut(layout.values_per_block())
-            .zip(ct.bytes.par_chunks(layout.full_block_bytes(ct.widths)))
-            .for_each_init(
-                || BlockScratch::new(layout.n, layout.full_block_words()),
-                |scratch, (out, bytes)| {
-                    let mut words = std::mem::take(&mut scratch.words);
-                    words.clear();
-                    words.resize(layout.n + out.len(), 0);
-                    add_packed_block(bytes, layout.n, ct.widths, 1, &mut words);
-                    self.block_phases(&words, weight, scratch, out);
-                    scratch.words = words;
-                },
-            );
-        Ok(out)
+        setup: &RoundSetup,
+        aggregate: &PackedCiphertext,
+    ) -> Result<Decrypted, Error> {
+        let contributors = check_aggregate(setup, aggregate)?;
+        let prepared = Prepared::new(self, setup)?;
+        let n = setup.ring_degree();
+        let block_bytes = pack::packed_len(n, setup.transport().get());
+        let tau = noise::residual_bound(setup.params(), setup.transport(), contributors);
+        let mut out = vec![0i64; setup.slots() as usize];
+        let mut s = Scratch::new(n);
+        for (b, (o, bytes)) in out.chunks_mut(n).zip(aggregate.payload.chunks(block_bytes)).enumerate() {
+            prepared.block(setup, b as u64, bytes, tau, &mut s, o)?;
+        }
+        finish(setup, out, contributors)
     }
 
-    /// Phases of one block (`mask ‖ bodies` words) into `out`.
-    fn block_phases(&self, block: &[u64], weight: u64, s: &mut BlockScratch, out: &mut [u64]) {
-        let n = self.params().ring_degree().get();
-        let weight = weight as i128;
-        let (mask, bodies) = block.split_at(n);
-        let ntt_c = self.plan().forward(mask);
-        for (i, (out, body)) in out.chunks_mut(n).zip(bodies.chunks(n)).enumerate() {
-            self.plan().mul(&ntt_c, self.ntt_secret(i), &mut s.tmp, &mut s.prod);
-            let bias = &self.twice_bias()[i * n..(i + 1) * n];
-            for (j, (o, d)) in out.iter_mut().zip(body).enumerate() {
-                let k = n - 1 - j;
-                let mean = ((weight * bias[k] as i128) >> 1) as i64 as u64;
-                *o = d.wrapping_sub(s.prod[k]).wrapping_sub(mean);
+    /// Checks 2–4 on block 0 only: the cheap test of a candidate key in a subset search.
+    fn probe(&self, setup: &RoundSetup, aggregate: &PackedCiphertext) -> Result<(), Error> {
+        let contributors = check_aggregate(setup, aggregate)?;
+        self.check_range(setup, contributors)?;
+        let prepared = Prepared::new(self, setup)?;
+        let n = setup.ring_degree();
+        let bytes = pack::packed_len(n, setup.transport().get()).min(aggregate.payload.len());
+        let r = setup.block_slots(0);
+        let mut out = vec![0i64; (r.end - r.start) as usize];
+        let tau = noise::residual_bound(setup.params(), setup.transport(), contributors);
+        prepared.block(setup, 0, &aggregate.payload[..bytes], tau, &mut Scratch::new(n), &mut out)
+    }
+}
+
+fn check_aggregate(setup: &RoundSetup, aggregate: &PackedCiphertext) -> Result<u32, Error> {
+    aggregate.header.check_belongs(setup, CiphertextKind::Aggregate)?;
+    let contributors = aggregate.header.contributors;
+    if contributors == 0 || contributors > setup.plan().max_clients() {
+        return Err(Mismatch::Round { field: "contributors" }.into());
+    }
+    if aggregate.payload.len() as u64 != setup.payload_len() {
+        return Err(Mismatch::Length { left: setup.payload_len() as usize, right: aggregate.payload.len() }.into());
+    }
+    Ok(contributors)
+}
+
+/// Splits the count slot off and checks the counts' sum lies in the round's range.
+fn finish(setup: &RoundSetup, mut sums: Vec<i64>, contributors: u32) -> Result<Decrypted, Error> {
+    let total_weight = match setup.plan().weighting() {
+        Weighting::Uniform => contributors as i64,
+        Weighting::Samples { min_count, max_count } => {
+            let total = sums.pop().ok_or(Error::Internal("no count slot"))?;
+            let lo = contributors as i128 * min_count as i128;
+            let hi = contributors as i128 * max_count as i128;
+            if !(lo..=hi).contains(&(total as i128)) {
+                return Err(Error::CountOutOfRange);
             }
+            total
+        }
+    };
+    Ok(Decrypted { sums, total_weight, contributors, step: setup.plan().step() })
+}
+
+/// The key sum's transform and the plan, shared by the blocks.
+struct Prepared {
+    plan: NttPlan,
+    key: NttPoly,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+/// Per-thread buffers; they hold `A·K` and the phases, so they are zeroized.
+struct Scratch {
+    words: Vec<u64>,
+    mask: Vec<u64>,
+    ntt: NttPoly,
+    product: Vec<u64>,
+}
+
+impl Scratch {
+    fn new(n: usize) -> Self {
+        Self { words: vec![0; n], mask: vec![0; n], ntt: NttPoly::zeroed(n), product: vec![0; n] }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.words.zeroize();
+        self.ntt.zeroize();
+        self.product.zeroize();
+    }
+}
+
+impl Prepared {
+    fn new(key: &AggregateKey, setup: &RoundSetup) -> Result<Self, Error> {
+        let plan = NttPlan::try_new(setup.ring_degree())?;
+        let mut words: Vec<u64> = key.coefficients().iter().map(|&c| c as u64).collect();
+        let key = plan.forward(&words);
+        words.zeroize();
+        Ok(Self { plan, key })
+    }
+
+    /// Steps 3 and 4 for block `b`: the rounded messages into `out`.
+    fn block(
+        &self,
+        setup: &RoundSetup,
+        b: u64,
+        bytes: &[u8],
+        tau: f64,
+        s: &mut Scratch,
+        out: &mut [i64],
+    ) -> Result<(), Error> {
+        let r = out.len();
+        let delta_log = setup.plan().delta().get();
+        let half = 1u64 << (delta_log - 1);
+        s.words[..r].fill(0);
+        pack::unpack_lift_add(bytes, setup.transport().get(), &mut s.words[..r]);
+        expand_mask(setup.seed(), b, &mut s.mask)?;
+        self.plan.mul(&s.mask, &self.key, &mut s.ntt, &mut s.product);
+        let mut ok = true;
+        for ((o, word), p) in out.iter_mut().zip(&s.words[..r]).zip(&s.product[..r]) {
+            let phase = word.wrapping_sub(*p);
+            let m = (phase.wrapping_add(half) as i64) >> delta_log;
+            let residual = phase.wrapping_sub((m as u64) << delta_log) as i64;
+            ok &= residual.unsigned_abs() as f64 <= tau;
+            *o = m;
+        }
+        if ok {
+            Ok(())
+        } else {
+            out.zeroize();
+            Err(Error::WrongAggregateKey)
         }
     }
 }
 
-/// Per-thread buffers of decryption; they hold `C·S`, which with `D` gives the unrounded
-/// phase, so they are zeroized on drop.
-struct BlockScratch {
-    tmp: NttPoly,
-    prod: Vec<u64>,
-    words: Vec<u64>,
+/// What the cross-check of releases found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseReport {
+    /// The releases did not all lie on one polynomial of degree `t − 1`.
+    pub inconsistent: bool,
+    /// The one node whose release disagrees, when that can be told (at least `t + 2`
+    /// releases, exactly one outlier).
+    pub culprit: Option<ShareIndex>,
+    /// The releases the key sum was combined from.
+    pub used: Vec<ShareIndex>,
 }
 
-impl BlockScratch {
-    fn new(n: usize, words: usize) -> Self {
-        Self { tmp: NttPoly::zeroed(n), prod: vec![0; n], words: Vec::with_capacity(words) }
+/// Steps 1–4 from the key managers' releases: cross-check, combine `t` of them, decrypt.
+///
+/// ```
+/// # use cryptflow_he::planner::{plan, PlanRequest, Weighting};
+/// # use cryptflow_he::sharing::{CommitteeShape, Release};
+/// # use cryptflow_he::*;
+/// # let params = ParameterSet::default_128();
+/// # let p = plan(&params, &PlanRequest { max_clients: 2, clip_bound: 1.0,
+/// #     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
+/// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 1000).unwrap();
+/// let shape = CommitteeShape::try_new(3, 2).unwrap();
+/// let keys = [ClientKey::generate(&params).unwrap(), ClientKey::generate(&params).unwrap()];
+/// let mut sum = RunningSum::zero(&setup, 0..1000).unwrap();
+/// for k in &keys {
+///     sum.add_upload(&k.encryptor(&setup, None).unwrap().encrypt(&vec![0.5; 1000][..]).unwrap().ciphertext).unwrap();
+/// }
+/// let agg = PackedCiphertext::aggregate(&setup, 2, sum.pack()).unwrap();
+/// let shares: Vec<_> = keys.iter().map(|k| k.share(shape).unwrap()).collect();
+/// // Node 3 is down: nodes 1 and 2 release their sums for the set.
+/// let releases: Vec<Release> = (0..2)
+///     .map(|j| Release::sum(shares[0][j].index(), [&shares[0][j], &shares[1][j]]).unwrap())
+///     .collect();
+/// let (d, report) = decrypt_with_releases(&setup, &agg, shape, &releases).unwrap();
+/// assert!(!report.inconsistent);
+/// assert!(d.mean::<f64>().iter().all(|m| (m - 0.5).abs() <= 1e-6));
+/// ```
+pub fn decrypt_with_releases(
+    setup: &RoundSetup,
+    aggregate: &PackedCiphertext,
+    shape: CommitteeShape,
+    releases: &[Release],
+) -> Result<(Decrypted, ReleaseReport), Error> {
+    let t = shape.threshold() as usize;
+    let mut seen = std::collections::BTreeSet::new();
+    for r in releases {
+        if r.index().get() > shape.nodes() || !seen.insert(r.index()) {
+            return Err(Mismatch::ShareIndex { left: r.index().get(), right: shape.nodes() }.into());
+        }
     }
+    if releases.len() < t {
+        return Err(Error::NotEnoughReleases { have: releases.len(), need: t });
+    }
+    let all: Vec<&Release> = releases.iter().collect();
+    if sharing::consistent(&all, shape.threshold()) {
+        let key = sharing::combine(&all[..t])?;
+        let used = all[..t].iter().map(|r| r.index()).collect();
+        let d = key.decrypt(setup, aggregate)?;
+        return Ok((d, ReleaseReport { inconsistent: false, culprit: None, used }));
+    }
+    // Step 1's fallback. A culprit can be named only if the others still over-determine the
+    // polynomial (at least t + 1 of them) and exactly one leave-one-out set is consistent.
+    let culprit = if all.len() >= t + 2 {
+        let candidates: Vec<usize> = (0..all.len())
+            .filter(|&j| {
+                let rest: Vec<&Release> =
+                    all.iter().enumerate().filter(|(i, _)| *i != j).map(|(_, r)| *r).collect();
+                sharing::consistent(&rest, shape.threshold())
+            })
+            .collect();
+        match candidates[..] {
+            [j] => Some(j),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let pool: Vec<&Release> = match culprit {
+        Some(j) => all.iter().enumerate().filter(|(i, _)| *i != j).map(|(_, r)| *r).collect(),
+        None => all.clone(),
+    };
+    for subset in subsets(pool.len(), t) {
+        let chosen: Vec<&Release> = subset.iter().map(|&i| pool[i]).collect();
+        let key = sharing::combine(&chosen)?;
+        if key.probe(setup, aggregate).is_ok() {
+            let d = key.decrypt(setup, aggregate)?;
+            let report = ReleaseReport {
+                inconsistent: true,
+                culprit: culprit.map(|j| all[j].index()),
+                used: chosen.iter().map(|r| r.index()).collect(),
+            };
+            return Ok((d, report));
+        }
+    }
+    Err(Error::InconsistentReleases)
 }
 
-impl Drop for BlockScratch {
-    fn drop(&mut self) {
-        self.tmp.zeroize();
-        self.prod.zeroize();
-        self.words.zeroize();
+/// All `k`-subsets of `0..n`, in lexicographic order.
+fn subsets(n: usize, k: usize) -> impl Iterator<Item = Vec<usize>> {
+    let mut current: Option<Vec<usize>> = (k <= n).then(|| (0..k).collect());
+    std::iter::from_fn(move || {
+        let out = current.clone()?;
+        // Advance.
+        let mut next = out.clone();
+        let mut i = k;
+        loop {
+            if i == 0 {
+                current = None;
+                break;
+            }
+            i -= 1;
+            if next[i] < n - k + i {
+                next[i] += 1;
+                for j in i + 1..k {
+                    next[j] = next[j - 1] + 1;
+                }
+                current = Some(next);
+                break;
+            }
+        }
+        Some(out)
+    })
+}
+
+/// Unrounded phases `B − A·K` of full-width body words (tests only: they must never leave
+/// the crate).
+#[cfg(test)]
+pub(crate) fn raw_phases(key: &AggregateKey, setup: &RoundSetup, words: &[u64]) -> Vec<u64> {
+    let Ok(prepared) = Prepared::new(key, setup) else { return Vec::new() };
+    let n = setup.ring_degree();
+    let mut s = Scratch::new(n);
+    let mut out = Vec::with_capacity(words.len());
+    for (b, block) in words.chunks(n).enumerate() {
+        let _ = expand_mask(setup.seed(), b as u64, &mut s.mask);
+        prepared.plan.mul(&s.mask, &prepared.key, &mut s.ntt, &mut s.product);
+        out.extend(block.iter().zip(&s.product).map(|(w, p)| w.wrapping_sub(*p)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subsets;
+
+    #[test]
+    fn subsets_enumerate_all() {
+        let all: Vec<Vec<usize>> = subsets(5, 3).collect();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[0], vec![0, 1, 2]);
+        assert_eq!(all[9], vec![2, 3, 4]);
+        assert_eq!(subsets(3, 3).count(), 1);
+        assert_eq!(subsets(2, 3).count(), 0);
     }
 }

@@ -1,22 +1,19 @@
 //! Fixed-point encoding of real values, with clipping that is counted, never silent.
 //!
-//! A value `v` is clipped to `[−B, B]` and encoded as the integer `m = round(v·2^p)`, placed at
-//! `m·Δ` with `Δ = 2^d` in a 64-bit word (two's complement). The low `d` bits absorb the
-//! noise; decryption rounds to the nearest multiple of `Δ` ("exact mode"), so what leaves the
-//! decryptor is a function of the plaintext sum alone. `p`, `d`, `B` and the weight budgets
-//! come from the [planner](crate::planner), which guarantees no wrap-around and the noise tail
-//! bound.
+//! A value `x` is clipped to `[−B, B]`, multiplied by the contribution's count `c` (1 in
+//! unweighted rounds) and quantised to `m = round(c·x / s)` — `round` half away from zero, as
+//! Rust's `f64::round` — and the slot holds `Δ·m` in two's complement. In `samples` rounds the
+//! count `c` itself goes in the last slot at step 1 (`Δ·c`). The [planner](crate::planner)
+//! picks `s` and `Δ` so that sums never wrap and the mean is within `ε` of the exact one.
 
-use crate::error::{Error, InputError, InvalidParameter};
+use crate::error::InputError;
+use crate::planner::{Plan, Weighting};
 use serde::{Deserialize, Serialize};
 
-/// Largest number of values in one vector (2^32).
+/// Largest number of values in one update (2^32).
 pub const MAX_VALUES: u64 = 1 << 32;
 
-/// Bits reserved: a sum's magnitude stays below `2^62` (DESIGN §3), one bit of margin.
-pub const HEADROOM_BITS: u32 = 62;
-
-/// A real scalar that can be encrypted: `f32` or `f64`.
+/// A real scalar that can be encrypted and returned: `f32` or `f64`.
 pub trait Element: Copy + Send + Sync + sealed::Sealed + 'static {
     /// Widens to `f64`.
     fn to_f64(self) -> f64;
@@ -48,142 +45,68 @@ impl Element for f64 {
     }
 }
 
-/// How values are clipped and scaled, plus the weight budget within which the plan's
-/// guarantees hold. Ciphertexts carry their encoding; only equal encodings are summed.
-///
-/// ```
-/// use cryptflow_he::Encoding;
-/// let e = Encoding::try_new(20, 38, 1.0, 8, 8).unwrap();
-/// assert_eq!(e.precision_bits(), 20);
-/// assert!(Encoding::try_new(20, 50, 1.0, 8, 8).is_err()); // 2^(20+50) cannot fit
-/// ```
-#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Encoding {
-    precision_bits: u8,
-    delta_log: u8,
-    clip_bound: f64,
-    max_total_weight: u64,
-    max_weight_sq_sum: u128,
+/// A source of the values of one update, read block by block: a slice, or several slices
+/// (the tensors of a model) that form one vector in order — one block counter runs over the
+/// whole update.
+pub trait Values: Sync {
+    /// Number of values.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies values `start .. start + out.len()` into `out`, widened to `f64`.
+    fn read(&self, start: usize, out: &mut [f64]);
 }
 
-impl Eq for Encoding {}
-
-impl Encoding {
-    /// Checks `p + d < 62`, `B` finite and positive, and that `budget · ceil(B·2^p) · 2^d`
-    /// stays below `2^62`.
-    pub fn try_new(
-        precision_bits: u8,
-        delta_log: u8,
-        clip_bound: f64,
-        max_total_weight: u64,
-        max_weight_sq_sum: u128,
-    ) -> Result<Self, Error> {
-        let bad = |m: String| Error::InvalidParameter(InvalidParameter::Encoding(m));
-        if !(clip_bound.is_finite() && clip_bound > 0.0) {
-            return Err(bad(format!("clip bound {clip_bound} is not a positive finite number")));
+impl<T: Element> Values for [T] {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn read(&self, start: usize, out: &mut [f64]) {
+        for (o, v) in out.iter_mut().zip(&self[start..]) {
+            *o = v.to_f64();
         }
-        if delta_log == 0 || precision_bits as u32 + delta_log as u32 >= HEADROOM_BITS {
-            return Err(bad(format!(
-                "precision bits {precision_bits} + delta bits {delta_log} must be in [1, 61]"
-            )));
-        }
-        if max_total_weight == 0 || max_weight_sq_sum == 0 {
-            return Err(bad("weight budgets must be positive".into()));
-        }
-        let max_message = max_message(clip_bound, precision_bits)
-            .ok_or_else(|| bad("clip bound times 2^precision overflows".into()))?;
-        let fits = (max_total_weight as u128)
-            .checked_mul(max_message)
-            .and_then(|x| x.checked_mul(1u128 << delta_log))
-            .is_some_and(|x| x < 1u128 << HEADROOM_BITS);
-        if !fits {
-            return Err(bad("weight budget × clip bound × 2^(p+d) reaches 2^62".into()));
-        }
-        Ok(Self { precision_bits, delta_log, clip_bound, max_total_weight, max_weight_sq_sum })
     }
+}
 
-    /// `p`: a value is quantised to a multiple of `2^-p`.
-    pub fn precision_bits(&self) -> u8 {
-        self.precision_bits
+impl<T: Element> Values for Vec<T> {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
     }
-
-    /// `d`: messages sit at multiples of `Δ = 2^d`.
-    pub fn delta_log(&self) -> u8 {
-        self.delta_log
+    fn read(&self, start: usize, out: &mut [f64]) {
+        self.as_slice().read(start, out)
     }
+}
 
-    /// `B`: values are clipped to `[−B, B]`.
-    pub fn clip_bound(&self) -> f64 {
-        self.clip_bound
+/// Several slices read as one vector, in order.
+#[derive(Clone, Debug)]
+pub struct Segments<'a, T>(pub Vec<&'a [T]>);
+
+impl<T: Element> Values for Segments<'_, T> {
+    fn len(&self) -> usize {
+        self.0.iter().map(|s| s.len()).sum()
     }
-
-    /// Largest total weight `Σ c_k` an aggregate may reach.
-    pub fn max_total_weight(&self) -> u64 {
-        self.max_total_weight
-    }
-
-    /// Largest `Σ c_k²` an aggregate may reach (the noise budget).
-    pub fn max_weight_sq_sum(&self) -> u128 {
-        self.max_weight_sq_sum
-    }
-
-    /// Worst-case absolute error of a decrypted weighted mean due to quantisation:
-    /// `2^-(p+1)` (clipping not included; it is reported separately).
-    pub fn max_quantisation_error(&self) -> f64 {
-        2f64.powi(-(self.precision_bits as i32) - 1)
-    }
-
-    /// Encodes one value into its word, clipping to `[−B, B]`. Returns the word and whether
-    /// the value was clipped. `v` must be finite.
-    #[inline]
-    pub(crate) fn encode_one(&self, v: f64) -> (u64, bool) {
-        let b = self.clip_bound;
-        let clipped = v > b || v < -b;
-        let c = v.clamp(-b, b);
-        let m = (c * 2f64.powi(self.precision_bits as i32)).round() as i64;
-        ((m as u64).wrapping_shl(self.delta_log as u32), clipped)
-    }
-
-    /// Rounds a (debiased) phase to the nearest multiple of `Δ` and returns the signed integer
-    /// message `T` (the weighted sum of the encoded integers).
-    #[inline]
-    pub(crate) fn round_phase(&self, phase: u64) -> i64 {
-        let d = self.delta_log as u32;
-        let half = 1u64 << (d - 1);
-        (phase.wrapping_add(half) as i64) >> d
-    }
-
-    /// Encodes a slice into `out`, counting clipped values. Errors on a non-finite value.
-    pub(crate) fn encode_into<T: Element>(
-        &self,
-        values: &[T],
-        first_index: usize,
-        out: &mut [u64],
-    ) -> Result<ClipReport, InputError> {
-        let mut report = ClipReport::default();
-        for (i, (v, o)) in values.iter().zip(out.iter_mut()).enumerate() {
-            let v = v.to_f64();
-            if !v.is_finite() {
-                return Err(InputError::NonFinite { index: first_index + i });
+    fn read(&self, start: usize, out: &mut [f64]) {
+        let mut skip = start;
+        let mut filled = 0;
+        for seg in &self.0 {
+            if filled == out.len() {
+                return;
             }
-            let (word, clipped) = self.encode_one(v);
-            if clipped {
-                report.clipped += 1;
-                report.largest_magnitude = report.largest_magnitude.max(v.abs());
+            if skip >= seg.len() {
+                skip -= seg.len();
+                continue;
             }
-            *o = word;
+            let take = (seg.len() - skip).min(out.len() - filled);
+            seg[skip..skip + take].read(0, &mut out[filled..filled + take]);
+            filled += take;
+            skip = 0;
         }
-        Ok(report)
     }
 }
 
-/// `ceil(B·2^p)` as an integer, or `None` if it does not fit below 2^62.
-pub(crate) fn max_message(clip_bound: f64, precision_bits: u8) -> Option<u128> {
-    let m = (clip_bound * 2f64.powi(precision_bits as i32)).ceil();
-    (m < 2f64.powi(HEADROOM_BITS as i32)).then_some(m as u128)
-}
-
-/// What clipping did to one input vector. Clipping is never silent: callers surface this.
+/// What clipping did to one update. Clipping is never silent: callers surface this.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClipReport {
     /// Number of values whose magnitude exceeded the clip bound.
@@ -193,7 +116,7 @@ pub struct ClipReport {
 }
 
 impl ClipReport {
-    /// Combines the reports of two parts of one vector.
+    /// Combines the reports of two parts of one update.
     ///
     /// ```
     /// use cryptflow_he::ClipReport;
@@ -209,13 +132,89 @@ impl ClipReport {
     }
 }
 
-/// Checks a vector length is encryptable.
-pub(crate) fn check_length(len: usize) -> Result<(), Error> {
+/// Encodes the values of one contribution: the plan's step and scale, and its count.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Encoder {
+    clip: f64,
+    count: f64,
+    step: f64,
+    delta_log: u32,
+    /// The slot holding the count (`samples` rounds), if any.
+    count_slot: Option<u64>,
+    count_word: u64,
+}
+
+impl Encoder {
+    /// For a contribution of `values` values with `count` (required in `samples` rounds,
+    /// refused otherwise).
+    pub(crate) fn new(plan: &Plan, values: u64, count: Option<u64>) -> Result<Self, InputError> {
+        let (c, count_slot) = match (plan.weighting(), count) {
+            (Weighting::Uniform, None) => (1, None),
+            (Weighting::Uniform, Some(_)) => return Err(InputError::CountNotExpected),
+            (Weighting::Samples { .. }, None) => return Err(InputError::CountRequired),
+            (Weighting::Samples { min_count, max_count }, Some(c)) => {
+                if !(min_count..=max_count).contains(&c) {
+                    return Err(InputError::Count { count: c, min: min_count, max: max_count });
+                }
+                (c, Some(values))
+            }
+        };
+        let delta_log = plan.delta().get();
+        Ok(Self {
+            clip: plan.clip_bound(),
+            count: c as f64,
+            step: plan.step(),
+            delta_log,
+            count_slot,
+            count_word: c.wrapping_shl(delta_log),
+        })
+    }
+
+    /// Encodes values `first .. first + out.len()` of the update (`values` holds those that
+    /// are model values; the count slot, if in range, is appended by the encoder) into slot
+    /// words, counting clipped values. Errors on a non-finite value, naming its index.
+    pub(crate) fn encode(
+        &self,
+        values: &[f64],
+        first: u64,
+        out: &mut [u64],
+    ) -> Result<ClipReport, InputError> {
+        let mut report = ClipReport::default();
+        let b = self.clip;
+        for (i, (v, o)) in values.iter().zip(out.iter_mut()).enumerate() {
+            let v = *v;
+            if !v.is_finite() {
+                return Err(InputError::NonFinite { index: first + i as u64 });
+            }
+            if v > b || v < -b {
+                report.clipped += 1;
+                report.largest_magnitude = report.largest_magnitude.max(v.abs());
+            }
+            let m = (self.count * v.clamp(-b, b) / self.step).round() as i64;
+            *o = (m as u64).wrapping_shl(self.delta_log);
+        }
+        if let Some(slot) = self.count_slot {
+            let at = slot.wrapping_sub(first);
+            if at < out.len() as u64 && at >= values.len() as u64 {
+                out[at as usize] = self.count_word;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The slot of the count, if any.
+    pub(crate) fn count_slot(&self) -> Option<u64> {
+        self.count_slot
+    }
+}
+
+/// Checks an update length is encryptable.
+pub(crate) fn check_length(len: usize) -> Result<(), InputError> {
     if len == 0 {
-        return Err(InputError::Empty.into());
+        return Err(InputError::Empty);
     }
     if len as u64 > MAX_VALUES {
-        return Err(InputError::TooLong { len, limit: MAX_VALUES }.into());
+        return Err(InputError::TooLong { len: len as u64, limit: MAX_VALUES });
     }
     Ok(())
 }
@@ -223,51 +222,56 @@ pub(crate) fn check_length(len: usize) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use crate::planner::{plan, PlanRequest};
+    use crate::ParameterSet;
 
-    fn enc() -> Encoding {
-        Encoding::try_new(20, 38, 1.5, 8, 8).unwrap()
+    fn p(weighting: Weighting) -> Plan {
+        let r = PlanRequest { max_clients: 4, clip_bound: 1.5, max_abs_error: 1e-3, weighting };
+        plan(&ParameterSet::default_128(), &r).unwrap()
     }
 
     #[test]
-    fn clipping_is_counted() {
-        let e = enc();
-        let mut out = [0u64; 4];
-        let r = e.encode_into(&[0.5f64, 2.0, -3.0, 1.5], 0, &mut out).unwrap();
-        assert_eq!(r.clipped, 2);
-        assert_eq!(r.largest_magnitude, 3.0);
+    fn clipping_is_counted_and_applied_before_weighting() {
+        // The v1 defect: in weighted rounds a client's values were not clipped. Here a value
+        // of 50 with count 1 must encode as 1.5 (the bound), and be reported.
+        let plan = p(Weighting::Samples { min_count: 1, max_count: 100 });
+        let e = Encoder::new(&plan, 4, Some(1)).unwrap();
+        let mut out = [0u64; 5];
+        let r = e.encode(&[0.5, 50.0, -3.0, 1.5], 0, &mut out).unwrap();
+        assert_eq!((r.clipped, r.largest_magnitude), (2, 50.0));
+        let m = |w: u64| (w as i64) >> plan.delta().get();
+        assert_eq!(m(out[1]), (1.5 / plan.step()).round() as i64);
+        assert_eq!(m(out[4]), 1, "the count slot");
+    }
+
+    #[test]
+    fn counts_are_checked() {
+        let plan = p(Weighting::Samples { min_count: 2, max_count: 10 });
+        assert_eq!(Encoder::new(&plan, 3, None).unwrap_err(), InputError::CountRequired);
+        assert!(matches!(Encoder::new(&plan, 3, Some(11)), Err(InputError::Count { .. })));
+        assert!(matches!(Encoder::new(&plan, 3, Some(1)), Err(InputError::Count { .. })));
+        let u = p(Weighting::Uniform);
+        assert_eq!(Encoder::new(&u, 3, Some(1)).unwrap_err(), InputError::CountNotExpected);
     }
 
     #[test]
     fn non_finite_values_are_rejected_with_their_index() {
-        let e = enc();
+        let plan = p(Weighting::Uniform);
+        let e = Encoder::new(&plan, 3, None).unwrap();
         let mut out = [0u64; 3];
-        let err = e.encode_into(&[0.0f32, f32::NAN, 1.0], 10, &mut out).unwrap_err();
+        let err = e.encode(&[0.0, f64::NAN, 1.0], 10, &mut out).unwrap_err();
         assert_eq!(err, InputError::NonFinite { index: 11 });
-        let err = e.encode_into(&[f64::INFINITY], 0, &mut out).unwrap_err();
-        assert_eq!(err, InputError::NonFinite { index: 0 });
     }
 
     #[test]
-    fn encoding_rejects_overflowing_budgets() {
-        // 15·2^20·2^38 < 2^62 but 16·2^20·2^38 = 2^62 reaches the bound.
-        assert!(Encoding::try_new(20, 38, 1.0, 15, 15).is_ok());
-        assert!(Encoding::try_new(20, 38, 1.0, 16, 16).is_err());
-        assert!(Encoding::try_new(20, 38, f64::NAN, 1, 1).is_err());
-        assert!(Encoding::try_new(20, 38, -1.0, 1, 1).is_err());
-        assert!(Encoding::try_new(20, 0, 1.0, 1, 1).is_err());
-        assert!(Encoding::try_new(20, 38, 1.0, 0, 1).is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn round_trip_within_half_a_step(v in -1.5f64..1.5, noise in -(1i64 << 36)..(1i64 << 36)) {
-            let e = enc();
-            let (w, clipped) = e.encode_one(v);
-            prop_assert!(!clipped);
-            let t = e.round_phase(w.wrapping_add(noise as u64));
-            let back = t as f64 / 2f64.powi(20);
-            prop_assert!((back - v).abs() <= e.max_quantisation_error() + 1e-15);
-        }
+    fn segments_read_across_boundaries() {
+        let a = [1.0f32, 2.0, 3.0];
+        let b = [4.0f32];
+        let c = [5.0f32, 6.0];
+        let s = Segments(vec![&a[..], &b[..], &[][..], &c[..]]);
+        assert_eq!(Values::len(&s), 6);
+        let mut out = [0.0; 4];
+        s.read(2, &mut out);
+        assert_eq!(out, [3.0, 4.0, 5.0, 6.0]);
     }
 }

@@ -1,22 +1,30 @@
-//! Public-key encryption of real vectors, block-parallel with rayon.
+//! Encryption of one client's update under its own key, block-parallel with rayon and
+//! streamable block range by block range.
 //!
-//! Per block: sample a binary `U`, transform it once, then `C = A·U + e1` and
-//! `D_i = B_i·U + e2_i + M_i` from the key's precomputed transforms (one inverse NTT per
-//! output polynomial). Each block draws from its own fork of one OS-seeded CSPRNG, so blocks
-//! run in any order on any number of threads.
+//! Block `j`: expand `A_j` from the round's seed, `B_j = A_j·k + e_j + Δ·M_j` (one NTT product
+//! per `N` values against the key's precomputed transform), round every word to `w` bits and
+//! pack. The noise `e_j` comes from block `j`'s own stream of the encryptor's secret noise
+//! seed, so any range of blocks can be produced in any order, on any number of threads, and
+//! produced again identically: client memory beyond the input is `O(threads·N)`.
+//!
+//! **One encryption per (round, key, block)** (DESIGN §3, invariant 1): two encryptions of
+//! different values under one key and block give the aggregator `B − B′ = Δ·(M − M′)`. An
+//! [`Encryptor`] records the SHA-256 of each block the first time it produces it; producing a
+//! block again (a retry re-deriving a chunk instead of keeping the whole upload) must give
+//! the same bytes, else the output is wiped and [`Error::ChangedInput`] returned before
+//! anything can be sent.
 
-use crate::ciphertext::{
-    compress_block, Ciphertext, CiphertextHeader, CompressedCiphertext, Layout,
-};
-use crate::encoding::{check_length, ClipReport, Element, Encoding};
-use crate::error::Error;
-use crate::keys::PublicKey;
-use crate::ntt::NttPoly;
-use crate::params::TransportWidths;
-use crate::random::Csprng;
-use ndarray::ArrayView1;
+use crate::ciphertext::{CiphertextKind, PackedCiphertext, RoundSetup};
+use crate::encoding::{check_length, ClipReport, Encoder, Values};
+use crate::error::{Error, InputError};
+use crate::keys::ClientKey;
+use crate::ntt::{NttPlan, NttPoly};
+use crate::pack;
+use crate::random::{expand_mask, fill_rounded_gaussian, NoiseSeed};
 use rayon::prelude::*;
-use std::borrow::Cow;
+use sha2::{Digest, Sha256};
+use std::ops::Range;
+use std::sync::OnceLock;
 use zeroize::Zeroize;
 
 /// The result of an encryption: the ciphertext and what clipping did to the input.
@@ -28,206 +36,217 @@ pub struct Encrypted<C> {
     pub clipping: ClipReport,
 }
 
-/// Per-thread buffers. Holds encryption randomness and messages, so it is zeroized.
+/// Encrypts one update of one client for one round: holds the key's transform, the secret
+/// noise seed and the per-block digests of what it produced. Zeroized on drop.
+pub struct Encryptor {
+    setup: RoundSetup,
+    plan: NttPlan,
+    key: NttPoly,
+    noise: NoiseSeed,
+    encoder: Encoder,
+    digests: Vec<OnceLock<[u8; 32]>>,
+}
+
+impl Drop for Encryptor {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl std::fmt::Debug for Encryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encryptor").field("slots", &self.setup.slots()).finish_non_exhaustive()
+    }
+}
+
+/// Per-thread buffers. They hold the key product, noise and messages, so they are zeroized.
 struct Scratch {
-    u: Vec<u64>,
-    ntt_u: NttPoly,
-    tmp: NttPoly,
-    prod: Vec<u64>,
-    noise: Vec<u64>,
+    input: Vec<f64>,
     messages: Vec<u64>,
-    block: Vec<u64>,
+    mask: Vec<u64>,
+    ntt: NttPoly,
+    product: Vec<u64>,
+    noise: Vec<u64>,
 }
 
 impl Scratch {
-    fn new(n: usize, values_per_block: usize) -> Self {
+    fn new(n: usize) -> Self {
         Self {
-            u: vec![0; n],
-            ntt_u: NttPoly::zeroed(n),
-            tmp: NttPoly::zeroed(n),
-            prod: vec![0; n],
-            noise: vec![0; n.max(values_per_block)],
-            messages: vec![0; values_per_block],
-            block: vec![0; n + values_per_block],
+            input: vec![0.0; n],
+            messages: vec![0; n],
+            mask: vec![0; n],
+            ntt: NttPoly::zeroed(n),
+            product: vec![0; n],
+            noise: vec![0; n],
         }
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        self.u.zeroize();
-        self.ntt_u.zeroize();
-        self.tmp.zeroize();
-        self.prod.zeroize();
-        self.noise.zeroize();
+        self.input.zeroize();
         self.messages.zeroize();
-        self.block.zeroize();
+        self.ntt.zeroize();
+        self.product.zeroize();
+        self.noise.zeroize();
     }
 }
 
-impl PublicKey {
-    /// Encrypts `values` (clipped and encoded by `encoding`) into a full-width ciphertext.
-    ///
-    /// ```
-    /// use cryptflow_he::*;
-    /// let params = ParameterSet::default_128();
-    /// let (sk, pk) = generate_keys(params, BodiesPerMask::try_new(2).unwrap()).unwrap();
-    /// let encoding = Encoding::try_new(16, 40, 2.0, 1, 1).unwrap();
-    /// let x = ndarray::arr1(&[1.5f32, -0.25, 3.0]);
-    /// let out = pk.encrypt(&encoding, x.view()).unwrap();
-    /// assert_eq!(out.clipping.clipped, 1); // 3.0 > 2.0 was clipped, and reported
-    /// let back = sk.decrypt(&out.ciphertext).unwrap().weighted_mean::<f32>();
-    /// assert_eq!(back.to_vec(), vec![1.5, -0.25, 2.0]);
-    /// ```
-    pub fn encrypt<T: Element>(
-        &self,
-        encoding: &Encoding,
-        values: ArrayView1<'_, T>,
-    ) -> Result<Encrypted<Ciphertext>, Error> {
-        let values = contiguous(&values);
-        let (header, layout) = self.header_for(encoding, values.len())?;
-        let mut words = vec![0u64; layout.words()];
-        let clipping = self.par_encrypt(
-            encoding,
-            &values,
-            layout,
-            &mut words,
-            |out, block| {
-                out.copy_from_slice(block);
-            },
-            layout.full_block_words(),
-        )?;
-        Ok(Encrypted { ciphertext: Ciphertext { header, words }, clipping })
+impl ClientKey {
+    /// An encryptor for one update of this client in `setup`'s round, with its sample
+    /// `count` in `samples` rounds (`None` otherwise). Draws the noise seed from the OS.
+    pub fn encryptor(&self, setup: &RoundSetup, count: Option<u64>) -> Result<Encryptor, Error> {
+        self.encryptor_with(setup, count, NoiseSeed::generate()?)
     }
 
-    /// Encrypts and compresses in one pass: each block is switched to `widths` and packed as
-    /// soon as it is encrypted, so the full-width ciphertext never exists in memory.
-    ///
-    /// ```
-    /// use cryptflow_he::*;
-    /// let params = ParameterSet::default_128();
-    /// let l = BodiesPerMask::try_new(8).unwrap();
-    /// let (sk, pk) = generate_keys(params, l).unwrap();
-    /// let request = planner::PlanRequest { max_clients: 8, clip_bound: 1.0, max_weight: 1,
-    ///     bodies: l, target: planner::PlanTarget::Precision { max_abs_error: 1e-6 } };
-    /// let plan = planner::plan(&params, &request).unwrap();
-    /// let x = ndarray::Array1::linspace(-1.0f64, 1.0, 100_000);
-    /// let up = pk.encrypt_compressed(&plan.encoding, x.view(), plan.upload).unwrap();
-    /// assert!(up.ciphertext.payload_len() as f64 / 100_000.0 <= 4.5);
-    /// let back = sk.decrypt_compressed(&up.ciphertext).unwrap().weighted_mean::<f64>();
-    /// assert!(back.iter().zip(x.iter()).all(|(a, b)| (a - b).abs() <= 1e-6));
-    /// ```
-    pub fn encrypt_compressed<T: Element>(
+    /// As [`Self::encryptor`] with a fixed noise seed. **Insecure**: tests only.
+    #[cfg(any(test, feature = "insecure"))]
+    pub fn encryptor_with_noise_seed_insecure(
         &self,
-        encoding: &Encoding,
-        values: ArrayView1<'_, T>,
-        widths: TransportWidths,
-    ) -> Result<Encrypted<CompressedCiphertext>, Error> {
-        let values = contiguous(&values);
-        let (header, layout) = self.header_for(encoding, values.len())?;
-        let mut bytes = vec![0u8; layout.packed_len(widths)];
-        let n = layout.n;
-        let clipping = self.par_encrypt(
-            encoding,
-            &values,
-            layout,
-            &mut bytes,
-            |out, block| compress_block(block, n, widths, out),
-            layout.full_block_bytes(widths),
-        )?;
-        Ok(Encrypted { ciphertext: CompressedCiphertext { header, widths, bytes }, clipping })
+        setup: &RoundSetup,
+        count: Option<u64>,
+        seed: u128,
+    ) -> Result<Encryptor, Error> {
+        self.encryptor_with(setup, count, NoiseSeed::from_u128(seed))
     }
 
-    fn header_for(
+    fn encryptor_with(
         &self,
-        encoding: &Encoding,
-        len: usize,
-    ) -> Result<(CiphertextHeader, Layout), Error> {
-        check_length(len)?;
-        let header =
-            CiphertextHeader::fresh(self.params(), self.id(), self.bodies(), len as u64, *encoding);
-        Ok((header, header.layout(self.params().ring_degree().get())))
-    }
-
-    /// Runs `encrypt_block` over all blocks in parallel; `emit` writes a finished block into
-    /// its `chunk`-sized slot of `out`.
-    fn par_encrypt<T: Element, O: Send>(
-        &self,
-        encoding: &Encoding,
-        values: &[T],
-        layout: Layout,
-        out: &mut [O],
-        emit: impl Fn(&mut [O], &[u64]) + Sync,
-        chunk: usize,
-    ) -> Result<ClipReport, Error> {
-        let n = layout.n;
-        let per_block = layout.values_per_block();
-        let noise = self.params().noise();
-        let bytes_per_block =
-            Csprng::binary_bytes(n) + Csprng::tuniform_bytes(n + per_block, noise);
-        let children = Csprng::from_os()?.fork(layout.blocks(), bytes_per_block)?;
-        out.par_chunks_mut(chunk)
-            .zip(values.par_chunks(per_block))
-            .zip(children)
-            .enumerate()
-            .map_init(
-                || Scratch::new(n, per_block),
-                |scratch, (b, ((out, vals), mut rng))| {
-                    let report =
-                        self.encrypt_block(encoding, vals, b * per_block, &mut rng, scratch)?;
-                    emit(out, &scratch.block[..n + vals.len()]);
-                    Ok(report)
-                },
-            )
-            .try_reduce(ClipReport::default, |a, b| Ok(a.merge(b)))
-    }
-
-    /// Encrypts one block of up to `L·N` values into `scratch.block`.
-    fn encrypt_block<T: Element>(
-        &self,
-        encoding: &Encoding,
-        values: &[T],
-        first_index: usize,
-        rng: &mut Csprng,
-        s: &mut Scratch,
-    ) -> Result<ClipReport, Error> {
-        let n = self.params().ring_degree().get();
-        let count = values.len();
-        let report = encoding.encode_into(values, first_index, &mut s.messages[..count])?;
-        let plan = self.plan();
-        let noise = self.params().noise();
-
-        rng.fill_binary(&mut s.u);
-        plan.forward_binary_into(&s.u, &mut s.ntt_u);
-
-        // C = A·U + e1
-        plan.mul(self.ntt_mask(), &s.ntt_u, &mut s.tmp, &mut s.prod);
-        rng.fill_tuniform(&mut s.noise[..n], noise);
-        let (mask, bodies) = s.block.split_at_mut(n);
-        for ((c, p), e) in mask.iter_mut().zip(&s.prod).zip(&s.noise) {
-            *c = p.wrapping_add(*e);
-        }
-
-        // D_i[j] = (B_i·U)[N−1−j] + e2 + M  (TFHE-rs's reversed body convention)
-        rng.fill_tuniform(&mut s.noise[..count], noise);
-        for (i, ((body, e2), m)) in bodies[..count]
-            .chunks_mut(n)
-            .zip(s.noise[..count].chunks(n))
-            .zip(s.messages[..count].chunks(n))
-            .enumerate()
-        {
-            plan.mul(self.ntt_body(i), &s.ntt_u, &mut s.tmp, &mut s.prod);
-            for (j, ((d, e), m)) in body.iter_mut().zip(e2).zip(m).enumerate() {
-                *d = s.prod[n - 1 - j].wrapping_add(*e).wrapping_add(*m);
+        setup: &RoundSetup,
+        count: Option<u64>,
+        noise: NoiseSeed,
+    ) -> Result<Encryptor, Error> {
+        if self.params() != setup.params() {
+            return Err(crate::Mismatch::ParameterSet {
+                left: self.params().id().0,
+                right: setup.params().id().0,
             }
+            .into());
+        }
+        let n = setup.ring_degree();
+        let plan = NttPlan::try_new(n)?;
+        let mut words: Vec<u64> = self.coefficients().iter().map(|&c| c as u64).collect();
+        let key = plan.forward(&words);
+        words.zeroize();
+        let encoder = Encoder::new(setup.plan(), setup.values(), count)?;
+        let blocks = usize::try_from(setup.blocks()).map_err(|_| InputError::TooLong {
+            len: setup.slots(),
+            limit: crate::MAX_VALUES,
+        })?;
+        Ok(Encryptor {
+            setup: *setup,
+            plan,
+            key,
+            noise,
+            encoder,
+            digests: (0..blocks).map(|_| OnceLock::new()).collect(),
+        })
+    }
+}
+
+impl Encryptor {
+    /// The round.
+    pub fn setup(&self) -> &RoundSetup {
+        &self.setup
+    }
+
+    /// The serialised header of the upload (`docs/wire-format.md`).
+    pub fn header_bytes(&self) -> Vec<u8> {
+        crate::wire::header_bytes(&self.setup.header(CiphertextKind::Upload, 1))
+    }
+
+    /// Encrypts the whole update into an upload held in memory.
+    ///
+    /// ```
+    /// use cryptflow_he::planner::{plan, PlanRequest, Weighting};
+    /// use cryptflow_he::*;
+    /// let params = ParameterSet::default_128();
+    /// let p = plan(&params, &PlanRequest { max_clients: 8, clip_bound: 1.0, max_abs_error: 1e-6,
+    ///     weighting: Weighting::Uniform }).unwrap();
+    /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 100_000).unwrap();
+    /// let key = ClientKey::generate(&params).unwrap();
+    /// let x: Vec<f32> = (0..100_000).map(|i| (i as f32 * 1e-3).sin() * 1.5).collect();
+    /// let up = key.encryptor(&setup, None).unwrap().encrypt(&x[..]).unwrap();
+    /// assert!(up.clipping.clipped > 30_000); // |1.5·sin| > 1 about a third of the time
+    /// assert_eq!(up.ciphertext.payload().len(), 350_000); // 3.5 bytes per value
+    /// ```
+    pub fn encrypt(&self, values: &(impl Values + ?Sized)) -> Result<Encrypted<PackedCiphertext>, Error> {
+        let mut payload = vec![0u8; self.setup.payload_len() as usize];
+        let clipping = self.encrypt_blocks(values, 0..self.setup.blocks(), &mut payload)?;
+        let header = self.setup.header(CiphertextKind::Upload, 1);
+        Ok(Encrypted { ciphertext: PackedCiphertext { header, payload }, clipping })
+    }
+
+    /// Encrypts blocks `blocks` of the update into `out`, which must be exactly their packed
+    /// bytes (`setup.payload_range(slots)` of those blocks). Blocks run in parallel. The same
+    /// blocks produced again give the same bytes; if the input changed in between, `out` is
+    /// wiped and [`Error::ChangedInput`] returned.
+    pub fn encrypt_blocks(
+        &self,
+        values: &(impl Values + ?Sized),
+        blocks: Range<u64>,
+        out: &mut [u8],
+    ) -> Result<ClipReport, Error> {
+        check_length(values.len())?;
+        if values.len() as u64 != self.setup.values() {
+            return Err(InputError::Length { expected: self.setup.values(), got: values.len() as u64 }.into());
+        }
+        if blocks.start >= blocks.end || blocks.end > self.setup.blocks() {
+            return Err(InputError::SlotRange { start: blocks.start, end: blocks.end }.into());
+        }
+        let n = self.setup.ring_degree();
+        let slots = self.setup.block_slots(blocks.start).start..self.setup.block_slots(blocks.end - 1).end;
+        let range = self.setup.payload_range(slots);
+        if out.len() as u64 != range.end - range.start {
+            return Err(InputError::Length { expected: range.end - range.start, got: out.len() as u64 }.into());
+        }
+        let w = self.setup.transport().get();
+        let block_bytes = pack::packed_len(n, w);
+        let result = out
+            .par_chunks_mut(block_bytes)
+            .zip((blocks.start as usize..blocks.end as usize).into_par_iter())
+            .map_init(
+                || Scratch::new(n),
+                |scratch, (out, b)| self.encrypt_block(values, b as u64, scratch, out),
+            )
+            .try_reduce(ClipReport::default, |a, b| Ok(a.merge(b)));
+        if result.is_err() {
+            out.zeroize();
+        }
+        result
+    }
+
+    fn encrypt_block(
+        &self,
+        values: &(impl Values + ?Sized),
+        b: u64,
+        s: &mut Scratch,
+        out: &mut [u8],
+    ) -> Result<ClipReport, Error> {
+        let slots = self.setup.block_slots(b);
+        let r = (slots.end - slots.start) as usize;
+        let model = (self.setup.values().min(slots.end).saturating_sub(slots.start)) as usize;
+        values.read(slots.start as usize, &mut s.input[..model]);
+        let report = self.encoder.encode(&s.input[..model], slots.start, &mut s.messages[..r])?;
+        expand_mask(self.setup.seed(), b, &mut s.mask)?;
+        self.plan.mul(&s.mask, &self.key, &mut s.ntt, &mut s.product);
+        let mut stream = self.noise.block_stream(b);
+        fill_rounded_gaussian(&mut stream, self.setup.params().noise_std(), &mut s.noise[..r])?;
+        for ((p, e), m) in s.product[..r].iter_mut().zip(&s.noise[..r]).zip(&s.messages[..r]) {
+            *p = p.wrapping_add(*e).wrapping_add(*m);
+        }
+        pack::switch_and_pack(&s.product[..r], self.setup.transport().get(), out);
+        let digest: [u8; 32] = Sha256::digest(&*out).into();
+        let slot = self.digests.get(b as usize).ok_or(Error::Internal("block index"))?;
+        if *slot.get_or_init(|| digest) != digest {
+            out.zeroize();
+            return Err(Error::ChangedInput { block: b });
         }
         Ok(report)
     }
-}
 
-fn contiguous<'a, T: Element>(values: &'a ArrayView1<'_, T>) -> Cow<'a, [T]> {
-    match values.as_slice() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(values.iter().copied().collect()),
+    /// The block holding the count, in `samples` rounds.
+    pub fn count_slot(&self) -> Option<u64> {
+        self.encoder.count_slot()
     }
 }

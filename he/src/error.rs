@@ -1,11 +1,14 @@
 //! Errors, grouped by whose fault they are.
 //!
 //! - [`DecodeError`]: untrusted bytes are malformed (the sender's fault).
-//! - [`Mismatch`]: two well-formed objects do not belong together (another key, parameter
-//!   set, layout or scale) — the caller combined the wrong things.
+//! - [`Mismatch`]: two well-formed objects do not belong together (another round, plan,
+//!   share index or length) — the caller combined the wrong things.
 //! - [`InvalidParameter`] and [`InputError`]: a value handed to the API is out of range.
-//! - [`PlanError`]: the requested capacity cannot be met; names the violated bound.
-//! - [`BudgetError`]: an operation would exceed the weight budget the plan guarantees.
+//! - [`PlanError`]: the requested capacity cannot be met; names the violated bound and the
+//!   nearest feasible setting.
+//! - The decryption outcomes a lying party causes: [`Error::KeyOutOfRange`],
+//!   [`Error::WrongAggregateKey`], [`Error::InconsistentReleases`], [`Error::CountOutOfRange`].
+//! - [`Error::ChangedInput`]: the caller re-encrypted a block with other values (refused).
 //! - [`Error::Internal`]: a bug or an environment failure; never caused by input.
 
 use thiserror::Error;
@@ -29,9 +32,35 @@ pub enum Error {
     /// The capacity planner found no feasible encoding.
     #[error("infeasible plan: {0}")]
     Plan(#[from] PlanError),
-    /// An operation would exceed the plan's guarantees.
-    #[error("budget exceeded: {0}")]
-    Budget(#[from] BudgetError),
+    /// A block was produced again from other values than the first time: a second
+    /// encryption under the same key and block would hand the aggregator the difference of
+    /// the two messages (DESIGN §3, invariant 1). Nothing of the block was returned.
+    #[error("block {block} re-encrypted from changed input; withdraw from the round")]
+    ChangedInput {
+        /// The block.
+        block: u64,
+    },
+    /// The key sum failed the range check: a release was shifted (e.g. by a multiple of `Δ`).
+    #[error("the combined key sum is out of range: a key manager's release is wrong")]
+    KeyOutOfRange,
+    /// The residual self-check failed: the key sum does not open this aggregate (a wrong
+    /// release, or an aggregate that is not the sum of the set's uploads).
+    #[error("the key sum does not decrypt this aggregate")]
+    WrongAggregateKey,
+    /// The decrypted sum of the counts lies outside what the contributors may declare.
+    #[error("the decrypted sample counts lie outside the round's range")]
+    CountOutOfRange,
+    /// Fewer releases than the threshold.
+    #[error("{have} releases, {need} needed")]
+    NotEnoughReleases {
+        /// Releases available.
+        have: usize,
+        /// The threshold.
+        need: usize,
+    },
+    /// The releases disagree and no subset of threshold size decrypts the aggregate.
+    #[error("the key managers' releases disagree and no threshold subset decrypts the aggregate")]
+    InconsistentReleases,
     /// Internal failure (a bug or the environment, e.g. no OS entropy). Never input-driven.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -111,32 +140,27 @@ pub enum Mismatch {
         /// Right-hand id.
         right: u16,
     },
-    /// Encrypted under different keys.
-    #[error("encrypted under another key")]
-    Key,
-    /// Different layout (bodies per mask or number of values).
-    #[error("layout: {left} vs {right}")]
-    Layout {
-        /// Left-hand layout.
-        left: String,
-        /// Right-hand layout.
-        right: String,
+    /// A ciphertext of another round, plan or kind.
+    #[error("the ciphertext's `{field}` is not this round's")]
+    Round {
+        /// The header field that differs.
+        field: &'static str,
     },
-    /// Different encodings or scale exponents.
-    #[error("scale: {left} vs {right}")]
-    Scale {
-        /// Left-hand scale.
-        left: String,
-        /// Right-hand scale.
-        right: String,
+    /// Shares or releases of different (or repeated, or out-of-committee) nodes.
+    #[error("share index {left} does not fit with {right}")]
+    ShareIndex {
+        /// Expected or first index.
+        left: u8,
+        /// Found or second index.
+        right: u8,
     },
-    /// A compressed ciphertext uses other transport widths than required.
-    #[error("transport widths: expected {expected}, found {found}")]
-    Widths {
-        /// Required widths.
-        expected: String,
-        /// Widths found.
-        found: String,
+    /// Different lengths.
+    #[error("length {left} vs {right}")]
+    Length {
+        /// Expected length.
+        left: usize,
+        /// Found length.
+        right: usize,
     },
 }
 
@@ -150,23 +174,21 @@ pub enum InvalidParameter {
         /// Value given.
         value: u64,
     },
-    /// Noise bound exponent out of range.
-    #[error("noise bound exponent {value} is not in [1, 40]")]
-    NoiseBound {
-        /// Value given.
-        value: u64,
-    },
-    /// Bodies per mask out of range.
-    #[error("bodies per mask {value} is not in [1, {max}]")]
-    BodiesPerMask {
-        /// Value given.
-        value: u64,
-        /// Largest allowed.
-        max: u8,
+    /// Noise or key width out of range.
+    #[error("noise: {reason}")]
+    Noise {
+        /// Which bound.
+        reason: &'static str,
     },
     /// Transport width out of range.
     #[error("transport width {value} is not in [1, 64]")]
     TransportBits {
+        /// Value given.
+        value: u64,
+    },
+    /// Scale exponent out of range.
+    #[error("delta exponent {value} is not in [1, 62]")]
+    DeltaLog {
         /// Value given.
         value: u64,
     },
@@ -176,20 +198,26 @@ pub enum InvalidParameter {
         /// Id given.
         id: u16,
     },
-    /// A weight of zero (or over the plan's maximum).
-    #[error("weight {value} is not in [1, {max}]")]
-    Weight {
+    /// A mask seed that is not 32 hex digits.
+    #[error("a mask seed is 32 hexadecimal digits")]
+    MaskSeed,
+    /// A share index outside `1..=16`.
+    #[error("share index {value} is not in [1, {max}]")]
+    ShareIndex {
         /// Value given.
-        value: u64,
+        value: u8,
         /// Largest allowed.
-        max: u64,
+        max: u8,
     },
-    /// An encoding field is out of range.
-    #[error("encoding: {0}")]
-    Encoding(String),
+    /// A committee shape outside `1 ≤ n ≤ 16`, `n/2 < t ≤ n`.
+    #[error("committee: {reason}")]
+    Committee {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
-/// An input vector that cannot be encoded.
+/// An input that cannot be encoded or used.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InputError {
@@ -197,26 +225,56 @@ pub enum InputError {
     #[error("value at index {index} is not finite")]
     NonFinite {
         /// First offending index.
-        index: usize,
+        index: u64,
     },
     /// Empty input.
-    #[error("the input vector is empty")]
+    #[error("the input is empty")]
     Empty,
     /// Longer than the supported maximum.
     #[error("the input has {len} values, more than the limit {limit}")]
     TooLong {
         /// Length given.
-        len: usize,
+        len: u64,
         /// Limit.
         limit: u64,
     },
-    /// The output buffer has the wrong length.
+    /// Not the length the round expects.
     #[error("expected {expected} values, got {got}")]
     Length {
         /// Expected length.
         expected: u64,
         /// Actual length.
-        got: usize,
+        got: u64,
+    },
+    /// A `samples` round needs the contribution's sample count.
+    #[error("the round weights by sample count: give the count")]
+    CountRequired,
+    /// An unweighted round takes no count.
+    #[error("the round is unweighted: give no sample count")]
+    CountNotExpected,
+    /// A sample count outside the round's range.
+    #[error("sample count {count} is not in [{min}, {max}]")]
+    Count {
+        /// Count given.
+        count: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// A field element not below `p`.
+    #[error("element {index} is not below p = 2^61 − 1")]
+    NotInField {
+        /// Position.
+        index: u64,
+    },
+    /// A slot or block range that does not fit the round.
+    #[error("the range {start}..{end} does not fit the round's blocks")]
+    SlotRange {
+        /// Start.
+        start: u64,
+        /// End.
+        end: u64,
     },
 }
 
@@ -232,49 +290,21 @@ pub enum PlanError {
         /// Why.
         reason: String,
     },
-    /// The sum of `max_clients · max_weight · clip_bound` at the requested precision does not
-    /// fit below 2^62 together with the noise margin.
+    /// No encoding fits 64 bits: the sums need `message_bits` (plus a sign bit) above a noise
+    /// and range-check margin of `margin_bits`.
     #[error(
-        "wrap-around bound violated: max_clients·max_weight·clip_bound·2^(precision+noise) needs \
-         {needed_bits:.1} bits, only {available_bits} are available"
+        "no encoding fits in 64 bits: the sum of max_clients contributions at this error needs \
+         {message_bits:.1} bits + a sign bit + a {margin_bits}-bit margin for noise and the \
+         key-sum range check = {needed_bits:.1}; nearest feasible: {nearest}"
     )]
-    Wraparound {
-        /// Bits the sum would need.
+    Infeasible {
+        /// Bits needed in all.
         needed_bits: f64,
-        /// Bits available (62).
-        available_bits: u32,
+        /// Bits of the largest sum.
+        message_bits: f64,
+        /// Bits below the messages (`δ`) the range check and the noise need at least.
+        margin_bits: u8,
+        /// The nearest settings that would fit.
+        nearest: String,
     },
-    /// The precision target cannot be met with the given transport widths.
-    #[error("precision target {target:e} unreachable: best achievable is {achievable:e}")]
-    Precision {
-        /// Requested maximum absolute error of the mean.
-        target: f64,
-        /// Best achievable.
-        achievable: f64,
-    },
-}
-
-/// An arithmetic step that would break the plan's guarantees.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BudgetError {
-    /// The total weight would exceed the plan's maximum (risk of wrap-around).
-    #[error("total weight {value} would exceed the plan's maximum {max}")]
-    TotalWeight {
-        /// Resulting total weight.
-        value: u128,
-        /// Maximum allowed.
-        max: u128,
-    },
-    /// The sum of squared weights would exceed the plan's noise budget.
-    #[error("sum of squared weights {value} would exceed the noise budget {max}")]
-    NoiseBudget {
-        /// Resulting sum.
-        value: u128,
-        /// Maximum allowed.
-        max: u128,
-    },
-    /// Contributor count overflow.
-    #[error("too many contributors")]
-    Contributors,
 }

@@ -1,82 +1,59 @@
-//! The noise model of DESIGN §3, shared by the planner and the statistical tests.
+//! The noise model of DESIGN §3, shared by the planner, decryption's self-checks and the
+//! statistical tests.
 //!
-//! Decrypting a fresh ciphertext leaves `e·U + e2 − e1·S` on every coefficient. Conditioned on
-//! the key and after the key-dependent mean `½·e·𝟙` is subtracted (see
-//! [`SecretKey`](crate::SecretKey)), its variance is `‖e‖²/4 + h·var(e) + var(e)`, on average
-//! over keys `(N/4 + h + 1)·var(e)`. Modulus switching to `(w_mask, w_body)` adds
-//! `h·4^(64−w_mask)/12 + 4^(64−w_body)/12`. A weighted sum multiplies a ciphertext's variance
-//! by its squared weight.
+//! For an aggregate of `C` uploads, the phase `ΣB − A·K` of every slot is `Δ·Σm + E` with
+//! `E = Σ_i (e_i + r_i)`: each client's rounded-Gaussian noise `e_i` (variance `σ_e²`) and the
+//! error `r_i` of rounding its body to `w` bits (uniform on a grid of `2^(64−w)`, variance
+//! `4^(64−w)/12`). The mask carries no rounding error (it is expanded from the seed, never
+//! sent), so `σ_C² = C·(σ_e² + 4^(64−w)/12)`.
 //!
-//! The tail bound: every term is a sum of independent, centred, bounded variables that are
-//! *strictly* sub-Gaussian (uniform, Rademacher-like and TUniform terms all have a variance
-//! proxy equal to their variance), so `P(|noise| ≥ z·σ) ≤ 2·exp(−z²/2)`. With
-//! [`TAIL_Z`] = 13.4 this is below 2^-128 per coefficient — a proven bound, not a Gaussian
-//! approximation.
+//! Tail bound: `E` is a sum of independent, centred variables that are sub-Gaussian with
+//! variance proxy equal to their variance (Gaussian, and uniform, which is *strictly*
+//! sub-Gaussian), so `P(|E| ≥ z·σ_C) ≤ 2·exp(−z²/2)`. With [`TAIL_Z`] = 13.4 that is below
+//! 2^-128 per slot — a proven bound, not a Gaussian approximation. (The rounding of the
+//! Gaussian to an integer adds at most ½ and a variance of about 1/12, far below the margin.)
+//! The same `z` bounds the key sum: `|K_j| ≤ z·σ_k·√C` except with probability 2^-128.
 
-use crate::params::{ParameterSet, TransportWidths};
+use crate::params::{ParameterSet, TransportBits};
 
 /// Multiplier of the standard deviation such that `2·exp(−z²/2) ≤ 2^-128`.
 pub const TAIL_Z: f64 = 13.4;
 
-/// `log2` of the per-coefficient failure probability bound `2·exp(−z²/2)` at `z`.
+/// `log2` of the per-slot failure probability bound `2·exp(−z²/2)` at `z`.
+///
+/// ```
+/// assert!(cryptflow_he::noise::failure_log2(cryptflow_he::noise::TAIL_Z) <= -128.0);
+/// ```
 pub fn failure_log2(z: f64) -> f64 {
     1.0 - z * z / (2.0 * std::f64::consts::LN_2)
 }
 
-/// Variance of a fresh ciphertext's noise averaged over keys with Hamming weight `h`.
-pub fn fresh_variance(params: &ParameterSet, hamming_weight: f64) -> f64 {
-    let n = params.ring_degree().get() as f64;
-    (n / 4.0 + hamming_weight + 1.0) * params.noise().variance()
+/// Variance of one upload's noise in a slot: `σ_e² + 4^(64−w)/12`.
+pub fn upload_variance(params: &ParameterSet, w: TransportBits) -> f64 {
+    params.noise_variance() + w.rounding_variance()
 }
 
-/// Variance added by modulus switching every word to `widths` (0 at full width).
-pub fn switch_variance(widths: TransportWidths, hamming_weight: f64) -> f64 {
-    let rounding = |w: u32| if w >= 64 { 0.0 } else { 4f64.powi(64 - w as i32) / 12.0 };
-    hamming_weight * rounding(widths.mask.get()) + rounding(widths.body.get())
-}
-
-/// Variance added by switching an aggregate of uploads (words on the `upload` grid) down to
-/// `download` widths. Words already on a grid at least as fine lose nothing; otherwise the
-/// error takes `m = 2^(w_up − w_down)` values on a step `s = 2^(64 − w_up)`, rounded ties to
-/// even, with variance `s²·(m² + 2)/12 = (4^(64−w_down) + 2·4^(64−w_up))/12`.
-pub fn download_switch_variance(
-    upload: TransportWidths,
-    download: TransportWidths,
-    hamming_weight: f64,
-) -> f64 {
-    let part = |up: u32, down: u32| {
-        if down >= up {
-            0.0
-        } else {
-            (4f64.powi(64 - down as i32) + 2.0 * 4f64.powi(64 - up as i32)) / 12.0
-        }
-    };
-    hamming_weight * part(upload.mask.get(), download.mask.get())
-        + part(upload.body.get(), download.body.get())
-}
-
-/// Noise standard deviation of an aggregate: fresh uploads switched to `upload`, weighted
-/// with `Σc_k² = weight_sq_sum`, summed, then the sum switched to `download`.
+/// `σ_C²`: variance of the noise of a sum of `contributors` uploads.
 ///
 /// ```
-/// use cryptflow_he::{noise, ParameterSet, TransportBits, TransportWidths};
+/// use cryptflow_he::{noise, ParameterSet, TransportBits};
 /// let p = ParameterSet::default_128();
-/// let w = TransportWidths { mask: TransportBits::try_new(36).unwrap(),
-///     body: TransportBits::try_new(31).unwrap() };
-/// let one = noise::aggregate_std(&p, 2048.0, 1.0, w, w);
-/// let eight = noise::aggregate_std(&p, 2048.0, 8.0, w, w);
-/// assert!((eight / one - 8f64.sqrt()).abs() < 1e-9); // √K growth, thanks to debiasing
+/// let w = TransportBits::try_new(28).unwrap();
+/// let one = noise::aggregate_variance(&p, w, 1);
+/// assert_eq!(noise::aggregate_variance(&p, w, 8), 8.0 * one); // grows as C, σ as √C
 /// ```
-pub fn aggregate_std(
-    params: &ParameterSet,
-    hamming_weight: f64,
-    weight_sq_sum: f64,
-    upload: TransportWidths,
-    download: TransportWidths,
-) -> f64 {
-    let per_client =
-        fresh_variance(params, hamming_weight) + switch_variance(upload, hamming_weight);
-    (weight_sq_sum * per_client + download_switch_variance(upload, download, hamming_weight)).sqrt()
+pub fn aggregate_variance(params: &ParameterSet, w: TransportBits, contributors: u32) -> f64 {
+    contributors as f64 * upload_variance(params, w)
+}
+
+/// The bound `z·σ_C` every residual of an honest decryption stays within.
+pub fn residual_bound(params: &ParameterSet, w: TransportBits, contributors: u32) -> f64 {
+    TAIL_Z * aggregate_variance(params, w, contributors).sqrt()
+}
+
+/// The bound `z·σ_k·√C` every coefficient of an honest key sum stays within.
+pub fn key_bound(params: &ParameterSet, contributors: u32) -> f64 {
+    TAIL_Z * params.key_std() * (contributors as f64).sqrt()
 }
 
 #[cfg(test)]
@@ -90,7 +67,8 @@ mod tests {
     }
 
     #[test]
-    fn full_width_adds_no_switching_noise() {
-        assert_eq!(switch_variance(TransportWidths::FULL, 1024.0), 0.0);
+    fn full_width_adds_no_rounding_noise() {
+        let p = ParameterSet::default_128();
+        assert_eq!(upload_variance(&p, TransportBits::FULL), p.noise_variance());
     }
 }

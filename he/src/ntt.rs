@@ -1,52 +1,50 @@
-//! Negacyclic products in `Z_{2^64}[X]/(X^N + 1)` where one operand is binary, through
-//! tfhe-ntt's 3×32-bit-prime CRT plan (`native_binary64::Plan32`).
+//! Negacyclic products in `Z_{2^64}[X]/(X^N + 1)` of a uniform mask `A` with a key, through
+//! tfhe-ntt's general 64-bit plan (`native64::Plan32`: five 32-bit primes, CRT range
+//! ≈ 2^150).
 //!
-//! A product of a `u64` polynomial with a binary one has integer coefficients below
-//! `N·2^64 < 2^76`, well inside the CRT range `p0·p1·p2 ≈ 2^93`, so the reconstruction is
-//! exact and reducing it mod 2^64 gives the ring product. Keys keep their transforms
-//! ([`NttPoly`]) so an encryption costs one forward transform (of the binary `U`) and one
-//! inverse transform per output polynomial.
+//! The exact integer product of two `u64` polynomials has coefficients below `N·2^128 ≤ 2^143`
+//! for `N ≤ 2^15`, inside the CRT range, so the reconstruction is exact and reducing it mod
+//! 2^64 gives the ring product; a signed key is used in two's complement, which is the same
+//! residue mod 2^64. (Version 1 multiplied by binary polynomials and got away with three
+//! primes; a Gaussian key needs the general plan — DESIGN §3's "~5/3".) A key keeps its
+//! transform ([`NttPoly`]), so a block costs one forward transform of `A_j`, five pointwise
+//! products and one inverse transform.
 
 use crate::error::Error;
-use tfhe_ntt::native_binary64::Plan32;
-use tfhe_ntt::prime32;
+use tfhe_ntt::native64::Plan32;
 use zeroize::Zeroize;
 
-// The three primes of `native_binary64::Plan32` (tfhe-ntt's `primes32::{P0, P1, P2}`, which
-// the crate does not export). `NttPlan::try_new` checks that our per-prime plans agree with
-// Plan32 on a product, so a change upstream cannot go unnoticed.
-const P0: u32 = 0b0011_1111_0101_1010_0000_0000_0000_0001;
-const P1: u32 = 0b0011_1111_0101_1101_0000_0000_0000_0001;
-const P2: u32 = 0b0011_1111_0111_0110_0000_0000_0000_0001;
-
-/// A polynomial in the NTT domain: its residues modulo the three primes, concatenated.
+/// A polynomial in the NTT domain: its residues modulo the five primes, concatenated.
 #[derive(Clone, PartialEq, Eq, Zeroize)]
 pub(crate) struct NttPoly(Vec<u32>);
 
 impl NttPoly {
     pub(crate) fn zeroed(n: usize) -> Self {
-        Self(vec![0; 3 * n])
+        Self(vec![0; 5 * n])
     }
 
-    fn parts_mut(&mut self) -> (&mut [u32], &mut [u32], &mut [u32]) {
-        let n = self.0.len() / 3;
+    fn parts_mut(&mut self) -> [&mut [u32]; 5] {
+        let n = self.0.len() / 5;
         let (a, rest) = self.0.split_at_mut(n);
-        let (b, c) = rest.split_at_mut(n);
-        (a, b, c)
+        let (b, rest) = rest.split_at_mut(n);
+        let (c, rest) = rest.split_at_mut(n);
+        let (d, e) = rest.split_at_mut(n);
+        [a, b, c, d, e]
     }
 
-    fn parts(&self) -> (&[u32], &[u32], &[u32]) {
-        let n = self.0.len() / 3;
+    fn parts(&self) -> [&[u32]; 5] {
+        let n = self.0.len() / 5;
         let (a, rest) = self.0.split_at(n);
-        let (b, c) = rest.split_at(n);
-        (a, b, c)
+        let (b, rest) = rest.split_at(n);
+        let (c, rest) = rest.split_at(n);
+        let (d, e) = rest.split_at(n);
+        [a, b, c, d, e]
     }
 }
 
 /// Transforms for one ring degree.
 pub(crate) struct NttPlan {
-    crt: Plan32,
-    primes: [prime32::Plan; 3],
+    plan: Plan32,
     n: usize,
 }
 
@@ -58,69 +56,40 @@ impl std::fmt::Debug for NttPlan {
 
 impl NttPlan {
     pub(crate) fn try_new(n: usize) -> Result<Self, Error> {
-        let missing = || Error::Internal("tfhe-ntt has no plan for this ring degree");
-        let plan = Self {
-            crt: Plan32::try_new(n).ok_or_else(missing)?,
-            primes: [
-                prime32::Plan::try_new(n, P0).ok_or_else(missing)?,
-                prime32::Plan::try_new(n, P1).ok_or_else(missing)?,
-                prime32::Plan::try_new(n, P2).ok_or_else(missing)?,
-            ],
-            n,
-        };
-        plan.self_check()?;
-        Ok(plan)
+        let plan =
+            Plan32::try_new(n).ok_or(Error::Internal("tfhe-ntt has no plan for this ring degree"))?;
+        Ok(Self { plan, n })
     }
 
-    /// Compares our precomputed-operand path with tfhe-ntt's own `negacyclic_polymul`.
-    fn self_check(&self) -> Result<(), Error> {
-        let n = self.n;
-        let lhs: Vec<u64> =
-            (0..n as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i << 40)).collect();
-        let rhs: Vec<u64> = (0..n as u64).map(|i| (i * 7 + 3) % 5 % 2).collect();
-        let mut expected = vec![0u64; n];
-        self.crt.negacyclic_polymul(&mut expected, &lhs, &rhs);
-        let mut got = vec![0u64; n];
-        let mut scratch = NttPoly::zeroed(n);
-        self.mul(&self.forward(&lhs), &self.forward_binary(&rhs), &mut scratch, &mut got);
-        if got == expected {
-            Ok(())
-        } else {
-            Err(Error::Internal("tfhe-ntt prime constants changed"))
-        }
+    /// Transform of a `u64` polynomial (a signed one in two's complement) into `out`.
+    pub(crate) fn forward_into(&self, poly: &[u64], out: &mut NttPoly) {
+        let [a, b, c, d, e] = out.parts_mut();
+        self.plan.fwd(poly, a, b, c, d, e);
     }
 
-    /// Transform of an arbitrary `u64` polynomial.
+    /// Transform of a `u64` polynomial.
     pub(crate) fn forward(&self, poly: &[u64]) -> NttPoly {
         let mut out = NttPoly::zeroed(self.n);
-        let (a, b, c) = out.parts_mut();
-        self.crt.fwd(poly, a, b, c);
+        self.forward_into(poly, &mut out);
         out
     }
 
-    /// Transform of a binary polynomial (coefficients 0 or 1), into `out`.
-    pub(crate) fn forward_binary_into(&self, poly: &[u64], out: &mut NttPoly) {
-        let (a, b, c) = out.parts_mut();
-        self.crt.fwd_binary(poly, a, b, c);
+    /// `out = lhs · rhs` (negacyclic, mod 2^64), where `lhs` is overwritten.
+    pub(crate) fn mul_in_place(&self, lhs: &mut NttPoly, rhs: &NttPoly, out: &mut [u64]) {
+        let [l0, l1, l2, l3, l4] = lhs.parts_mut();
+        let [r0, r1, r2, r3, r4] = rhs.parts();
+        self.plan.ntt_0().mul_assign_normalize(l0, r0);
+        self.plan.ntt_1().mul_assign_normalize(l1, r1);
+        self.plan.ntt_2().mul_assign_normalize(l2, r2);
+        self.plan.ntt_3().mul_assign_normalize(l3, r3);
+        self.plan.ntt_4().mul_assign_normalize(l4, r4);
+        self.plan.inv(out, l0, l1, l2, l3, l4);
     }
 
-    /// Transform of a binary polynomial.
-    pub(crate) fn forward_binary(&self, poly: &[u64]) -> NttPoly {
-        let mut out = NttPoly::zeroed(self.n);
-        self.forward_binary_into(poly, &mut out);
-        out
-    }
-
-    /// `out = lhs · rhs` (negacyclic, mod 2^64), where one of the two is the transform of a
-    /// binary polynomial. `scratch` is overwritten.
-    pub(crate) fn mul(&self, lhs: &NttPoly, rhs: &NttPoly, scratch: &mut NttPoly, out: &mut [u64]) {
-        scratch.0.copy_from_slice(&lhs.0);
-        let (s0, s1, s2) = scratch.parts_mut();
-        let (r0, r1, r2) = rhs.parts();
-        self.primes[0].mul_assign_normalize(s0, r0);
-        self.primes[1].mul_assign_normalize(s1, r1);
-        self.primes[2].mul_assign_normalize(s2, r2);
-        self.crt.inv(out, s0, s1, s2);
+    /// `out = poly · key` where `key` is a precomputed transform; `scratch` is overwritten.
+    pub(crate) fn mul(&self, poly: &[u64], key: &NttPoly, scratch: &mut NttPoly, out: &mut [u64]) {
+        self.forward_into(poly, scratch);
+        self.mul_in_place(scratch, key, out);
     }
 }
 
@@ -153,26 +122,28 @@ mod tests {
         #[test]
         fn product_matches_schoolbook(
             lhs in proptest::collection::vec(any::<u64>(), 64),
-            rhs in proptest::collection::vec(0u64..2, 64),
+            rhs in proptest::collection::vec(-(1i64 << 40)..(1i64 << 40), 64),
         ) {
             let plan = NttPlan::try_new(64).unwrap();
+            let rhs: Vec<u64> = rhs.iter().map(|&x| x as u64).collect();
             let mut out = vec![0; 64];
             let mut scratch = NttPoly::zeroed(64);
-            plan.mul(&plan.forward(&lhs), &plan.forward_binary(&rhs), &mut scratch, &mut out);
+            plan.mul(&lhs, &plan.forward(&rhs), &mut scratch, &mut out);
             prop_assert_eq!(out, naive_negacyclic(&lhs, &rhs));
         }
     }
 
     #[test]
     fn extreme_operands_are_exact() {
-        // All-ones binary times all-max words: the largest possible CRT magnitude.
         let n = 2048;
         let plan = NttPlan::try_new(n).unwrap();
-        let lhs = vec![u64::MAX; n];
-        let rhs = vec![1u64; n];
-        let mut out = vec![0; n];
-        let mut scratch = NttPoly::zeroed(n);
-        plan.mul(&plan.forward(&lhs), &plan.forward_binary(&rhs), &mut scratch, &mut out);
-        assert_eq!(out, naive_negacyclic(&lhs, &rhs));
+        for (l, r) in [(u64::MAX, u64::MAX), (u64::MAX, 1), (1u64 << 63, (-(1i64 << 22)) as u64)] {
+            let lhs = vec![l; n];
+            let rhs = vec![r; n];
+            let mut out = vec![0; n];
+            let mut scratch = NttPoly::zeroed(n);
+            plan.mul(&lhs, &plan.forward(&rhs), &mut scratch, &mut out);
+            assert_eq!(out, naive_negacyclic(&lhs, &rhs));
+        }
     }
 }

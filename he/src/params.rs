@@ -1,14 +1,15 @@
 //! Parameters: every size is a newtype, and a [`ParameterSet`] that exists is a valid one.
 //!
-//! The cryptographic parameters (ring degree, noise) are fixed by a named, immutable
-//! [`ParameterSet`]; the per-round choices that only trade bandwidth against precision —
-//! bodies per mask `L` ([`BodiesPerMask`]) and the transport widths ([`TransportWidths`]) — are
-//! validated newtypes chosen by the [capacity planner](crate::planner).
+//! The cryptographic parameters (ring degree, noise and key widths) are fixed by a named,
+//! immutable [`ParameterSet`]; the per-round choices that only trade bandwidth against
+//! precision — the transport width `w` ([`TransportBits`]) and the message scale `Δ = 2^δ`
+//! ([`DeltaLog`]) — are validated newtypes chosen by the [capacity planner](crate::planner).
 
 use crate::error::{Error, InvalidParameter};
 use serde::{Deserialize, Serialize};
 
-/// Ring degree `N` of `Z_q[X]/(X^N + 1)`: a power of two.
+/// Ring degree `N` of `Z_q[X]/(X^N + 1)`: a power of two. One block of an update holds `N`
+/// values.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RingDegree(usize);
 
@@ -19,84 +20,12 @@ impl RingDegree {
     }
 }
 
-/// `log2` of the bound of the TUniform noise distribution: samples lie in `[-2^b, 2^b]`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NoiseBoundLog(u32);
-
-impl NoiseBoundLog {
-    /// The exponent `b`.
-    pub const fn get(self) -> u32 {
-        self.0
-    }
-
-    /// Largest absolute value a sample can take, `2^b`.
-    pub const fn bound(self) -> i64 {
-        1i64 << self.0
-    }
-
-    /// Builds the exponent without range checks (callers are the checked parameter sets and
-    /// tests).
-    #[cfg(test)]
-    pub(crate) const fn try_from_u32(b: u32) -> Self {
-        Self(b)
-    }
-
-    /// Variance of TUniform(b): `(2^(2b+1) + 1) / 6`.
-    pub fn variance(self) -> f64 {
-        (2f64.powi(2 * self.0 as i32 + 1) + 1.0) / 6.0
-    }
-}
-
-/// Number of bodies `L` sharing one mask in a block (1 ..= [`BodiesPerMask::MAX`]).
-///
-/// A block carries `L·N` values in `(1 + L)·N` words; `L = 1` is TFHE-rs's compact list.
-///
-/// ```
-/// use cryptflow_he::BodiesPerMask;
-/// assert_eq!(BodiesPerMask::try_new(8).unwrap().get(), 8);
-/// assert!(BodiesPerMask::try_new(0).is_err());
-/// ```
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "u8", into = "u8")]
-pub struct BodiesPerMask(u8);
-
-impl BodiesPerMask {
-    /// Largest supported `L`; larger values save < 1 % of bandwidth and grow the public key.
-    pub const MAX: u8 = 32;
-
-    /// Validates `1 <= l <= MAX`.
-    pub fn try_new(l: u8) -> Result<Self, Error> {
-        if (1..=Self::MAX).contains(&l) {
-            Ok(Self(l))
-        } else {
-            Err(InvalidParameter::BodiesPerMask { value: l as u64, max: Self::MAX }.into())
-        }
-    }
-
-    /// `L` as a `usize`.
-    pub const fn get(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl TryFrom<u8> for BodiesPerMask {
-    type Error = Error;
-    fn try_from(l: u8) -> Result<Self, Error> {
-        Self::try_new(l)
-    }
-}
-
-impl From<BodiesPerMask> for u8 {
-    fn from(l: BodiesPerMask) -> u8 {
-        l.0
-    }
-}
-
-/// Number of bits `w` a word keeps after modulus switching from `2^64` to `2^w` (1 ..= 64).
+/// Number of bits `w` a body word keeps after rounding from `2^64` to `2^w` (1 ..= 64): an
+/// upload costs `w/8` bytes per value.
 ///
 /// ```
 /// use cryptflow_he::TransportBits;
-/// assert!(TransportBits::try_new(32).unwrap().is_byte_aligned());
+/// assert_eq!(TransportBits::try_new(28).unwrap().get(), 28);
 /// assert!(TransportBits::try_new(65).is_err());
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -104,7 +33,7 @@ impl From<BodiesPerMask> for u8 {
 pub struct TransportBits(u8);
 
 impl TransportBits {
-    /// No compression: words travel at full width.
+    /// No rounding: words travel at full width.
     pub const FULL: Self = Self(64);
 
     /// Validates `1 <= w <= 64`.
@@ -121,9 +50,14 @@ impl TransportBits {
         self.0 as u32
     }
 
-    /// Whether `w` is a multiple of 8 (the packer takes a byte-copy fast path).
-    pub const fn is_byte_aligned(self) -> bool {
-        self.0.is_multiple_of(8)
+    /// Variance of the rounding error a word picks up when it is rounded to `w` bits, in units
+    /// of the `2^64` torus: a uniform error on a grid of step `2^(64−w)`, `4^(64−w)/12`.
+    pub fn rounding_variance(self) -> f64 {
+        if self.0 >= 64 {
+            0.0
+        } else {
+            4f64.powi(64 - self.0 as i32) / 12.0
+        }
     }
 }
 
@@ -140,32 +74,49 @@ impl From<TransportBits> for u8 {
     }
 }
 
-/// Widths for the mask polynomial and the bodies after modulus switching.
+/// `δ`, the exponent of the message scale `Δ = 2^δ` (1 ..= 62): messages sit at multiples of
+/// `Δ`, and the bits below absorb the noise.
 ///
-/// They differ because the mask's rounding error is multiplied by the secret at decryption
-/// (variance × Hamming weight ≈ N/2), while a body's is not: a few more bits on the one mask
-/// of a block buy a much smaller noise than the same bits spread over its `L` bodies.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TransportWidths {
-    /// Width of mask words.
-    pub mask: TransportBits,
-    /// Width of body words.
-    pub body: TransportBits,
-}
+/// ```
+/// use cryptflow_he::DeltaLog;
+/// assert_eq!(DeltaLog::try_new(40).unwrap().delta(), 1u64 << 40);
+/// assert!(DeltaLog::try_new(0).is_err());
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct DeltaLog(u8);
 
-impl TransportWidths {
-    /// Full 64-bit words, no switching.
-    pub const FULL: Self = Self { mask: TransportBits::FULL, body: TransportBits::FULL };
-
-    /// Bytes on the wire for one block of `l` bodies and ring degree `n`, counting only
-    /// `values` bodies words (the last block may be partial).
-    pub fn packed_bits(self, n: usize, values: usize) -> u128 {
-        n as u128 * self.mask.get() as u128 + values as u128 * self.body.get() as u128
+impl DeltaLog {
+    /// Validates `1 <= δ <= 62`.
+    pub fn try_new(d: u8) -> Result<Self, Error> {
+        if (1..=62).contains(&d) {
+            Ok(Self(d))
+        } else {
+            Err(InvalidParameter::DeltaLog { value: d as u64 }.into())
+        }
     }
 
-    /// Average bytes per value for full blocks of `l` bodies: `(w_mask + L·w_body) / (8L)`.
-    pub fn bytes_per_value(self, l: BodiesPerMask) -> f64 {
-        (self.mask.get() as f64 + l.get() as f64 * self.body.get() as f64) / (8.0 * l.get() as f64)
+    /// `δ` as a `u32`.
+    pub const fn get(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// `Δ = 2^δ`.
+    pub const fn delta(self) -> u64 {
+        1u64 << self.0
+    }
+}
+
+impl TryFrom<u8> for DeltaLog {
+    type Error = Error;
+    fn try_from(d: u8) -> Result<Self, Error> {
+        Self::try_new(d)
+    }
+}
+
+impl From<DeltaLog> for u8 {
+    fn from(d: DeltaLog) -> u8 {
+        d.0
     }
 }
 
@@ -175,7 +126,7 @@ pub struct ParameterSetId(pub u16);
 
 /// The unchecked description of a parameter set; turn it into a [`ParameterSet`] with
 /// [`ParameterSet::try_from`].
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq)]
 pub struct ParametersLiteral {
     /// Wire identifier.
     pub id: u16,
@@ -183,9 +134,11 @@ pub struct ParametersLiteral {
     pub name: &'static str,
     /// Ring degree `N`.
     pub ring_degree: usize,
-    /// TUniform bound exponent for the key noise and both encryption noises.
-    pub noise_bound_log2: u32,
-    /// Claimed security in bits (documentation; the lattice estimate lives with the set).
+    /// Variance `σ_e²` of the rounded-Gaussian encryption noise (integer units).
+    pub noise_variance: f64,
+    /// Standard deviation `σ_k` of the discrete-Gaussian client keys.
+    pub key_std: f64,
+    /// Claimed security in bits (documentation; the argument is in the crate docs).
     pub security_bits: u32,
 }
 
@@ -196,25 +149,34 @@ pub struct ParametersLiteral {
 /// use cryptflow_he::ParameterSet;
 /// let p = ParameterSet::default_128();
 /// assert_eq!(p.ring_degree().get(), 2048);
-/// assert_eq!(p.noise().get(), 17);
+/// assert!(p.key_std() >= 2f64.sqrt() * p.noise_std()); // σ_k ≥ √2·σ_e (DESIGN §3)
+/// assert!((p.noise_std().log2() - 16.2).abs() < 0.05);
 /// ```
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq)]
 pub struct ParameterSet {
     id: ParameterSetId,
     name: &'static str,
     ring_degree: RingDegree,
-    noise: NoiseBoundLog,
+    noise_variance: f64,
+    key_std: f64,
     security_bits: u32,
 }
 
-/// TFHE-rs's vetted compact-PKE parameters (tfhe 1.8,
-/// `V1_8_PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128`): dimension 2048, binary secret,
-/// TUniform(17) noise, native modulus 2^64; 128-bit security.
+/// The variance of TFHE-rs's TUniform(17), `(2^35 + 1)/6`: the noise of TFHE-rs 1.8's vetted
+/// compact-PKE set (`V1_8_PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128`), which CryptFlow
+/// keeps as the variance of a *rounded Gaussian* (DESIGN §3: a bounded noise would let the
+/// holders of the released key sum pin honest noise terms near its ends).
+pub const TUNIFORM17_VARIANCE: f64 = 5_726_623_061.5;
+
+/// The default set: `N = 2048`, `q = 2^64`, rounded-Gaussian noise with `σ_e² =`
+/// [`TUNIFORM17_VARIANCE`] (`σ_e ≈ 2^16.2`), discrete-Gaussian keys with `σ_k = 2^17`
+/// (`≥ √2·σ_e`). The security argument is in the crate documentation.
 pub const DEFAULT_128: ParametersLiteral = ParametersLiteral {
-    id: 1,
-    name: "cryptflow-rlwe-2048-tuniform17-q64",
+    id: 2,
+    name: "cryptflow-v2-rlwe-2048-gauss-q64",
     ring_degree: 2048,
-    noise_bound_log2: 17,
+    noise_variance: TUNIFORM17_VARIANCE,
+    key_std: 131_072.0,
     security_bits: 128,
 };
 
@@ -224,7 +186,8 @@ pub const TOY_INSECURE: ParametersLiteral = ParametersLiteral {
     id: 0xFFFF,
     name: "toy-insecure-64",
     ring_degree: 64,
-    noise_bound_log2: 17,
+    noise_variance: TUNIFORM17_VARIANCE,
+    key_std: 131_072.0,
     security_bits: 0,
 };
 
@@ -237,15 +200,24 @@ impl TryFrom<ParametersLiteral> for ParameterSet {
         if !(n.is_power_of_two() && (32..=1 << 15).contains(&n)) {
             return Err(InvalidParameter::RingDegree { value: n as u64 }.into());
         }
-        // Noise must leave room for messages: 2^(b+1) well below 2^64.
-        if !(1..=40).contains(&lit.noise_bound_log2) {
-            return Err(InvalidParameter::NoiseBound { value: lit.noise_bound_log2 as u64 }.into());
+        let noise_std = lit.noise_variance.sqrt();
+        if !(noise_std.is_finite() && (1.0..=2f64.powi(40)).contains(&noise_std)) {
+            return Err(InvalidParameter::Noise { reason: "σ_e must be in [1, 2^40]" }.into());
+        }
+        // DESIGN §3: σ_k ≥ √2·σ_e, so that what the released key sum leaves is at least as
+        // hard as the instance a single client's body is. Keys must also stay far inside F_p.
+        if !(lit.key_std.is_finite()
+            && lit.key_std >= std::f64::consts::SQRT_2 * noise_std
+            && lit.key_std <= 2f64.powi(24))
+        {
+            return Err(InvalidParameter::Noise { reason: "σ_k must be in [√2·σ_e, 2^24]" }.into());
         }
         Ok(Self {
             id: ParameterSetId(lit.id),
             name: lit.name,
             ring_degree: RingDegree(n),
-            noise: NoiseBoundLog(lit.noise_bound_log2),
+            noise_variance: lit.noise_variance,
+            key_std: lit.key_std,
             security_bits: lit.security_bits,
         })
     }
@@ -269,7 +241,8 @@ impl ParameterSet {
             id: ParameterSetId(lit.id),
             name: lit.name,
             ring_degree: RingDegree(lit.ring_degree),
-            noise: NoiseBoundLog(lit.noise_bound_log2),
+            noise_variance: lit.noise_variance,
+            key_std: lit.key_std,
             security_bits: lit.security_bits,
         }
     }
@@ -279,8 +252,8 @@ impl ParameterSet {
     ///
     /// ```
     /// use cryptflow_he::{ParameterSet, ParameterSetId};
-    /// assert_eq!(ParameterSet::by_id(ParameterSetId(1)).unwrap(), ParameterSet::default_128());
-    /// assert!(ParameterSet::by_id(ParameterSetId(7)).is_err());
+    /// assert_eq!(ParameterSet::by_id(ParameterSetId(2)).unwrap(), ParameterSet::default_128());
+    /// assert!(ParameterSet::by_id(ParameterSetId(1)).is_err()); // version 1's set is gone
     /// ```
     pub fn by_id(id: ParameterSetId) -> Result<Self, Error> {
         if id.0 == DEFAULT_128.id {
@@ -303,14 +276,24 @@ impl ParameterSet {
         self.name
     }
 
-    /// Ring degree `N`.
+    /// Ring degree `N` (values per block).
     pub fn ring_degree(&self) -> RingDegree {
         self.ring_degree
     }
 
-    /// Noise distribution bound.
-    pub fn noise(&self) -> NoiseBoundLog {
-        self.noise
+    /// Variance `σ_e²` of the encryption noise.
+    pub fn noise_variance(&self) -> f64 {
+        self.noise_variance
+    }
+
+    /// `σ_e`.
+    pub fn noise_std(&self) -> f64 {
+        self.noise_variance.sqrt()
+    }
+
+    /// `σ_k`, the width of the client keys.
+    pub fn key_std(&self) -> f64 {
+        self.key_std
     }
 
     /// Claimed security level in bits (0 for toy sets).
@@ -331,27 +314,25 @@ mod tests {
 
     #[test]
     fn bad_literals_are_rejected() {
-        let bad_n = ParametersLiteral { ring_degree: 1000, ..DEFAULT_128 };
-        assert!(ParameterSet::try_from(bad_n).is_err());
-        let small_n = ParametersLiteral { ring_degree: 16, ..DEFAULT_128 };
-        assert!(ParameterSet::try_from(small_n).is_err());
-        let bad_noise = ParametersLiteral { noise_bound_log2: 63, ..DEFAULT_128 };
-        assert!(ParameterSet::try_from(bad_noise).is_err());
+        for bad in [
+            ParametersLiteral { ring_degree: 1000, ..DEFAULT_128 },
+            ParametersLiteral { ring_degree: 16, ..DEFAULT_128 },
+            ParametersLiteral { noise_variance: f64::NAN, ..DEFAULT_128 },
+            // σ_k below √2·σ_e would make the released key sum weaken the honest keys.
+            ParametersLiteral { key_std: 100_000.0, ..DEFAULT_128 },
+        ] {
+            assert!(ParameterSet::try_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
-    fn tuniform_variance_matches_design() {
-        let v = NoiseBoundLog(17).variance();
-        assert_eq!(v, (2f64.powi(35) + 1.0) / 6.0);
+    fn the_noise_variance_is_tuniform17s() {
+        assert_eq!(TUNIFORM17_VARIANCE, (2f64.powi(35) + 1.0) / 6.0);
     }
 
     #[test]
-    fn widths_cost() {
-        let w = TransportWidths {
-            mask: TransportBits::try_new(36).unwrap(),
-            body: TransportBits::try_new(31).unwrap(),
-        };
-        let l = BodiesPerMask::try_new(8).unwrap();
-        assert_eq!(w.bytes_per_value(l), (36.0 + 8.0 * 31.0) / 64.0);
+    fn rounding_variance() {
+        assert_eq!(TransportBits::FULL.rounding_variance(), 0.0);
+        assert_eq!(TransportBits::try_new(32).unwrap().rounding_variance(), 2f64.powi(64) / 12.0);
     }
 }

@@ -1,321 +1,501 @@
-//! The capacity planner: from the round's shape (clients, clip bound, weights, `L`) and either
-//! a precision target or fixed transport widths, derive the [`Encoding`] and widths, or say
-//! which bound cannot be met.
+//! The capacity planner: from a round's shape — the largest number of contributions `C`, the
+//! clip bound `B`, the target error `ε` of the mean and the weighting — derive the encoding
+//! (step `s`, scale `Δ = 2^δ`) and the transport width `w`, or say which bound cannot be met
+//! and what the nearest feasible setting is.
 //!
-//! Guarantees of a returned [`Plan`], for any aggregate within its weight budget
-//! (`Σc_k ≤ K·c_max`, `Σc_k² ≤ K·c_max²`):
-//! - **no wrap-around**: `K·c_max·ceil(B·2^p)·2^d < 2^62`;
-//! - **exact decryption**: the noise of an aggregate of uploads switched to `upload` widths,
-//!   itself switched to `download` widths, stays below `Δ/2 = 2^(d−1)` except with probability
-//!   `≤ 2^-128` per coefficient ([`noise::TAIL_Z`](crate::noise::TAIL_Z));
-//! - **precision**: the decrypted weighted mean is within `2^-(p+1)` of the mean of the clipped
-//!   inputs.
+//! A value `x` is clipped to `[−B, B]`, multiplied by the client's sample count `c` in
+//! `samples` rounds (`c = 1` otherwise), and quantised to `m = round(c·x / s)`; the slot holds
+//! `Δ·m`. In `samples` rounds the count itself travels in the last slot, at step 1. The mean
+//! is `s·Σm / Σc` (`Σc` = the number of contributions when unweighted). Guarantees of a
+//! returned [`Plan`], for any set of at most `C` contributions:
 //!
-//! The model uses the worst-case Hamming weight `h = N`, so it holds for every key.
+//! - **precision**: the mean is within `ε` of the exact (weighted) mean of the clipped inputs.
+//!   Each contribution's rounding is at most `s/2` (plus a floating-point slop of `2^-11·s`
+//!   that the step absorbs), so the mean's error is at most `s·C/(2·Σc) ≤ s/(2·c_min)`; the
+//!   planner takes `s = 2ε·c_min/(1 + 2^-9)`. Scaling the step by `c_min` is what makes wide
+//!   count ranges fit: the dynamic range the slots must hold is `C·B·(c_max/c_min)/(2ε)`.
+//! - **no wrap-around**: `(C·M + ½)·Δ ≤ 2^63`, where `M = ⌈c_max·B/s⌉ + 1` bounds one
+//!   contribution's `|m|` (and `C·c_max` the count slot), so the sum of messages and the noise
+//!   stay inside the signed 64-bit range;
+//! - **exact decryption**: `z·σ_C < Δ/2` with `σ_C² = C·(σ_e² + 4^(64−w)/12)` and `z` =
+//!   [`TAIL_Z`](crate::noise::TAIL_Z): the rounding to the `Δ` grid recovers `Σm` exactly
+//!   except with probability ≤ 2^-128 per slot;
+//! - **range check** (DESIGN §3): `2·z·σ_k·√C < Δ`, so that a key sum shifted by a multiple
+//!   of `Δ` — which the residual check cannot see — falls outside `z·σ_k·√C` and is caught.
+//!
+//! Among feasible plans it picks the smallest `w` (bytes on the wire), with the largest `δ`
+//! the no-wrap bound allows. Every decision compares squares and powers of two, so the plan —
+//! and its [digest](Plan::digest), which round specs sign — is the same on every platform.
 //!
 //! ```
-//! use cryptflow_he::{planner::{plan, PlanRequest, PlanTarget}, BodiesPerMask, ParameterSet};
-//! let request = PlanRequest {
-//!     max_clients: 8,
-//!     clip_bound: 1.0,
-//!     max_weight: 1,
-//!     bodies: BodiesPerMask::try_new(8).unwrap(),
-//!     target: PlanTarget::Precision { max_abs_error: 1e-6 },
-//! };
+//! use cryptflow_he::planner::{plan, PlanRequest, Weighting};
+//! use cryptflow_he::ParameterSet;
+//! let request = PlanRequest { max_clients: 8, clip_bound: 1.0, max_abs_error: 1e-6,
+//!     weighting: Weighting::Uniform };
 //! let plan = plan(&ParameterSet::default_128(), &request).unwrap();
-//! assert!(plan.encoding.max_quantisation_error() <= 1e-6);
-//! assert!(plan.upload_bytes_per_value() <= 4.5);
+//! assert_eq!(plan.transport().get(), 28); // 3.5 bytes per value: 0.875× float32
+//! assert!(plan.max_abs_error() <= 1e-6);
 //! ```
 
-use crate::encoding::{max_message, Encoding, HEADROOM_BITS};
 use crate::error::PlanError;
-use crate::noise;
-use crate::params::{BodiesPerMask, ParameterSet, TransportBits, TransportWidths};
+use crate::noise::TAIL_Z;
+use crate::params::{DeltaLog, ParameterSet, ParameterSetId, TransportBits};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-/// What the round needs.
+/// Largest number of contributions a round may plan for.
+pub const MAX_CLIENTS: u32 = 100_000;
+/// Largest clip bound.
+pub const MAX_CLIP_BOUND: f64 = 1e12;
+/// Largest sample count of a `samples` round.
+pub const MAX_COUNT: u64 = 1 << 40;
+
+/// How contributions are weighted. Weights live in the plaintext, never in the ciphertexts or
+/// keys (DESIGN §3: per-client weights on keys expose individual keys).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Weighting {
+    /// Every contribution counts once; the mean divides by the number of contributions.
+    Uniform,
+    /// Each client weights its update by its sample count `c ∈ [min_count, max_count]` inside
+    /// the encryption and sends `c` in the last slot; the mean is `Σc·x / Σc` (FedAvg). Nobody
+    /// but the round's readers learns any count, nor their sum.
+    Samples {
+        /// Smallest count a client may declare (≥ 1).
+        min_count: u64,
+        /// Largest count a client may declare.
+        max_count: u64,
+    },
+}
+
+impl Weighting {
+    /// Slots an update of `values` values takes: one more for the count in `samples` rounds.
+    pub fn slots(&self, values: u64) -> Option<u64> {
+        match self {
+            Weighting::Uniform => Some(values),
+            Weighting::Samples { .. } => values.checked_add(1),
+        }
+    }
+
+    fn bounds(&self) -> (u64, u64) {
+        match *self {
+            Weighting::Uniform => (1, 1),
+            Weighting::Samples { min_count, max_count } => (min_count, max_count),
+        }
+    }
+}
+
+/// What a round needs.
 #[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanRequest {
-    /// Largest number of contributions summed into one aggregate (`K`).
+    /// Largest number of contributions summed into one aggregate (`C`).
     pub max_clients: u32,
     /// Values are clipped to `[−clip_bound, clip_bound]`.
     pub clip_bound: f64,
-    /// Largest integer weight of one contribution (`c_max`; 1 for uniform weighting).
-    pub max_weight: u64,
-    /// Bodies per mask `L`.
-    pub bodies: BodiesPerMask,
-    /// What to optimise for.
-    pub target: PlanTarget,
+    /// Largest acceptable absolute error of a coordinate of the mean (`ε`).
+    pub max_abs_error: f64,
+    /// Weighting.
+    pub weighting: Weighting,
 }
 
-/// The planner's objective.
+/// A feasible configuration, only ever made by [`plan`] (deserialising one re-runs the
+/// planner on its request and checks the rest agrees).
 #[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanTarget {
-    /// Reach this worst-case absolute error of the mean with the fewest bytes on the wire.
-    Precision {
-        /// Largest acceptable absolute error of a coordinate of the weighted mean.
-        max_abs_error: f64,
-    },
-    /// Use these upload widths (also for download) and the best precision they allow.
-    Widths {
-        /// Transport widths.
-        widths: TransportWidths,
-        /// Optional lower bound on precision: fail rather than deliver less.
-        max_abs_error: Option<f64>,
-    },
-}
-
-/// A feasible configuration.
-#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "PlanRepr", into = "PlanRepr")]
 pub struct Plan {
-    /// Encoding and weight budget for the round's ciphertexts.
-    pub encoding: Encoding,
-    /// Bodies per mask.
-    pub bodies: BodiesPerMask,
-    /// Widths clients compress uploads to.
-    pub upload: TransportWidths,
-    /// Widths the aggregate is compressed to for download.
-    pub download: TransportWidths,
-    /// Standard deviation of the worst-case aggregate noise (in units of the 2^64 torus).
-    pub noise_std: f64,
-    /// `log2` of the per-coefficient decryption failure probability bound.
-    pub failure_log2: f64,
+    params: ParameterSetId,
+    request: PlanRequest,
+    step: f64,
+    delta: DeltaLog,
+    transport: TransportBits,
+}
+
+/// The serialised form of a [`Plan`]: the request and what the planner derived from it.
+#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanRepr {
+    parameter_set: u16,
+    #[serde(flatten)]
+    request: PlanRequest,
+    step: f64,
+    delta_log: DeltaLog,
+    transport_bits: TransportBits,
+}
+
+impl From<Plan> for PlanRepr {
+    fn from(p: Plan) -> Self {
+        Self {
+            parameter_set: p.params.0,
+            request: p.request,
+            step: p.step,
+            delta_log: p.delta,
+            transport_bits: p.transport,
+        }
+    }
+}
+
+impl TryFrom<PlanRepr> for Plan {
+    type Error = PlanError;
+    fn try_from(r: PlanRepr) -> Result<Self, PlanError> {
+        let params = ParameterSet::by_id(ParameterSetId(r.parameter_set))
+            .map_err(|_| invalid("parameter_set", "is not a known parameter set".into()))?;
+        let derived = plan(&params, &r.request)?;
+        if derived.step != r.step || derived.delta != r.delta_log || derived.transport != r.transport_bits
+        {
+            return Err(invalid(
+                "plan",
+                "step, delta_log and transport_bits are not what the planner derives from the request"
+                    .into(),
+            ));
+        }
+        Ok(derived)
+    }
 }
 
 impl Plan {
-    /// Bytes per value of a compressed upload (full blocks).
-    pub fn upload_bytes_per_value(&self) -> f64 {
-        self.upload.bytes_per_value(self.bodies)
+    /// The parameter set it was planned for.
+    pub fn params(&self) -> ParameterSetId {
+        self.params
+    }
+    /// What was asked for.
+    pub fn request(&self) -> &PlanRequest {
+        &self.request
+    }
+    /// `C`.
+    pub fn max_clients(&self) -> u32 {
+        self.request.max_clients
+    }
+    /// `B`.
+    pub fn clip_bound(&self) -> f64 {
+        self.request.clip_bound
+    }
+    /// Weighting.
+    pub fn weighting(&self) -> Weighting {
+        self.request.weighting
+    }
+    /// The quantisation step `s` of a (count-weighted) value.
+    pub fn step(&self) -> f64 {
+        self.step
+    }
+    /// `δ` (messages at multiples of `Δ = 2^δ`).
+    pub fn delta(&self) -> DeltaLog {
+        self.delta
+    }
+    /// `w`: bits per value on the wire, up and down.
+    pub fn transport(&self) -> TransportBits {
+        self.transport
+    }
+    /// The guaranteed bound on the error of the mean, `ε` (before any rounding of the output to
+    /// a narrower float type).
+    pub fn max_abs_error(&self) -> f64 {
+        self.request.max_abs_error
+    }
+    /// Bytes per value of an upload or of the aggregate (payload only): `w/8`.
+    pub fn bytes_per_value(&self) -> f64 {
+        self.transport.get() as f64 / 8.0
+    }
+    /// Slots of an update of `values` values.
+    pub fn slots(&self, values: u64) -> Option<u64> {
+        self.request.weighting.slots(values)
     }
 
-    /// Bytes per value of the compressed aggregate (full blocks).
-    pub fn download_bytes_per_value(&self) -> f64 {
-        self.download.bytes_per_value(self.bodies)
+    /// The canonical bytes of the plan (`docs/wire-format.md`, "plan digest").
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(b"cryptflow plan v2\0");
+        out.extend_from_slice(&self.params.0.to_le_bytes());
+        out.extend_from_slice(&self.request.max_clients.to_le_bytes());
+        out.extend_from_slice(&self.request.clip_bound.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.request.max_abs_error.to_bits().to_le_bytes());
+        let (tag, lo, hi) = match self.request.weighting {
+            Weighting::Uniform => (0u8, 0, 0),
+            Weighting::Samples { min_count, max_count } => (1u8, min_count, max_count),
+        };
+        out.push(tag);
+        out.extend_from_slice(&lo.to_le_bytes());
+        out.extend_from_slice(&hi.to_le_bytes());
+        out.extend_from_slice(&self.step.to_bits().to_le_bytes());
+        out.push(self.delta.get() as u8);
+        out.push(self.transport.get() as u8);
+        out
     }
+
+    /// SHA-256 of [`Self::canonical_bytes`]; every ciphertext of the round carries its first
+    /// 16 bytes, and round specs sign it.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.canonical_bytes()).into()
+    }
+
+    /// Bound on one contribution's `|m|`: `⌈c_max·B/s⌉ + 1`.
+    #[cfg(test)]
+    pub(crate) fn max_message(&self) -> f64 {
+        let (_, c_max) = self.request.weighting.bounds();
+        (c_max as f64 * self.request.clip_bound / self.step).ceil() + 1.0
+    }
+}
+
+fn invalid(field: &'static str, reason: String) -> PlanError {
+    PlanError::InvalidRequest { field, reason }
+}
+
+/// Checks the request's fields.
+fn check_request(request: &PlanRequest) -> Result<(), PlanError> {
+    if !(1..=MAX_CLIENTS).contains(&request.max_clients) {
+        return Err(invalid("max_clients", format!("must be in [1, {MAX_CLIENTS}]")));
+    }
+    let b = request.clip_bound;
+    if !(b.is_finite() && b > 0.0 && b <= MAX_CLIP_BOUND) {
+        return Err(invalid("clip_bound", format!("must be a number in (0, {MAX_CLIP_BOUND:e}]")));
+    }
+    let e = request.max_abs_error;
+    if !(e.is_finite() && e > 0.0 && e <= b) {
+        return Err(invalid("max_abs_error", "must be a number in (0, clip_bound]".into()));
+    }
+    if let Weighting::Samples { min_count, max_count } = request.weighting {
+        if min_count == 0 || min_count > max_count {
+            return Err(invalid("weighting.min_count", "must be in [1, max_count]".into()));
+        }
+        if max_count > MAX_COUNT {
+            return Err(invalid("weighting.max_count", format!("must be at most {MAX_COUNT}")));
+        }
+    }
+    Ok(())
+}
+
+/// The bits a request needs and how they split, for refusals.
+struct Budget {
+    /// Largest feasible `δ` under the no-wrap bound (None: not even `δ = 1` fits).
+    delta_max: Option<u8>,
+    /// Smallest `δ` the range check (and the noise at full width) need.
+    delta_min: u8,
+    /// `log2` of the sum bound `C·M`.
+    message_bits: f64,
+}
+
+const STEP_SLOP: f64 = 1.0 + 1.0 / 512.0;
+
+fn step_of(request: &PlanRequest) -> f64 {
+    let (c_min, _) = request.weighting.bounds();
+    2.0 * request.max_abs_error * c_min as f64 / STEP_SLOP
+}
+
+/// Whether `δ` passes the range check and the noise bound at width `w`.
+fn fits(params: &ParameterSet, c: f64, delta: u8, w: TransportBits) -> bool {
+    let delta2 = 4f64.powi(delta as i32); // Δ²
+    let z2 = TAIL_Z * TAIL_Z;
+    let key_ok = 4.0 * z2 * params.key_std() * params.key_std() * c < delta2;
+    let noise_ok =
+        4.0 * z2 * c * (params.noise_variance() + w.rounding_variance()) < delta2;
+    key_ok && noise_ok
+}
+
+fn budget(params: &ParameterSet, request: &PlanRequest, step: f64) -> Budget {
+    let (_, c_max) = request.weighting.bounds();
+    let c = request.max_clients as f64;
+    let per_client = (c_max as f64 * request.clip_bound / step).ceil() + 1.0;
+    let total = (c * per_client).max(c * c_max as f64);
+    // (total + ½)·2^δ ≤ 2^63.
+    let delta_max = (1..=62u8).rev().find(|&d| (total + 0.5) * 2f64.powi(d as i32) <= 2f64.powi(63));
+    let delta_min = (1..=62u8).find(|&d| fits(params, c, d, TransportBits::FULL)).unwrap_or(63);
+    Budget { delta_max, delta_min, message_bits: (total + 0.5).log2() }
 }
 
 /// Runs the planner. See the [module documentation](self) for the guarantees.
 ///
 /// ```
-/// use cryptflow_he::planner::{plan, PlanRequest, PlanTarget};
-/// use cryptflow_he::{BodiesPerMask, ParameterSet, PlanError, TransportBits, TransportWidths};
+/// use cryptflow_he::planner::{plan, PlanRequest, Weighting};
+/// use cryptflow_he::{ParameterSet, PlanError};
 /// let params = ParameterSet::default_128();
-/// let widths = TransportWidths {
-///     mask: TransportBits::try_new(40).unwrap(),
-///     body: TransportBits::try_new(32).unwrap(),
-/// };
-/// let request = PlanRequest {
-///     max_clients: 1000,
-///     clip_bound: 4.0,
-///     max_weight: 1,
-///     bodies: BodiesPerMask::try_new(8).unwrap(),
-///     target: PlanTarget::Widths { widths, max_abs_error: Some(1e-9) },
-/// };
-/// // 1000 clients at 40/32 bits cannot reach 1e-9: the error names the precision bound.
-/// let err = plan(&params, &request).unwrap_err();
-/// assert!(matches!(err, PlanError::Precision { .. }));
-/// let request = PlanRequest { target: PlanTarget::Widths { widths, max_abs_error: None }, ..request };
-/// let best = plan(&params, &request).unwrap();
-/// println!("best error for 1000 clients: {:e}", best.encoding.max_quantisation_error());
+/// // FedAvg over 100 sites holding 1,000 to 1,000,000 examples, mean within 1e-4:
+/// let ok = PlanRequest { max_clients: 100, clip_bound: 1.0, max_abs_error: 1e-4,
+///     weighting: Weighting::Samples { min_count: 1_000, max_count: 1_000_000 } };
+/// assert!(plan(&params, &ok).is_ok());
+/// // With counts from 1, no 64-bit encoding can guarantee 1e-4: the refusal says what would.
+/// let too_wide = PlanRequest { weighting: Weighting::Samples { min_count: 1, max_count: 1_000_000 },
+///     ..ok };
+/// let err = plan(&params, &too_wide).unwrap_err();
+/// assert!(matches!(err, PlanError::Infeasible { .. }));
+/// assert!(err.to_string().contains("min_count"));
 /// ```
 pub fn plan(params: &ParameterSet, request: &PlanRequest) -> Result<Plan, PlanError> {
-    let invalid = |field, reason: &str| PlanError::InvalidRequest { field, reason: reason.into() };
-    if request.max_clients == 0 {
-        return Err(invalid("max_clients", "must be at least 1"));
-    }
-    if !(request.clip_bound.is_finite() && request.clip_bound > 0.0) {
-        return Err(invalid("clip_bound", "must be a positive finite number"));
-    }
-    if request.clip_bound > 2f64.powi(40) {
-        return Err(invalid("clip_bound", "must be at most 2^40"));
-    }
-    if request.max_weight == 0 {
-        return Err(invalid("max_weight", "must be at least 1"));
-    }
-    let k = request.max_clients as u128;
-    let c = request.max_weight as u128;
-    let max_total_weight = k.checked_mul(c).filter(|&w| w <= u64::MAX as u128);
-    let Some(max_total_weight) = max_total_weight else {
-        return Err(invalid("max_weight", "times max_clients exceeds 2^64"));
-    };
-    let Some(max_weight_sq_sum) = max_total_weight.checked_mul(c) else {
-        return Err(invalid("max_weight", "squared times max_clients exceeds 2^128"));
-    };
-    let h = params.ring_degree().get() as f64;
-
-    // Delta exponent needed for given widths: smallest d with z·σ < 2^(d−1).
-    let delta_for = |widths: TransportWidths| -> (u8, f64) {
-        let sigma = noise::aggregate_std(params, h, max_weight_sq_sum as f64, widths, widths);
-        let d = ((2.0 * noise::TAIL_Z * sigma).log2().floor() as i64 + 1).max(1);
-        (d.min(255) as u8, sigma)
-    };
-    // Bits the worst-case sum needs at precision p and delta d.
-    let needed_bits = |p: u8, d: u8| -> f64 {
-        (max_total_weight as f64 * request.clip_bound).log2() + p as f64 + d as f64
-    };
-    let build = |p: u8, d: u8, widths: TransportWidths, sigma: f64| -> Option<Plan> {
-        let encoding =
-            Encoding::try_new(p, d, request.clip_bound, max_total_weight as u64, max_weight_sq_sum)
-                .ok()?;
-        Some(Plan {
-            encoding,
-            bodies: request.bodies,
-            upload: widths,
-            download: widths,
-            noise_std: sigma,
-            failure_log2: noise::failure_log2(noise::TAIL_Z),
-        })
-    };
-
-    match request.target {
-        PlanTarget::Precision { max_abs_error } => {
-            if !(max_abs_error.is_finite() && max_abs_error > 0.0) {
-                return Err(invalid("max_abs_error", "must be a positive finite number"));
+    check_request(request)?;
+    let step = step_of(request);
+    let b = budget(params, request, step);
+    let c = request.max_clients as f64;
+    if let Some(delta_max) = b.delta_max {
+        for w in 1..=64u8 {
+            let w = TransportBits::try_new(w).map_err(|_| invalid("transport", "internal".into()))?;
+            if fits(params, c, delta_max, w) {
+                let delta =
+                    DeltaLog::try_new(delta_max).map_err(|_| invalid("delta", "internal".into()))?;
+                return Ok(Plan { params: params.id(), request: *request, step, delta, transport: w });
             }
-            // Smallest p with 2^-(p+1) <= target.
-            let p = (-max_abs_error.log2() - 1.0).ceil().max(0.0);
-            if p > 60.0 {
-                return Err(invalid("max_abs_error", "is below 2^-61"));
-            }
-            let p = p as u8;
-            let mut best: Option<(u32, Plan)> = None;
-            for wb in 1..=64u8 {
-                for wa in wb..=64u8.min(wb + 8) {
-                    let widths = widths_of(wa, wb);
-                    let (d, sigma) = delta_for(widths);
-                    let Some(plan) = build(p, d, widths, sigma) else { continue };
-                    let cost = wa as u32 + request.bodies.get() as u32 * wb as u32;
-                    if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                        best = Some((cost, plan));
-                    }
-                }
-            }
-            best.map(|(_, plan)| plan).ok_or_else(|| {
-                let (d, _) = delta_for(TransportWidths::FULL);
-                PlanError::Wraparound {
-                    needed_bits: needed_bits(p, d),
-                    available_bits: HEADROOM_BITS,
-                }
-            })
         }
-        PlanTarget::Widths { widths, max_abs_error } => {
-            let (d, sigma) = delta_for(widths);
-            // Largest p that still fits below 2^62 (capped where f64 stops mattering).
-            let best = (0..=60u8).rev().find(|&p| {
-                max_message(request.clip_bound, p)
-                    .and_then(|m| m.checked_mul(max_total_weight))
-                    .and_then(|m| m.checked_mul(1u128 << d.min(127)))
-                    .is_some_and(|m| m < 1u128 << HEADROOM_BITS)
-            });
-            let Some(p) = best.filter(|_| (d as u32) < HEADROOM_BITS) else {
-                return Err(PlanError::Wraparound {
-                    needed_bits: needed_bits(0, d),
-                    available_bits: HEADROOM_BITS,
-                });
-            };
-            let plan = build(p, d, widths, sigma).ok_or(PlanError::Wraparound {
-                needed_bits: needed_bits(p, d),
-                available_bits: HEADROOM_BITS,
-            })?;
-            if let Some(target) = max_abs_error {
-                let achievable = plan.encoding.max_quantisation_error();
-                if !(target.is_finite() && target > 0.0) {
-                    return Err(invalid("max_abs_error", "must be a positive finite number"));
-                }
-                if achievable > target {
-                    return Err(PlanError::Precision { target, achievable });
+    }
+    Err(infeasible(params, request, &b))
+}
+
+/// The refusal: which bound, how many bits, and the nearest settings that would fit.
+fn infeasible(params: &ParameterSet, request: &PlanRequest, b: &Budget) -> PlanError {
+    let feasible = |r: &PlanRequest| check_request(r).is_ok() && plan_quiet(params, r);
+    // Smallest error that fits: the error scales the step, so search on a log grid.
+    let mut nearest = Vec::new();
+    let mut e = request.max_abs_error;
+    for _ in 0..200 {
+        e *= 1.1;
+        if e > request.clip_bound {
+            break;
+        }
+        if feasible(&PlanRequest { max_abs_error: e, ..*request }) {
+            nearest.push(format!("max_abs_error ≥ {e:.2e}"));
+            break;
+        }
+    }
+    if let Weighting::Samples { min_count, max_count } = request.weighting {
+        let mut lo = min_count;
+        let mut hi = max_count;
+        if feasible(&PlanRequest {
+            weighting: Weighting::Samples { min_count: hi, max_count },
+            ..*request
+        }) {
+            while lo + 1 < hi {
+                let mid = lo + (hi - lo) / 2;
+                let r = PlanRequest { weighting: Weighting::Samples { min_count: mid, max_count }, ..*request };
+                if feasible(&r) {
+                    hi = mid;
+                } else {
+                    lo = mid;
                 }
             }
-            Ok(plan)
+            nearest.push(format!("min_count ≥ {hi}"));
         }
+    }
+    let mut lo = 1u32;
+    let mut hi = request.max_clients;
+    if feasible(&PlanRequest { max_clients: 1, ..*request }) {
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            if feasible(&PlanRequest { max_clients: mid, ..*request }) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        nearest.push(format!("max_clients ≤ {lo}"));
+    }
+    PlanError::Infeasible {
+        needed_bits: b.message_bits + 1.0 + b.delta_min as f64,
+        message_bits: b.message_bits,
+        margin_bits: b.delta_min,
+        nearest: if nearest.is_empty() { "none".into() } else { nearest.join(", or ") },
     }
 }
 
-fn widths_of(mask: u8, body: u8) -> TransportWidths {
-    // Both are in 1..=64 by construction of the search loops.
-    TransportWidths {
-        mask: TransportBits::try_new(mask).unwrap_or(TransportBits::FULL),
-        body: TransportBits::try_new(body).unwrap_or(TransportBits::FULL),
-    }
+fn plan_quiet(params: &ParameterSet, request: &PlanRequest) -> bool {
+    let step = step_of(request);
+    let b = budget(params, request, step);
+    let c = request.max_clients as f64;
+    b.delta_max.is_some_and(|d| fits(params, c, d, TransportBits::FULL))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(k: u32, b: f64, target: PlanTarget) -> PlanRequest {
-        PlanRequest {
-            max_clients: k,
-            clip_bound: b,
-            max_weight: 1,
-            bodies: BodiesPerMask::try_new(8).unwrap(),
-            target,
+    fn uniform(c: u32, e: f64) -> PlanRequest {
+        PlanRequest { max_clients: c, clip_bound: 1.0, max_abs_error: e, weighting: Weighting::Uniform }
+    }
+
+    fn w(r: &PlanRequest) -> u32 {
+        plan(&ParameterSet::default_128(), r).unwrap().transport().get()
+    }
+
+    #[test]
+    fn design_figures() {
+        // DESIGN §3 expects w = 29, 23, 33, 38 with a power-of-two step; a step of exactly
+        // 2ε saves up to a bit.
+        assert_eq!(w(&uniform(8, 1e-6)), 28);
+        assert!(w(&uniform(8, 1e-4)) <= 23);
+        assert!(w(&uniform(64, 1e-6)) <= 33);
+        assert!(w(&uniform(512, 1e-6)) <= 38);
+    }
+
+    #[test]
+    fn every_guarantee_holds_for_many_requests() {
+        let params = ParameterSet::default_128();
+        for c in [1u32, 2, 8, 64, 512, 4096] {
+            for e in [1e-2f64, 1e-4, 1e-6, 1e-8] {
+                for b in [0.5, 1.0, 1000.0] {
+                    let r = PlanRequest { clip_bound: b, max_abs_error: e.min(b), ..uniform(c, e) };
+                    let Ok(p) = plan(&params, &r) else { continue };
+                    let delta = p.delta().delta() as f64;
+                    let cf = c as f64;
+                    assert!((cf * p.max_message() + 0.5) * delta <= 2f64.powi(63), "{r:?}");
+                    let sigma = crate::noise::aggregate_variance(&params, p.transport(), c).sqrt();
+                    assert!(TAIL_Z * sigma < delta / 2.0, "{r:?}");
+                    assert!(2.0 * TAIL_Z * params.key_std() * cf.sqrt() < delta, "{r:?}");
+                    assert!(p.step() / 2.0 * (1.0 + 1.0 / 1024.0) <= e, "{r:?}");
+                }
+            }
         }
     }
 
     #[test]
-    fn acceptance_point_k8_error_1e6_fits_in_4_5_bytes() {
-        let p = plan(
-            &ParameterSet::default_128(),
-            &request(8, 1.0, PlanTarget::Precision { max_abs_error: 1e-6 }),
-        )
-        .unwrap();
-        assert!(p.upload_bytes_per_value() <= 4.5, "{p:?}");
-        assert!(p.encoding.max_quantisation_error() <= 1e-6);
-        assert!(p.failure_log2 <= -128.0);
-        // The guarantee itself: z·σ < Δ/2 and no wrap-around.
-        assert!(noise::TAIL_Z * p.noise_std < 2f64.powi(p.encoding.delta_log() as i32 - 1));
-    }
-
-    #[test]
-    fn uniform_32_bit_widths_cannot_reach_1e6_for_8_clients() {
-        // DESIGN §3's "w = 32 everywhere" is infeasible here: the mask's rounding error is
-        // multiplied by the secret. The planner must say so, naming the precision bound.
-        let w = TransportWidths {
-            mask: TransportBits::try_new(32).unwrap(),
-            body: TransportBits::try_new(32).unwrap(),
+    fn sample_counts_up_to_a_million_plan_at_1e_4() {
+        let params = ParameterSet::default_128();
+        let r = PlanRequest {
+            max_clients: 100,
+            clip_bound: 1.0,
+            max_abs_error: 1e-4,
+            weighting: Weighting::Samples { min_count: 4, max_count: 1_000_000 },
         };
-        let err = plan(
-            &ParameterSet::default_128(),
-            &request(8, 1.0, PlanTarget::Widths { widths: w, max_abs_error: Some(1e-6) }),
-        )
-        .unwrap_err();
-        assert!(matches!(err, PlanError::Precision { .. }), "{err}");
-    }
-
-    #[test]
-    fn impossible_requests_name_the_bound() {
-        let err = plan(
-            &ParameterSet::default_128(),
-            &request(1 << 30, 1e6, PlanTarget::Precision { max_abs_error: 1e-9 }),
-        )
-        .unwrap_err();
-        assert!(matches!(err, PlanError::Wraparound { .. }), "{err}");
-        assert!(err.to_string().contains("wrap-around"));
-        let err = plan(
-            &ParameterSet::default_128(),
-            &request(0, 1.0, PlanTarget::Precision { max_abs_error: 1e-6 }),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("max_clients"));
-        let err = plan(
-            &ParameterSet::default_128(),
-            &request(8, f64::NAN, PlanTarget::Precision { max_abs_error: 1e-6 }),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("clip_bound"));
+        let p = plan(&params, &r).unwrap();
+        assert!(p.transport().get() <= 48, "{p:?}");
+        // From a count of 1, 1e-4 needs more than 64 bits; the refusal names the nearest fit.
+        let wide = PlanRequest { weighting: Weighting::Samples { min_count: 1, max_count: 1_000_000 }, ..r };
+        let err = plan(&params, &wide).unwrap_err().to_string();
+        assert!(err.contains("min_count ≥ 4"), "{err}");
+        assert!(err.contains("max_abs_error ≥"), "{err}");
     }
 
     #[test]
     fn more_clients_never_cost_fewer_bytes() {
-        let params = ParameterSet::default_128();
-        let mut last = 0.0;
-        for k in [2, 8, 64, 512, 4096] {
-            let p = plan(&params, &request(k, 1.0, PlanTarget::Precision { max_abs_error: 1e-4 }))
-                .unwrap();
-            assert!(p.upload_bytes_per_value() >= last);
-            last = p.upload_bytes_per_value();
+        let mut last = 0;
+        for c in [2, 8, 64, 512, 4096] {
+            let w = w(&uniform(c, 1e-4));
+            assert!(w >= last);
+            last = w;
         }
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let params = ParameterSet::default_128();
+        for (r, field) in [
+            (uniform(0, 1e-6), "max_clients"),
+            (PlanRequest { clip_bound: f64::NAN, ..uniform(8, 1e-6) }, "clip_bound"),
+            (uniform(8, 0.0), "max_abs_error"),
+            (
+                PlanRequest {
+                    weighting: Weighting::Samples { min_count: 5, max_count: 4 },
+                    ..uniform(8, 1e-4)
+                },
+                "min_count",
+            ),
+        ] {
+            let e = plan(&params, &r).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_serialised_plan_is_re_derived() {
+        let p = plan(&ParameterSet::default_128(), &uniform(8, 1e-6)).unwrap();
+        let json = serde_json::to_value(p).unwrap();
+        assert_eq!(serde_json::from_value::<Plan>(json.clone()).unwrap(), p);
+        let mut forged = json;
+        forged["transport_bits"] = 20.into();
+        assert!(serde_json::from_value::<Plan>(forged).is_err());
     }
 }

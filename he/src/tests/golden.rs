@@ -1,11 +1,10 @@
-//! Golden hashes of the wire format. These objects are built from fixed words (no
+//! Golden hashes of the wire format. These objects are built from fixed contents (no
 //! randomness), so a hash changes only if the encoding changes. If one fails, the format
 //! drifted: bump `wire::VERSION`, update `docs/wire-format.md`, then the constants.
 
-use crate::ciphertext::{Ciphertext, CiphertextHeader};
-use crate::keys::{PublicKey, SecretKey};
-use crate::params::{BodiesPerMask, ParameterSet, TransportBits, TransportWidths};
-use crate::{CompressedCiphertext, Encoding, Wire};
+use super::{gaussian_plan, setup_for};
+use crate::sharing::{KeyShare, Release, ShareIndex, SHARE_PRIME};
+use crate::{CiphertextKind, PackedCiphertext, ParameterSet, Wire};
 use sha2::{Digest, Sha256};
 
 fn hex(bytes: &[u8]) -> String {
@@ -13,63 +12,49 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn pattern(len: usize, salt: u64) -> Vec<u64> {
-    (0..len as u64)
-        .map(|i| (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
-        .collect()
+    (0..len as u64).map(|i| (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)).collect()
 }
 
-fn objects() -> (PublicKey, SecretKey, Ciphertext, CompressedCiphertext) {
+fn objects() -> (Vec<u8>, PackedCiphertext, PackedCiphertext, KeyShare, Release) {
     let params = ParameterSet::default_128();
-    let l = BodiesPerMask::try_new(2).unwrap();
-    let n = 2048;
-    let pk = PublicKey::from_parts(params, l, pattern(n, 1), pattern(2 * n, 2)).unwrap();
-    let s: Vec<u64> = pattern(2 * n, 3).iter().map(|x| x & 1).collect();
-    let e: Vec<i32> =
-        pattern(2 * n, 4).iter().map(|x| (*x % (1 << 17)) as i32 - (1 << 16)).collect();
-    let sk = SecretKey::from_parts(params, l, pk.id(), s, e).unwrap();
-    let encoding = Encoding::try_new(20, 38, 1.0, 8, 8).unwrap();
-    let mut header = CiphertextHeader::fresh(&params, pk.id(), l, 5000, encoding);
-    header.contributors = 3;
-    header.total_weight = 3;
-    header.weight_sq_sum = 3;
-    let words = pattern(header.layout(n).words(), 5);
-    let ct = Ciphertext { header, words };
-    let widths = TransportWidths {
-        mask: TransportBits::try_new(36).unwrap(),
-        body: TransportBits::try_new(31).unwrap(),
-    };
-    let compressed = ct.compress(&params, widths);
-    (pk, sk, ct, compressed)
+    let plan = gaussian_plan(&params, 8, 1e-6);
+    let setup = setup_for(plan, 5000, 0x00FF_EEDD_CCBB_AA99_8877_6655_4433_2211);
+    let len = setup.payload_len() as usize;
+    let mut payload: Vec<u8> = pattern(len, 1).iter().map(|w| *w as u8).collect();
+    // Canonical padding: 5000 · 28 bits end on a byte, nothing to clear.
+    assert_eq!(setup.transport().get(), 28);
+    let upload = PackedCiphertext { header: setup.header(CiphertextKind::Upload, 1), payload: payload.clone() };
+    payload.reverse();
+    let aggregate = PackedCiphertext::aggregate(&setup, 7, payload).unwrap();
+    let x = ShareIndex::try_new(3).unwrap();
+    let share = KeyShare::try_new(x, pattern(2048, 2).iter().map(|w| w % SHARE_PRIME).collect()).unwrap();
+    let release = Release::try_new(x, pattern(2048, 3).iter().map(|w| w % SHARE_PRIME).collect()).unwrap();
+    (plan.canonical_bytes(), upload, aggregate, share, release)
 }
 
 #[test]
 fn wire_format_is_stable() {
-    let (pk, sk, ct, cct) = objects();
-    let got = [hex(&pk.to_bytes()), hex(&sk.to_bytes()), hex(&ct.to_bytes()), hex(&cct.to_bytes())];
-    let expected = GOLDEN;
-    assert_eq!(got, expected, "wire format drifted; see the module docs");
+    let (plan, up, agg, share, release) = objects();
+    let got = [hex(&plan), hex(&up.to_bytes()), hex(&agg.to_bytes()), hex(&share.to_bytes()), hex(&release.to_bytes())];
+    assert_eq!(got, GOLDEN, "wire format drifted; see the module docs");
 }
 
 #[test]
-fn golden_objects_round_trip() {
-    let (pk, sk, ct, cct) = objects();
-    assert_eq!(PublicKey::from_bytes(&pk.to_bytes()).unwrap(), pk);
-    let sk2 = SecretKey::from_bytes(&sk.to_bytes()).unwrap();
-    assert_eq!(sk2.secret_words(), sk.secret_words());
-    assert_eq!(sk2.noise_words(), sk.noise_words());
-    assert_eq!(Ciphertext::from_bytes(&ct.to_bytes()).unwrap(), ct);
-    assert_eq!(CompressedCiphertext::from_bytes(&cct.to_bytes()).unwrap(), cct);
+fn golden_objects_round_trip_with_the_documented_sizes() {
+    let (_, up, agg, share, release) = objects();
+    assert_eq!(PackedCiphertext::from_bytes(&up.to_bytes()).unwrap(), up);
+    assert_eq!(PackedCiphertext::from_bytes(&agg.to_bytes()).unwrap(), agg);
+    assert_eq!(KeyShare::from_bytes(&share.to_bytes()).unwrap(), share);
+    assert_eq!(Release::from_bytes(&release.to_bytes()).unwrap(), release);
     // Sizes documented in docs/wire-format.md.
-    assert_eq!(pk.to_bytes().len(), 32 + 8 * 3 * 2048);
-    assert_eq!(sk.to_bytes().len(), 32 + 2 * 2048 / 8 + 4 * 2 * 2048);
-    assert_eq!(ct.to_bytes().len(), 104 + 8 * (2 * 2048 + 5000));
-    let payload = 2 * (2048 * 36 / 8) + 4096 * 31 / 8 + (904usize * 31).div_ceil(8);
-    assert_eq!(cct.to_bytes().len(), 112 + payload);
+    assert_eq!(up.to_bytes().len(), 64 + 5000 * 28 / 8);
+    assert_eq!(share.to_bytes().len(), 16 + 8 * 2048);
 }
 
-const GOLDEN: [&str; 4] = [
-    "403790ea31ae3570faa475f951908408be96b9265e19f7a0da0988fbf27aec9d",
-    "da1ef0ce2e3abfa8ae3e05fb6c253b0828c95d5532c8622c62bb6be0c6e678e2",
-    "1fde0f421dc2dc56def04c7f1c9f3df882c5f89edc96e64da6f8a5313728d246",
-    "a336d986e9756dc774b69eebd2fb25a8a776f690df5a2765386ce216fc4f2ead",
+const GOLDEN: [&str; 5] = [
+    "a7073812aee6c1f26b91e195f3abe2a16f591cf67a57bea12c822355f1113fb4",
+    "f39bf60c9cbac8672268845ee19cbbcc803bbc1cc16b13b56df1e70318bddad1",
+    "61ead78be1c761556178eb21d85df093c620a0461ded8b695d7672505334eb8b",
+    "6bffed6090c295ed31021b89863118594047238b0456f6b75a8c0fc66867f3cb",
+    "8e709d347dc40b2ff415b71d22c92074ee86390975c22138ba040e7e5af6a29a",
 ];

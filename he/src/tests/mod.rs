@@ -1,35 +1,25 @@
 //! Crate-level tests that need private access: interop with TFHE-rs, statistical noise,
-//! property tests of the homomorphic sum, golden wire hashes and rejection paths.
+//! property tests of encryption, aggregation and decryption, the attacks version 2 must
+//! defeat, golden wire hashes and rejection paths.
 
+mod attacks;
 mod golden;
 mod interop;
 mod noise;
 mod props;
 mod rejection;
+mod worked_example;
 
-use crate::{
-    generate_keys_from_seed_insecure, BodiesPerMask, Encoding, ParameterSet, PublicKey, SecretKey,
-};
+use crate::planner::{plan, Plan, PlanRequest, Weighting};
+use crate::{MaskSeed, ParameterSet, RoundSetup};
 
-pub(crate) fn toy_keys(l: u8, seed: u128) -> (SecretKey, PublicKey) {
-    generate_keys_from_seed_insecure(
-        ParameterSet::toy_insecure(),
-        BodiesPerMask::try_new(l).unwrap(),
-        seed,
-    )
-    .unwrap()
+/// A plan for `c` unweighted contributions at error `e`, clip bound 1.
+pub(crate) fn gaussian_plan(params: &ParameterSet, c: u32, e: f64) -> Plan {
+    plan(params, &PlanRequest { max_clients: c, clip_bound: 1.0, max_abs_error: e, weighting: Weighting::Uniform })
+        .unwrap()
 }
 
-pub(crate) fn default_keys(l: u8, seed: u128) -> (SecretKey, PublicKey) {
-    generate_keys_from_seed_insecure(
-        ParameterSet::default_128(),
-        BodiesPerMask::try_new(l).unwrap(),
-        seed,
-    )
-    .unwrap()
-}
-
-/// An encoding with room for `k` unit-weight contributions.
-pub(crate) fn encoding_for(k: u64) -> Encoding {
-    Encoding::try_new(16, 40, 1.0, k, k as u128).unwrap()
+/// A setup with a fixed seed.
+pub(crate) fn setup_for(plan: Plan, values: u64, seed: u128) -> RoundSetup {
+    RoundSetup::try_new(plan, MaskSeed(seed.to_le_bytes()), values).unwrap()
 }

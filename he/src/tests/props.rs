@@ -1,135 +1,174 @@
-//! Property tests: round trips and the homomorphic weighted sum against plaintext arithmetic,
-//! for random K, weights, lengths (including lengths that are not multiples of L·N), clipping
-//! and planner-chosen widths. Decryption is exact, so sums are compared as integers.
+//! Property tests (toy parameters, N = 64, so that many cases run): encryption, the
+//! unweighted fold and decryption give the exact sum of the quantised messages in every
+//! weighting mode; streaming any block partition gives the same bytes; partial sums merge;
+//! and a block re-derived from changed input is refused before its bytes are returned.
 
-use super::toy_keys;
-use crate::planner::{plan, PlanRequest, PlanTarget};
+use crate::planner::{plan, PlanRequest, Weighting};
 use crate::{
-    weighted_sum_compressed, BodiesPerMask, Ciphertext, Encoding, ParameterSet, Weight, Wire,
+    AggregateKey, ClientKey, Error, MaskSeed, PackedCiphertext, ParameterSet, RoundSetup,
+    RunningSum,
 };
-use ndarray::Array1;
 use proptest::prelude::*;
 
-fn quantise(v: f64, e: &Encoding) -> i64 {
-    let b = e.clip_bound();
-    (v.clamp(-b, b) * 2f64.powi(e.precision_bits() as i32)).round() as i64
+fn setup(c: u32, weighting: Weighting, values: u64, seed: u128) -> RoundSetup {
+    let params = ParameterSet::toy_insecure();
+    let p = plan(&params, &PlanRequest { max_clients: c, clip_bound: 1.0, max_abs_error: 1e-5, weighting })
+        .unwrap();
+    RoundSetup::try_new(p, MaskSeed(seed.to_le_bytes()), values).unwrap()
+}
+
+/// What the encoder should produce for one value.
+fn quantise(setup: &RoundSetup, x: f64, count: u64) -> i64 {
+    (count as f64 * x.clamp(-1.0, 1.0) / setup.plan().step()).round() as i64
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn encrypt_decrypt_round_trip(
-        l in 1u8..5,
-        values in proptest::collection::vec(-3.0f64..3.0, 1..700),
-        seed in any::<u64>(),
+    fn decryption_gives_the_exact_sum_of_messages(
+        c in 1usize..6,
+        values in 1usize..300,
+        weighted in any::<bool>(),
+        data in proptest::collection::vec(-2.0f64..2.0, 6 * 300),
+        counts in proptest::collection::vec(1u64..50, 6),
+        seed in any::<u128>(),
     ) {
-        let (sk, pk) = toy_keys(l, seed as u128);
-        let params = ParameterSet::toy_insecure();
-        let request = PlanRequest {
-            max_clients: 1, clip_bound: 2.0, max_weight: 1,
-            bodies: BodiesPerMask::try_new(l).unwrap(),
-            target: PlanTarget::Precision { max_abs_error: 1e-5 },
+        let weighting = if weighted {
+            Weighting::Samples { min_count: 1, max_count: 50 }
+        } else {
+            Weighting::Uniform
         };
-        let p = plan(&params, &request).unwrap();
-        let x = Array1::from(values.clone());
-        let full = pk.encrypt(&p.encoding, x.view()).unwrap();
-        let clipped = values.iter().filter(|v| v.abs() > 2.0).count() as u64;
-        prop_assert_eq!(full.clipping.clipped, clipped);
-        let compressed = pk.encrypt_compressed(&p.encoding, x.view(), p.upload).unwrap();
-        for ct in [full.ciphertext, compressed.ciphertext.lift().unwrap()] {
-            let back = sk.decrypt(&ct).unwrap().weighted_mean::<f64>();
-            for (v, b) in values.iter().zip(back.iter()) {
-                let expected = quantise(*v, &p.encoding) as f64 / 2f64.powi(p.encoding.precision_bits() as i32);
-                prop_assert_eq!(*b, expected);
+        let setup = setup(c as u32, weighting, values as u64, seed);
+        let params = *setup.params();
+        let keys: Vec<ClientKey> = (0..c).map(|_| ClientKey::generate(&params).unwrap()).collect();
+        let mut sum = RunningSum::zero(&setup, 0..setup.slots()).unwrap();
+        let mut expected = vec![0i64; values];
+        let mut clipped = 0u64;
+        let mut weight_total = 0u64;
+        let mut exact_mean = vec![0f64; values];
+        for (i, k) in keys.iter().enumerate() {
+            let x = &data[i * values..(i + 1) * values];
+            let count = weighted.then_some(counts[i]);
+            let cw = count.unwrap_or(1);
+            weight_total += cw;
+            let out = k.encryptor(&setup, count).unwrap().encrypt(x).unwrap();
+            clipped += out.clipping.clipped;
+            for (e, (v, m)) in expected.iter_mut().zip(x.iter().zip(exact_mean.iter_mut())) {
+                *e += quantise(&setup, *v, cw);
+                *m += cw as f64 * v.clamp(-1.0, 1.0);
             }
+            sum.add_upload(&out.ciphertext).unwrap();
+        }
+        prop_assert_eq!(clipped, data[..c * values].iter().filter(|v| v.abs() > 1.0).count() as u64);
+        let agg = PackedCiphertext::aggregate(&setup, c as u32, sum.pack()).unwrap();
+        let d = AggregateKey::sum_of(&keys).decrypt(&setup, &agg).unwrap();
+        prop_assert_eq!(d.sums(), &expected[..]);
+        prop_assert_eq!(d.total_weight(), weight_total);
+        let bound = d.error_bound();
+        prop_assert!(bound <= setup.plan().max_abs_error());
+        for (got, m) in d.mean::<f64>().iter().zip(&exact_mean) {
+            let want = m / weight_total as f64;
+            prop_assert!((got - want).abs() <= bound, "{} vs {} (bound {})", got, want, bound);
         }
     }
 
     #[test]
-    fn weighted_sum_equals_plaintext_sum(
-        k in 1usize..6,
-        l in 1u8..4,
-        len in 1usize..900,
-        max_weight in 1u64..5,
-        seed in any::<u64>(),
-        precision in prop_oneof![Just(1e-3), Just(1e-6)],
+    fn any_block_partition_streams_the_same_bytes(
+        blocks in 1u64..9,
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        seed in any::<u128>(),
     ) {
-        let (sk, pk) = toy_keys(l, seed as u128);
-        let params = ParameterSet::toy_insecure();
-        let request = PlanRequest {
-            max_clients: k as u32, clip_bound: 1.0, max_weight,
-            bodies: BodiesPerMask::try_new(l).unwrap(),
-            target: PlanTarget::Precision { max_abs_error: precision },
-        };
-        let p = plan(&params, &request).unwrap();
-        let mut rng = proptest::test_runner::TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha);
-        let inputs: Vec<Vec<f64>> = (0..k)
-            .map(|_| (0..len).map(|_| rng.random_range(-1.2..1.2)).collect())
-            .collect();
-        let weights: Vec<u64> = (0..k).map(|i| 1 + (seed.wrapping_add(i as u64) % max_weight)).collect();
-        let ups: Vec<_> = inputs
-            .iter()
-            .map(|x| pk.encrypt_compressed(&p.encoding, Array1::from(x.clone()).view(), p.upload).unwrap().ciphertext)
-            .collect();
-        // Every upload survives the wire.
-        let ups: Vec<_> = ups.iter().map(|c| crate::CompressedCiphertext::from_bytes(&c.to_bytes()).unwrap()).collect();
-        let items: Vec<_> = ups.iter().zip(&weights).map(|(c, &w)| (c, Weight::try_new(w).unwrap())).collect();
-        let sum = weighted_sum_compressed(&params, &items).unwrap();
-        // The aggregate also survives compression for download.
-        let down = sum.compress(&params, p.download);
-        let decrypted = sk.decrypt_compressed(&down).unwrap();
-        prop_assert_eq!(decrypted.header().contributors() as usize, k);
-        let total_weight: u64 = weights.iter().sum();
-        prop_assert_eq!(decrypted.header().total_weight(), total_weight);
-        let sums = decrypted.sum::<f64>();
-        let means = decrypted.weighted_mean::<f64>();
-        let scale = 2f64.powi(p.encoding.precision_bits() as i32);
-        for j in 0..len {
-            let exact: i64 = (0..k).map(|i| weights[i] as i64 * quantise(inputs[i][j], &p.encoding)).sum();
-            prop_assert_eq!(sums[j], exact as f64 / scale);
-            let true_mean: f64 = (0..k).map(|i| weights[i] as f64 * inputs[i][j].clamp(-1.0, 1.0)).sum::<f64>()
-                / total_weight as f64;
-            prop_assert!((means[j] - true_mean).abs() <= p.encoding.max_quantisation_error() + 1e-12);
+        let values = blocks * 64 - 13;
+        let setup = setup(4, Weighting::Uniform, values, seed);
+        let key = ClientKey::generate(setup.params()).unwrap();
+        let x: Vec<f32> = (0..values).map(|i| (i as f32 * 0.37).sin()).collect();
+        let enc = key.encryptor(&setup, None).unwrap();
+        let whole = enc.encrypt(&x[..]).unwrap().ciphertext;
+        let mut points: Vec<u64> = cuts.iter().map(|c| c.index(blocks as usize) as u64).collect();
+        points.extend([0, blocks]);
+        points.sort_unstable();
+        points.dedup();
+        let mut streamed = Vec::new();
+        for pair in points.windows(2) {
+            let slots = setup.block_slots(pair[0]).start..setup.block_slots(pair[1] - 1).end;
+            let r = setup.payload_range(slots);
+            let mut out = vec![0u8; (r.end - r.start) as usize];
+            enc.encrypt_blocks(&x[..], pair[0]..pair[1], &mut out).unwrap();
+            streamed.extend(out);
         }
+        prop_assert_eq!(&streamed, whole.payload());
+        // Another key gives other bytes for the same values. (Another noise seed under the
+        // same key usually does not: the rounding to w bits swallows noise of 2^16.)
+        let other = ClientKey::generate(setup.params()).unwrap();
+        let other = other.encryptor(&setup, None).unwrap().encrypt(&x[..]).unwrap().ciphertext;
+        prop_assert_ne!(other.payload(), whole.payload());
     }
 
     #[test]
-    fn full_width_sum_and_scaling(k in 1u64..5, len in 1usize..300, factor in 1u64..4, seed in any::<u64>()) {
-        let (sk, pk) = toy_keys(2, seed as u128);
-        let enc = Encoding::try_new(12, 40, 1.0, 4 * 4, 4 * 16).unwrap();
-        let x = Array1::from_elem(len, 0.25f64);
-        let mut acc = Ciphertext::zero_like(
-            pk.encrypt(&enc, x.view()).unwrap().ciphertext.header(), &ParameterSet::toy_insecure()).unwrap();
-        for _ in 0..k {
-            acc.add_assign(&pk.encrypt(&enc, x.view()).unwrap().ciphertext).unwrap();
+    fn partial_sums_over_batches_and_block_ranges_compose(c in 2usize..6, seed in any::<u128>()) {
+        let n = 64u64;
+        let values = 5 * n - 7;
+        let setup = setup(c as u32, Weighting::Uniform, values, seed);
+        let uploads: Vec<PackedCiphertext> = (0..c)
+            .map(|i| {
+                let k = ClientKey::generate(setup.params()).unwrap();
+                let x: Vec<f64> = (0..values).map(|j| ((i as u64 * 31 + j) % 17) as f64 / 17.0).collect();
+                k.encryptor(&setup, None).unwrap().encrypt(&x[..]).unwrap().ciphertext
+            })
+            .collect();
+        let mut whole = RunningSum::zero(&setup, 0..setup.slots()).unwrap();
+        uploads.iter().for_each(|u| whole.add_upload(u).unwrap());
+        // Two batches, merged.
+        let mut a = RunningSum::zero(&setup, 0..setup.slots()).unwrap();
+        let mut b = a.clone();
+        uploads[..1].iter().for_each(|u| a.add_upload(u).unwrap());
+        uploads[1..].iter().for_each(|u| b.add_upload(u).unwrap());
+        a.merge(&b).unwrap();
+        prop_assert_eq!(a.pack(), whole.pack());
+        // Block ranges, packed and concatenated.
+        let mut packed = Vec::new();
+        for range in [0..2 * n, 2 * n..3 * n, 3 * n..setup.slots()] {
+            let mut part = RunningSum::zero(&setup, range).unwrap();
+            uploads.iter().for_each(|u| part.add_upload(u).unwrap());
+            packed.extend(part.pack());
         }
-        acc.scale_assign(Weight::try_new(factor).unwrap(), 1).unwrap();
-        let d = sk.decrypt(&acc).unwrap();
-        // Σ = k·0.25·factor / 2 ; the weighted mean stays 0.25.
-        prop_assert!(d.sum::<f64>().iter().all(|&s| s == k as f64 * 0.25 * factor as f64 / 2.0));
-        prop_assert!(d.weighted_mean::<f64>().iter().all(|&m| m == 0.25));
+        prop_assert_eq!(packed, whole.pack());
     }
 }
 
 #[test]
-fn acceptance_upload_is_at_most_4_5_bytes_per_value() {
-    // K = 8, |v| ≤ 1, mean error ≤ 1e-6, d = 2^20: the whole serialised upload, header
-    // included, against float32's 4 bytes.
-    let params = ParameterSet::default_128();
-    let bodies = BodiesPerMask::try_new(8).unwrap();
-    let request = PlanRequest {
-        max_clients: 8,
-        clip_bound: 1.0,
-        max_weight: 1,
-        bodies,
-        target: PlanTarget::Precision { max_abs_error: 1e-6 },
-    };
-    let p = plan(&params, &request).unwrap();
-    let (_, pk) = crate::generate_keys(params, bodies).unwrap();
-    let d = 1 << 20;
-    let x = Array1::from_shape_fn(d, |i| ((i as f32) * 0.37).sin());
-    let up = pk.encrypt_compressed(&p.encoding, x.view(), p.upload).unwrap().ciphertext;
-    let per_value = up.to_bytes().len() as f64 / d as f64;
-    assert!(per_value <= 4.5, "{per_value} bytes per value");
+fn a_block_re_derived_from_changed_input_is_refused_and_wiped() {
+    let setup = setup(4, Weighting::Uniform, 200, 1);
+    let key = ClientKey::generate(setup.params()).unwrap();
+    let enc = key.encryptor(&setup, None).unwrap();
+    let x = vec![0.25f64; 200];
+    let first = enc.encrypt(&x[..]).unwrap().ciphertext;
+    // Re-deriving block 1 from the same input: same bytes (a retry may resend them).
+    let r = setup.payload_range(setup.block_slots(1));
+    let mut again = vec![0u8; (r.end - r.start) as usize];
+    enc.encrypt_blocks(&x[..], 1..2, &mut again).unwrap();
+    assert_eq!(again, first.payload()[r.start as usize..r.end as usize]);
+    // The input changed between passes: refused, and nothing of the block is returned.
+    let mut y = x.clone();
+    y[70] = -0.5;
+    let err = enc.encrypt_blocks(&y[..], 1..2, &mut again).unwrap_err();
+    assert!(matches!(err, Error::ChangedInput { block: 1 }), "{err}");
+    assert!(again.iter().all(|&b| b == 0));
+    // Unchanged blocks of the changed input still match (block 0 has no changed value).
+    let r0 = setup.payload_range(setup.block_slots(0));
+    let mut b0 = vec![0u8; (r0.end - r0.start) as usize];
+    enc.encrypt_blocks(&y[..], 0..1, &mut b0).unwrap();
+}
+
+#[test]
+fn inputs_of_the_wrong_length_or_values_are_refused() {
+    let setup = setup(4, Weighting::Uniform, 100, 1);
+    let key = ClientKey::generate(setup.params()).unwrap();
+    let enc = key.encryptor(&setup, None).unwrap();
+    assert!(enc.encrypt(&vec![0.0f64; 99][..]).is_err());
+    let mut x = vec![0.0f64; 100];
+    x[42] = f64::INFINITY;
+    let err = enc.encrypt(&x[..]).unwrap_err().to_string();
+    assert!(err.contains("42"), "{err}");
 }
