@@ -1,102 +1,157 @@
-//! The aggregator's client of the KMS: create a round's key, fetch its public key, report
-//! the round aggregated. The bearer token (role `aggregator`, audience `kms`) is re-read from
-//! its file on every call, so it can be rotated without a restart.
+//! The aggregator's client of the key-manager committee: register a round with each node,
+//! ask each which deposits it holds, report the contributor set. Nodes never talk to each
+//! other; the aggregator talks to each, and a node that is down is retried by the background
+//! task. Each node may trust another token issuer, so the token is per node: the file named
+//! for its share index in `kms_token_files`, else `kms_token_file`, re-read on every call so
+//! it can be renewed without a restart.
 
-use cryptflow_services::api::kms::{KeyInfo, KeySpec, MarkAggregated};
+use cryptflow_services::api::kms::{ContributorSet, DepositList, RegisteredRound, SpecEcho};
+use cryptflow_services::api::round::{Contribution, RoundSpec};
+use cryptflow_services::protocol::Committee;
 use cryptflow_services::{Problem, RoundId};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
-/// A failed KMS call.
+/// A failed call to one node.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum KmsError {
-    /// The KMS answered with a problem document (4xx: our request was refused).
-    #[error("KMS refused ({status}): {detail}")]
+    /// The node answered with a problem document (4xx: our request was refused).
+    #[error("key manager {x} refused ({}): {}", problem.status, problem.detail.as_deref().unwrap_or(""))]
     Refused {
-        /// HTTP status.
-        status: u16,
-        /// The problem's detail.
-        detail: String,
-        /// The problem's field, if any.
-        field: Option<String>,
+        /// The node.
+        x: u8,
+        /// Its problem document.
+        problem: Box<Problem>,
     },
-    /// The KMS is unreachable or failed (5xx, network): retry later.
-    #[error("KMS unavailable: {0}")]
-    Unavailable(String),
+    /// The node refused the aggregator's own credentials (401): expired or wrong token.
+    #[error("key manager {x} refused the aggregator's token from {file}: {detail}; renew it (README, \"Tokens\")")]
+    Credentials {
+        /// The node.
+        x: u8,
+        /// The token file used.
+        file: String,
+        /// The node's reason.
+        detail: String,
+    },
+    /// The node is unreachable or failed (5xx, network): retry later.
+    #[error("key manager {x} unavailable: {detail}")]
+    Unavailable {
+        /// The node.
+        x: u8,
+        /// What happened.
+        detail: String,
+    },
     /// The token file cannot be read.
-    #[error("cannot read the KMS token file {0}")]
+    #[error("cannot read the token file {0} for the key managers")]
     Token(String),
 }
 
-/// Talks to one KMS.
+impl KmsError {
+    /// The node concerned.
+    pub fn node(&self) -> Option<u8> {
+        match self {
+            Self::Refused { x, .. } | Self::Credentials { x, .. } | Self::Unavailable { x, .. } => Some(*x),
+            Self::Token(_) => None,
+        }
+    }
+}
+
+/// Talks to every node of the committee.
 #[derive(Clone, Debug)]
-pub struct KmsClient {
-    base: String,
+pub struct KmsNodes {
+    committee: Committee,
     token_file: PathBuf,
+    token_files: BTreeMap<u8, PathBuf>,
     http: reqwest::Client,
 }
 
-impl KmsClient {
-    /// A client of the KMS at `base` (e.g. `http://kms:8081`), authenticating with the token in
-    /// `token_file`.
-    pub fn new(base: &str, token_file: PathBuf) -> Self {
+
+impl KmsNodes {
+    /// A client of `committee`'s nodes, authenticating with the token in `token_file` (or the
+    /// per-node file of `token_files`).
+    pub fn new(committee: Committee, token_file: PathBuf, token_files: BTreeMap<u8, PathBuf>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { base: base.trim_end_matches('/').to_owned(), token_file, http }
+        Self { committee, token_file, token_files, http }
     }
 
-    fn token(&self) -> Result<String, KmsError> {
-        std::fs::read_to_string(&self.token_file)
-            .map(|t| t.trim().to_owned())
-            .map_err(|_| KmsError::Token(self.token_file.display().to_string()))
+    /// The committee.
+    pub fn committee(&self) -> &Committee {
+        &self.committee
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, KmsError> {
+    fn token(&self, x: u8) -> Result<(String, PathBuf), KmsError> {
+        let file = self.token_files.get(&x).unwrap_or(&self.token_file).clone();
+        std::fs::read_to_string(&file)
+            .map(|t| (t.trim().to_owned(), file.clone()))
+            .map_err(|_| KmsError::Token(file.display().to_string()))
+    }
+
+    fn url(&self, x: u8, path: &str) -> Result<String, KmsError> {
+        let node = self
+            .committee
+            .node(x)
+            .ok_or(KmsError::Unavailable { x, detail: "not in the committee".into() })?;
+        Ok(format!("{}{path}", node.url.trim_end_matches('/')))
+    }
+
+    async fn send(&self, x: u8, req: reqwest::RequestBuilder) -> Result<reqwest::Response, KmsError> {
+        let (token, file) = self.token(x)?;
         let res = req
-            .bearer_auth(self.token()?)
+            .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| KmsError::Unavailable(e.to_string()))?;
+            .map_err(|e| KmsError::Unavailable { x, detail: e.to_string() })?;
         let status = res.status();
         if status.is_success() {
             return Ok(res);
         }
         if status.is_server_error() {
-            return Err(KmsError::Unavailable(format!("HTTP {status}")));
+            return Err(KmsError::Unavailable { x, detail: format!("HTTP {status}") });
         }
-        let problem: Option<Problem> = res.json().await.ok();
-        Err(KmsError::Refused {
-            status: status.as_u16(),
-            detail: problem.as_ref().and_then(|p| p.detail.clone()).unwrap_or_default(),
-            field: problem.and_then(|p| p.field),
-        })
+        let problem: Problem = res.json().await.unwrap_or_else(|_| {
+            let mut p = Problem::new(cryptflow_services::ErrorCode::BadRequest, format!("HTTP {status}"));
+            p.status = status.as_u16();
+            p
+        });
+        if status.as_u16() == 401 {
+            return Err(KmsError::Credentials {
+                x,
+                file: file.display().to_string(),
+                detail: problem.detail.unwrap_or_default(),
+            });
+        }
+        Err(KmsError::Refused { x, problem: Box::new(problem) })
     }
 
-    /// Creates (idempotently) the round's key.
-    pub async fn create_key(&self, round: &RoundId, spec: &KeySpec) -> Result<KeyInfo, KmsError> {
-        let url = format!("{}/v1/rounds/{round}/key", self.base);
-        let res = self.send(self.http.put(url).json(spec)).await?;
-        res.json().await.map_err(|e| KmsError::Unavailable(e.to_string()))
+    /// Registers the round with node `x`; returns its echo.
+    pub async fn register(&self, x: u8, spec: &RoundSpec) -> Result<SpecEcho, KmsError> {
+        let url = self.url(x, &format!("/v1/rounds/{}", spec.round_id))?;
+        let res = self.send(x, self.http.put(url).json(spec)).await?;
+        let round: RegisteredRound =
+            res.json().await.map_err(|e| KmsError::Unavailable { x, detail: format!("bad answer: {e}") })?;
+        Ok(round.echo)
     }
 
-    /// The round's public key, in wire format.
-    pub async fn public_key(&self, round: &RoundId) -> Result<Vec<u8>, KmsError> {
-        let url = format!("{}/v1/rounds/{round}/key/public", self.base);
-        let res = self.send(self.http.get(url)).await?;
-        res.bytes().await.map(|b| b.to_vec()).map_err(|e| KmsError::Unavailable(e.to_string()))
+    /// The deposits node `x` holds for the round.
+    pub async fn deposits(&self, x: u8, round: &RoundId) -> Result<Vec<Contribution>, KmsError> {
+        let url = self.url(x, &format!("/v1/rounds/{round}/deposits"))?;
+        let res = self.send(x, self.http.get(url)).await?;
+        let list: DepositList =
+            res.json().await.map_err(|e| KmsError::Unavailable { x, detail: format!("bad answer: {e}") })?;
+        Ok(list.deposits)
     }
 
-    /// Reports the round aggregated with `contributors` contributions (idempotent).
-    pub async fn mark_aggregated(
-        &self,
-        round: &RoundId,
-        contributors: u32,
-    ) -> Result<(), KmsError> {
-        let url = format!("{}/v1/rounds/{round}/key/aggregated", self.base);
-        self.send(self.http.post(url).json(&MarkAggregated { contributors })).await.map(|_| ())
+    /// Reports the contributor set to node `x` (idempotent for the same set).
+    pub async fn record_set(&self, x: u8, round: &RoundId, set: &[Contribution]) -> Result<(), KmsError> {
+        let url = self.url(x, &format!("/v1/rounds/{round}/contributors"))?;
+        let body = ContributorSet { contributors: set.to_vec() };
+        self.send(x, self.http.put(url).json(&body)).await.map(|_| ())
     }
 }

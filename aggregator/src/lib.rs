@@ -1,26 +1,35 @@
 //! # cryptflow-aggregator — the untrusted aggregator
 //!
-//! Holds rounds, accepts encrypted updates, folds them into a running sum in O(d) memory
-//! whatever the number of clients, and publishes the compressed aggregate. It never holds a
-//! secret key: it asks the KMS to create each round's key, and tells it when the round is
-//! aggregated so that the KMS releases the key to the round's clients. See [`api`] for the
-//! endpoints, their roles and the acceptance rules.
+//! Holds rounds, takes encrypted uploads, and publishes their unweighted sum. It never holds a
+//! key: each client encrypts under its own key and deposits shares of it with the key-manager
+//! committee, which releases — to readers, never to the aggregator — only the key sum of the
+//! contributor set the aggregator reports once. See [`routes`] for the endpoints and
+//! [`lifecycle`] for a round's life.
 //!
-//! Crash safety: a submission is acknowledged only after its ciphertext is fsynced in the
-//! blob store and its row committed; the running sum is a cache rebuilt from those rows
-//! (each once) after a restart; publication is idempotent and resumed by [`api::tick`].
+//! Layout: [`routes`] (extract, authorise, map errors) → [`domain`] (the rules, pure) →
+//! [`store`] (all SQL); [`lifecycle`] drives the key managers ([`kms_client`]) and the fold
+//! ([`fold`]) over the [`blob`] store. Crash safety: an upload is acknowledged only after its
+//! blob is fsynced and its row committed; the aggregate is rebuilt from the stored uploads of the
+//! fixed set, so publication resumes after a crash at any point and counts nothing twice.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod api;
 pub mod blob;
+pub mod domain;
+pub mod fold;
 pub mod kms_client;
+pub mod lifecycle;
+pub mod routes;
+pub mod store;
 
-use cryptflow_services::auth::verifier_from_files;
+use cryptflow_services::auth::{verifier_from_files, Verifier};
 pub use cryptflow_services::auth::JwtKey;
+use cryptflow_services::clock::{SharedClock, SystemClock};
 use cryptflow_services::db::{self, Migrations};
+use cryptflow_services::protocol::Committee;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -29,15 +38,13 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-pub use api::AppState;
+pub use store::Store;
 
 /// The aggregator's migrations.
 pub static MIGRATIONS: Migrations =
     Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("../migrations/aggregator/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("../migrations/aggregator/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/aggregator/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/aggregator/postgres");
 
 /// Configuration (`--config FILE`, then `CRYPTFLOW_AGGREGATOR__…` environment variables).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,20 +58,27 @@ pub struct AggregatorConfig {
     pub database_url: String,
     /// Pool size.
     pub max_connections: u32,
-    /// Directory of the blob store.
+    /// Directory of the blob store (uploads and aggregates).
     pub blob_dir: PathBuf,
     /// Audience tokens must name.
     pub audience: String,
-    /// Trusted signing keys.
+    /// Trusted token issuers.
     pub jwt_keys: Vec<JwtKey>,
-    /// Base URL of the KMS.
-    pub kms_url: String,
-    /// File holding the aggregator's token for the KMS (role `aggregator`, audience `kms`).
+    /// The committee file (the same the key managers and the clients have).
+    pub committee_file: PathBuf,
+    /// The aggregator's token for the key managers (role `aggregator`, audience `kms`).
     pub kms_token_file: PathBuf,
-    /// Uploads held in memory at once; more get 429.
+    /// Per-node token files, by share index, for committees whose nodes trust different
+    /// issuers (e.g. `kms_token_files = { 2 = "node-2.jwt" }`).
+    pub kms_token_files: BTreeMap<u8, PathBuf>,
+    /// Uploads received at once; more get 429.
     pub max_concurrent_uploads: usize,
-    /// Seconds between deadline scans.
-    pub tick_secs: u64,
+    /// After a round closes, how long to wait for its uploads' key-share deposits.
+    pub deposit_grace_secs: u64,
+    /// The uploads' blobs are deleted this long after publication (the aggregate is kept).
+    pub upload_retention_secs: u64,
+    /// Milliseconds between passes of the background task.
+    pub tick_millis: u64,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_timeout_secs: u64,
 }
@@ -79,10 +93,13 @@ impl Default for AggregatorConfig {
             blob_dir: PathBuf::from("blobs"),
             audience: "aggregator".into(),
             jwt_keys: Vec::new(),
-            kms_url: "http://127.0.0.1:8081".into(),
+            committee_file: PathBuf::from("committee.toml"),
             kms_token_file: PathBuf::from("aggregator-kms.jwt"),
+            kms_token_files: BTreeMap::new(),
             max_concurrent_uploads: 16,
-            tick_secs: 1,
+            deposit_grace_secs: 60,
+            upload_retention_secs: 0,
+            tick_millis: 1000,
             shutdown_timeout_secs: 30,
         }
     }
@@ -98,7 +115,7 @@ pub enum StartError {
     /// JWT keys.
     #[error(transparent)]
     Keys(#[from] cryptflow_services::auth::KeyError),
-    /// I/O.
+    /// I/O, the committee file.
     #[error("{0}")]
     Io(String),
 }
@@ -106,13 +123,13 @@ pub enum StartError {
 /// Counters exported at `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Submissions accepted.
+    /// Uploads admitted.
     pub submissions: AtomicU64,
-    /// Bytes of accepted submissions.
+    /// Bytes of admitted uploads.
     pub submission_bytes: AtomicU64,
     /// Uploads refused with 429.
     pub uploads_throttled: AtomicU64,
-    /// Time spent folding, microseconds.
+    /// Time spent building aggregates, microseconds.
     pub fold_micros: AtomicU64,
     /// Rounds created.
     pub rounds_created: AtomicU64,
@@ -126,58 +143,109 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         cryptflow_services::http::render_counters(&[
-            ("cryptflow_aggregator_submissions_total", "Submissions accepted.", &self.submissions),
-            (
-                "cryptflow_aggregator_submission_bytes_total",
-                "Bytes of accepted submissions.",
-                &self.submission_bytes,
-            ),
-            (
-                "cryptflow_aggregator_uploads_throttled_total",
-                "Uploads refused with 429.",
-                &self.uploads_throttled,
-            ),
-            (
-                "cryptflow_aggregator_fold_microseconds_total",
-                "Time spent folding submissions.",
-                &self.fold_micros,
-            ),
+            ("cryptflow_aggregator_submissions_total", "Uploads admitted.", &self.submissions),
+            ("cryptflow_aggregator_submission_bytes_total", "Bytes of admitted uploads.", &self.submission_bytes),
+            ("cryptflow_aggregator_uploads_throttled_total", "Uploads refused with 429.", &self.uploads_throttled),
+            ("cryptflow_aggregator_fold_microseconds_total", "Time spent building aggregates.", &self.fold_micros),
             ("cryptflow_aggregator_rounds_created_total", "Rounds created.", &self.rounds_created),
-            (
-                "cryptflow_aggregator_rounds_published_total",
-                "Rounds published.",
-                &self.rounds_published,
-            ),
-            (
-                "cryptflow_aggregator_rounds_failed_total",
-                "Rounds failed at their deadline.",
-                &self.rounds_failed,
-            ),
+            ("cryptflow_aggregator_rounds_published_total", "Rounds published.", &self.rounds_published),
+            ("cryptflow_aggregator_rounds_failed_total", "Rounds failed.", &self.rounds_failed),
         ])
     }
 }
 
-/// Builds the state from a configuration: reads keys, opens the database and checks it is
-/// migrated (migrations run only through `cryptflow-aggregator migrate`, never on start).
-pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, StartError> {
-    let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
-    let pool = db::connect(&config.database_url, config.max_connections).await?;
-    db::require_migrated(&pool, &config.database_url, &MIGRATIONS).await?;
-    let blobs = blob::BlobStore::open(&config.blob_dir)
-        .map_err(|e| StartError::Io(format!("{}: {e}", config.blob_dir.display())))?;
-    Ok(AppState {
-        pool,
-        verifier: Arc::new(verifier),
-        kms: kms_client::KmsClient::new(&config.kms_url, config.kms_token_file.clone()),
-        blobs,
-        metrics: Arc::new(Metrics::default()),
-        accumulators: Arc::default(),
-        uploads: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads.max(1))),
-        publish_lock: Arc::default(),
-    })
+/// The timings of the round lifecycle.
+#[derive(Copy, Clone, Debug)]
+pub struct Tuning {
+    /// See [`AggregatorConfig::deposit_grace_secs`].
+    pub deposit_grace_secs: u64,
+    /// See [`AggregatorConfig::upload_retention_secs`].
+    pub upload_retention_secs: u64,
 }
 
-/// Serves the API on `listener` and the metrics on `metrics`, runs the deadline task every
+/// Shared state of the handlers and the background task. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    store: Store,
+    verifier: Arc<Verifier>,
+    kms: kms_client::KmsNodes,
+    blobs: blob::BlobStore,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    uploads: Arc<tokio::sync::Semaphore>,
+    publish_lock: Arc<tokio::sync::Mutex<()>>,
+    tuning: Tuning,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Verifier> {
+    fn from_ref(s: &AppState) -> Self {
+        s.verifier.clone()
+    }
+}
+
+impl AppState {
+    /// Assembles the state.
+    pub fn new(
+        pool: sqlx::AnyPool,
+        verifier: Verifier,
+        kms: kms_client::KmsNodes,
+        blobs: blob::BlobStore,
+        clock: SharedClock,
+        max_concurrent_uploads: usize,
+        tuning: Tuning,
+    ) -> Self {
+        Self {
+            store: Store::new(pool),
+            verifier: Arc::new(verifier),
+            kms,
+            blobs,
+            clock,
+            metrics: Arc::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(max_concurrent_uploads.max(1))),
+            publish_lock: Arc::default(),
+            tuning,
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Builds the state from a configuration: reads keys and the committee, opens the database
+/// and checks it is migrated (migrations run only through `cryptflow-aggregator migrate`),
+/// opens the blob store (removing temporary files a crash left).
+pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, StartError> {
+    let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
+    let text = std::fs::read_to_string(&config.committee_file)
+        .map_err(|e| StartError::Io(format!("{}: {e}", config.committee_file.display())))?;
+    let committee = Committee::from_toml(&text)
+        .map_err(|e| StartError::Io(format!("{}: {e}", config.committee_file.display())))?;
+    let pool = db::connect(&config.database_url, config.max_connections).await?;
+    db::require_migrated(&pool, &config.database_url, &MIGRATIONS).await?;
+    let (blobs, removed) = blob::BlobStore::open(&config.blob_dir)
+        .map_err(|e| StartError::Io(format!("{}: {e}", config.blob_dir.display())))?;
+    if removed > 0 {
+        tracing::info!(removed, "removed temporary blobs left by a crash");
+    }
+    let kms = kms_client::KmsNodes::new(committee, config.kms_token_file.clone(), config.kms_token_files.clone());
+    Ok(AppState::new(
+        pool,
+        verifier,
+        kms,
+        blobs,
+        Arc::new(SystemClock),
+        config.max_concurrent_uploads,
+        Tuning { deposit_grace_secs: config.deposit_grace_secs, upload_retention_secs: config.upload_retention_secs },
+    ))
+}
+
+/// Serves the API on `listener` and the metrics on `metrics`, runs the background task every
 /// `tick`, until `shutdown` resolves; then drains in-flight requests.
 pub async fn launch(
     listener: TcpListener,
@@ -188,23 +256,21 @@ pub async fn launch(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let counters = state.metrics.clone();
-    let metrics_task = cryptflow_services::http::spawn_metrics(
-        metrics,
-        move || counters.render(),
-        stop_rx.clone(),
-    );
+    let metrics_task =
+        cryptflow_services::http::spawn_metrics(metrics, move || counters.render(), stop_rx.clone());
     let ticker_state = state.clone();
     let mut rx = stop_rx;
     let ticker = tokio::spawn(async move {
         let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => api::tick(&ticker_state).await,
+                _ = interval.tick() => lifecycle::tick(&ticker_state).await,
                 _ = rx.changed() => break,
             }
         }
     });
-    let result = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
     let _ = ticker.await;

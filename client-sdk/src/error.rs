@@ -12,20 +12,21 @@ pub enum ClientError {
     #[error("invalid update: {0}")]
     Input(String),
     /// A server refused the request (4xx). Never retried (except 429, see [`RetryPolicy`]).
+    /// `service` is `aggregator` or `kms-<x>` for key manager `x`.
     ///
     /// [`RetryPolicy`]: crate::RetryPolicy
     #[error("{service} refused the request ({}): {}", problem.status, problem.detail.as_deref().unwrap_or(&problem.title))]
     Refused {
-        /// `aggregator` or `kms`.
-        service: &'static str,
+        /// `aggregator` or `kms-<x>`.
+        service: String,
         /// The server's problem document.
         problem: Box<Problem>,
     },
     /// A server kept failing (5xx) after every retry.
     #[error("{service} failed ({status}) after {attempts} attempts: {detail}")]
     Server {
-        /// `aggregator` or `kms`.
-        service: &'static str,
+        /// `aggregator` or `kms-<x>`.
+        service: String,
         /// Last status.
         status: u16,
         /// Last problem detail (or body excerpt).
@@ -36,8 +37,8 @@ pub enum ClientError {
     /// The server could not be reached (or the connection broke) after every retry.
     #[error("cannot reach {service} after {attempts} attempts: {source}")]
     Transport {
-        /// `aggregator` or `kms`.
-        service: &'static str,
+        /// `aggregator` or `kms-<x>`.
+        service: String,
         /// Attempts made.
         attempts: u32,
         /// The last error.
@@ -48,11 +49,20 @@ pub enum ClientError {
     /// undecodable object, a key that does not match the round, a hash mismatch).
     #[error("{service} sent an invalid response: {detail}")]
     Protocol {
-        /// `aggregator` or `kms`.
-        service: &'static str,
+        /// `aggregator` or `kms-<x>`.
+        service: String,
         /// What was wrong.
         detail: String,
     },
+    /// A key manager's signature, echo or release does not verify, or too few of them
+    /// answered: the committee (or the aggregator relaying it) is not what the pinned
+    /// committee file says.
+    #[error("key-manager committee: {0}")]
+    Committee(String),
+    /// The client's own policy refuses the round (e.g. `min_clients` below the floor, a peer
+    /// not allowed, an update already submitted to another round).
+    #[error("client policy: {0}")]
+    Policy(String),
     /// The round is not in a state that allows this (e.g. fetching before publication).
     #[error("round `{round}` is {state}: {detail}")]
     RoundState {

@@ -1,47 +1,54 @@
-//! `cryptflow-client`: the async Rust SDK for CryptFlow's encrypted federated averaging.
+//! `cryptflow-client`: the async Rust SDK for CryptFlow's encrypted federated averaging
+//! (protocol version 2).
 //!
-//! A [`Client`] talks to an aggregator and a KMS with the caller's tokens (one per service,
-//! minted by your identity provider or `cryptflow token mint`). A training site:
+//! A [`Client`] acts as one training site: it talks to the aggregator with the site's token
+//! and to the key-manager committee with the site's roster key, and it pins the committee
+//! file (every node's URL, share index and signing key). A site:
 //!
-//! 1. [`Client::submit`]s its [`ModelUpdate`] — a flat `ndarray` vector or named tensors —
-//!    with a weight if the round is weighted. The SDK checks it against the round's layout,
-//!    fetches and caches the round's public key from the KMS (checked against the key id
-//!    the aggregator announced), encrypts in parallel on a blocking thread, and streams the
-//!    ciphertext up with progress, retrying connection failures, 5xx and 429 with
-//!    exponential backoff ([`RetryPolicy`]); 4xx refusals come back at once as
-//!    [`ClientError::Refused`] with the server's problem document.
-//! 2. [`Client::wait_for_aggregate`]s until the round is published.
-//! 3. [`Client::fetch_mean`]s: downloads the aggregate (size-capped by the plan, hash checked
-//!    against the published transcript), fetches the round's secret key (released only to
-//!    the round's clients, after aggregation), decrypts, and returns the mean in the same
-//!    layout it submitted.
+//! 1. [`Client::submit`]s its [`ModelUpdate`] — a flat vector or named tensors of `f32` or
+//!    `f64` — with its sample count in `samples` rounds. The SDK checks the round against the
+//!    pinned committee (every key manager that answers must echo the same signed spec) and its
+//!    [`ClientPolicy`] before sending anything, draws a fresh key, encrypts **once** while
+//!    streaming the upload (never holding it whole; a retry re-derives identical bytes),
+//!    deposits signed Shamir shares of the key with the key managers, and drops the key.
+//! 2. [`Client::wait_for_aggregate`]s until the round is published (fetchable).
+//! 3. [`Client::fetch_mean`]s: downloads the aggregate, gathers the key managers' releases for
+//!    the recorded set, cross-checks and combines them, range-checks the key sum and decrypts
+//!    with a self-check, and returns the mean in the round's layout with its error bound.
 //!
 //! An operator (admin token) creates and closes rounds with [`Client::create_round`] and
 //! [`Client::close_round`].
 //!
-//! What the servers learn: the aggregator sees ciphertexts, public weights (`samples`
-//! rounds) and who contributed; the KMS sees no data. Whoever holds a round's secret key —
-//! the round's clients, after aggregation — learns the aggregate, and only the aggregate.
+//! What the servers learn: the aggregator sees uploads under per-client keys it cannot open,
+//! who uploaded and when; a key manager sees key shares but never a ciphertext. Readers (the
+//! set's members, or roster readers) learn the mean and only the mean. Retries use a time
+//! budget ([`RetryPolicy`]); errors are typed by culprit ([`ClientError`]).
 //!
-//! The SDK depends on the encryption core and the wire types only; it pulls in no server
-//! crate.
+//! The SDK depends on the encryption core, the wire types and the protocol rules only; it
+//! pulls in no server crate.
 
 mod client;
 mod error;
+mod fetch;
+mod http;
+mod journal;
 mod progress;
 mod retry;
+mod submit;
 mod update;
 
-pub use client::{
-    Aggregate, Client, ClientBuilder, EncryptedUpdate, Submission, SubmitOptions, Token,
-};
+pub use client::{Client, ClientBuilder, ClientPolicy, Token};
 pub use error::{ClientError, Result};
+pub use fetch::{Aggregate, NodeOutcome, OutputType};
 pub use progress::{Progress, ProgressFn};
 pub use retry::RetryPolicy;
-pub use update::{ModelUpdate, Tensor};
+pub use submit::{Submission, SubmitOptions, VerifiedRound};
+pub use update::{ModelUpdate, Tensor, TensorValues};
 
 // Re-exported so that SDK users need no direct dependency for the types in its signatures.
-pub use cryptflow_services::api::aggregator::{
-    Layout, RoundInfo, RoundSpec, RoundState, SubmissionReceipt, TensorLayout, Weighting,
+pub use cryptflow_he::planner::Weighting;
+pub use cryptflow_services::api::round::{
+    Layout, RoundInfo, RoundRequest, RoundSpec, RoundState, SubmissionReceipt, TensorLayout, Transcript,
 };
+pub use cryptflow_services::protocol::{Committee, SiteKey};
 pub use cryptflow_services::{ClientId, Problem, RoundId};

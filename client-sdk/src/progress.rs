@@ -1,4 +1,4 @@
-//! Progress reporting for long steps (encryption, upload, download, decryption).
+//! Progress reporting for long steps (encryption and upload, deposits, download, decryption).
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,15 +7,10 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Progress {
-    /// Encryption of this many values started.
+    /// Encryption of this many values started (it is streamed with the upload).
     Encrypting {
-        /// Values to encrypt (weight slot included).
+        /// Values (the count slot included).
         values: u64,
-    },
-    /// Encryption finished; the upload will be this many bytes.
-    Encrypted {
-        /// Serialised ciphertext size.
-        bytes: u64,
     },
     /// Upload progress (reported per chunk; restarts from 0 on a retry).
     Uploading {
@@ -23,6 +18,13 @@ pub enum Progress {
         sent: u64,
         /// Bytes in all.
         total: u64,
+    },
+    /// Key shares deposited with this many key managers of the committee.
+    Depositing {
+        /// Deposits accepted so far.
+        done: u8,
+        /// Nodes in the committee.
+        nodes: u8,
     },
     /// Download progress (restarts from 0 on a retry).
     Downloading {
@@ -35,8 +37,8 @@ pub enum Progress {
     Decrypting,
 }
 
-/// A progress callback; called from async tasks and from the encryption thread, so it must
-/// be cheap and must not block.
+/// A progress callback; called from async tasks and blocking threads, so it must be cheap and
+/// must not block.
 #[derive(Clone)]
 pub struct ProgressFn(Arc<dyn Fn(Progress) + Send + Sync>);
 

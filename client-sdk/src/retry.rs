@@ -1,20 +1,22 @@
-//! Retries with exponential backoff.
+//! Retries with exponential backoff, within a time budget.
 //!
-//! Retried: connection failures (refused, reset, broken pipe, timeouts) and 5xx responses,
-//! and 429 — the aggregator's explicit "too many uploads at once, try again", honouring
-//! `Retry-After`. Never retried: every other 4xx, which no retry can fix. Every CryptFlow
-//! request is idempotent (creating a round or key with the same spec, re-uploading the same
-//! ciphertext, closing a closed round all return the first answer), so a retry after a lost
-//! response is safe.
+//! Retried: connection failures (refused, reset, broken pipe, timeouts), 5xx responses, and
+//! 429 — a server's explicit "busy, try again", honouring `Retry-After`. Never retried: every
+//! other 4xx, which no retry can fix. The budget is time, not a count of attempts: under load a
+//! server may answer 429 for a while, and a client should wait it out rather than give up after
+//! a handful of quick tries. Every CryptFlow request is idempotent (the same round request, the
+//! same upload bytes, the same deposit, the same set are answered like the first time), so a
+//! retry after a lost answer is safe.
 
 use rand_core::{OsRng, RngCore};
 use std::time::Duration;
 
-/// How often and how patiently to retry.
+/// How long and how patiently to retry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first included (at least 1).
-    pub max_attempts: u32,
+    /// Give up once this much time has passed since the first attempt (`Duration::ZERO`: one
+    /// attempt only).
+    pub budget: Duration,
     /// Backoff before the second attempt.
     pub initial_backoff: Duration,
     /// Backoff ceiling (also caps a server's `Retry-After`).
@@ -22,10 +24,10 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Six attempts, 200 ms doubling to at most 10 s (about 16 s of waiting in all).
+    /// Two minutes, 200 ms doubling to at most 10 s.
     fn default() -> Self {
         Self {
-            max_attempts: 6,
+            budget: Duration::from_secs(120),
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
         }
@@ -35,7 +37,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// No retries: one attempt.
     pub fn none() -> Self {
-        Self { max_attempts: 1, ..Self::default() }
+        Self { budget: Duration::ZERO, ..Self::default() }
     }
 
     /// Backoff after failed attempt `attempt` (1-based): `initial · 2^(attempt−1)`, capped,

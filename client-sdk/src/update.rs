@@ -1,23 +1,90 @@
-//! Model updates: a flat vector or named tensors, matched against a round's layout.
+//! Model updates: a flat vector or named tensors, of `f32` or `f64` values, matched against a
+//! round's layout. Values are kept in their own type (an `f32` model is not widened to `f64`
+//! in memory) and read block by block by the encryptor.
 
 use crate::error::{ClientError, Result};
-use cryptflow_services::api::aggregator::{Layout, TensorLayout};
+use cryptflow_he::Values;
+use cryptflow_services::api::round::{Layout, TensorLayout};
 use ndarray::{Array1, ArrayD, IxDyn};
+
+/// The values of one tensor (any memory order; read in logical row-major order).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorValues {
+    /// 32-bit floats.
+    F32(ArrayD<f32>),
+    /// 64-bit floats.
+    F64(ArrayD<f64>),
+}
+
+impl TensorValues {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(a) => a.len(),
+            Self::F64(a) => a.len(),
+        }
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Self::F32(a) => a.shape(),
+            Self::F64(a) => a.shape(),
+        }
+    }
+    /// The values widened to `f64`, in logical order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = f64> + '_> {
+        match self {
+            Self::F32(a) => Box::new(a.iter().map(|&v| v as f64)),
+            Self::F64(a) => Box::new(a.iter().copied()),
+        }
+    }
+    /// The values as `f64` (a copy for `f32`).
+    pub fn to_f64(&self) -> ArrayD<f64> {
+        match self {
+            Self::F32(a) => a.mapv(f64::from),
+            Self::F64(a) => a.clone(),
+        }
+    }
+    /// Contiguous in logical order (or a copy that is).
+    fn contiguous(&self) -> std::borrow::Cow<'_, Self> {
+        let standard = match self {
+            Self::F32(a) => a.is_standard_layout(),
+            Self::F64(a) => a.is_standard_layout(),
+        };
+        if standard {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        std::borrow::Cow::Owned(match self {
+            Self::F32(a) => Self::F32(a.as_standard_layout().into_owned()),
+            Self::F64(a) => Self::F64(a.as_standard_layout().into_owned()),
+        })
+    }
+    fn read(&self, start: usize, out: &mut [f64]) {
+        match self {
+            Self::F32(a) => a.as_slice().unwrap_or(&[]).read(start, out),
+            Self::F64(a) => a.as_slice().unwrap_or(&[]).read(start, out),
+        }
+    }
+}
 
 /// One named tensor of a model update.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     /// Name, as in the round's layout (e.g. `fc1.weight`).
     pub name: String,
-    /// Values; any memory order (they are read in logical row-major order).
-    pub values: ArrayD<f64>,
+    /// Values.
+    pub values: TensorValues,
 }
 
 /// What a client submits and what it gets back as the mean: the same shape either way.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelUpdate {
     /// A flat vector, for rounds laid out as `dimension`.
-    Vector(Array1<f64>),
+    Vector(TensorValues),
     /// Named tensors, for rounds laid out as `tensors`, in the layout's order.
     Tensors(Vec<Tensor>),
 }
@@ -36,22 +103,22 @@ impl ModelUpdate {
         self.len() == 0
     }
 
-    /// Iterates over all values in layout order.
+    /// Iterates over all values in layout order, as `f64`.
     pub fn iter(&self) -> Box<dyn Iterator<Item = f64> + '_> {
         match self {
-            ModelUpdate::Vector(v) => Box::new(v.iter().copied()),
-            ModelUpdate::Tensors(ts) => Box::new(ts.iter().flat_map(|t| t.values.iter().copied())),
+            ModelUpdate::Vector(v) => v.iter(),
+            ModelUpdate::Tensors(ts) => Box::new(ts.iter().flat_map(|t| t.values.iter())),
         }
     }
 
     /// The layout this update has (what a round for it should declare).
     ///
     /// ```
-    /// use cryptflow_client::{ModelUpdate, Tensor};
-    /// use cryptflow_services::api::aggregator::Layout;
+    /// use cryptflow_client::{ModelUpdate, Tensor, TensorValues};
+    /// use cryptflow_services::api::round::Layout;
     /// let u = ModelUpdate::Tensors(vec![Tensor {
     ///     name: "w".into(),
-    ///     values: ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 3])),
+    ///     values: TensorValues::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 3]))),
     /// }]);
     /// assert_eq!(u.layout().values(), Some(6));
     /// assert!(matches!(u.layout(), Layout::Tensors(_)));
@@ -70,7 +137,8 @@ impl ModelUpdate {
         }
     }
 
-    /// Checks the update against a round's layout; the error names the first difference.
+    /// Checks the update against a round's layout; the error names the first difference or
+    /// the first value that is not finite.
     pub fn check_layout(&self, layout: &Layout) -> Result<()> {
         match (self, layout) {
             (ModelUpdate::Vector(v), Layout::Dimension(d)) => {
@@ -111,53 +179,111 @@ impl ModelUpdate {
             }
         }
         if let Some(i) = self.iter().position(|x| !x.is_finite()) {
-            return Err(ClientError::Input(format!("value {i} is not finite")));
+            return Err(ClientError::Input(format!("value {i} (in layout order) is not finite")));
         }
         Ok(())
     }
 
-    /// Rebuilds an update of `layout`'s shape from flat values (the first `layout.values()`
-    /// of `flat`).
-    pub fn from_flat(layout: &Layout, flat: &[f64]) -> Result<Self> {
+    /// Rebuilds an update of `layout`'s shape from flat `f64` values (the first
+    /// `layout.values()` of `flat`).
+    pub fn from_flat(layout: &Layout, flat: Vec<f64>) -> Result<Self> {
         let need = layout
             .values()
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| ClientError::Input("the layout's size overflows".into()))?;
         if flat.len() < need {
-            return Err(ClientError::Input(format!(
-                "{} values cannot fill a layout of {need}",
-                flat.len()
-            )));
+            return Err(ClientError::Input(format!("{} values cannot fill a layout of {need}", flat.len())));
         }
         match layout {
-            Layout::Dimension(_) => Ok(ModelUpdate::Vector(Array1::from(flat[..need].to_vec()))),
+            Layout::Dimension(_) => {
+                let mut flat = flat;
+                flat.truncate(need);
+                Ok(ModelUpdate::Vector(TensorValues::F64(Array1::from(flat).into_dyn())))
+            }
             Layout::Tensors(ts) => {
                 let mut out = Vec::with_capacity(ts.len());
                 let mut at = 0usize;
                 for t in ts {
                     let shape: Vec<usize> = t.shape.iter().map(|&s| s as usize).collect();
                     let n: usize = shape.iter().product();
-                    let values =
-                        ArrayD::from_shape_vec(IxDyn(&shape), flat[at..at + n].to_vec())
-                            .map_err(|e| ClientError::Input(format!("tensor `{}`: {e}", t.name)))?;
+                    let values = ArrayD::from_shape_vec(IxDyn(&shape), flat[at..at + n].to_vec())
+                        .map_err(|e| ClientError::Input(format!("tensor `{}`: {e}", t.name)))?;
                     at += n;
-                    out.push(Tensor { name: t.name.clone(), values });
+                    out.push(Tensor { name: t.name.clone(), values: TensorValues::F64(values) });
                 }
                 Ok(ModelUpdate::Tensors(out))
             }
+        }
+    }
+
+    /// The same update with every tensor in standard (row-major) memory order: the same `Arc`
+    /// if they already are, else a copy of the update.
+    pub(crate) fn standard_layout(self: &std::sync::Arc<Self>) -> std::sync::Arc<Self> {
+        let standard = |v: &TensorValues| matches!(v.contiguous(), std::borrow::Cow::Borrowed(_));
+        let all = match self.as_ref() {
+            ModelUpdate::Vector(v) => standard(v),
+            ModelUpdate::Tensors(ts) => ts.iter().all(|t| standard(&t.values)),
+        };
+        if all {
+            return self.clone();
+        }
+        std::sync::Arc::new(match self.as_ref() {
+            ModelUpdate::Vector(v) => ModelUpdate::Vector(v.contiguous().into_owned()),
+            ModelUpdate::Tensors(ts) => ModelUpdate::Tensors(
+                ts.iter().map(|t| Tensor { name: t.name.clone(), values: t.values.contiguous().into_owned() }).collect(),
+            ),
+        })
+    }
+
+    /// The update as one block-readable vector for the encryptor (contiguous copies only of
+    /// tensors that are not in standard order).
+    pub(crate) fn values(&self) -> UpdateValues<'_> {
+        let parts: Vec<std::borrow::Cow<'_, TensorValues>> = match self {
+            ModelUpdate::Vector(v) => vec![v.contiguous()],
+            ModelUpdate::Tensors(ts) => ts.iter().map(|t| t.values.contiguous()).collect(),
+        };
+        UpdateValues { parts }
+    }
+}
+
+/// An update's tensors read as one vector, block by block.
+pub(crate) struct UpdateValues<'a> {
+    parts: Vec<std::borrow::Cow<'a, TensorValues>>,
+}
+
+impl Values for UpdateValues<'_> {
+    fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+    fn read(&self, start: usize, out: &mut [f64]) {
+        let mut skip = start;
+        let mut filled = 0;
+        for p in &self.parts {
+            if filled == out.len() {
+                return;
+            }
+            let len = p.len();
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let take = (len - skip).min(out.len() - filled);
+            p.read(skip, &mut out[filled..filled + take]);
+            filled += take;
+            skip = 0;
         }
     }
 }
 
 impl From<Array1<f64>> for ModelUpdate {
     fn from(v: Array1<f64>) -> Self {
-        ModelUpdate::Vector(v)
+        ModelUpdate::Vector(TensorValues::F64(v.into_dyn()))
     }
 }
 
 impl From<Array1<f32>> for ModelUpdate {
     fn from(v: Array1<f32>) -> Self {
-        ModelUpdate::Vector(v.mapv(f64::from))
+        ModelUpdate::Vector(TensorValues::F32(v.into_dyn()))
     }
 }
 
@@ -167,37 +293,60 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Flattening then rebuilding gives back the same tensors, whatever the shapes.
+        /// Flattening then rebuilding gives back the same tensors, whatever the shapes, and the
+        /// block reader sees the same values as the iterator, from any offset.
         #[test]
         fn tensors_round_trip(shapes in proptest::collection::vec(
-            proptest::collection::vec(1usize..5, 0..4), 1..5)) {
+            proptest::collection::vec(1usize..5, 0..4), 1..5), start in 0usize..40) {
             let mut k = 0.0;
             let ts: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| {
                 let n: usize = s.iter().product();
                 let v: Vec<f64> = (0..n).map(|_| { k += 0.5; k }).collect();
-                Tensor { name: format!("t{i}"), values: ArrayD::from_shape_vec(IxDyn(s), v).unwrap() }
+                let values = if i % 2 == 0 {
+                    TensorValues::F64(ArrayD::from_shape_vec(IxDyn(s), v).unwrap())
+                } else {
+                    TensorValues::F32(ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&x| x as f32).collect()).unwrap())
+                };
+                Tensor { name: format!("t{i}"), values }
             }).collect();
             let u = ModelUpdate::Tensors(ts);
             let layout = u.layout();
             u.check_layout(&layout).unwrap();
             let flat: Vec<f64> = u.iter().collect();
-            prop_assert_eq!(ModelUpdate::from_flat(&layout, &flat).unwrap(), u);
+            let values = u.values();
+            let start = start.min(flat.len());
+            let mut read = vec![0.0; flat.len() - start];
+            values.read(start, &mut read);
+            prop_assert_eq!(&read[..], &flat[start..]);
+            let back = ModelUpdate::from_flat(&layout, flat.clone()).unwrap();
+            prop_assert_eq!(back.iter().collect::<Vec<_>>(), flat);
         }
     }
 
     #[test]
     fn mismatches_are_named() {
-        let u = ModelUpdate::Vector(Array1::zeros(3));
+        let u = ModelUpdate::from(Array1::<f64>::zeros(3));
         let e = u.check_layout(&Layout::Dimension(4)).unwrap_err().to_string();
-        assert!(e.contains("3 values") && e.contains("4"), "{e}");
+        assert!(e.contains("3 values") && e.contains('4'), "{e}");
         let t = ModelUpdate::Tensors(vec![Tensor {
             name: "a".into(),
-            values: ArrayD::zeros(IxDyn(&[2, 2])),
+            values: TensorValues::F32(ArrayD::zeros(IxDyn(&[2, 2]))),
         }]);
         let want = Layout::Tensors(vec![TensorLayout { name: "a".into(), shape: vec![4] }]);
         assert!(t.check_layout(&want).unwrap_err().to_string().contains("`a` [2, 2]"));
         assert!(u.check_layout(&want).is_err() && t.check_layout(&Layout::Dimension(4)).is_err());
-        let nan = ModelUpdate::Vector(Array1::from(vec![0.0, f64::NAN]));
-        assert!(nan.check_layout(&Layout::Dimension(2)).unwrap_err().to_string().contains("1"));
+        let nan = ModelUpdate::from(Array1::from(vec![0.0, f64::NAN]));
+        assert!(nan.check_layout(&Layout::Dimension(2)).unwrap_err().to_string().contains('1'));
+    }
+
+    #[test]
+    fn fortran_order_tensors_are_read_in_logical_order() {
+        let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let f = a.t().to_owned().reversed_axes(); // same logical values, Fortran memory order
+        assert!(!f.is_standard_layout());
+        let u = ModelUpdate::Tensors(vec![Tensor { name: "x".into(), values: TensorValues::F64(f) }]);
+        let mut out = vec![0.0; 6];
+        u.values().read(0, &mut out);
+        assert_eq!(out, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     }
 }

@@ -175,6 +175,11 @@ impl CiphertextHeader {
         self.seed
     }
 
+    /// The header's 64 bytes (`docs/wire-format.md`), e.g. to stream an aggregate.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::wire::header_bytes(self)
+    }
+
     /// Checks that the header belongs to `setup` (parameter set, width, slots, seed, plan)
     /// and is of `kind`; names the first field that differs.
     pub fn check_belongs(&self, setup: &RoundSetup, kind: CiphertextKind) -> Result<(), Mismatch> {

@@ -1,36 +1,52 @@
-//! # cryptflow-kms — the key-management service
+//! # cryptflow-kms — a key manager of the committee
 //!
-//! Creates one key pair per round, keeps the secret key sealed under a master key, serves
-//! the public key, and releases the secret key only to an authorised client of the round,
-//! and only after the aggregator reported the round aggregated with at least its minimum
-//! number of contributors. Keys are destroyed on request (crypto-shredding). Every key event
-//! goes into a hash-chained audit log. See [`api`] for the endpoints and their roles.
+//! One of the `n` key managers of a consortium (DESIGN §4). It never sees a ciphertext. Its
+//! configuration — not a round — fixes the **committee** (every node's share index and signing
+//! key, threshold `t`), its own index and signing key, and the **roster** (members, their keys,
+//! readers, the minimum set size `m`). It
 //!
-//! The library exposes [`launch`] so tests start the real service on port 0; the
-//! `cryptflow-kms` binary is a thin shell (`serve`, `migrate`, `verify-audit`,
-//! `rotate-master-key`, `generate-master-key`).
+//! - registers a round for the aggregator and answers with a signature over the spec, which
+//!   clients check against their pinned committee file;
+//! - takes each member's **deposit** — its Shamir share of its round key for this node, with
+//!   the signed digest of its upload — sealed at rest;
+//! - records the **contributor set** once per round, refusing it unless every member holds a
+//!   deposit here whose digest matches;
+//! - **releases** to a member of that set (or a roster reader), authenticated by its roster
+//!   key, the unweighted sum of the set's shares — never to the aggregator;
+//! - shreds shares after their retention, audits everything in a hash chain, and refuses the
+//!   rounds that were open at a backup it was restored from.
+//!
+//! Layout: [`routes`] (extract, authorise, map errors) → [`domain`] (the rules, pure) →
+//! [`store`] (all SQL), with [`seal`] and [`audit`]. [`launch`] serves on given listeners so
+//! tests bind port 0; the `cryptflow-kms` binary is a thin shell.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod api;
 pub mod audit;
+pub mod domain;
+pub mod restore;
+pub mod routes;
 pub mod seal;
+pub mod store;
 
-use cryptflow_services::auth::verifier_from_files;
+use cryptflow_services::auth::{verifier_from_files, Verifier};
 pub use cryptflow_services::auth::JwtKey;
+use cryptflow_services::clock::{SharedClock, SystemClock};
 use cryptflow_services::db::{self, Migrations};
+use cryptflow_services::protocol::{Committee, Roster, SiteKey};
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyPool, Row};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-pub use api::AppState;
+pub use domain::Node;
 pub use seal::MasterKey;
+pub use store::Store;
 
 /// The KMS's migrations.
 pub static MIGRATIONS: Migrations =
@@ -45,7 +61,7 @@ pub struct KmsConfig {
     /// API listen address.
     pub listen: String,
     /// If set, the aggregator's and operators' endpoints are served only here, and `listen`
-    /// serves the client endpoints (key metadata, public key, secret release) and probes.
+    /// serves the client endpoints (round echo, deposits, releases, node info) and probes.
     pub internal_listen: Option<String>,
     /// Prometheus metrics listen address (a separate port).
     pub metrics_listen: String,
@@ -53,14 +69,30 @@ pub struct KmsConfig {
     pub database_url: String,
     /// Pool size.
     pub max_connections: u32,
-    /// File with the 64-hex-digit master key.
+    /// File with the 64-hex-digit master key that seals deposits.
     pub master_key_file: PathBuf,
     /// Audience tokens must name.
     pub audience: String,
-    /// Trusted signing keys (several during a rotation).
+    /// Trusted issuer keys, for admin and aggregator tokens (several during a rotation).
     pub jwt_keys: Vec<JwtKey>,
-    /// Largest JSON body accepted.
+    /// The committee file (the same on every node and client).
+    pub committee_file: PathBuf,
+    /// This node's share index `x` in the committee.
+    pub share_index: u8,
+    /// This node's Ed25519 signing key (PKCS#8 PEM); its public key is the committee's entry.
+    pub signing_key_file: PathBuf,
+    /// The roster file (the same on every node).
+    pub roster_file: PathBuf,
+    /// Shares are shredded this long after a round's registration.
+    pub share_retention_secs: u64,
+    /// A file on storage outside the database's backups: the node records there how far its
+    /// audit log has come, and on start refuses the rounds that were open if the database is
+    /// behind it (it was restored from a backup).
+    pub restore_witness_file: Option<PathBuf>,
+    /// Largest JSON body (registrations and contributor sets of 10^5 members are ~12 MB).
     pub max_body_bytes: usize,
+    /// Seconds between retention scans.
+    pub tick_secs: u64,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_timeout_secs: u64,
 }
@@ -76,7 +108,14 @@ impl Default for KmsConfig {
             master_key_file: PathBuf::from("master.key"),
             audience: "kms".into(),
             jwt_keys: Vec::new(),
-            max_body_bytes: 1 << 20,
+            committee_file: PathBuf::from("committee.toml"),
+            share_index: 1,
+            signing_key_file: PathBuf::from("node.pem"),
+            roster_file: PathBuf::from("roster.toml"),
+            share_retention_secs: 30 * 86_400,
+            restore_witness_file: None,
+            max_body_bytes: 32 << 20,
+            tick_secs: 60,
             shutdown_timeout_secs: 30,
         }
     }
@@ -98,7 +137,10 @@ pub enum StartError {
     /// JWT keys.
     #[error(transparent)]
     Keys(#[from] cryptflow_services::auth::KeyError),
-    /// I/O (reading key files, binding sockets).
+    /// Committee, roster or signing key.
+    #[error("{0}")]
+    Consortium(String),
+    /// I/O (reading files, binding sockets).
     #[error("{0}")]
     Io(String),
 }
@@ -106,25 +148,30 @@ pub enum StartError {
 /// Counters exported at `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Keys created.
-    pub keys_created: AtomicU64,
-    /// Secret keys released.
-    pub keys_released: AtomicU64,
-    /// Keys destroyed.
-    pub keys_destroyed: AtomicU64,
+    /// Rounds registered.
+    pub rounds_registered: AtomicU64,
+    /// Deposits stored.
+    pub deposits: AtomicU64,
+    /// Contributor sets recorded.
+    pub sets_recorded: AtomicU64,
+    /// Releases served.
+    pub releases: AtomicU64,
+    /// Requests refused (4xx) on deposits, sets and releases.
+    pub refusals: AtomicU64,
+    /// Rounds shredded (destroyed, expired or refused after a restore).
+    pub rounds_shredded: AtomicU64,
 }
 
 impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         cryptflow_services::http::render_counters(&[
-            ("cryptflow_kms_keys_created_total", "Round keys created.", &self.keys_created),
-            (
-                "cryptflow_kms_keys_released_total",
-                "Secret keys released to clients.",
-                &self.keys_released,
-            ),
-            ("cryptflow_kms_keys_destroyed_total", "Round keys destroyed.", &self.keys_destroyed),
+            ("cryptflow_kms_rounds_registered_total", "Rounds registered.", &self.rounds_registered),
+            ("cryptflow_kms_deposits_total", "Key-share deposits stored.", &self.deposits),
+            ("cryptflow_kms_sets_recorded_total", "Contributor sets recorded.", &self.sets_recorded),
+            ("cryptflow_kms_releases_total", "Releases served to readers.", &self.releases),
+            ("cryptflow_kms_refusals_total", "Deposit, set and release requests refused.", &self.refusals),
+            ("cryptflow_kms_rounds_shredded_total", "Rounds whose shares were shredded.", &self.rounds_shredded),
         ])
     }
 }
@@ -141,33 +188,115 @@ pub fn master_key(config: &KmsConfig) -> Result<MasterKey, seal::SealError> {
     }
 }
 
-/// Builds the state from a configuration: reads keys, opens the database and checks it is
-/// migrated (migrations run only through `cryptflow-kms migrate`, never on start).
+fn read(path: &Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path).map_err(|e| StartError::Io(format!("{}: {e}", path.display())))
+}
+
+/// Reads the committee, the roster and the signing key, and checks they fit together.
+pub fn node_from_config(config: &KmsConfig) -> Result<Node, StartError> {
+    let consortium = |e: String| StartError::Consortium(e);
+    let committee = Committee::from_toml(&read(&config.committee_file)?)
+        .map_err(|e| consortium(format!("{}: {e}", config.committee_file.display())))?;
+    let roster = Roster::from_toml(&read(&config.roster_file)?)
+        .map_err(|e| consortium(format!("{}: {e}", config.roster_file.display())))?;
+    let pem = zeroize::Zeroizing::new(read(&config.signing_key_file)?);
+    let signing = SiteKey::from_pem(&pem)
+        .map_err(|e| consortium(format!("{}: {e}", config.signing_key_file.display())))?;
+    Node::try_new(committee, config.share_index, signing, roster).map_err(consortium)
+}
+
+/// Shared state of the handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    store: Store,
+    verifier: Arc<Verifier>,
+    master: Arc<MasterKey>,
+    node: Arc<Node>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    retention_secs: u64,
+    witness: Option<restore::Witness>,
+}
+
+impl AppState {
+    /// Assembles the state from its parts (the issuer verifier gets the roster added).
+    pub fn new(
+        pool: sqlx::AnyPool,
+        verifier: Verifier,
+        master: MasterKey,
+        node: Node,
+        clock: SharedClock,
+        retention_secs: u64,
+    ) -> Self {
+        let verifier = verifier.with_roster(node.roster());
+        Self {
+            store: Store::new(pool),
+            verifier: Arc::new(verifier),
+            master: Arc::new(master),
+            node: Arc::new(node),
+            clock,
+            metrics: Arc::default(),
+            retention_secs,
+            witness: None,
+        }
+    }
+
+    /// Keeps a restore witness (see [`restore`]).
+    pub fn with_witness(mut self, witness: restore::Witness) -> Self {
+        self.witness = Some(witness);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+    /// This node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Verifier> {
+    fn from_ref(s: &AppState) -> Self {
+        s.verifier.clone()
+    }
+}
+
+/// Builds the state from a configuration: reads keys, committee and roster, opens the
+/// database, checks it is migrated (migrations run only through `cryptflow-kms migrate`), and
+/// runs the restore check.
 pub async fn state_from_config(config: &KmsConfig) -> Result<AppState, StartError> {
     let master = master_key(config)?;
     let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
+    let node = node_from_config(config)?;
     let pool = db::connect(&config.database_url, config.max_connections).await?;
     db::require_migrated(&pool, &config.database_url, &MIGRATIONS).await?;
-    Ok(AppState {
-        pool,
-        verifier: Arc::new(verifier),
-        master: Arc::new(master),
-        metrics: Arc::new(Metrics::default()),
-        audit_lock: Arc::new(tokio::sync::Mutex::new(())),
-    })
+    let mut state =
+        AppState::new(pool, verifier, master, node, Arc::new(SystemClock), config.share_retention_secs);
+    if let Some(path) = &config.restore_witness_file {
+        state = state.with_witness(restore::Witness::new(path));
+        routes::restore_check(&state).await.map_err(StartError::Io)?;
+    }
+    Ok(state)
 }
 
-/// Serves the API on `listener` and the metrics on `metrics` until `shutdown` resolves, then
-/// drains in-flight requests.
+/// Serves the API on `listener` and the metrics on `metrics`, runs the retention task every
+/// `tick`, until `shutdown` resolves, then drains in-flight requests.
 pub async fn launch(
     listener: TcpListener,
     metrics: TcpListener,
     state: AppState,
     max_body_bytes: usize,
+    tick: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = api::router(state.clone(), max_body_bytes);
-    serve(vec![(listener, app)], metrics, &state, shutdown).await
+    let app = routes::router(state.clone(), max_body_bytes);
+    serve(vec![(listener, app)], metrics, &state, tick, shutdown).await
 }
 
 /// Like [`launch`], with the endpoints split: the client-facing ones on `public`, all of them
@@ -178,29 +307,40 @@ pub async fn launch_split(
     metrics: TcpListener,
     state: AppState,
     max_body_bytes: usize,
+    tick: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let apps = vec![
-        (public, api::public_router(state.clone(), max_body_bytes)),
-        (internal, api::router(state.clone(), max_body_bytes)),
+        (public, routes::public_router(state.clone(), max_body_bytes)),
+        (internal, routes::router(state.clone(), max_body_bytes)),
     ];
-    serve(apps, metrics, &state, shutdown).await
+    serve(apps, metrics, &state, tick, shutdown).await
 }
 
-/// Serves each router on its listener and the metrics on theirs; on `shutdown` all drain.
+/// Serves each router on its listener, the metrics on theirs, and the retention task; on
+/// `shutdown` all drain.
 async fn serve(
     apps: Vec<(TcpListener, axum::Router)>,
     metrics: TcpListener,
     state: &AppState,
+    tick: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let counters = state.metrics.clone();
-    let metrics_task = cryptflow_services::http::spawn_metrics(
-        metrics,
-        move || counters.render(),
-        stop_rx.clone(),
-    );
+    let metrics_task =
+        cryptflow_services::http::spawn_metrics(metrics, move || counters.render(), stop_rx.clone());
+    let ticker_state = state.clone();
+    let mut tick_rx = stop_rx.clone();
+    let ticker = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => routes::tick(&ticker_state).await,
+                _ = tick_rx.changed() => break,
+            }
+        }
+    });
     let servers: Vec<_> = apps
         .into_iter()
         .map(|(listener, app)| {
@@ -220,43 +360,28 @@ async fn serve(
         result = result.and(r);
     }
     let _ = metrics_task.await;
+    let _ = ticker.await;
     result
 }
 
-/// Re-wraps every sealed key from `old` to `new` in one transaction; returns how many. The
-/// secret keys exist in memory only while being re-wrapped.
+/// Re-wraps every sealed share from `old` to `new` in one transaction; returns how many. The
+/// shares exist in memory only while being re-wrapped. Resumable: shares already under `new`
+/// are skipped.
 pub async fn rotate_master_key(
-    pool: &AnyPool,
+    pool: &sqlx::AnyPool,
     old: &MasterKey,
     new: &MasterKey,
 ) -> Result<u64, StartError> {
+    let err = |e: store::StoreError| StartError::Io(e.to_string());
     let mut tx = pool.begin().await.map_err(db::DbError::from)?;
-    let rows = sqlx::query("SELECT round_id, key_id, sealed_secret, nonce, master_key_id FROM round_keys WHERE sealed_secret IS NOT NULL")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db::DbError::from)?;
     let mut count = 0;
-    for row in rows {
-        let round: String = row.try_get("round_id").map_err(db::DbError::from)?;
-        let key_id: String = row.try_get("key_id").map_err(db::DbError::from)?;
-        let wrapped_by: String = row.try_get("master_key_id").map_err(db::DbError::from)?;
+    for (round, client, sealed, wrapped_by) in store::all_sealed(&mut tx).await.map_err(err)? {
         if wrapped_by == new.id() {
-            continue; // already rotated (an interrupted earlier run)
+            continue;
         }
-        let sealed = seal::Sealed {
-            ciphertext: row.try_get("sealed_secret").map_err(db::DbError::from)?,
-            nonce: row.try_get("nonce").map_err(db::DbError::from)?,
-        };
-        let secret = old.open(&round, &key_id, &sealed)?;
-        let resealed = new.seal(&round, &key_id, &secret)?;
-        sqlx::query("UPDATE round_keys SET sealed_secret = $1, nonce = $2, master_key_id = $3 WHERE round_id = $4")
-            .bind(resealed.ciphertext)
-            .bind(resealed.nonce)
-            .bind(new.id())
-            .bind(&round)
-            .execute(&mut *tx)
-            .await
-            .map_err(db::DbError::from)?;
+        let share = old.open(&round, &client, &sealed)?;
+        let resealed = new.seal(&round, &client, &share)?;
+        store::reseal(&mut tx, &round, &client, resealed, new.id()).await.map_err(err)?;
         count += 1;
     }
     tx.commit().await.map_err(db::DbError::from)?;

@@ -1,42 +1,73 @@
-//! `cryptflow-kms`: the KMS binary. See `cryptflow-kms --help`.
+//! `cryptflow-kms`: a key manager of the committee. See `cryptflow-kms --help`.
 
-use cryptflow_kms::{
-    audit, launch, launch_split, rotate_master_key, state_from_config, KmsConfig, MasterKey,
-};
+use clap::{Parser, Subcommand};
+use cryptflow_kms::{audit, launch, launch_split, rotate_master_key, state_from_config, KmsConfig, MasterKey};
+use cryptflow_services::protocol::SiteKey;
 use cryptflow_services::{config, db, shutdown};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const HELP: &str = "\
-cryptflow-kms — CryptFlow's key-management service
+/// CryptFlow's key manager: one node of the committee that holds Shamir shares of the
+/// clients' round keys and releases, for a recorded contributor set only, the sum that opens
+/// the aggregate.
+///
+/// Configuration comes from --config FILE (TOML), then CRYPTFLOW_KMS__* environment variables
+/// (e.g. CRYPTFLOW_KMS__DATABASE_URL=postgres://…; nesting with __). The master key comes from
+/// CRYPTFLOW_KMS_MASTER_KEY (64 hex digits) if set, else from master_key_file. Logs: RUST_LOG
+/// filters; CRYPTFLOW_LOG_FORMAT=json for JSON lines.
+#[derive(Debug, Parser)]
+#[command(name = "cryptflow-kms", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-USAGE:
-    cryptflow-kms <COMMAND> [--config FILE]
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
 
-COMMANDS:
-    serve                          run the service (API and metrics listeners); refuses to
-                                   start on a database that is not migrated
-    migrate                        apply database migrations and exit
-    check-config                   load the configuration, print it (no secrets), exit 1 on error
-    healthcheck                    GET /healthz from the configured listener (container probes)
-    verify-audit                   check the audit log's hash chain; exit 1 if broken
-    rotate-master-key --new FILE   re-wrap every sealed key under the master key in FILE
-    generate-master-key FILE       write a fresh random master key to FILE (mode 0600)
-
-Configuration comes from --config FILE (TOML), then CRYPTFLOW_KMS__* environment
-variables, e.g. CRYPTFLOW_KMS__DATABASE_URL=postgres://... (nesting with __).
-The master key comes from CRYPTFLOW_KMS_MASTER_KEY (64 hex digits) if set, else from
-master_key_file. Logs: RUST_LOG filters; CRYPTFLOW_LOG_FORMAT=json for JSON lines.
-";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (API, metrics, retention task); refuses an unmigrated database.
+    Serve(ConfigArg),
+    /// Apply database migrations and exit.
+    Migrate(ConfigArg),
+    /// Load the configuration, print it (no secrets), exit 1 on error.
+    CheckConfig(ConfigArg),
+    /// GET /healthz from the configured listener (container probes).
+    Healthcheck(ConfigArg),
+    /// Check the audit log's hash chain; exit 1 if broken.
+    VerifyAudit(ConfigArg),
+    /// Re-wrap every sealed share under the master key in FILE.
+    RotateMasterKey {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The new master key file.
+        #[arg(long)]
+        new: PathBuf,
+    },
+    /// Refuse every round still open: run after restoring this node from a backup when the
+    /// restore witness was restored too.
+    RefuseOpenRounds(ConfigArg),
+    /// Write a fresh random master key to FILE (mode 0600).
+    GenerateMasterKey {
+        /// Output file (never overwritten).
+        file: PathBuf,
+    },
+    /// Write a fresh node signing key to FILE (PKCS#8 PEM, mode 0600) and print its public
+    /// key for the committee file.
+    Keygen {
+        /// Output file (never overwritten).
+        file: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{HELP}");
-        return if args.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS };
-    }
-    let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| PathBuf::from(&w[1]));
+    let cli = Cli::parse();
     shutdown::init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -45,55 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let command = args[0].clone();
-    let config_path = flag("--config");
-    let new_key_path = flag("--new");
-    let file_arg = args.get(1).cloned();
-    let result = runtime.block_on(async move {
-        if command == "generate-master-key" {
-            let path = file_arg.ok_or("generate-master-key needs a FILE")?;
-            return write_master_key(&path).map(|()| ExitCode::SUCCESS);
-        }
-        let cfg: KmsConfig = config::load(config_path.as_deref(), "CRYPTFLOW_KMS__").map_err(|e| e.to_string())?;
-        match command.as_str() {
-            "serve" => serve(cfg).await,
-            "check-config" => {
-                println!("{}", config::redacted_json(&cfg));
-                Ok(ExitCode::SUCCESS)
-            }
-            "healthcheck" => cryptflow_services::http::healthcheck(&cfg.listen, "/healthz").map(|()| ExitCode::SUCCESS),
-            "migrate" => {
-                let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
-                db::migrate(&pool, &cfg.database_url, &cryptflow_kms::MIGRATIONS).await.map_err(|e| e.to_string())?;
-                println!("migrations applied");
-                Ok(ExitCode::SUCCESS)
-            }
-            "verify-audit" => {
-                let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
-                match audit::verify(&pool).await.map_err(|e| e.to_string())? {
-                    audit::Verdict::Intact(n) => {
-                        println!("audit log intact: {n} entries");
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    audit::Verdict::Broken { seq, reason } => {
-                        println!("audit log BROKEN at entry {seq}: {reason}");
-                        Ok(ExitCode::FAILURE)
-                    }
-                }
-            }
-            "rotate-master-key" => {
-                let new_path = new_key_path.ok_or("rotate-master-key needs --new FILE")?;
-                let old = cryptflow_kms::master_key(&cfg).map_err(|e| e.to_string())?;
-                let new = MasterKey::from_file(&new_path).map_err(|e| e.to_string())?;
-                let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
-                let n = rotate_master_key(&pool, &old, &new).await.map_err(|e| e.to_string())?;
-                println!("re-wrapped {n} keys from master key {} to {}; point master_key_file at the new key", old.id(), new.id());
-                Ok(ExitCode::SUCCESS)
-            }
-            other => Err(format!("unknown command `{other}`; see --help")),
-        }
-    });
-    match result {
+    match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -102,47 +85,103 @@ fn main() -> ExitCode {
     }
 }
 
-fn write_master_key(path: &str) -> Result<(), String> {
+fn load(c: &ConfigArg) -> Result<KmsConfig, String> {
+    config::load(c.config.as_deref(), "CRYPTFLOW_KMS__").map_err(|e| e.to_string())
+}
+
+async fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::GenerateMasterKey { file } => {
+            let key = MasterKey::generate();
+            write_private(&file, key.to_hex().as_bytes())?;
+            println!("wrote master key {} to {}", key.id(), file.display());
+        }
+        Command::Keygen { file } => {
+            let key = SiteKey::generate();
+            write_private(&file, key.to_pem().map_err(|e| e.to_string())?.as_bytes())?;
+            println!("{}", key.public_key());
+            eprintln!("wrote the node signing key to {}; its public key (above) goes in the committee file", file.display());
+        }
+        Command::Serve(c) => serve(load(&c)?).await?,
+        Command::CheckConfig(c) => {
+            let cfg = load(&c)?;
+            cryptflow_kms::node_from_config(&cfg).map_err(|e| e.to_string())?;
+            println!("{}", config::redacted_json(&cfg));
+        }
+        Command::Healthcheck(c) => cryptflow_services::http::healthcheck(&load(&c)?.listen, "/healthz")?,
+        Command::Migrate(c) => {
+            let cfg = load(&c)?;
+            let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
+            db::migrate(&pool, &cfg.database_url, &cryptflow_kms::MIGRATIONS).await.map_err(|e| e.to_string())?;
+            println!("migrations applied");
+        }
+        Command::VerifyAudit(c) => {
+            let cfg = load(&c)?;
+            let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
+            match audit::verify(&pool).await.map_err(|e| e.to_string())? {
+                audit::Verdict::Intact(n) => println!("audit log intact: {n} entries"),
+                audit::Verdict::Broken { seq, reason } => {
+                    println!("audit log BROKEN at entry {seq}: {reason}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Command::RotateMasterKey { config: c, new } => {
+            let cfg = load(&c)?;
+            let old = cryptflow_kms::master_key(&cfg).map_err(|e| e.to_string())?;
+            let new = MasterKey::from_file(&new).map_err(|e| e.to_string())?;
+            let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
+            let n = rotate_master_key(&pool, &old, &new).await.map_err(|e| e.to_string())?;
+            println!(
+                "re-wrapped {n} shares from master key {} to {}; point master_key_file at the new key",
+                old.id(),
+                new.id()
+            );
+        }
+        Command::RefuseOpenRounds(c) => {
+            let state = state_from_config(&load(&c)?).await.map_err(|e| e.to_string())?;
+            let n = cryptflow_kms::routes::refuse_open_rounds(&state).await?;
+            println!("refused {n} open rounds");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a secret to a new file readable by its owner only.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
     use std::io::Write;
-    let key = MasterKey::generate();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(|e| format!("{path}: {e}"))?;
-    f.write_all(key.to_hex().as_bytes()).map_err(|e| format!("{path}: {e}"))?;
-    println!("wrote master key {} to {path}", key.id());
-    Ok(())
+    let mut f = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(contents).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-async fn serve(cfg: KmsConfig) -> Result<ExitCode, String> {
+async fn serve(cfg: KmsConfig) -> Result<(), String> {
     let state = state_from_config(&cfg).await.map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("{}: {e}", cfg.listen))?;
-    let metrics = tokio::net::TcpListener::bind(&cfg.metrics_listen)
-        .await
-        .map_err(|e| format!("{}: {e}", cfg.metrics_listen))?;
-    let internal = match &cfg.internal_listen {
-        Some(addr) => {
-            Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{addr}: {e}"))?)
-        }
+    let bind = |addr: String| async move {
+        tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("{addr}: {e}"))
+    };
+    let listener = bind(cfg.listen.clone()).await?;
+    let metrics = bind(cfg.metrics_listen.clone()).await?;
+    let internal = match cfg.internal_listen.clone() {
+        Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    tracing::info!(listen = %cfg.listen, internal = ?cfg.internal_listen, metrics = %cfg.metrics_listen, "cryptflow-kms serving");
+    tracing::info!(listen = %cfg.listen, internal = ?cfg.internal_listen, metrics = %cfg.metrics_listen,
+        node = state.node().x().get(), "cryptflow-kms serving");
     let grace = Duration::from_secs(cfg.shutdown_timeout_secs);
+    let tick = Duration::from_secs(cfg.tick_secs.max(1));
     let max_body = cfg.max_body_bytes;
     shutdown::serve_until_signal(
         move |stop| async move {
             match internal {
-                Some(internal) => {
-                    launch_split(listener, internal, metrics, state, max_body, stop).await
-                }
-                None => launch(listener, metrics, state, max_body, stop).await,
+                Some(internal) => launch_split(listener, internal, metrics, state, max_body, tick, stop).await,
+                None => launch(listener, metrics, state, max_body, tick, stop).await,
             }
         },
         grace,
     )
     .await
-    .map(|()| ExitCode::SUCCESS)
 }

@@ -1,44 +1,50 @@
-//! Authentication: EdDSA JWTs.
+//! Authentication: EdDSA JWTs, from two kinds of signer.
 //!
-//! Tokens carry `sub`, `role`, `aud`, `exp` (and `iat`), and name their signing key in the
-//! header's `kid`, so issuer keys can rotate: a service holds several verification keys at
-//! once and drops the old one when its tokens have expired. Services hold only public keys;
-//! the private key stays with the issuer (the `cryptflow token mint` CLI, or an identity
-//! provider). Every failure is a 401 with a reason; roles are checked separately (403).
+//! - **Issuer tokens** — operators, the aggregator, and (at the aggregator) clients — name
+//!   their issuer key in the header's `kid`, so issuer keys can rotate: a service trusts several
+//!   at once and drops the old one when its tokens have expired. Services hold only public
+//!   keys; the private key stays with the issuer (`cryptflow token mint`, or an identity
+//!   provider).
+//! - **Roster tokens** — at the key managers, a roster member signs its own short-lived token
+//!   with its roster key (`kid = roster:<id>`, at most ten minutes from `iat` to `exp`). The key
+//!   managers accept clients and readers *only* this way: whoever runs the issuer (possibly the
+//!   aggregator's operator) can mint a client token, but not a roster member's signature, so
+//!   the aggregator can never obtain a release.
+//!
+//! Tokens carry `sub`, `role`, `aud`, `exp`, `iat` (and optionally `nbf`, which is enforced).
+//! Every failure is a 401 with a reason; roles are checked separately (403).
 
 use crate::http::AppError;
 use crate::ids::ClientId;
 use crate::problem::ErrorCode;
+pub use crate::protocol::Claims;
+use crate::protocol::Roster;
 use crate::role::Role;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use thiserror::Error;
-use zeroize::Zeroizing;
 
-/// Clock-skew leeway when checking `exp` (and `nbf`).
+/// Clock-skew leeway when checking `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
-/// The claims CryptFlow reads and writes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// Subject: the client id for clients, an operator or service name otherwise.
-    pub sub: String,
-    /// Role.
-    pub role: Role,
-    /// Audience: the service the token is for (`kms` or `aggregator`).
-    pub aud: String,
-    /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
-    /// Issued at, seconds since the Unix epoch.
-    pub iat: u64,
+/// Longest lifetime (`exp − iat`) of a roster token.
+pub const MAX_ROSTER_TOKEN_SECS: u64 = 600;
+
+/// How a caller proved who it is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Signer {
+    /// A token from a trusted issuer.
+    Issuer,
+    /// A token signed with the caller's own roster key.
+    Roster,
 }
 
 /// A verified caller.
@@ -48,6 +54,8 @@ pub struct Principal {
     pub subject: ClientId,
     /// The token's role.
     pub role: Role,
+    /// Who signed the token.
+    pub signer: Signer,
 }
 
 impl Principal {
@@ -84,9 +92,19 @@ pub enum AuthError {
     /// `exp` is in the past (beyond the leeway).
     #[error("token expired")]
     Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid (nbf is in the future)")]
+    NotYetValid,
     /// `aud` is not this service.
     #[error("token is for another audience")]
     WrongAudience,
+    /// A client or reader token from the issuer, where only roster keys are accepted.
+    #[error("clients and readers authenticate here with their roster key, not an issuer token")]
+    RosterKeyRequired,
+    /// A roster token for another member than its key's, another role than the member's, or
+    /// with too long a lifetime.
+    #[error("roster token refused: {0}")]
+    Roster(&'static str),
 }
 
 impl From<AuthError> for AppError {
@@ -110,9 +128,6 @@ pub enum KeyError {
     /// No verification key configured.
     #[error("at least one verification key is required")]
     NoKeys,
-    /// Could not sign.
-    #[error("signing failed: {0}")]
-    Signing(String),
 }
 
 /// One trusted token-signing key, as configured.
@@ -125,7 +140,7 @@ pub struct JwtKey {
     pub public_key_file: std::path::PathBuf,
 }
 
-/// A verifier for `audience` trusting the configured keys (read from their files).
+/// A verifier for `audience` trusting the configured issuer keys (read from their files).
 pub fn verifier_from_files(audience: &str, keys: &[JwtKey]) -> Result<Verifier, KeyError> {
     let mut pems = Vec::new();
     for k in keys {
@@ -138,10 +153,20 @@ pub fn verifier_from_files(audience: &str, keys: &[JwtKey]) -> Result<Verifier, 
     Verifier::new(audience, DEFAULT_LEEWAY, pems.iter().map(|(k, p)| (k.as_str(), p.as_slice())))
 }
 
-/// Verifies tokens for one audience against a set of public keys by `kid`.
+/// A roster member's verification key.
+#[derive(Clone)]
+struct RosterKey {
+    id: ClientId,
+    key: DecodingKey,
+    reader: bool,
+}
+
+/// Verifies tokens for one audience against issuer keys by `kid`, and — at the key managers —
+/// roster members' own keys.
 #[derive(Clone)]
 pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
+    roster: Option<HashMap<String, RosterKey>>,
     validation: Validation,
 }
 
@@ -149,7 +174,10 @@ impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut kids: Vec<&String> = self.keys.keys().collect();
         kids.sort();
-        f.debug_struct("Verifier").field("kids", &kids).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("kids", &kids)
+            .field("roster_members", &self.roster.as_ref().map(HashMap::len))
+            .finish_non_exhaustive()
     }
 }
 
@@ -173,8 +201,28 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = leeway.as_secs();
-        Ok(Self { keys: map, validation })
+        Ok(Self { keys: map, roster: None, validation })
+    }
+
+    /// Also accepts roster members' own tokens — and, from then on, clients and readers
+    /// *only* that way.
+    pub fn with_roster(mut self, roster: &Roster) -> Self {
+        let map = roster
+            .members()
+            .iter()
+            .map(|m| {
+                let key = RosterKey {
+                    id: m.id.clone(),
+                    key: DecodingKey::from_ed_der(&m.public_key.0),
+                    reader: m.reader,
+                };
+                (crate::protocol::roster_kid(&m.id), key)
+            })
+            .collect();
+        self.roster = Some(map);
+        self
     }
 
     /// Verifies a compact JWT and returns the caller.
@@ -184,22 +232,42 @@ impl Verifier {
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::BadSignature);
         }
-        let key =
-            header.kid.as_deref().and_then(|k| self.keys.get(k)).ok_or(AuthError::UnknownKey)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                        AuthError::BadSignature
-                    }
-                    _ => AuthError::Malformed(e.to_string()),
-                }
-            })?;
-        let subject = ClientId::parse(data.claims.sub)
-            .map_err(|e| AuthError::Malformed(format!("sub: {e}")))?;
-        Ok(Principal { subject, role: data.claims.role })
+        let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
+        if let Some(member) = self.roster.as_ref().and_then(|r| r.get(kid)) {
+            let claims = self.decode(token, &member.key)?;
+            if claims.sub != member.id.as_str() {
+                return Err(AuthError::Roster("the subject is not the key's member"));
+            }
+            match claims.role {
+                Role::Client => {}
+                Role::Reader if member.reader => {}
+                _ => return Err(AuthError::Roster("a roster key speaks for a client or a reader")),
+            }
+            if claims.exp.saturating_sub(claims.iat) > MAX_ROSTER_TOKEN_SECS {
+                return Err(AuthError::Roster("lifetime longer than ten minutes"));
+            }
+            return Ok(Principal { subject: member.id.clone(), role: claims.role, signer: Signer::Roster });
+        }
+        let key = self.keys.get(kid).ok_or(AuthError::UnknownKey)?;
+        let claims = self.decode(token, key)?;
+        if self.roster.is_some() && matches!(claims.role, Role::Client | Role::Reader) {
+            return Err(AuthError::RosterKeyRequired);
+        }
+        let subject =
+            ClientId::parse(claims.sub).map_err(|e| AuthError::Malformed(format!("sub: {e}")))?;
+        Ok(Principal { subject, role: claims.role, signer: Signer::Issuer })
+    }
+
+    fn decode(&self, token: &str, key: &DecodingKey) -> Result<Claims, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
+                _ => AuthError::Malformed(e.to_string()),
+            })
     }
 }
 
@@ -227,169 +295,100 @@ where
     }
 }
 
-/// Signs tokens (the CLI's `token mint`, and tests). Holds a private key: keep it off
-/// servers.
-pub struct Issuer {
-    kid: String,
-    key: EncodingKey,
-}
-
-impl fmt::Debug for Issuer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Issuer").field("kid", &self.kid).finish_non_exhaustive()
-    }
-}
-
-impl Issuer {
-    /// An issuer signing with the Ed25519 private key in `pem` (PKCS#8), naming it `kid`.
-    pub fn from_pem(kid: &str, pem: &[u8]) -> Result<Self, KeyError> {
-        let key = EncodingKey::from_ed_pem(pem)
-            .map_err(|e| KeyError::InvalidPem { kid: kid.to_owned(), reason: e.to_string() })?;
-        Ok(Self { kid: kid.to_owned(), key })
-    }
-
-    /// Signs a token for `subject` with `role`, valid for `ttl`, addressed to `audience`.
-    pub fn mint(
-        &self,
-        subject: &ClientId,
-        role: Role,
-        audience: &str,
-        ttl: Duration,
-    ) -> Result<String, KeyError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        self.mint_claims(&Claims {
-            sub: subject.to_string(),
-            role,
-            aud: audience.to_owned(),
-            exp: now + ttl.as_secs(),
-            iat: now,
-        })
-    }
-
-    /// Signs arbitrary claims (tests use it for expired or mis-addressed tokens).
-    pub fn mint_claims(&self, claims: &Claims) -> Result<String, KeyError> {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key)
-            .map_err(|e| KeyError::Signing(e.to_string()))
-    }
-}
-
-/// A fresh Ed25519 key pair as `(private PKCS#8 PEM, public SPKI PEM)`, from the OS RNG.
-pub fn generate_ed25519_pem() -> Result<(Zeroizing<String>, String), KeyError> {
-    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
-    use rand_core::RngCore;
-    let mut seed = Zeroizing::new([0u8; 32]);
-    rand_core::OsRng.fill_bytes(seed.as_mut());
-    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let private =
-        signing.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Signing(e.to_string()))?;
-    let public = signing
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| KeyError::Signing(e.to_string()))?;
-    Ok((Zeroizing::new(private.to_string()), public))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Keys {
-        issuer: Issuer,
-        public: String,
-    }
-
-    fn keys(kid: &str) -> Keys {
-        let (private, public) = generate_ed25519_pem().unwrap();
-        Keys { issuer: Issuer::from_pem(kid, private.as_bytes()).unwrap(), public }
-    }
+    use crate::protocol::{roster_member, SiteKey};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     fn now() -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
     }
 
-    fn claims(aud: &str, exp: u64) -> Claims {
-        Claims { sub: "hospital-1".into(), role: Role::Client, aud: aud.into(), exp, iat: now() }
+    fn claims(role: Role, aud: &str, exp: u64) -> Claims {
+        Claims { sub: "hospital-1".into(), role, aud: aud.into(), exp, iat: now(), nbf: None }
+    }
+
+    fn verifier(aud: &str, kid: &str, key: &SiteKey) -> Verifier {
+        let pem = key.public_pem().unwrap();
+        Verifier::new(aud, DEFAULT_LEEWAY, [(kid, pem.as_bytes())]).unwrap()
     }
 
     #[test]
     fn every_refusal_has_its_reason() {
-        let k1 = keys("k1");
-        let verifier =
-            Verifier::new("kms", DEFAULT_LEEWAY, [("k1", k1.public.as_bytes())]).unwrap();
-        let ok = k1
-            .issuer
-            .mint(
-                &ClientId::parse("hospital-1").unwrap(),
-                Role::Client,
-                "kms",
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        let p = verifier.verify(&ok).unwrap();
-        assert_eq!((p.subject.as_str(), p.role), ("hospital-1", Role::Client));
+        let k1 = SiteKey::generate();
+        let v = verifier("aggregator", "k1", &k1);
+        let ok = k1.mint("k1", &claims(Role::Client, "aggregator", now() + 60));
+        let p = v.verify(&ok).unwrap();
+        assert_eq!((p.subject.as_str(), p.role, p.signer), ("hospital-1", Role::Client, Signer::Issuer));
 
-        let expired = k1.issuer.mint_claims(&claims("kms", now() - 120)).unwrap();
-        assert_eq!(verifier.verify(&expired).unwrap_err(), AuthError::Expired);
-        // Within the leeway is still fine.
-        let just_expired = k1.issuer.mint_claims(&claims("kms", now() - 5)).unwrap();
-        assert!(verifier.verify(&just_expired).is_ok());
+        let expired = k1.mint("k1", &claims(Role::Client, "aggregator", now() - 120));
+        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
+        let just_expired = k1.mint("k1", &claims(Role::Client, "aggregator", now() - 5));
+        assert!(v.verify(&just_expired).is_ok(), "within the leeway");
+        // nbf in the future is refused (it used to be accepted).
+        let early = Claims { nbf: Some(now() + 3600), ..claims(Role::Client, "aggregator", now() + 7200) };
+        assert_eq!(v.verify(&k1.mint("k1", &early)).unwrap_err(), AuthError::NotYetValid);
 
-        let other_aud = k1.issuer.mint_claims(&claims("aggregator", now() + 60)).unwrap();
-        assert_eq!(verifier.verify(&other_aud).unwrap_err(), AuthError::WrongAudience);
-
-        // Forged: signed by a key claiming kid k1 that is not k1's.
-        let forger = keys("k1");
-        let forged = forger.issuer.mint_claims(&claims("kms", now() + 60)).unwrap();
-        assert_eq!(verifier.verify(&forged).unwrap_err(), AuthError::BadSignature);
-
-        let stranger = keys("k9");
-        let unknown = stranger.issuer.mint_claims(&claims("kms", now() + 60)).unwrap();
-        assert_eq!(verifier.verify(&unknown).unwrap_err(), AuthError::UnknownKey);
-
-        assert!(matches!(verifier.verify("not.a.jwt"), Err(AuthError::Malformed(_))));
-        assert!(matches!(verifier.verify(""), Err(AuthError::Malformed(_))));
-
-        // alg=none and HS256 tokens are refused outright.
+        let other_aud = k1.mint("k1", &claims(Role::Client, "kms", now() + 60));
+        assert_eq!(v.verify(&other_aud).unwrap_err(), AuthError::WrongAudience);
+        let forged = SiteKey::generate().mint("k1", &claims(Role::Client, "aggregator", now() + 60));
+        assert_eq!(v.verify(&forged).unwrap_err(), AuthError::BadSignature);
+        let unknown = k1.mint("k9", &claims(Role::Client, "aggregator", now() + 60));
+        assert_eq!(v.verify(&unknown).unwrap_err(), AuthError::UnknownKey);
+        assert!(matches!(v.verify("not.a.jwt"), Err(AuthError::Malformed(_))));
+        assert!(matches!(v.verify(""), Err(AuthError::Malformed(_))));
+        // alg=none is refused outright.
         let none = "eyJhbGciOiJub25lIiwia2lkIjoiazEifQ.eyJzdWIiOiJ4In0.";
-        assert!(verifier.verify(none).is_err());
-        let hs = jsonwebtoken::encode(
-            &Header { kid: Some("k1".into()), ..Header::new(Algorithm::HS256) },
-            &claims("kms", now() + 60),
-            &EncodingKey::from_secret(k1.public.as_bytes()),
-        )
-        .unwrap();
-        assert_eq!(verifier.verify(&hs).unwrap_err(), AuthError::BadSignature);
+        assert!(v.verify(none).is_err());
+        let weird = Claims { sub: "../admin".into(), ..claims(Role::Admin, "aggregator", now() + 60) };
+        assert!(matches!(v.verify(&k1.mint("k1", &weird)), Err(AuthError::Malformed(_))));
+    }
 
-        // A subject outside the id charset is refused.
-        let weird = Claims { sub: "../admin".into(), ..claims("kms", now() + 60) };
-        let weird = k1.issuer.mint_claims(&weird).unwrap();
-        assert!(matches!(verifier.verify(&weird), Err(AuthError::Malformed(_))));
+    #[test]
+    fn at_the_key_managers_clients_authenticate_by_roster_key_only() {
+        let issuer = SiteKey::generate();
+        let site = SiteKey::generate();
+        let reader = SiteKey::generate();
+        let a = ClientId::parse("site-a").unwrap();
+        let r = ClientId::parse("server-app").unwrap();
+        let roster = Roster::try_new(2, vec![roster_member(&a, &site, false), roster_member(&r, &reader, true)])
+            .unwrap();
+        let v = verifier("kms", "issuer", &issuer).with_roster(&roster);
+        let p = v.verify(&site.roster_token(&a, Role::Client)).unwrap();
+        assert_eq!((p.subject, p.role, p.signer), (a.clone(), Role::Client, Signer::Roster));
+        assert_eq!(v.verify(&reader.roster_token(&r, Role::Reader)).unwrap().role, Role::Reader);
+        // A non-reader cannot claim to be a reader; a key speaks only for its member.
+        assert!(matches!(v.verify(&site.roster_token(&a, Role::Reader)), Err(AuthError::Roster(_))));
+        let stolen_kid = site.mint(&crate::protocol::roster_kid(&r), &Claims {
+            sub: r.to_string(), role: Role::Reader, aud: "kms".into(), exp: now() + 60, iat: now(), nbf: None,
+        });
+        assert_eq!(v.verify(&stolen_kid).unwrap_err(), AuthError::BadSignature);
+        // The issuer can mint a client token, but the key managers refuse it: the aggregator's
+        // operator, who may run the issuer, cannot pose as a client.
+        let posing = issuer.mint("issuer", &Claims { sub: "site-a".into(), ..claims(Role::Client, "kms", now() + 60) });
+        assert_eq!(v.verify(&posing).unwrap_err(), AuthError::RosterKeyRequired);
+        // Admin and aggregator tokens still come from the issuer.
+        let agg = issuer.mint("issuer", &Claims { sub: "aggregator".into(), ..claims(Role::Aggregator, "kms", now() + 60) });
+        assert_eq!(v.verify(&agg).unwrap().role, Role::Aggregator);
+        // A long-lived roster token is refused.
+        let long = site.mint(&crate::protocol::roster_kid(&a), &Claims {
+            sub: a.to_string(), role: Role::Client, aud: "kms".into(), exp: now() + 86_400, iat: now(), nbf: None,
+        });
+        assert!(matches!(v.verify(&long), Err(AuthError::Roster(_))));
     }
 
     #[test]
     fn rotation_accepts_both_keys_until_the_old_one_is_dropped() {
-        let old = keys("2026-10");
-        let new = keys("2026-11");
-        let both = Verifier::new(
-            "aggregator",
-            DEFAULT_LEEWAY,
-            [("2026-10", old.public.as_bytes()), ("2026-11", new.public.as_bytes())],
-        )
-        .unwrap();
-        let id = ClientId::parse("ops").unwrap();
-        let t_old =
-            old.issuer.mint(&id, Role::Admin, "aggregator", Duration::from_secs(60)).unwrap();
-        let t_new =
-            new.issuer.mint(&id, Role::Admin, "aggregator", Duration::from_secs(60)).unwrap();
+        let old = SiteKey::generate();
+        let new = SiteKey::generate();
+        let (po, pn) = (old.public_pem().unwrap(), new.public_pem().unwrap());
+        let both = Verifier::new("aggregator", DEFAULT_LEEWAY, [("old", po.as_bytes()), ("new", pn.as_bytes())]).unwrap();
+        let c = Claims { sub: "ops".into(), ..claims(Role::Admin, "aggregator", now() + 60) };
+        let (t_old, t_new) = (old.mint("old", &c), new.mint("new", &c));
         assert!(both.verify(&t_old).is_ok() && both.verify(&t_new).is_ok());
-        let only_new =
-            Verifier::new("aggregator", DEFAULT_LEEWAY, [("2026-11", new.public.as_bytes())])
-                .unwrap();
+        let only_new = Verifier::new("aggregator", DEFAULT_LEEWAY, [("new", pn.as_bytes())]).unwrap();
         assert_eq!(only_new.verify(&t_old).unwrap_err(), AuthError::UnknownKey);
-        assert!(only_new.verify(&t_new).is_ok());
     }
 
     #[test]
@@ -398,19 +397,13 @@ mod tests {
             Verifier::new("kms", DEFAULT_LEEWAY, [("k", b"nope".as_slice())]),
             Err(KeyError::InvalidPem { .. })
         ));
-        assert!(matches!(
-            Verifier::new("kms", DEFAULT_LEEWAY, std::iter::empty()),
-            Err(KeyError::NoKeys)
-        ));
-        let k = keys("k");
-        assert!(!format!("{:?}", k.issuer).contains("PRIVATE"));
+        assert!(matches!(Verifier::new("kms", DEFAULT_LEEWAY, std::iter::empty()), Err(KeyError::NoKeys)));
     }
 
     #[test]
     fn roles_are_enforced_with_403() {
-        let p = Principal { subject: ClientId::parse("c").unwrap(), role: Role::Client };
+        let p = Principal { subject: ClientId::parse("c").unwrap(), role: Role::Client, signer: Signer::Issuer };
         assert!(p.require(&[Role::Client, Role::Admin]).is_ok());
-        let err = p.require(&[Role::Admin]).unwrap_err();
-        assert_eq!(err.problem().status, 403);
+        assert_eq!(p.require(&[Role::Admin]).unwrap_err().problem().status, 403);
     }
 }

@@ -197,6 +197,36 @@ pub fn spawn_metrics(
     })
 }
 
+/// Parses a JSON body *after* the handler has authorised the caller (so a caller without the
+/// role gets 403, not a complaint about its body): the content type must be JSON (415), the
+/// body must parse (400) and fit `T` (422 naming the field).
+pub fn parse_json<T: DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<T, AppError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            let m = m.trim();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if !json {
+        return Err(AppError::new(
+            ErrorCode::UnsupportedMediaType,
+            "expected `Content-Type: application/json`",
+        )
+        .with_field("content-type"));
+    }
+    axum::Json::<T>::from_bytes(body).map(|axum::Json(v)| v).map_err(json_rejection)
+}
+
+/// The 405 for a known path with another method, as a problem document.
+pub async fn method_not_allowed() -> AppError {
+    AppError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method")
+}
+
 /// `Json<T>` whose rejections are problem documents: syntax errors, wrong types, missing or
 /// unknown fields (with `deny_unknown_fields`), wrong content type and oversized bodies.
 #[derive(Debug, Clone)]

@@ -1,4 +1,4 @@
-//! Typed identifiers. A value of these types is always valid: 1 to 64 characters from
+//! Typed identifiers and digests. An identifier is always valid: 1 to 64 characters from
 //! `[A-Za-z0-9._-]`, not starting with `.` — safe in URLs, file names and logs.
 
 use serde::{Deserialize, Serialize};
@@ -118,9 +118,74 @@ string_id!(
     "client id"
 );
 
-/// Version of a sealed key's wrapping (bumped by master-key rotation).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct KeyVersion(pub u32);
+/// A SHA-256 digest (of an upload, an aggregate, a share, a round spec), serialised as 64
+/// lowercase hex digits.
+///
+/// ```
+/// use cryptflow_services::Sha256Digest;
+/// let d = Sha256Digest::of(b"abc");
+/// assert_eq!(d.to_string(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+/// assert_eq!(d.to_string().parse::<Sha256Digest>().unwrap(), d);
+/// assert!("xyz".parse::<Sha256Digest>().is_err());
+/// ```
+#[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Digest({self})")
+    }
+}
+
+/// A string that is not 64 hex digits.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("a SHA-256 digest is 64 hexadecimal digits")]
+pub struct DigestError;
+
+impl std::str::FromStr for Sha256Digest {
+    type Err = DigestError;
+    fn from_str(s: &str) -> Result<Self, DigestError> {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DigestError);
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| DigestError)?;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl TryFrom<String> for Sha256Digest {
+    type Error = DigestError;
+    fn try_from(s: String) -> Result<Self, DigestError> {
+        s.parse()
+    }
+}
+
+impl From<Sha256Digest> for String {
+    fn from(d: Sha256Digest) -> String {
+        d.to_string()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     Forbidden,
     /// No such resource (404).
     NotFound,
+    /// The resource does not take this method (405).
+    MethodNotAllowed,
     /// Conflicts with the resource's state (409).
     Conflict,
     /// The resource existed and was destroyed (410).
@@ -32,6 +34,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// A server-side failure; details are in the server's logs (500).
     Internal,
+    /// A dependency refused this service's own credentials (502): an operator must act.
+    BadGateway,
     /// A dependency is unavailable (503).
     Unavailable,
 }
@@ -44,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::Gone => 410,
             ErrorCode::PayloadTooLarge => 413,
@@ -51,6 +56,7 @@ impl ErrorCode {
             ErrorCode::Unprocessable => 422,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::BadGateway => 502,
             ErrorCode::Unavailable => 503,
         }
     }
@@ -62,6 +68,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "Unauthorized",
             ErrorCode::Forbidden => "Forbidden",
             ErrorCode::NotFound => "Not found",
+            ErrorCode::MethodNotAllowed => "Method not allowed",
             ErrorCode::Conflict => "Conflict",
             ErrorCode::Gone => "Gone",
             ErrorCode::PayloadTooLarge => "Payload too large",
@@ -69,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Unprocessable => "Unprocessable request",
             ErrorCode::TooManyRequests => "Too many requests",
             ErrorCode::Internal => "Internal error",
+            ErrorCode::BadGateway => "Bad gateway",
             ErrorCode::Unavailable => "Service unavailable",
         }
     }

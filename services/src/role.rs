@@ -14,10 +14,14 @@ use std::fmt;
 pub enum Role {
     /// Operators: create and close rounds, destroy keys, read the audit log.
     Admin,
-    /// Federated-learning participants: upload updates, fetch the aggregate and its key.
+    /// Federated-learning participants: upload updates, deposit key shares, read the mean
+    /// of the rounds they contributed to.
     Client,
-    /// The aggregator service, towards the KMS.
+    /// The aggregator service, towards the key managers. Never a reader of any release.
     Aggregator,
+    /// A roster member the consortium allows to read the mean of a round it did not
+    /// contribute to (e.g. a Flower ServerApp that applies the mean).
+    Reader,
 }
 
 impl fmt::Display for Role {
@@ -26,6 +30,7 @@ impl fmt::Display for Role {
             Role::Admin => "admin",
             Role::Client => "client",
             Role::Aggregator => "aggregator",
+            Role::Reader => "reader",
         })
     }
 }

@@ -1,70 +1,131 @@
-//! The KMS API: round keys and the audit log.
+//! The key managers' API: round registration with a signed echo, share deposits, the
+//! contributor set, releases, and the audit log.
 
-use crate::ids::{ClientId, RoundId};
+use super::round::{Contribution, RoundSpec};
+use super::{Base64Bytes, SignatureHex};
+use crate::ids::{ClientId, RoundId, Sha256Digest};
 use crate::role::Role;
-use cryptflow_he::planner::{Plan, PlanTarget};
 use serde::{Deserialize, Serialize};
 
-/// Largest number of clients a round may allow.
-pub const MAX_ROUND_CLIENTS: usize = 100_000;
-
-/// What a round's key is for: the body of `PUT /v1/rounds/{round}/key`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeySpec {
-    /// Bodies per mask `L` (1..=32).
-    pub bodies: u8,
-    /// Largest number of contributions in the aggregate.
-    pub max_clients: u32,
-    /// Release the secret key only once at least this many contributed.
-    pub min_clients: u32,
-    /// Clip bound of the values.
-    pub clip_bound: f64,
-    /// Largest integer weight of one contribution (1 for uniform weighting).
-    pub max_weight: u64,
-    /// Precision target or transport widths.
-    pub target: PlanTarget,
-    /// Clients allowed in the round (and to receive its secret key).
-    pub clients: Vec<ClientId>,
-}
-
-/// Lifecycle of a round key.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyState {
-    /// Created; the public key is served, the secret key is not released.
-    Active,
-    /// The aggregator reported the aggregate; clients may fetch the secret key.
-    Aggregated,
-    /// Crypto-shredded: the sealed secret key is gone; every request gets 410.
-    Destroyed,
-}
-
-/// A round key's metadata (never the secret).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KeyInfo {
-    /// The round.
-    pub round_id: RoundId,
-    /// Key id (hex), also in every ciphertext under this key.
-    pub key_id: String,
-    /// State.
-    pub state: KeyState,
-    /// What the key was created for.
-    pub spec: KeySpec,
-    /// The planner's result for the spec (encoding, widths).
-    pub plan: Plan,
-    /// Contributors reported by the aggregator.
-    pub contributors: Option<u32>,
-    /// Creation time (Unix seconds).
-    pub created_at: i64,
-}
-
-/// Body of `POST /v1/rounds/{round}/key/aggregated`.
+/// A key manager's signed echo of a round spec: what clients check against their pinned
+/// committee file (and compare across nodes) before depositing anything.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MarkAggregated {
-    /// Number of contributions folded into the aggregate.
-    pub contributors: u32,
+pub struct SpecEcho {
+    /// The node's share index `x`.
+    pub share_index: u8,
+    /// SHA-256 of the spec's canonical bytes with this node's committee and roster digests
+    /// and minimum set size (`cryptflow_services::protocol::spec_hash`).
+    pub spec_hash: Sha256Digest,
+    /// Digest of the node's roster (members, keys, readers, `m`): every node should have the
+    /// same.
+    pub roster_digest: Sha256Digest,
+    /// The minimum contributor set size `m` of the node's configuration.
+    pub min_set_size: u32,
+    /// Ed25519 signature by the node's signing key over the echo statement.
+    pub signature: SignatureHex,
+}
+
+/// State of a round at a key manager.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KmsRoundState {
+    /// Registered; taking deposits.
+    Open,
+    /// The contributor set is recorded; releases are served for it only.
+    SetRecorded,
+    /// Shares shredded (destroyed by an admin, or past retention); every request gets 410.
+    Destroyed,
+    /// The node was restored from a backup taken while this round was open: it refuses the
+    /// round, since it could otherwise record a second set.
+    Refused,
+}
+
+/// A round as a key manager holds it (`GET /v1/rounds/{round}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredRound {
+    /// The spec, as registered.
+    pub spec: RoundSpec,
+    /// This node's signed echo.
+    pub echo: SpecEcho,
+    /// State.
+    pub state: KmsRoundState,
+    /// Deposits held.
+    pub deposits: u32,
+    /// The recorded contributor set, once recorded.
+    pub contributors: Option<Vec<Contribution>>,
+}
+
+/// Body of `PUT /v1/rounds/{round}/deposits/{client}`: a client's share of its round key for
+/// this node, after its upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deposit {
+    /// SHA-256 of the client's upload (the aggregator's receipt says the same).
+    pub upload_sha256: Sha256Digest,
+    /// The share (`docs/wire-format.md`, "key share"), base64.
+    pub share: Base64Bytes,
+    /// The client's roster-key signature over the deposit statement
+    /// (`cryptflow_services::protocol::deposit_statement`).
+    pub signature: SignatureHex,
+}
+
+/// Response to an accepted deposit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositReceipt {
+    /// The round.
+    pub round_id: RoundId,
+    /// The depositing client.
+    pub client_id: ClientId,
+    /// This node's share index.
+    pub share_index: u8,
+    /// The upload digest the deposit vouches for.
+    pub upload_sha256: Sha256Digest,
+}
+
+/// `GET /v1/rounds/{round}/deposits` (aggregator): who holds a deposit here, for which upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositList {
+    /// One entry per depositing client, sorted.
+    pub deposits: Vec<Contribution>,
+}
+
+/// Body of `PUT /v1/rounds/{round}/contributors` (aggregator), and the set a release echoes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContributorSet {
+    /// The contributor set `S` with each member's upload digest.
+    pub contributors: Vec<Contribution>,
+}
+
+/// `GET /v1/rounds/{round}/release`: this node's unweighted sum of shares for the recorded set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    /// The round.
+    pub round_id: RoundId,
+    /// This node's share index.
+    pub share_index: u8,
+    /// The recorded set the release is for (compare with the aggregator's transcript).
+    pub contributors: Vec<Contribution>,
+    /// The release (`docs/wire-format.md`, "release"), base64.
+    pub release: Base64Bytes,
+}
+
+/// `GET /v1/node`: this key manager's configuration, as clients and operators check it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// This node's share index.
+    pub share_index: u8,
+    /// Committee size `n`.
+    pub nodes: u8,
+    /// Threshold `t`.
+    pub threshold: u8,
+    /// Digest of the committee file (nodes, indices, keys, threshold).
+    pub committee_digest: Sha256Digest,
+    /// Digest of the roster.
+    pub roster_digest: Sha256Digest,
+    /// Minimum contributor set size `m`.
+    pub min_set_size: u32,
 }
 
 /// One entry of the hash-chained audit log.
@@ -78,7 +139,8 @@ pub struct AuditEntry {
     pub actor: String,
     /// Token role of the caller.
     pub role: Role,
-    /// What happened (`key.create`, `key.aggregated`, `key.release`, `key.destroy`, …).
+    /// What happened (`round.register`, `deposit.store`, `set.record`, `release.serve`,
+    /// `round.destroy`, refusals as `….refused`).
     pub action: String,
     /// The round concerned.
     pub round_id: Option<String>,

@@ -1,0 +1,271 @@
+//! The aggregator's rules, as plain functions — no I/O, unit tested below:
+//!
+//! - what makes a round request valid, and the spec it becomes ([`round_spec`]);
+//! - which uploads form the contributor set (those whose deposits `t` key managers hold with
+//!   a matching digest, [`choose_set`]);
+//! - the publication state machine ([`next_step`]): wait for deposits, publish, or fail.
+
+use cryptflow_he::planner::{self, PlanRequest};
+use cryptflow_he::{MaskSeed, ParameterSet, PlanError};
+use cryptflow_services::api::kms::SpecEcho;
+use cryptflow_services::api::round::{
+    Contribution, Layout, RoundRequest, RoundSpec, RoundState, MAX_DIMENSION, MAX_ROUND_CLIENTS,
+    MAX_TENSORS, MAX_TENSOR_NAME,
+};
+use cryptflow_services::http::AppError;
+use cryptflow_services::{ClientId, ErrorCode};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+fn invalid(field: &str, detail: impl Into<String>) -> AppError {
+    AppError::new(ErrorCode::Unprocessable, detail).with_field(field)
+}
+
+/// The absolute deadline of a request, on the aggregator's clock `now`.
+pub fn deadline(request: &RoundRequest, now: i64) -> Result<i64, AppError> {
+    match (request.deadline, request.deadline_in_secs) {
+        (Some(at), None) if at > now => Ok(at),
+        (Some(_), None) => Err(invalid("deadline", "must be in the future (of the aggregator's clock); or give deadline_in_secs")),
+        (None, Some(secs)) if (1..=366 * 86_400).contains(&secs) => Ok(now + secs as i64),
+        (None, Some(_)) => Err(invalid("deadline_in_secs", "must be in [1, 31622400]").with_limit(366 * 86_400)),
+        _ => Err(invalid("deadline", "give exactly one of deadline (Unix seconds) and deadline_in_secs")),
+    }
+}
+
+/// Validates a request and builds the spec (the plan from the planner, `seed` fresh).
+pub fn round_spec(request: &RoundRequest, seed: MaskSeed) -> Result<RoundSpec, AppError> {
+    let values = request.layout.values().filter(|&v| (1..=MAX_DIMENSION).contains(&v));
+    let Some(values) = values else {
+        return Err(invalid("layout", format!("must describe 1 to {MAX_DIMENSION} values")).with_limit(MAX_DIMENSION));
+    };
+    if let Layout::Tensors(ts) = &request.layout {
+        if ts.is_empty() || ts.len() > MAX_TENSORS {
+            return Err(invalid("layout", format!("must list 1 to {MAX_TENSORS} tensors")).with_limit(MAX_TENSORS as u64));
+        }
+        let names: HashSet<&str> = ts.iter().map(|t| t.name.as_str()).collect();
+        if names.len() != ts.len() || ts.iter().any(|t| t.name.is_empty() || t.name.len() > MAX_TENSOR_NAME) {
+            return Err(invalid("layout", format!("tensor names must be unique and 1 to {MAX_TENSOR_NAME} bytes"))
+                .with_limit(MAX_TENSOR_NAME as u64));
+        }
+    }
+    if request.clients.is_empty() || request.clients.len() > MAX_ROUND_CLIENTS {
+        return Err(invalid("clients", format!("must list 1 to {MAX_ROUND_CLIENTS} clients"))
+            .with_limit(MAX_ROUND_CLIENTS as u64));
+    }
+    let clients: BTreeSet<&ClientId> = request.clients.iter().collect();
+    if clients.len() != request.clients.len() {
+        return Err(invalid("clients", "lists a client twice"));
+    }
+    let n = request.clients.len() as u32;
+    if request.max_clients == 0 || request.max_clients > n {
+        return Err(invalid("max_clients", format!("must be in [1, {n}] (the clients listed)")).with_limit(n as u64));
+    }
+    if request.min_clients == 0 || request.min_clients > request.max_clients {
+        return Err(invalid("min_clients", format!("must be in [1, max_clients = {}]", request.max_clients))
+            .with_limit(request.max_clients as u64));
+    }
+    let plan = planner::plan(
+        &ParameterSet::default_128(),
+        &PlanRequest {
+            max_clients: request.max_clients,
+            clip_bound: request.clip_bound,
+            max_abs_error: request.max_abs_error,
+            weighting: request.weighting,
+        },
+    )
+    .map_err(|e| {
+        let field = match &e {
+            PlanError::InvalidRequest { field, .. } => match *field {
+                "min_count" | "weighting.min_count" => "weighting.samples.min_count",
+                "weighting.max_count" => "weighting.samples.max_count",
+                f => f,
+            },
+            _ => "max_abs_error",
+        };
+        invalid(field, e.to_string())
+    })?;
+    Ok(RoundSpec {
+        round_id: request.round_id.clone(),
+        values,
+        clients: clients.into_iter().cloned().collect(),
+        min_clients: request.min_clients,
+        max_clients: request.max_clients,
+        mask_seed: seed,
+        plan,
+    })
+}
+
+/// The smallest set the key managers will record: `max(min_clients, m)` with `m` the largest
+/// any echo reports.
+pub fn needed(spec: &RoundSpec, echoes: &[SpecEcho]) -> u32 {
+    let m = echoes.iter().map(|e| e.min_set_size).max().unwrap_or(1);
+    spec.min_clients.max(m)
+}
+
+/// The contributor set: the admitted uploads held by every node of some group of `t` nodes
+/// (with the digest of the upload), the group chosen to cover the most uploads (ties: the
+/// lowest indices). Returns the set, sorted, and the group.
+pub fn choose_set(
+    uploads: &[Contribution],
+    deposits: &BTreeMap<u8, Vec<Contribution>>,
+    threshold: u8,
+) -> (Vec<Contribution>, Vec<u8>) {
+    let held: BTreeMap<u8, HashSet<&Contribution>> =
+        deposits.iter().map(|(x, ds)| (*x, ds.iter().collect())).collect();
+    let nodes: Vec<u8> = held.keys().copied().collect();
+    let t = threshold as usize;
+    let mut best: (Vec<Contribution>, Vec<u8>) = (Vec::new(), Vec::new());
+    if nodes.len() < t {
+        return best;
+    }
+    for group in combinations(&nodes, t) {
+        let set: Vec<Contribution> = uploads
+            .iter()
+            .filter(|u| group.iter().all(|x| held.get(x).is_some_and(|h| h.contains(u))))
+            .cloned()
+            .collect();
+        if set.len() > best.0.len() || best.1.is_empty() {
+            best = (set, group);
+        }
+    }
+    best.0.sort();
+    best
+}
+
+fn combinations(items: &[u8], k: usize) -> Vec<Vec<u8>> {
+    if k == 0 {
+        return vec![Vec::new()];
+    }
+    if items.len() < k {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, first) in items.iter().enumerate() {
+        for mut rest in combinations(&items[i + 1..], k - 1) {
+            rest.insert(0, *first);
+            out.push(rest);
+        }
+    }
+    out
+}
+
+/// What the publication of a closed round does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Some admitted uploads still lack deposits at `t` nodes, and the grace has not run out.
+    WaitForDeposits,
+    /// Publish this set.
+    Publish(Vec<Contribution>),
+    /// Fail the round.
+    Fail(String),
+}
+
+/// Decides, for a closed round, from the admitted uploads and the set they allow.
+pub fn next_step(
+    admitted: usize,
+    set: Vec<Contribution>,
+    needed: u32,
+    grace_over: bool,
+) -> Step {
+    if set.len() == admitted && set.len() >= needed as usize {
+        return Step::Publish(set);
+    }
+    if !grace_over {
+        return Step::WaitForDeposits;
+    }
+    if set.len() >= needed as usize {
+        Step::Publish(set)
+    } else {
+        Step::Fail(format!(
+            "{} of {admitted} uploads have their key shares deposited with enough key managers; \
+             the round needs {needed} (max(min_clients, m))",
+            set.len()
+        ))
+    }
+}
+
+/// Whether a round in `state` with `admitted` uploads should close now.
+pub fn should_close(state: RoundState, admitted: u32, max_clients: u32, deadline: i64, now: i64) -> bool {
+    state == RoundState::Open && (admitted >= max_clients || now >= deadline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptflow_he::planner::Weighting;
+    use cryptflow_services::{RoundId, Sha256Digest};
+
+    fn request() -> RoundRequest {
+        RoundRequest {
+            round_id: RoundId::parse("r").unwrap(),
+            layout: Layout::Dimension(1000),
+            clients: ["b", "a", "c"].iter().map(|c| ClientId::parse(*c).unwrap()).collect(),
+            min_clients: 2,
+            max_clients: 3,
+            deadline: None,
+            deadline_in_secs: Some(60),
+            weighting: Weighting::Uniform,
+            clip_bound: 1.0,
+            max_abs_error: 1e-6,
+        }
+    }
+
+    #[test]
+    fn requests_become_specs_or_name_the_field() {
+        let spec = round_spec(&request(), MaskSeed([0; 16])).unwrap();
+        assert_eq!(spec.clients.iter().map(ClientId::as_str).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(spec.values, 1000);
+        for (r, field) in [
+            (RoundRequest { max_clients: 4, ..request() }, "max_clients"),
+            (RoundRequest { min_clients: 0, ..request() }, "min_clients"),
+            (RoundRequest { clip_bound: f64::NAN, ..request() }, "clip_bound"),
+            (RoundRequest { max_abs_error: 1e-30, ..request() }, "max_abs_error"),
+            (RoundRequest { layout: Layout::Dimension(0), ..request() }, "layout"),
+        ] {
+            let e = round_spec(&r, MaskSeed([0; 16])).unwrap_err();
+            assert_eq!(e.problem().field.as_deref(), Some(field), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn relative_deadlines_use_the_servers_clock() {
+        // An operator whose clock is five minutes slow asks for 120 s: fine, it is relative.
+        assert_eq!(deadline(&request(), 1_000).unwrap(), 1_060);
+        let absolute = RoundRequest { deadline: Some(900), deadline_in_secs: None, ..request() };
+        assert_eq!(deadline(&absolute, 1_000).unwrap_err().problem().field.as_deref(), Some("deadline"));
+        let both = RoundRequest { deadline: Some(2_000), ..request() };
+        assert!(deadline(&both, 1_000).is_err());
+    }
+
+    fn c(id: &str, d: u8) -> Contribution {
+        Contribution { client_id: ClientId::parse(id).unwrap(), upload_sha256: Sha256Digest([d; 32]) }
+    }
+
+    #[test]
+    fn the_set_is_what_t_nodes_hold_with_matching_digests() {
+        let uploads = vec![c("a", 1), c("b", 2), c("c", 3)];
+        let mut deposits = BTreeMap::new();
+        deposits.insert(1, vec![c("a", 1), c("b", 2), c("c", 3)]);
+        deposits.insert(2, vec![c("a", 1), c("b", 9)]); // b's deposit vouches for another upload
+        deposits.insert(3, vec![c("a", 1), c("b", 2)]);
+        let (set, group) = choose_set(&uploads, &deposits, 2);
+        assert_eq!(set, vec![c("a", 1), c("b", 2)]);
+        assert_eq!(group, vec![1, 3]);
+        let (set, _) = choose_set(&uploads, &deposits, 3);
+        assert_eq!(set, vec![c("a", 1)]);
+        deposits.remove(&3);
+        deposits.remove(&2);
+        assert!(choose_set(&uploads, &deposits, 2).0.is_empty(), "fewer than t nodes answered");
+    }
+
+    #[test]
+    fn publication_waits_for_deposits_then_publishes_or_fails() {
+        let full = vec![c("a", 1), c("b", 2)];
+        assert_eq!(next_step(2, full.clone(), 2, false), Step::Publish(full.clone()));
+        assert_eq!(next_step(3, full.clone(), 2, false), Step::WaitForDeposits);
+        assert_eq!(next_step(3, full.clone(), 2, true), Step::Publish(full.clone()));
+        assert!(matches!(next_step(3, full[..1].to_vec(), 2, true), Step::Fail(_)));
+        assert!(should_close(RoundState::Open, 3, 3, 100, 0));
+        assert!(should_close(RoundState::Open, 1, 3, 100, 100));
+        assert!(!should_close(RoundState::Aggregating, 3, 3, 100, 200));
+    }
+}

@@ -1,0 +1,281 @@
+//! A round's life at the aggregator, where it talks to the key managers:
+//! `open → aggregating → published | failed`.
+//!
+//! - **Creation** registers the spec with every node; the round is usable once `t` have
+//!   echoed it (the others are retried by [`tick`]).
+//! - **Closing** happens at `max_clients` admitted uploads, at the deadline, or on an admin's
+//!   request.
+//! - **Publication** waits (up to `deposit_grace_secs` after closing) until the admitted uploads
+//!   hold deposits with matching digests at `t` nodes, fixes the contributor set `S` once, builds
+//!   the aggregate from the stored uploads of `S`, and reports `S` to every node. The round is
+//!   shown `published` — fetchable — only once `t` nodes have recorded `S`; the others keep being
+//!   told. Every step is idempotent and resumed by [`tick`] after a crash.
+//! - **Retention**: the uploads' blobs are deleted `upload_retention_secs` after publication
+//!   (or failure); the aggregate stays.
+
+use crate::domain::{self, Step};
+use crate::fold;
+use crate::kms_client::KmsError;
+use crate::store::{RoundRow, UploadRow};
+use crate::AppState;
+use cryptflow_services::api::kms::SpecEcho;
+use cryptflow_services::api::round::{Contribution, RoundState};
+use cryptflow_services::http::AppError;
+use cryptflow_services::protocol;
+use cryptflow_services::{ErrorCode, RoundId};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// Registers the round with every node that has not echoed it yet; stores and returns all
+/// echoes, and the refusals of this pass.
+pub async fn register_missing(s: &AppState, row: &RoundRow) -> Result<(Vec<SpecEcho>, Vec<KmsError>), AppError> {
+    let committee = s.kms.committee();
+    let missing: Vec<u8> = committee
+        .nodes()
+        .iter()
+        .map(|n| n.x)
+        .filter(|x| !row.echoes.iter().any(|e| e.share_index == *x))
+        .collect();
+    if missing.is_empty() {
+        return Ok((row.echoes.clone(), Vec::new()));
+    }
+    let calls = missing.iter().map(|&x| {
+        let kms = s.kms.clone();
+        let spec = row.spec.clone();
+        async move { (x, kms.register(x, &spec).await) }
+    });
+    let mut echoes = row.echoes.clone();
+    let mut errors = Vec::new();
+    for (x, outcome) in futures_util::future::join_all(calls).await {
+        match outcome.and_then(|echo| {
+            // The aggregator checks what clients will check, to report a misconfigured node.
+            protocol::verify_echo(committee, &row.spec, &echo)
+                .map(|_| echo)
+                .map_err(|e| KmsError::Unavailable { x, detail: format!("its echo does not verify: {e}") })
+        }) {
+            Ok(echo) => echoes.push(echo),
+            Err(e) => {
+                tracing::warn!(round = %row.spec.round_id, node = x, error = %e, "registration failed");
+                errors.push(e);
+            }
+        }
+    }
+    echoes.sort_by_key(|e| e.share_index);
+    if echoes.len() != row.echoes.len() {
+        s.store.set_echoes(&row.spec.round_id, &echoes).await.map_err(AppError::internal)?;
+    }
+    Ok((echoes, errors))
+}
+
+/// The problem an admin gets when fewer than `t` nodes registered a round.
+pub fn registration_problem(t: u8, echoes: usize, errors: &[KmsError]) -> AppError {
+    let detail = |e: &KmsError| e.to_string();
+    if let Some(KmsError::Refused { problem, .. }) = errors.iter().find(|e| matches!(e, KmsError::Refused { .. })) {
+        let mut err = AppError::new(
+            if problem.status == 409 { ErrorCode::Conflict } else { ErrorCode::Unprocessable },
+            format!(
+                "the key managers refused the round: {}",
+                errors.iter().map(detail).collect::<Vec<_>>().join("; ")
+            ),
+        );
+        if let Some(f) = &problem.field {
+            err = err.with_field(f.clone());
+        }
+        return err;
+    }
+    if let Some(e @ KmsError::Credentials { .. }) = errors.iter().find(|e| matches!(e, KmsError::Credentials { .. })) {
+        return AppError::new(ErrorCode::BadGateway, e.to_string()).with_field("kms_token_file");
+    }
+    AppError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "only {echoes} of the {t} key managers needed registered the round ({}); it is kept and \
+             registration is retried — repeat the request to see it through",
+            errors.iter().map(detail).collect::<Vec<_>>().join("; ")
+        ),
+    )
+}
+
+fn contributions(uploads: &[UploadRow]) -> Vec<Contribution> {
+    uploads
+        .iter()
+        .map(|u| Contribution { client_id: u.client_id.clone(), upload_sha256: u.sha256 })
+        .collect()
+}
+
+/// One step of publication for a closed round (see the module docs). Safe to call again at
+/// any point, also after a crash.
+pub async fn advance(s: &AppState, round: &RoundId) -> Result<(), AppError> {
+    let _serial = s.publish_lock.lock().await;
+    let Some(mut row) = s.store.round(round).await.map_err(AppError::internal)? else { return Ok(()) };
+    if row.state != RoundState::Aggregating {
+        return Ok(());
+    }
+    if row.set.is_none() {
+        if !choose_and_build(s, &row).await? {
+            return Ok(());
+        }
+        row = match s.store.round(round).await.map_err(AppError::internal)? {
+            Some(r) if r.state == RoundState::Aggregating => r,
+            _ => return Ok(()),
+        };
+    }
+    report_set(s, &row).await
+}
+
+/// Chooses `S` and builds the aggregate; `false` if the round must wait or failed.
+async fn choose_and_build(s: &AppState, row: &RoundRow) -> Result<bool, AppError> {
+    let round = &row.spec.round_id;
+    let uploads = s.store.uploads(round).await.map_err(AppError::internal)?;
+    let calls = s.kms.committee().nodes().iter().map(|n| {
+        let (kms, round, x) = (s.kms.clone(), round.clone(), n.x);
+        async move { (x, kms.deposits(x, &round).await) }
+    });
+    let mut deposits = BTreeMap::new();
+    for (x, outcome) in futures_util::future::join_all(calls).await {
+        match outcome {
+            Ok(d) => {
+                deposits.insert(x, d);
+            }
+            Err(e) => tracing::warn!(round = %round, node = x, error = %e, "cannot list deposits"),
+        }
+    }
+    let t = s.kms.committee().shape().threshold();
+    let (set, _group) = domain::choose_set(&contributions(&uploads), &deposits, t);
+    let grace_over = s.clock.now() >= row.closed_at.unwrap_or(0) + s.tuning.deposit_grace_secs as i64;
+    let needed = domain::needed(&row.spec, &row.echoes);
+    match domain::next_step(uploads.len(), set, needed, grace_over) {
+        Step::WaitForDeposits => Ok(false),
+        Step::Fail(why) => {
+            fail(s, round, &why).await?;
+            Ok(false)
+        }
+        Step::Publish(set) => {
+            let members: Vec<UploadRow> =
+                uploads.into_iter().filter(|u| set.iter().any(|c| c.client_id == u.client_id)).collect();
+            let setup = protocol::setup(&row.spec).map_err(AppError::internal)?;
+            let (blobs, r) = (s.blobs.clone(), round.clone());
+            let start = std::time::Instant::now();
+            let (sha, _) = tokio::task::spawn_blocking(move || fold::build_aggregate(&blobs, &r, &setup, &members))
+                .await
+                .map_err(AppError::internal)?
+                .map_err(AppError::internal)?;
+            s.metrics.fold_micros.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            s.store.fix_set(round, &set, &sha).await.map_err(AppError::internal)?;
+            tracing::info!(round = %round, contributors = set.len(), aggregate = %sha, "aggregate built");
+            Ok(true)
+        }
+    }
+}
+
+/// Tells every node that has not recorded `S` yet; publishes once `t` have.
+async fn report_set(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
+    let Some(set) = &row.set else { return Ok(()) };
+    let round = &row.spec.round_id;
+    let committee = s.kms.committee();
+    let calls = committee.nodes().iter().filter(|n| !row.recorded_by.contains(&n.x)).map(|n| {
+        let (kms, round, x, set) = (s.kms.clone(), round.clone(), n.x, set.clone());
+        async move { (x, kms.record_set(x, &round, &set).await) }
+    });
+    let mut recorded = row.recorded_by.clone();
+    let mut refused = Vec::new();
+    for (x, outcome) in futures_util::future::join_all(calls).await {
+        match outcome {
+            Ok(()) => recorded.push(x),
+            Err(e @ KmsError::Refused { .. }) => {
+                tracing::warn!(round = %round, node = x, error = %e, "a key manager refused the set");
+                refused.push(e.to_string());
+            }
+            Err(e) => tracing::warn!(round = %round, node = x, error = %e, "reporting the set failed; will retry"),
+        }
+    }
+    recorded.sort_unstable();
+    recorded.dedup();
+    let t = committee.shape().threshold() as usize;
+    let publish = (recorded.len() >= t && row.state == RoundState::Aggregating).then(|| s.clock.now());
+    if recorded != row.recorded_by || publish.is_some() {
+        s.store.set_recorded_by(round, &recorded, publish).await.map_err(AppError::internal)?;
+    }
+    if publish.is_some() {
+        s.metrics.rounds_published.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(round = %round, nodes = ?recorded, "round published: the key managers recorded its set");
+    } else if row.state == RoundState::Aggregating && committee.nodes().len() - refused.len() < t {
+        fail(s, round, &format!("the key managers refused the contributor set: {}", refused.join("; "))).await?;
+    }
+    Ok(())
+}
+
+async fn fail(s: &AppState, round: &RoundId, why: &str) -> Result<(), AppError> {
+    if s.store.fail(round, why).await.map_err(AppError::internal)? {
+        s.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(round = %round, why, "round failed");
+    }
+    Ok(())
+}
+
+/// Closes a round now (admin, deadline or `max_clients`) and takes the first publication step.
+pub async fn close(s: &AppState, round: &RoundId) -> Result<(), AppError> {
+    if s.store.close(round, s.clock.now()).await.map_err(AppError::internal)? {
+        tracing::info!(round = %round, "round closed");
+    }
+    advance(s, round).await
+}
+
+/// Deletes the uploads' blobs of a finished round once their retention has passed.
+async fn expire_uploads(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
+    let finished_at = row.published_at.or(row.closed_at).unwrap_or(0);
+    if s.clock.now() < finished_at + s.tuning.upload_retention_secs as i64 {
+        return Ok(());
+    }
+    let (blobs, r) = (s.blobs.clone(), row.spec.round_id.to_string());
+    tokio::task::spawn_blocking(move || {
+        for name in blobs.list(&r)? {
+            if name.starts_with("upload.") {
+                blobs.delete(&r, &name)?;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(AppError::internal)?;
+    s.store.uploads_deleted(&row.spec.round_id).await.map_err(AppError::internal)
+}
+
+/// One pass of the background work over every round in progress.
+pub async fn tick(s: &AppState) {
+    let rows = match s.store.rounds_in_progress().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "round scan failed");
+            return;
+        }
+    };
+    for row in rows {
+        let round = row.spec.round_id.clone();
+        let outcome = async {
+            match row.state {
+                RoundState::Open => {
+                    register_missing(s, &row).await?;
+                    if domain::should_close(row.state, row.admitted, row.spec.max_clients, row.deadline, s.clock.now()) {
+                        close(s, &round).await?;
+                    }
+                    Ok(())
+                }
+                RoundState::Aggregating => advance(s, &round).await,
+                RoundState::Published => {
+                    if row.recorded_by.len() < s.kms.committee().nodes().len() {
+                        let _serial = s.publish_lock.lock().await;
+                        report_set(s, &row).await?;
+                    }
+                    expire_uploads(s, &row).await
+                }
+                RoundState::Failed => expire_uploads(s, &row).await,
+            }
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::warn!(round = %round, problem = ?e.problem(), "background step failed; will retry");
+        }
+    }
+}

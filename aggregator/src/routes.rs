@@ -1,0 +1,419 @@
+//! The aggregator's HTTP API: extract, authorise, call the rules, store, answer. Each handler
+//! states the roles it accepts.
+//!
+//! | method and path | who | what |
+//! |---|---|---|
+//! | `POST /v1/rounds` | admin | create a round: plan it, draw its mask seed, register it with the key managers |
+//! | `GET /v1/rounds/{round}` | admin, the round's members, readers | the round, its spec, the nodes' echoes, state, transcript |
+//! | `POST /v1/rounds/{round}/close` | admin | close now and publish (or fail) |
+//! | `PUT /v1/rounds/{round}/submissions/{client}` | the client itself, a member of the round | upload an encrypted update |
+//! | `GET /v1/rounds/{round}/aggregate` | admin, members of the contributor set, readers | the aggregate |
+//! | `GET /healthz`, `/readyz`, `/openapi.json` | none | probes, this API's description |
+//!
+//! Accepting an upload: the caller is authorised, the declared length checked against the
+//! round's exact upload size, the 64-byte header read and checked against the round (every
+//! field names itself on a mismatch), the rest streamed to a blob while hashed — the upload is
+//! never held whole — and the upload admitted atomically (up to `max_clients`) with its
+//! SHA-256, which the client deposits, signed, with the key managers. Only then is it
+//! acknowledged.
+
+use crate::domain;
+use crate::fold::{aggregate_blob, upload_blob};
+use crate::lifecycle;
+use crate::store::RoundRow;
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use cryptflow_he::wire::{read_header, DecodeLimits, HEADER_LEN};
+use cryptflow_he::{CiphertextKind, MaskSeed};
+use cryptflow_services::api::round::{RoundInfo, RoundRequest, RoundState, SubmissionReceipt, Transcript};
+use cryptflow_services::auth::{Authenticated, Principal};
+use cryptflow_services::http::{method_not_allowed, not_found, parse_json, probe_routes, round_param, AppError};
+use cryptflow_services::protocol;
+use cryptflow_services::{ClientId, ErrorCode, Role, RoundId, Sha256Digest};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::sync::atomic::Ordering;
+
+/// The OpenAPI document, checked in as `docs/aggregator-openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/aggregator-openapi.json");
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/rounds", post(create_round))
+        .route("/v1/rounds/{round}", get(round_info))
+        .route("/v1/rounds/{round}/close", post(close_round))
+        .route(
+            "/v1/rounds/{round}/submissions/{client}",
+            // Uploads stream to disk; their size is checked against the round, not a global cap.
+            put(submit).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/rounds/{round}/aggregate", get(aggregate))
+        .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
+        .with_state(state.clone())
+        .merge(probe_routes(state.store.pool().clone(), OPENAPI))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+}
+
+fn db(e: crate::store::StoreError) -> AppError {
+    AppError::internal(e)
+}
+
+async fn require_round(s: &AppState, round: &RoundId) -> Result<RoundRow, AppError> {
+    s.store
+        .round(round)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| AppError::new(ErrorCode::NotFound, format!("no round {round}")).with_field("round"))
+}
+
+/// Round metadata is for admins, the round's members and readers only.
+fn may_see(row: &RoundRow, caller: &Principal) -> Result<(), AppError> {
+    match caller.role {
+        Role::Admin | Role::Reader => Ok(()),
+        Role::Client if row.spec.clients.binary_search(&caller.subject).is_ok() => Ok(()),
+        _ => Err(AppError::new(
+            ErrorCode::Forbidden,
+            format!("{} is not a member of round {}", caller.subject, row.spec.round_id),
+        )),
+    }
+}
+
+fn info(row: RoundRow) -> RoundInfo {
+    let transcript = match (row.state, &row.set, row.aggregate_sha256) {
+        (RoundState::Published, Some(set), Some(sha)) => Some(Transcript {
+            contributors: set.clone(),
+            aggregate_sha256: sha,
+            recorded_by: row.recorded_by.clone(),
+        }),
+        _ => None,
+    };
+    RoundInfo {
+        request: row.request,
+        spec: row.spec,
+        deadline: row.deadline,
+        state: row.state,
+        uploads: row.admitted,
+        echoes: row.echoes,
+        transcript,
+        failure: row.failure,
+    }
+}
+
+/// `POST /v1/rounds` — admin. 201 created and registered with at least `t` key managers, 200
+/// for the same request again, 409 for another one with the same id; 422 naming the field or
+/// the planner's bound (with the nearest feasible setting); 503 if too few key managers
+/// could be reached (the round is kept and retried: repeat the request).
+async fn create_round(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    caller.require(&[Role::Admin])?;
+    let request: RoundRequest = parse_json(&headers, &body)?;
+    let now = s.clock.now();
+    let round = request.round_id.clone();
+    let (row, created) = match s.store.round(&round).await.map_err(db)? {
+        Some(existing) if existing.request != request => {
+            return Err(AppError::new(ErrorCode::Conflict, format!("round {round} exists with another request"))
+                .with_field("round_id"))
+        }
+        Some(existing) => (existing, false),
+        None => {
+            let deadline = domain::deadline(&request, now)?;
+            let spec = domain::round_spec(&request, MaskSeed::generate().map_err(AppError::internal)?)?;
+            let inserted = s.store.insert_round(&request, &spec, deadline, now).await.map_err(db)?;
+            let row = require_round(&s, &round).await?;
+            if !inserted && row.request != request {
+                return Err(AppError::new(ErrorCode::Conflict, format!("round {round} exists with another request"))
+                    .with_field("round_id"));
+            }
+            if inserted {
+                s.metrics.rounds_created.fetch_add(1, Ordering::Relaxed);
+            }
+            (row, inserted)
+        }
+    };
+    let (echoes, errors) = lifecycle::register_missing(&s, &row).await?;
+    let t = s.kms.committee().shape().threshold();
+    if echoes.len() < t as usize {
+        let problem = lifecycle::registration_problem(t, echoes.len(), &errors);
+        if problem.problem().status == 422 || problem.problem().status == 409 {
+            // A node refused the spec itself (e.g. a client not on its roster): the round can
+            // never be completed; fail it so that a corrected request uses a new id.
+            let _ = s.store.fail(&round, &problem.problem().detail.clone().unwrap_or_default()).await;
+        }
+        return Err(problem);
+    }
+    tracing::info!(round = %round, nodes = echoes.len(), "round created");
+    let row = require_round(&s, &round).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(info(row))).into_response())
+}
+
+/// `GET /v1/rounds/{round}` — admin, the round's members, readers.
+async fn round_info(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+) -> Result<Json<RoundInfo>, AppError> {
+    let round = round_param(round)?;
+    let row = require_round(&s, &round).await?;
+    may_see(&row, &caller)?;
+    Ok(Json(info(row)))
+}
+
+/// `POST /v1/rounds/{round}/close` — admin. Closes now and takes the first publication step;
+/// the answer shows the state reached (`aggregating` while deposits are awaited).
+async fn close_round(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+) -> Result<Json<RoundInfo>, AppError> {
+    caller.require(&[Role::Admin])?;
+    let round = round_param(round)?;
+    let row = require_round(&s, &round).await?;
+    if matches!(row.state, RoundState::Open | RoundState::Aggregating) {
+        lifecycle::close(&s, &round).await?;
+    }
+    Ok(Json(info(require_round(&s, &round).await?)))
+}
+
+/// `PUT /v1/rounds/{round}/submissions/{client}` — the client itself, a member of the round.
+/// 201 admitted, 200 the same upload again, 409 another upload or a closed/full round, 413
+/// too large (with the limit), 400 truncated or malformed, 422 a header of another round
+/// (naming the field), 429 too many uploads in flight (with `Retry-After`).
+async fn submit(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path((round, client)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    caller.require(&[Role::Client])?;
+    let round = round_param(round)?;
+    let client = ClientId::parse(client)
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("client"))?;
+    if caller.subject != client {
+        return Err(AppError::new(ErrorCode::Forbidden, format!("{} may not upload as {client}", caller.subject)));
+    }
+    let row = require_round(&s, &round).await?;
+    if !s.store.is_member(&round, &client).await.map_err(db)? {
+        return Err(AppError::new(ErrorCode::Forbidden, format!("{client} is not a member of round {round}")));
+    }
+    let setup = protocol::setup(&row.spec).map_err(AppError::internal)?;
+    let expected = setup.upload_len();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|d| d != expected) {
+        let code = if declared > Some(expected) { ErrorCode::PayloadTooLarge } else { ErrorCode::BadRequest };
+        return Err(AppError::new(code, format!("an upload of this round is exactly {expected} bytes"))
+            .with_field("body")
+            .with_limit(expected));
+    }
+    if row.state != RoundState::Open {
+        return repeat_or_closed(&s, &row, &client, None).await;
+    }
+    let Ok(_permit) = s.uploads.clone().try_acquire_owned() else {
+        s.metrics.uploads_throttled.fetch_add(1, Ordering::Relaxed);
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            AppError::new(ErrorCode::TooManyRequests, "too many uploads in flight; retry").into_response(),
+        )
+            .into_response());
+    };
+    let (sha256, blob) = receive(&s, &row, &setup, expected, body).await?;
+    if let Some(existing) = s.store.upload(&round, &client).await.map_err(db)? {
+        drop(blob);
+        return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sha256))).await;
+    }
+    let name = upload_blob(client.as_str(), &sha256);
+    tokio::task::spawn_blocking(move || blob.finish(&name)).await.map_err(AppError::internal)?.map_err(AppError::internal)?;
+    let admitted = s
+        .store
+        .admit(&round, &client, &sha256, expected, row.spec.max_clients, s.clock.now())
+        .await
+        .map_err(db)?;
+    let Some(uploads) = admitted else {
+        // A concurrent identical upload won, or the round closed or filled meanwhile.
+        let existing = s.store.upload(&round, &client).await.map_err(db)?;
+        let row = require_round(&s, &round).await?;
+        return repeat_or_closed(&s, &row, &client, existing.map(|e| (e.sha256, sha256))).await;
+    };
+    s.metrics.submissions.fetch_add(1, Ordering::Relaxed);
+    s.metrics.submission_bytes.fetch_add(expected, Ordering::Relaxed);
+    if uploads >= row.spec.max_clients {
+        let (state, r) = (s.clone(), round.clone());
+        tokio::spawn(async move {
+            if let Err(e) = lifecycle::close(&state, &r).await {
+                tracing::warn!(round = %r, problem = ?e.problem(), "closing at max_clients failed; the background task retries");
+            }
+        });
+    }
+    let receipt = SubmissionReceipt { round_id: round, client_id: client, upload_sha256: sha256, uploads };
+    Ok((StatusCode::CREATED, Json(receipt)).into_response())
+}
+
+/// Streams the body into a blob writer: the header first, checked against the round, then the
+/// payload, hashed on the way; exactly `expected` bytes.
+async fn receive(
+    s: &AppState,
+    row: &RoundRow,
+    setup: &cryptflow_he::RoundSetup,
+    expected: u64,
+    body: Body,
+) -> Result<(Sha256Digest, crate::blob::BlobWriter), AppError> {
+    let mut writer = s.blobs.writer(row.spec.round_id.as_str()).map_err(AppError::internal)?;
+    let mut digest = Sha256::new();
+    let mut head: Vec<u8> = Vec::with_capacity(HEADER_LEN);
+    let mut received = 0u64;
+    // Chunks are gathered up to WRITE_BATCH and written off the async runtime.
+    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            AppError::new(ErrorCode::BadRequest, format!("the upload broke off: {e}")).with_field("body")
+        })?;
+        received += chunk.len() as u64;
+        if received > expected {
+            return Err(AppError::new(ErrorCode::PayloadTooLarge, format!("an upload of this round is exactly {expected} bytes"))
+                .with_field("body")
+                .with_limit(expected));
+        }
+        if head.len() < HEADER_LEN {
+            let take = (HEADER_LEN - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            if head.len() == HEADER_LEN {
+                check_header(setup, &head)?;
+            }
+        }
+        digest.update(&chunk);
+        pending.extend_from_slice(&chunk);
+        if pending.len() >= WRITE_BATCH {
+            writer = write_off_runtime(writer, std::mem::take(&mut pending)).await?;
+        }
+    }
+    if !pending.is_empty() {
+        writer = write_off_runtime(writer, pending).await?;
+    }
+    if received != expected {
+        return Err(AppError::new(ErrorCode::BadRequest, format!("{received} bytes; an upload of this round is exactly {expected}"))
+            .with_field("body")
+            .with_limit(expected));
+    }
+    Ok((Sha256Digest(digest.finalize().into()), writer))
+}
+
+/// Bytes gathered before a write to the blob.
+const WRITE_BATCH: usize = 1 << 20;
+
+async fn write_off_runtime(
+    mut writer: crate::blob::BlobWriter,
+    bytes: Vec<u8>,
+) -> Result<crate::blob::BlobWriter, AppError> {
+    tokio::task::spawn_blocking(move || writer.write_all(&bytes).map(|()| writer))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)
+}
+
+fn check_header(setup: &cryptflow_he::RoundSetup, head: &[u8]) -> Result<(), AppError> {
+    let limits = DecodeLimits { max_slots: setup.slots() };
+    let header = read_header(head, &limits)
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("body"))?;
+    header.check_belongs(setup, CiphertextKind::Upload).map_err(|e| {
+        let field = match &e {
+            cryptflow_he::Mismatch::Round { field } => format!("body.{field}"),
+            _ => "body".to_owned(),
+        };
+        AppError::new(ErrorCode::Unprocessable, format!("the upload is not for this round: {e}")).with_field(field)
+    })
+}
+
+/// The answer to an upload that cannot be admitted: 200 with the receipt if it is the one
+/// already admitted (a retry: nothing is counted twice), else 409 saying why.
+async fn repeat_or_closed(
+    s: &AppState,
+    row: &RoundRow,
+    client: &ClientId,
+    existing: Option<(Sha256Digest, Sha256Digest)>,
+) -> Result<Response, AppError> {
+    let existing = match existing {
+        Some(pair) => Some(pair),
+        None => s.store.upload(&row.spec.round_id, client).await.map_err(db)?.map(|u| (u.sha256, u.sha256)),
+    };
+    match existing {
+        Some((recorded, sent)) if recorded == sent => {
+            let receipt = SubmissionReceipt {
+                round_id: row.spec.round_id.clone(),
+                client_id: client.clone(),
+                upload_sha256: recorded,
+                uploads: row.admitted,
+            };
+            Ok((StatusCode::OK, Json(receipt)).into_response())
+        }
+        Some((recorded, _)) => Err(AppError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{client} already uploaded another update to this round (sha256 {recorded}); one update per \
+                 client and round — a retry of the same upload is answered 200"
+            ),
+        )
+        .with_field("client")),
+        None if row.state == RoundState::Open => Err(AppError::new(
+            ErrorCode::Conflict,
+            format!("round {} already admitted its max_clients = {} uploads", row.spec.round_id, row.spec.max_clients),
+        )
+        .with_field("round")
+        .with_limit(row.spec.max_clients as u64)),
+        None => Err(AppError::new(ErrorCode::Conflict, format!("round {} is closed", row.spec.round_id)).with_field("round")),
+    }
+}
+
+/// `GET /v1/rounds/{round}/aggregate` — admin, members of the contributor set, readers; once
+/// published.
+async fn aggregate(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+) -> Result<Response, AppError> {
+    let round = round_param(round)?;
+    let row = require_round(&s, &round).await?;
+    may_see(&row, &caller)?;
+    let (Some(set), Some(sha)) = (&row.set, row.aggregate_sha256) else {
+        return Err(not_ready(&row));
+    };
+    if row.state != RoundState::Published {
+        return Err(not_ready(&row));
+    }
+    if caller.role == Role::Client && !set.iter().any(|c| c.client_id == caller.subject) {
+        return Err(AppError::new(ErrorCode::Forbidden, format!("{} is not in the round's contributor set", caller.subject)));
+    }
+    let file = s.blobs.open_file(round.as_str(), &aggregate_blob(&sha)).map_err(AppError::internal)?;
+    let len = file.metadata().map_err(AppError::internal)?.len();
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_LENGTH, len.to_string())],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn not_ready(row: &RoundRow) -> AppError {
+    let detail = match (row.state, &row.failure) {
+        (RoundState::Failed, Some(why)) => format!("round {} failed: {why}", row.spec.round_id),
+        (state, _) => format!("round {} is {}", row.spec.round_id, crate::store::state_name(state)),
+    };
+    AppError::new(ErrorCode::Conflict, detail).with_field("round")
+}

@@ -1,0 +1,229 @@
+//! `fetch_mean`: download the aggregate (size-capped, digest checked against the transcript),
+//! gather releases from every key manager that answers (each must echo the transcript's set),
+//! cross-check them, combine, range-check the key sum and decrypt with the self-check — all
+//! inside `cryptflow-he` — and return the mean in the round's layout with its error bound.
+
+use crate::client::{aggregator_protocol, state_error, Client, MAX_JSON_BYTES};
+use crate::error::{ClientError, Result};
+use crate::http::{decode, protocol, read_body, send, with_retries, Service};
+use crate::progress::{report, Progress, ProgressFn};
+use crate::update::ModelUpdate;
+use cryptflow_he::sharing::Release;
+use cryptflow_he::{decrypt_with_releases, DecodeLimits, PackedCiphertext, Wire};
+use cryptflow_services::api::kms::ReleaseResponse;
+use cryptflow_services::api::round::{RoundInfo, RoundState};
+use cryptflow_services::protocol;
+use cryptflow_services::{RoundId, Sha256Digest};
+use std::time::{Duration, Instant};
+
+/// The float type a mean is written in, for its error bound.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OutputType {
+    /// IEEE binary64 (unit roundoff 2^-53).
+    F64,
+    /// IEEE binary32 (2^-24).
+    F32,
+    /// IEEE binary16 (2^-11).
+    F16,
+    /// bfloat16 (2^-8).
+    Bf16,
+}
+
+impl OutputType {
+    /// Half an ulp relative to the value: the largest relative error of rounding to it.
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            Self::F64 => 0.0, // the mean is computed in f64; its rounding is in the bound
+            Self::F32 => 2f64.powi(-24),
+            Self::F16 => 2f64.powi(-11),
+            Self::Bf16 => 2f64.powi(-8),
+        }
+    }
+}
+
+/// What a key manager did in a fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOutcome {
+    /// The node.
+    pub x: u8,
+    /// `None` if its release was used or cross-checked; else why not.
+    pub problem: Option<String>,
+}
+
+/// The outcome of [`Client::fetch_mean`].
+#[derive(Clone, Debug)]
+pub struct Aggregate {
+    /// The (weighted) mean of the contributions, in the round's layout, as `f64`.
+    pub mean: ModelUpdate,
+    /// The round as published.
+    pub round: RoundInfo,
+    /// Contributions in the aggregate.
+    pub contributors: u32,
+    /// `Σc`: the decrypted sum of the sample counts (`samples` rounds), or the number of
+    /// contributions.
+    pub total_weight: u64,
+    /// The guaranteed bound on the error of `mean` (as `f64`) against the exact mean of the
+    /// clipped contributions. See [`Self::max_abs_error_as`] for a narrower output type.
+    pub max_abs_error: f64,
+    /// The largest `|mean|`, for output-rounding bounds.
+    pub largest: f64,
+    /// What each key manager did.
+    pub nodes: Vec<NodeOutcome>,
+    /// The releases did not all agree (a node sent a wrong one).
+    pub inconsistent: bool,
+    /// The node whose release was wrong, when that can be told.
+    pub culprit: Option<u8>,
+    /// Bytes of the aggregate downloaded.
+    pub bytes: u64,
+    /// Time spent downloading the aggregate and the releases.
+    pub download_time: Duration,
+    /// Time spent decrypting.
+    pub decrypt_time: Duration,
+}
+
+impl Aggregate {
+    /// The error bound of the mean once rounded to `output`: the mean's own bound plus half
+    /// an ulp of the largest value.
+    ///
+    /// ```
+    /// # use cryptflow_client::{Aggregate, OutputType};
+    /// # fn f(a: &Aggregate) {
+    /// let in_f32 = a.max_abs_error_as(OutputType::F32);
+    /// assert!(in_f32 >= a.max_abs_error);
+    /// # }
+    /// ```
+    pub fn max_abs_error_as(&self, output: OutputType) -> f64 {
+        self.max_abs_error + self.largest * output.unit_roundoff()
+    }
+}
+
+impl Client {
+    /// Downloads the published aggregate and the committee's releases for its set, and decrypts
+    /// the mean (see the [module docs](self)). This client must be a member of the set, or a
+    /// roster reader.
+    pub async fn fetch_mean(&self, round: &RoundId, progress: Option<&ProgressFn>) -> Result<Aggregate> {
+        let info = self.round(round).await?;
+        if info.state != RoundState::Published {
+            return Err(state_error(&info, "the aggregate is not published yet"));
+        }
+        let transcript = info
+            .transcript
+            .clone()
+            .ok_or_else(|| aggregator_protocol("a published round without its transcript"))?;
+        let setup = protocol::setup(&info.spec).map_err(|e| aggregator_protocol(e.to_string()))?;
+        let start = Instant::now();
+        let expected = usize::try_from(setup.upload_len()).map_err(|_| aggregator_protocol("the aggregate is too large"))?;
+        let path = format!("/v1/rounds/{round}/aggregate");
+        let bytes = with_retries(self.retry(), Service::Aggregator, || async {
+            let res = send(Service::Aggregator, self.aggregator(reqwest::Method::GET, &path)?).await?;
+            read_body(Service::Aggregator, res, expected, progress).await
+        })
+        .await?;
+        let downloaded = bytes.len() as u64;
+        if Sha256Digest::of(&bytes) != transcript.aggregate_sha256 {
+            return Err(aggregator_protocol("the aggregate's digest differs from the published transcript"));
+        }
+        let aggregate =
+            PackedCiphertext::from_vec_with_limits(bytes, &DecodeLimits { max_slots: setup.slots() })
+                .map_err(|e| aggregator_protocol(format!("undecodable aggregate: {e}")))?;
+        if aggregate.header().contributors() as usize != transcript.contributors.len() {
+            return Err(aggregator_protocol("the aggregate's contributor count differs from the transcript"));
+        }
+
+        let committee = self.committee()?;
+        let calls = committee.nodes().iter().map(|n| {
+            let (client, x) = (self.clone(), n.x);
+            let path = format!("/v1/rounds/{round}/release");
+            async move {
+                let service = Service::Kms(x);
+                let outcome = with_retries(client.retry(), service, || async {
+                    let res = send(service, client.kms(x, reqwest::Method::GET, &path)?).await?;
+                    decode::<ReleaseResponse>(service, &read_body(service, res, MAX_JSON_BYTES, None).await?)
+                })
+                .await;
+                (x, outcome)
+            }
+        });
+        let mut releases = Vec::new();
+        let mut nodes = Vec::new();
+        for (x, outcome) in futures_util::future::join_all(calls).await {
+            let checked = outcome.and_then(|r| {
+                if r.contributors != transcript.contributors {
+                    return Err(protocol(
+                        Service::Kms(x),
+                        "it released for another contributor set than the aggregator's transcript".into(),
+                    ));
+                }
+                let release = Release::from_bytes(&r.release.0)
+                    .map_err(|e| protocol(Service::Kms(x), format!("undecodable release: {e}")))?;
+                if release.index().get() != x || r.share_index != x {
+                    return Err(protocol(Service::Kms(x), "a release of another share index".into()));
+                }
+                Ok(release)
+            });
+            match checked {
+                Ok(r) => {
+                    releases.push(r);
+                    nodes.push(NodeOutcome { x, problem: None });
+                }
+                Err(e) => nodes.push(NodeOutcome { x, problem: Some(e.to_string()) }),
+            }
+        }
+        let t = committee.shape().threshold() as usize;
+        if releases.len() < t {
+            let why: Vec<String> =
+                nodes.iter().filter_map(|n| n.problem.as_ref().map(|p| format!("{}: {p}", n.x))).collect();
+            return Err(ClientError::Committee(format!(
+                "{} releases, {t} needed; {}",
+                releases.len(),
+                why.join("; ")
+            )));
+        }
+        let download_time = start.elapsed();
+        report(progress, Progress::Decrypting);
+        let start = Instant::now();
+        let shape = committee.shape();
+        let layout = info.request.layout.clone();
+        let (decrypted, report_) = tokio::task::spawn_blocking(move || {
+            decrypt_with_releases(&setup, &aggregate, shape, &releases)
+        })
+        .await
+        .map_err(|e| ClientError::Config(format!("decryption task failed: {e}")))?
+        .map_err(|e| match e {
+            cryptflow_he::Error::KeyOutOfRange
+            | cryptflow_he::Error::WrongAggregateKey
+            | cryptflow_he::Error::InconsistentReleases
+            | cryptflow_he::Error::CountOutOfRange => ClientError::Committee(format!(
+                "{e}: the releases and the aggregate do not fit together (a key manager or the aggregator is lying)"
+            )),
+            other => ClientError::Crypto(other),
+        })?;
+        let culprit = report_.culprit.map(|x| x.get());
+        if let Some(c) = culprit {
+            if let Some(n) = nodes.iter_mut().find(|n| n.x == c) {
+                n.problem = Some("its release disagrees with the others'".into());
+            }
+        }
+        let max_abs_error = decrypted.error_bound();
+        let mean: Vec<f64> = decrypted.mean::<f64>();
+        let largest = mean.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let contributors = decrypted.contributors();
+        let total_weight = decrypted.total_weight();
+        drop(decrypted);
+        let mean = ModelUpdate::from_flat(&layout, mean)?;
+        Ok(Aggregate {
+            mean,
+            contributors,
+            total_weight,
+            max_abs_error,
+            largest,
+            nodes,
+            inconsistent: report_.inconsistent,
+            culprit,
+            bytes: downloaded,
+            download_time,
+            decrypt_time: start.elapsed(),
+            round: info,
+        })
+    }
+}

@@ -1,0 +1,111 @@
+//! The submission journal: which update went to which round. The same update submitted to two
+//! rounds whose sets differ by this client would let whoever reads both means subtract them
+//! (DESIGN §6), so the SDK refuses to submit an update it already submitted elsewhere (unless
+//! told to). The update is identified by the SHA-256 of its values (as `f64`, in layout order);
+//! the journal is a file of JSON lines, appended to after each successful submission.
+
+use crate::error::{ClientError, Result};
+use crate::update::ModelUpdate;
+use cryptflow_he::Values;
+use cryptflow_services::{RoundId, Sha256Digest};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One journal line.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    round: RoundId,
+    update_sha256: Sha256Digest,
+}
+
+/// A journal file.
+pub(crate) struct Journal {
+    path: PathBuf,
+}
+
+/// The fingerprint of an update's values.
+pub(crate) fn fingerprint(update: &ModelUpdate) -> Sha256Digest {
+    let values = update.values();
+    let mut h = Sha256::new();
+    let mut buf = vec![0f64; 1 << 14];
+    let mut at = 0;
+    while at < values.len() {
+        let n = buf.len().min(values.len() - at);
+        values.read(at, &mut buf[..n]);
+        for v in &buf[..n] {
+            h.update(v.to_le_bytes());
+        }
+        at += n;
+    }
+    Sha256Digest(h.finalize().into())
+}
+
+impl Journal {
+    pub(crate) fn new(path: impl AsRef<Path>) -> Self {
+        Self { path: path.as_ref().to_path_buf() }
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ClientError::Config(format!("journal {}: {e}", self.path.display()))),
+        };
+        // A torn last line after a crash is skipped.
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+
+    /// The update's fingerprint, unless it already went to another round (and that is not
+    /// allowed).
+    pub(crate) fn check(&self, round: &RoundId, update: &ModelUpdate, allow: bool) -> Result<Sha256Digest> {
+        let f = fingerprint(update);
+        if !allow {
+            if let Some(e) = self.entries()?.into_iter().find(|e| e.update_sha256 == f && &e.round != round) {
+                return Err(ClientError::Policy(format!(
+                    "this exact update was already submitted to round {}; submitting it to round {round} too \
+                     would let whoever reads both means learn it (pass allow_resubmission to override)",
+                    e.round
+                )));
+            }
+        }
+        Ok(f)
+    }
+
+    /// Records a submission.
+    pub(crate) fn record(&self, round: &RoundId, f: &Sha256Digest) -> Result<()> {
+        let line = serde_json::to_string(&Entry { round: round.clone(), update_sha256: *f })
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| ClientError::Config(format!("journal {}: {e}", dir.display())))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))?;
+        writeln!(f, "{line}").map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_update_is_refused_for_a_second_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path().join("state/journal.jsonl"));
+        let u = ModelUpdate::from(ndarray::Array1::from(vec![0.5f32, -0.25]));
+        let r1 = RoundId::parse("r1").unwrap();
+        let r2 = RoundId::parse("r2").unwrap();
+        let f = j.check(&r1, &u, false).unwrap();
+        j.record(&r1, &f).unwrap();
+        assert!(j.check(&r1, &u, false).is_ok(), "the same round again is a retry");
+        assert!(matches!(j.check(&r2, &u, false), Err(ClientError::Policy(_))));
+        assert!(j.check(&r2, &u, true).is_ok());
+        let other = ModelUpdate::from(ndarray::Array1::from(vec![0.5f32, -0.5]));
+        assert!(j.check(&r2, &other, false).is_ok());
+    }
+}

@@ -1,0 +1,392 @@
+//! `submit`: check the round against the pinned committee and the client's policy, draw a
+//! fresh key, encrypt **once** while streaming the upload and hashing it, deposit signed key
+//! shares with every key manager that is up, and drop (zeroize) the key.
+//!
+//! The upload is never held whole: chunks of blocks are encrypted as the connection takes
+//! them. A retry (a lost answer, a 5xx after the aggregator stored the upload, a 429)
+//! re-derives the chunks from the same key and noise seed, and the encryptor checks each
+//! against the digest it recorded on the first pass before handing it over — a changed input
+//! stops the retry instead of sending a second encryption (DESIGN §3, invariant 1).
+
+use crate::client::{aggregator_protocol, state_error, Client, MAX_JSON_BYTES};
+use crate::error::{ClientError, Result};
+use crate::http::{decode, read_body, send, with_retries, Failure, Service};
+use crate::journal::Journal;
+use crate::progress::{report, Progress, ProgressFn};
+use crate::update::ModelUpdate;
+use bytes::Bytes;
+use cryptflow_he::{ClientKey, ClipReport, Encryptor, RoundSetup};
+use cryptflow_services::api::kms::{Deposit, DepositReceipt};
+use cryptflow_services::api::round::{RoundInfo, RoundState, SubmissionReceipt};
+use cryptflow_services::api::Base64Bytes;
+use cryptflow_services::protocol::{self, Committee};
+use cryptflow_services::{ClientId, RoundId, Sha256Digest};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Blocks encrypted per upload chunk (about 0.9 MB at 28 bits per value).
+const BLOCKS_PER_CHUNK: u64 = 128;
+
+/// Options of [`Client::submit`].
+#[derive(Clone, Debug, Default)]
+pub struct SubmitOptions {
+    /// The contribution's sample count: required in `samples` rounds (within the round's
+    /// range), refused otherwise.
+    pub count: Option<u64>,
+    /// Progress callback.
+    pub progress: Option<ProgressFn>,
+    /// Submit even if the journal says this update went to another round already.
+    pub allow_resubmission: bool,
+}
+
+/// The outcome of [`Client::submit`].
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// The aggregator's receipt (digest of what it stored).
+    pub receipt: SubmissionReceipt,
+    /// How many values were clipped to the round's bound.
+    pub clipping: ClipReport,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// The key managers that accepted this client's deposit.
+    pub deposited_with: Vec<u8>,
+    /// Time spent encrypting and uploading (streamed together; retries included).
+    pub upload_time: Duration,
+    /// Time spent depositing key shares.
+    pub deposit_time: Duration,
+}
+
+/// A round checked against the pinned committee: every node that answered echoes the same
+/// signed spec as the aggregator shows.
+#[derive(Clone, Debug)]
+pub struct VerifiedRound {
+    /// The round as the aggregator shows it.
+    pub info: RoundInfo,
+    /// What the spec implies for encryption.
+    pub setup: RoundSetup,
+    /// The spec hash every verified node signed.
+    pub spec_hash: Sha256Digest,
+    /// The nodes whose echo verified (at least `t`).
+    pub nodes: Vec<u8>,
+    /// The key managers' minimum set size `m`.
+    pub min_set_size: u32,
+}
+
+impl Client {
+    /// Checks a round against the pinned committee: asks every key manager for its echo of the
+    /// round, verifies each signature with the pinned key and that each node holds the spec the
+    /// aggregator shows; needs `t` agreeing nodes (a node that is down is skipped).
+    pub async fn verify_round(&self, info: RoundInfo) -> Result<VerifiedRound> {
+        let committee = self.committee()?;
+        let round = info.spec.round_id.clone();
+        let calls = committee.nodes().iter().map(|n| {
+            let (client, round, x) = (self.clone(), round.clone(), n.x);
+            async move { (x, client.node_round(x, &round).await) }
+        });
+        let mut verified = Vec::new();
+        let mut hashes = std::collections::BTreeSet::new();
+        let mut m = 0;
+        let mut unreachable = Vec::new();
+        for (x, outcome) in futures_util::future::join_all(calls).await {
+            match outcome {
+                Ok(reg) => {
+                    if reg.spec != info.spec {
+                        return Err(ClientError::Committee(format!(
+                            "key manager {x} holds another spec for round {round} than the aggregator shows"
+                        )));
+                    }
+                    let hash = protocol::verify_echo(committee, &reg.spec, &reg.echo)
+                        .map_err(|e| ClientError::Committee(format!("key manager {x}: {e}")))?;
+                    hashes.insert(hash);
+                    m = m.max(reg.echo.min_set_size);
+                    verified.push(x);
+                }
+                Err(e @ (ClientError::Refused { .. } | ClientError::Protocol { .. })) => {
+                    return Err(ClientError::Committee(format!("key manager {x}: {e}")))
+                }
+                Err(e) => unreachable.push(format!("{x} ({e})")),
+            }
+        }
+        let t = committee.shape().threshold() as usize;
+        if verified.len() < t {
+            return Err(ClientError::Committee(format!(
+                "only {} of the {t} key managers needed confirmed round {round}; unreachable: {}",
+                verified.len(),
+                unreachable.join(", ")
+            )));
+        }
+        if hashes.len() != 1 {
+            return Err(ClientError::Committee(format!(
+                "the key managers signed different spec hashes for round {round} (different rosters or m)"
+            )));
+        }
+        let spec_hash = hashes.into_iter().next().ok_or_else(|| ClientError::Committee("no echo".into()))?;
+        let setup = protocol::setup(&info.spec).map_err(|e| aggregator_protocol(e.to_string()))?;
+        Ok(VerifiedRound { info, setup, spec_hash, nodes: verified, min_set_size: m })
+    }
+
+    /// The client's policy, checked before anything is sent.
+    fn check_policy(&self, round: &VerifiedRound, me: &ClientId) -> Result<()> {
+        let spec = &round.info.spec;
+        if spec.clients.binary_search(me).is_err() {
+            return Err(ClientError::Policy(format!("{me} is not a member of round {}", spec.round_id)));
+        }
+        let policy = &self.inner.policy;
+        let smallest = spec.min_clients.max(round.min_set_size);
+        if smallest < policy.min_contributors {
+            return Err(ClientError::Policy(format!(
+                "round {} may publish a mean of {smallest} contribution(s) (min_clients {}, m {}); this \
+                 client's policy needs at least {} — with fewer, the mean reveals individual updates",
+                spec.round_id, spec.min_clients, round.min_set_size, policy.min_contributors
+            )));
+        }
+        if let Some(allowed) = &policy.allowed_peers {
+            if let Some(stranger) = spec.clients.iter().find(|c| *c != me && !allowed.contains(*c)) {
+                return Err(ClientError::Policy(format!("round {} lists `{stranger}`, not an allowed peer", spec.round_id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts `update` for the round and uploads it as this site, then deposits signed key
+    /// shares with the committee (see the [module docs](self)).
+    pub async fn submit(
+        &self,
+        round: &RoundId,
+        update: impl Into<Arc<ModelUpdate>>,
+        options: SubmitOptions,
+    ) -> Result<Submission> {
+        let update: Arc<ModelUpdate> = update.into();
+        let (me, _) = self.site()?;
+        let me = me.clone();
+        let info = self.round(round).await?;
+        if info.state != RoundState::Open {
+            return Err(state_error(&info, "it no longer accepts uploads"));
+        }
+        update.check_layout(&info.request.layout)?;
+        let verified = self.verify_round(info).await?;
+        self.check_policy(&verified, &me)?;
+        let journal = self.inner.journal.as_ref().map(Journal::new);
+        let fingerprint = match &journal {
+            Some(j) => Some(j.check(round, &update, options.allow_resubmission)?),
+            None => None,
+        };
+        let update = update.standard_layout();
+        let progress = options.progress.as_ref();
+        let key = ClientKey::generate(verified.setup.params())?;
+        let encryptor = Arc::new(key.encryptor(&verified.setup, options.count)?);
+        report(progress, Progress::Encrypting { values: verified.setup.slots() });
+        let start = Instant::now();
+        let (receipt, digest, clipping) =
+            self.upload(round, &me, &verified.setup, encryptor.clone(), update.clone(), progress).await?;
+        if receipt.upload_sha256 != digest {
+            return Err(aggregator_protocol(format!(
+                "the receipt's digest {} is not the upload's {digest}",
+                receipt.upload_sha256
+            )));
+        }
+        let upload_time = start.elapsed();
+        drop(encryptor);
+        let start = Instant::now();
+        let deposited_with = self.deposit(&verified, &me, &key, &digest, progress).await?;
+        drop(key); // zeroized: the key existed only for this encryption and these shares
+        if let (Some(j), Some(f)) = (&journal, fingerprint) {
+            j.record(round, &f)?;
+        }
+        Ok(Submission {
+            receipt,
+            clipping,
+            bytes: verified.setup.upload_len(),
+            deposited_with,
+            upload_time,
+            deposit_time: start.elapsed(),
+        })
+    }
+
+    /// Streams the upload (header, then chunks of blocks encrypted on the fly) under the retry
+    /// policy; returns the receipt, the upload's digest and the clip report.
+    async fn upload(
+        &self,
+        round: &RoundId,
+        me: &ClientId,
+        setup: &RoundSetup,
+        encryptor: Arc<Encryptor>,
+        update: Arc<ModelUpdate>,
+        progress: Option<&ProgressFn>,
+    ) -> Result<(SubmissionReceipt, Sha256Digest, ClipReport)> {
+        let path = format!("/v1/rounds/{round}/submissions/{me}");
+        let total = setup.upload_len();
+        let outcome: Arc<Mutex<StreamOutcome>> = Arc::default();
+        let receipt = with_retries(self.retry(), Service::Aggregator, || async {
+            let body = upload_stream(*setup, encryptor.clone(), update.clone(), progress.cloned(), outcome.clone());
+            let req = self
+                .aggregator(reqwest::Method::PUT, &path)?
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, total)
+                .body(body);
+            let res = send(Service::Aggregator, req).await.map_err(|f| stream_error_is_fatal(f, &outcome))?;
+            decode::<SubmissionReceipt>(Service::Aggregator, &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?)
+        })
+        .await?;
+        let (digest, clipping) = outcome
+            .lock()
+            .ok()
+            .and_then(|o| o.done)
+            .ok_or_else(|| aggregator_protocol("the server answered before the whole upload was sent"))?;
+        Ok((receipt, digest, clipping))
+    }
+
+    /// Deposits this client's signed share with every key manager that registered the round;
+    /// needs `t` of them.
+    async fn deposit(
+        &self,
+        round: &VerifiedRound,
+        me: &ClientId,
+        key: &ClientKey,
+        upload: &Sha256Digest,
+        progress: Option<&ProgressFn>,
+    ) -> Result<Vec<u8>> {
+        let committee: &Committee = self.committee()?;
+        let (_, site) = self.site()?;
+        let shares = key.share(committee.shape())?;
+        let round_id = &round.info.spec.round_id;
+        let mut bodies = Vec::new();
+        for share in &shares {
+            let x = share.index().get();
+            let bytes = zeroize::Zeroizing::new(cryptflow_he::Wire::to_bytes(share));
+            let statement =
+                protocol::deposit_statement(round_id, &round.spec_hash, x, me, &Sha256Digest::of(&bytes), upload);
+            let deposit = Deposit {
+                upload_sha256: *upload,
+                share: Base64Bytes(bytes.to_vec()),
+                signature: site.sign(&statement),
+            };
+            bodies.push((x, zeroize::Zeroizing::new(serde_json::to_vec(&deposit).map_err(|e| ClientError::Input(e.to_string()))?)));
+        }
+        drop(shares);
+        let path = format!("/v1/rounds/{round_id}/deposits/{me}");
+        let calls = bodies.iter().map(|(x, body)| {
+            let (client, path, x) = (self.clone(), path.clone(), *x);
+            async move {
+                let service = Service::Kms(x);
+                let outcome = with_retries(client.retry(), service, || async {
+                    let req = client
+                        .kms(x, reqwest::Method::PUT, &path)?
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.to_vec());
+                    let res = send(service, req).await?;
+                    decode::<DepositReceipt>(service, &read_body(service, res, MAX_JSON_BYTES, None).await?)
+                })
+                .await;
+                (x, outcome)
+            }
+        });
+        let nodes = committee.shape().nodes();
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for (x, outcome) in futures_util::future::join_all(calls).await {
+            match outcome {
+                Ok(r) if r.upload_sha256 == *upload && r.share_index == x => {
+                    done.push(x);
+                    report(progress, Progress::Depositing { done: done.len() as u8, nodes });
+                }
+                Ok(_) => failed.push(format!("{x} (its receipt names another upload)")),
+                Err(e) => failed.push(format!("{x} ({e})")),
+            }
+        }
+        let t = committee.shape().threshold() as usize;
+        if done.len() < t {
+            return Err(ClientError::Committee(format!(
+                "the key shares reached {} key managers, {t} are needed; failed: {}",
+                done.len(),
+                failed.join(", ")
+            )));
+        }
+        Ok(done)
+    }
+}
+
+/// What the upload stream reports back: the digest and clip report once complete, or the
+/// error that stopped encryption (never retried: a changed input means withdrawing).
+#[derive(Default)]
+struct StreamOutcome {
+    done: Option<(Sha256Digest, ClipReport)>,
+    stopped: Option<cryptflow_he::Error>,
+}
+
+/// An attempt whose body stream stopped on an encryption error is final.
+fn stream_error_is_fatal(f: Failure, outcome: &Mutex<StreamOutcome>) -> Failure {
+    match outcome.lock().ok().and_then(|mut o| o.stopped.take()) {
+        Some(e) => Failure::Fatal(ClientError::Crypto(e)),
+        None => f,
+    }
+}
+
+/// The upload body: the header, then chunks of `BLOCKS_PER_CHUNK` blocks, each encrypted on a
+/// blocking thread when the connection asks for it. Sets `outcome` to the digest and clip
+/// report once the last byte is produced.
+fn upload_stream(
+    setup: RoundSetup,
+    encryptor: Arc<Encryptor>,
+    update: Arc<ModelUpdate>,
+    progress: Option<ProgressFn>,
+    outcome: Arc<Mutex<StreamOutcome>>,
+) -> reqwest::Body {
+    struct State {
+        next: Option<u64>,
+        digest: Sha256,
+        clipping: ClipReport,
+        sent: u64,
+    }
+    let header = Bytes::from(encryptor.header_bytes());
+    let total = setup.upload_len();
+    let blocks = setup.blocks();
+    let mut first = Sha256::new();
+    first.update(&header);
+    let state = State { next: Some(0), digest: first, clipping: ClipReport::default(), sent: header.len() as u64 };
+    let chunks = futures_util::stream::unfold(state, move |mut st| {
+        let (encryptor, update, progress, outcome) = (encryptor.clone(), update.clone(), progress.clone(), outcome.clone());
+        async move {
+            let start = st.next?;
+            let end = (start + BLOCKS_PER_CHUNK).min(blocks);
+            let slots = setup.block_slots(start).start..setup.block_slots(end - 1).end;
+            let range = setup.payload_range(slots);
+            let len = (range.end - range.start) as usize;
+            let encrypted = tokio::task::spawn_blocking(move || {
+                let mut out = vec![0u8; len];
+                let values = update.values();
+                encryptor.encrypt_blocks(&values, start..end, &mut out).map(|clip| (out, clip))
+            })
+            .await;
+            let (bytes, clip) = match encrypted {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    let text = e.to_string();
+                    if let Ok(mut o) = outcome.lock() {
+                        o.stopped = Some(e);
+                    }
+                    return Some((Err(std::io::Error::other(text)), State { next: None, ..st }));
+                }
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), State { next: None, ..st })),
+            };
+            st.digest.update(&bytes);
+            st.clipping = st.clipping.merge(clip);
+            st.sent += bytes.len() as u64;
+            report(progress.as_ref(), Progress::Uploading { sent: st.sent, total });
+            if end == blocks {
+                let digest = Sha256Digest(std::mem::take(&mut st.digest).finalize().into());
+                if let Ok(mut o) = outcome.lock() {
+                    o.done = Some((digest, st.clipping));
+                }
+                st.next = None;
+            } else {
+                st.next = Some(end);
+            }
+            Some((Ok(Bytes::from(bytes)), st))
+        }
+    });
+    let head = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(header) });
+    reqwest::Body::wrap_stream(futures_util::StreamExt::chain(head, chunks))
+}

@@ -1,0 +1,630 @@
+//! # cryptflow-devstack — one local CryptFlow stack
+//!
+//! A key-manager committee of `n` nodes (threshold `t`) and an aggregator on loopback, each
+//! with its own database (SQLite files by default, or fresh PostgreSQL databases), master key,
+//! signing key and blob directory in a temporary directory; a consortium roster of sites with
+//! their keys; an ephemeral token issuer. Every test, the overhead suite and the demo start
+//! their servers through [`LocalStack::builder`] — there is no second place that builds them.
+//!
+//! The services run either **in this process** (their `launch` on fixed loopback ports) or as
+//! **the real binaries** in separate processes ([`Builder::processes`]), for crash tests:
+//! [`LocalStack::kill_node`] and [`LocalStack::kill_aggregator`] stop one abruptly (SIGKILL
+//! for a process), and the `restart_…` methods bring it back on the same port, database and
+//! blobs. Configuration files are written by serialising the services' own configuration
+//! types, the way an operator's files are read.
+//!
+//! ```no_run
+//! # async fn run() {
+//! use cryptflow_devstack::LocalStack;
+//! let stack = LocalStack::builder().nodes(3, 2).sites(4).start().await.unwrap();
+//! let admin = stack.admin();
+//! let site = stack.client("site-0");
+//! // … create a round with `admin`, submit with `site`, fetch the mean …
+//! stack.stop().await;
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use cryptflow_aggregator::AggregatorConfig;
+use cryptflow_client::{Client, ClientPolicy, RetryPolicy, Token};
+use cryptflow_kms::KmsConfig;
+use cryptflow_services::auth::JwtKey;
+use cryptflow_services::protocol::{Claims, Committee, CommitteeNode, Roster, RosterMember, SiteKey};
+use cryptflow_services::{config, db, ClientId, Role};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Why a stack could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("local stack: {0}")]
+pub struct StackError(String);
+
+fn err(e: impl std::fmt::Display) -> StackError {
+    StackError(e.to_string())
+}
+
+/// Where the services keep their data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite files in the stack's directory (the default).
+    Sqlite,
+    /// Fresh databases on the PostgreSQL server named by `CRYPTFLOW_TEST_DATABASE_URL`,
+    /// dropped when the stack stops.
+    Postgres,
+}
+
+impl Database {
+    /// SQLite, and PostgreSQL when `CRYPTFLOW_TEST_DATABASE_URL` is set (CI sets it): what
+    /// tests run against.
+    pub fn for_tests() -> Vec<Database> {
+        let mut out = vec![Database::Sqlite];
+        if std::env::var(db::TEST_DATABASE_ENV).is_ok() {
+            out.push(Database::Postgres);
+        } else {
+            eprintln!("skipping PostgreSQL: {} is not set", db::TEST_DATABASE_ENV);
+        }
+        out
+    }
+}
+
+/// A free TCP port on loopback (bound and released; the one place tests pick ports).
+pub fn free_port() -> Result<u16, StackError> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(err)
+}
+
+/// Builds a [`LocalStack`].
+#[derive(Clone, Debug)]
+pub struct Builder {
+    nodes: u8,
+    threshold: u8,
+    sites: usize,
+    readers: Vec<String>,
+    min_set_size: u32,
+    database: Database,
+    processes: bool,
+    max_concurrent_uploads: usize,
+    deposit_grace_secs: u64,
+    tick_millis: u64,
+    internal_listeners: bool,
+}
+
+impl Builder {
+    /// `n` key managers, threshold `t` (default 1 of 1).
+    pub fn nodes(mut self, n: u8, t: u8) -> Self {
+        self.nodes = n;
+        self.threshold = t;
+        self
+    }
+    /// Roster sites `site-0 … site-{k−1}` (default 8).
+    pub fn sites(mut self, k: usize) -> Self {
+        self.sites = k;
+        self
+    }
+    /// Extra roster members that are readers (e.g. `server-app`).
+    pub fn readers(mut self, ids: &[&str]) -> Self {
+        self.readers = ids.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+    /// The roster's minimum set size `m` (default 2).
+    pub fn min_set_size(mut self, m: u32) -> Self {
+        self.min_set_size = m;
+        self
+    }
+    /// The database (default SQLite).
+    pub fn database(mut self, d: Database) -> Self {
+        self.database = d;
+        self
+    }
+    /// Run the real binaries as separate processes (for crash tests).
+    pub fn processes(mut self, yes: bool) -> Self {
+        self.processes = yes;
+        self
+    }
+    /// The aggregator's upload concurrency (default 16).
+    pub fn max_concurrent_uploads(mut self, n: usize) -> Self {
+        self.max_concurrent_uploads = n;
+        self
+    }
+    /// How long the aggregator waits for deposits after closing (default 10 s).
+    pub fn deposit_grace_secs(mut self, s: u64) -> Self {
+        self.deposit_grace_secs = s;
+        self
+    }
+    /// Split the key managers' listeners (client endpoints apart from the internal ones).
+    pub fn internal_listeners(mut self, yes: bool) -> Self {
+        self.internal_listeners = yes;
+        self
+    }
+
+    /// Writes the files and starts the services.
+    pub async fn start(self) -> Result<LocalStack, StackError> {
+        LocalStack::start(self).await
+    }
+}
+
+/// How a service runs.
+enum Running {
+    Task { stop: tokio::sync::oneshot::Sender<()>, handle: tokio::task::JoinHandle<std::io::Result<()>> },
+    Process(Child),
+    Stopped,
+}
+
+/// One service: its configuration file and how it runs.
+struct Service {
+    binary: &'static str,
+    config: PathBuf,
+    url: String,
+    running: Running,
+}
+
+/// The running stack. Stop it with [`LocalStack::stop`]; dropped, it kills what runs.
+pub struct LocalStack {
+    dir: tempfile::TempDir,
+    issuer: SiteKey,
+    sites: Vec<(ClientId, String)>,
+    committee: Committee,
+    nodes: Vec<Service>,
+    aggregator: Service,
+    databases: Vec<String>,
+    processes: bool,
+    bin_dir: Option<PathBuf>,
+}
+
+const ISSUER_KID: &str = "devstack";
+const TOKEN_TTL: u64 = 12 * 3600;
+
+impl LocalStack {
+    /// A builder with the defaults: one key manager, eight sites, `m = 2`, SQLite, in-process.
+    pub fn builder() -> Builder {
+        Builder {
+            nodes: 1,
+            threshold: 1,
+            sites: 8,
+            readers: Vec::new(),
+            min_set_size: 2,
+            database: Database::Sqlite,
+            processes: false,
+            max_concurrent_uploads: 16,
+            deposit_grace_secs: 10,
+            tick_millis: 100,
+            internal_listeners: false,
+        }
+    }
+
+    async fn start(b: Builder) -> Result<Self, StackError> {
+        let dir = tempfile::Builder::new().prefix("cryptflow-stack-").tempdir().map_err(err)?;
+        let root = dir.path().to_path_buf();
+        let write = |name: &str, text: &str| -> Result<PathBuf, StackError> {
+            let p = root.join(name);
+            std::fs::write(&p, text).map_err(err)?;
+            Ok(p)
+        };
+        // The issuer: its public key in every service's jwt_keys.
+        let issuer = SiteKey::generate();
+        let issuer_pub = write("issuer.pub", &issuer.public_pem().map_err(err)?)?;
+        let jwt_keys = vec![JwtKey { kid: ISSUER_KID.into(), public_key_file: issuer_pub }];
+        // The roster.
+        let mut sites = Vec::new();
+        let mut members = Vec::new();
+        let ids = (0..b.sites).map(|i| (format!("site-{i}"), false)).chain(b.readers.iter().map(|r| (r.clone(), true)));
+        for (id, reader) in ids {
+            let key = SiteKey::generate();
+            let cid = ClientId::parse(id).map_err(err)?;
+            members.push(RosterMember { id: cid.clone(), public_key: key.public_key(), reader });
+            sites.push((cid, key.to_pem().map_err(err)?.to_string()));
+        }
+        let roster = Roster::try_new(b.min_set_size, members).map_err(err)?;
+        let roster_file = write("roster.toml", &roster.to_toml())?;
+        // The committee: node keys and fixed ports.
+        let mut node_keys = Vec::new();
+        let mut committee_nodes = Vec::new();
+        let mut ports = Vec::new();
+        for x in 1..=b.nodes {
+            let key = SiteKey::generate();
+            let (public, internal, metrics) = (free_port()?, free_port()?, free_port()?);
+            committee_nodes.push(CommitteeNode { x, url: format!("http://127.0.0.1:{public}"), public_key: key.public_key() });
+            node_keys.push(key);
+            ports.push((public, internal, metrics));
+        }
+        let committee = Committee::try_new(b.threshold, committee_nodes).map_err(err)?;
+        let committee_file = write("committee.toml", &committee.to_toml())?;
+        let mut databases = Vec::new();
+        for name in (1..=b.nodes).map(|x| format!("kms{x}")).chain(["agg".to_owned()]) {
+            databases.push(match b.database {
+                Database::Sqlite => format!("sqlite://{}?mode=rwc", root.join(format!("{name}.db")).display()),
+                Database::Postgres => db::fresh_postgres_database(&name)
+                    .await
+                    .map_err(err)?
+                    .ok_or_else(|| err(format!("{} is not set", db::TEST_DATABASE_ENV)))?,
+            });
+        }
+        // Key managers.
+        let mut node_configs = Vec::new();
+        for (i, key) in node_keys.iter().enumerate() {
+            let x = i as u8 + 1;
+            let (public, internal, metrics) = ports[i];
+            let master = cryptflow_kms::MasterKey::generate();
+            let cfg = KmsConfig {
+                listen: format!("127.0.0.1:{public}"),
+                internal_listen: b.internal_listeners.then(|| format!("127.0.0.1:{internal}")),
+                metrics_listen: format!("127.0.0.1:{metrics}"),
+                database_url: databases[i].clone(),
+                max_connections: 4,
+                master_key_file: write(&format!("kms-{x}.master"), &master.to_hex())?,
+                jwt_keys: jwt_keys.clone(),
+                committee_file: committee_file.clone(),
+                share_index: x,
+                signing_key_file: write(&format!("kms-{x}.pem"), &key.to_pem().map_err(err)?)?,
+                roster_file: roster_file.clone(),
+                restore_witness_file: Some(root.join(format!("kms-{x}.witness"))),
+                tick_secs: 1,
+                ..KmsConfig::default()
+            };
+            let path = write(&format!("kms-{x}.toml"), &toml::to_string(&cfg).map_err(err)?)?;
+            node_configs.push((path, cfg));
+        }
+        // The aggregator, with its own token for the key managers (and, when the listeners are
+        // split, their internal URLs in its copy of the committee).
+        let agg_token = issuer.mint(ISSUER_KID, &claims("aggregator", Role::Aggregator, "kms"));
+        let agg_committee = if b.internal_listeners {
+            let nodes = committee
+                .nodes()
+                .iter()
+                .zip(&ports)
+                .map(|(n, (_, internal, _))| CommitteeNode { url: format!("http://127.0.0.1:{internal}"), ..n.clone() })
+                .collect();
+            write("committee-internal.toml", &Committee::try_new(b.threshold, nodes).map_err(err)?.to_toml())?
+        } else {
+            committee_file.clone()
+        };
+        let (agg_port, agg_metrics) = (free_port()?, free_port()?);
+        let agg_cfg = AggregatorConfig {
+            listen: format!("127.0.0.1:{agg_port}"),
+            metrics_listen: format!("127.0.0.1:{agg_metrics}"),
+            database_url: databases[b.nodes as usize].clone(),
+            max_connections: 8,
+            blob_dir: root.join("blobs"),
+            jwt_keys,
+            committee_file: agg_committee,
+            kms_token_file: write("aggregator-kms.jwt", &agg_token)?,
+            max_concurrent_uploads: b.max_concurrent_uploads,
+            deposit_grace_secs: b.deposit_grace_secs,
+            tick_millis: b.tick_millis,
+            ..AggregatorConfig::default()
+        };
+        let agg_path = write("aggregator.toml", &toml::to_string(&agg_cfg).map_err(err)?)?;
+
+        let bin_dir = if b.processes { Some(binaries()?) } else { None };
+        let mut stack = Self {
+            dir,
+            issuer,
+            sites,
+            committee,
+            nodes: node_configs
+                .into_iter()
+                .map(|(config, cfg)| Service {
+                    binary: "cryptflow-kms",
+                    config,
+                    url: format!("http://{}", cfg.listen),
+                    running: Running::Stopped,
+                })
+                .collect(),
+            aggregator: Service {
+                binary: "cryptflow-aggregator",
+                config: agg_path,
+                url: format!("http://{}", agg_cfg.listen),
+                running: Running::Stopped,
+            },
+            databases: if b.database == Database::Postgres { databases } else { Vec::new() },
+            processes: b.processes,
+            bin_dir,
+        };
+        for x in 1..=b.nodes {
+            stack.migrate_and_start_node(x).await?;
+        }
+        stack.restart_aggregator_inner(true).await?;
+        Ok(stack)
+    }
+
+    /// The stack's directory (configuration files, SQLite databases, blobs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    /// The aggregator's base URL.
+    pub fn aggregator_url(&self) -> &str {
+        &self.aggregator.url
+    }
+    /// Key manager `x`'s base URL.
+    pub fn node_url(&self, x: u8) -> Option<&str> {
+        self.nodes.get(x as usize - 1).map(|n| n.url.as_str())
+    }
+    /// The committee, as clients pin it.
+    pub fn committee(&self) -> &Committee {
+        &self.committee
+    }
+    /// The committee file's path.
+    pub fn committee_file(&self) -> PathBuf {
+        self.dir.path().join("committee.toml")
+    }
+    /// The configuration file of key manager `x`.
+    pub fn node_config(&self, x: u8) -> Option<&Path> {
+        self.nodes.get(x as usize - 1).map(|n| n.config.as_path())
+    }
+    /// The aggregator's configuration file.
+    pub fn aggregator_config(&self) -> &Path {
+        &self.aggregator.config
+    }
+    /// The roster's ids, sites first, readers after.
+    pub fn site_ids(&self) -> Vec<ClientId> {
+        self.sites.iter().map(|(id, _)| id.clone()).collect()
+    }
+    /// A site's roster key.
+    pub fn site_key(&self, id: &str) -> Option<SiteKey> {
+        self.sites.iter().find(|(s, _)| s.as_str() == id).and_then(|(_, pem)| SiteKey::from_pem(pem).ok())
+    }
+    /// A site's key as PEM (for writing key files, e.g. for the CLI or Python).
+    pub fn site_key_pem(&self, id: &str) -> Option<String> {
+        self.sites.iter().find(|(s, _)| s.as_str() == id).map(|(_, pem)| pem.clone())
+    }
+
+    /// A token from the stack's issuer.
+    pub fn token(&self, sub: &str, role: Role, aud: &str) -> String {
+        self.issuer.mint(ISSUER_KID, &claims(sub, role, aud))
+    }
+
+    /// The issuer key (tests that need odd tokens).
+    pub fn issuer(&self) -> (&SiteKey, &'static str) {
+        (&self.issuer, ISSUER_KID)
+    }
+
+    /// An SDK client acting as roster site `id` (its aggregator token, roster key, the
+    /// committee), with a patient retry policy.
+    pub fn client(&self, id: &str) -> Client {
+        self.client_with(id, Role::Client, ClientPolicy::default())
+    }
+
+    /// An SDK client acting as roster member `id` with `role` (client or reader) and `policy`.
+    pub fn client_with(&self, id: &str, role: Role, policy: ClientPolicy) -> Client {
+        let mut b = Client::builder(&self.aggregator.url)
+            .aggregator_token(Token::new(self.token(id, role, "aggregator")))
+            .committee(self.committee.clone())
+            .reader(role == Role::Reader)
+            .policy(policy)
+            .retry(RetryPolicy { budget: Duration::from_secs(60), ..RetryPolicy::default() });
+        if let (Ok(cid), Some(key)) = (ClientId::parse(id), self.site_key(id)) {
+            b = b.site(cid, key);
+        }
+        // Building only fails for a malformed URL, which the stack never makes.
+        b.build().unwrap_or_else(unreachable_client)
+    }
+
+    /// An SDK client with an admin token.
+    pub fn admin(&self) -> Client {
+        Client::builder(&self.aggregator.url)
+            .aggregator_token(Token::new(self.token("ops", Role::Admin, "aggregator")))
+            .committee(self.committee.clone())
+            .retry(RetryPolicy { budget: Duration::from_secs(60), ..RetryPolicy::default() })
+            .build()
+            .unwrap_or_else(unreachable_client)
+    }
+
+    async fn migrate_and_start_node(&mut self, x: u8) -> Result<(), StackError> {
+        let path = self.nodes[x as usize - 1].config.clone();
+        let cfg: KmsConfig = config::load(Some(&path), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
+        let pool = db::connect(&cfg.database_url, 1).await.map_err(err)?;
+        db::migrate(&pool, &cfg.database_url, &cryptflow_kms::MIGRATIONS).await.map_err(err)?;
+        pool.close().await;
+        self.restart_node(x).await
+    }
+
+    /// Stops key manager `x` abruptly (SIGKILL for a process; the task aborted in-process).
+    pub async fn kill_node(&mut self, x: u8) {
+        if let Some(n) = self.nodes.get_mut(x as usize - 1) {
+            kill(&mut n.running).await;
+        }
+    }
+
+    /// Starts key manager `x` again (same port, database, keys).
+    pub async fn restart_node(&mut self, x: u8) -> Result<(), StackError> {
+        let (processes, bin_dir) = (self.processes, self.bin_dir.clone());
+        let n = self.nodes.get_mut(x as usize - 1).ok_or_else(|| err(format!("no node {x}")))?;
+        kill(&mut n.running).await;
+        n.running = if processes {
+            spawn(bin_dir.as_deref(), n.binary, &n.config)?
+        } else {
+            let cfg: KmsConfig = config::load(Some(&n.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
+            let state = cryptflow_kms::state_from_config(&cfg).await.map_err(err)?;
+            let listener = bind(&cfg.listen).await?;
+            let metrics = bind(&cfg.metrics_listen).await?;
+            let internal = match &cfg.internal_listen {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            };
+            let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+            let tick = Duration::from_secs(cfg.tick_secs.max(1));
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            let handle = tokio::spawn(async move {
+                match internal {
+                    Some(i) => cryptflow_kms::launch_split(listener, i, metrics, state, cfg.max_body_bytes, tick, shutdown).await,
+                    None => cryptflow_kms::launch(listener, metrics, state, cfg.max_body_bytes, tick, shutdown).await,
+                }
+            });
+            Running::Task { stop, handle }
+        };
+        wait_ready(&n.url).await
+    }
+
+    /// Stops the aggregator abruptly.
+    pub async fn kill_aggregator(&mut self) {
+        kill(&mut self.aggregator.running).await;
+    }
+
+    /// Starts the aggregator again (same port, database, blobs).
+    pub async fn restart_aggregator(&mut self) -> Result<(), StackError> {
+        self.restart_aggregator_inner(false).await
+    }
+
+    async fn restart_aggregator_inner(&mut self, migrate: bool) -> Result<(), StackError> {
+        let a = &mut self.aggregator;
+        kill(&mut a.running).await;
+        let cfg: AggregatorConfig = config::load(Some(&a.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
+        if migrate {
+            let pool = db::connect(&cfg.database_url, 1).await.map_err(err)?;
+            db::migrate(&pool, &cfg.database_url, &cryptflow_aggregator::MIGRATIONS).await.map_err(err)?;
+            pool.close().await;
+        }
+        a.running = if self.processes {
+            spawn(self.bin_dir.as_deref(), a.binary, &a.config)?
+        } else {
+            let state = cryptflow_aggregator::state_from_config(&cfg).await.map_err(err)?;
+            let listener = bind(&cfg.listen).await?;
+            let metrics = bind(&cfg.metrics_listen).await?;
+            let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+            let tick = Duration::from_millis(cfg.tick_millis.max(10));
+            let handle = tokio::spawn(cryptflow_aggregator::launch(listener, metrics, state, tick, async move {
+                let _ = rx.await;
+            }));
+            Running::Task { stop, handle }
+        };
+        wait_ready(&a.url).await
+    }
+
+    /// The process id of the aggregator, in process mode (for memory readings).
+    pub fn aggregator_pid(&self) -> Option<u32> {
+        match &self.aggregator.running {
+            Running::Process(c) => Some(c.id()),
+            _ => None,
+        }
+    }
+
+    /// Stops every service gracefully and drops the PostgreSQL databases.
+    pub async fn stop(mut self) {
+        stop(&mut self.aggregator.running).await;
+        for n in &mut self.nodes {
+            stop(&mut n.running).await;
+        }
+        for url in &self.databases {
+            let _ = db::drop_test_database(url).await;
+        }
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        for r in std::iter::once(&mut self.aggregator.running).chain(self.nodes.iter_mut().map(|n| &mut n.running)) {
+            match std::mem::replace(r, Running::Stopped) {
+                Running::Process(mut c) => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                Running::Task { handle, .. } => handle.abort(),
+                Running::Stopped => {}
+            }
+        }
+    }
+}
+
+#[allow(clippy::panic)] // the stack only builds well-formed clients; a failure is a bug here
+fn unreachable_client(e: cryptflow_client::ClientError) -> Client {
+    panic!("the local stack built an invalid client: {e}")
+}
+
+fn claims(sub: &str, role: Role, aud: &str) -> Claims {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Claims { sub: sub.into(), role, aud: aud.into(), exp: now + TOKEN_TTL, iat: now, nbf: None }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StackError> {
+    // A port just released by a killed task may take a moment to be free again.
+    for _ in 0..50 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return Ok(l);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    TcpListener::bind(addr).await.map_err(|e| err(format!("{addr}: {e}")))
+}
+
+async fn wait_ready(base: &str) -> Result<(), StackError> {
+    let http = reqwest::Client::new();
+    for _ in 0..400 {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(err(format!("{base} did not become ready")))
+}
+
+async fn kill(r: &mut Running) {
+    match std::mem::replace(r, Running::Stopped) {
+        Running::Process(mut c) => {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Running::Task { handle, .. } => {
+            handle.abort();
+            let _ = handle.await;
+        }
+        Running::Stopped => {}
+    }
+}
+
+async fn stop(r: &mut Running) {
+    match std::mem::replace(r, Running::Stopped) {
+        Running::Task { stop, handle } => {
+            let _ = stop.send(());
+            let _ = handle.await;
+        }
+        other => {
+            let mut other = other;
+            kill(&mut other).await;
+        }
+    }
+}
+
+/// The directory of the servers' binaries: next to the running executable (where `cargo
+/// test --workspace` builds them), built on demand when missing.
+fn binaries() -> Result<PathBuf, StackError> {
+    let exe = std::env::current_exe().map_err(err)?;
+    let mut dir = exe.parent().map(Path::to_path_buf).ok_or_else(|| err("no executable directory"))?;
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let missing = ["cryptflow-kms", "cryptflow-aggregator"].iter().any(|b| !dir.join(b).exists());
+    if missing {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "cryptflow-kms", "-p", "cryptflow-aggregator", "--bins"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let ok = cmd.status().map_err(err)?.success();
+        if !ok {
+            return Err(err("building the server binaries failed"));
+        }
+    }
+    Ok(dir)
+}
+
+fn spawn(bin_dir: Option<&Path>, binary: &str, config: &Path) -> Result<Running, StackError> {
+    let dir = bin_dir.ok_or_else(|| err("no binary directory"))?;
+    let child = Command::new(dir.join(binary))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| err(format!("{binary}: {e}")))?;
+    Ok(Running::Process(child))
+}

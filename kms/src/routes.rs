@@ -1,0 +1,461 @@
+//! The key manager's HTTP API: extract, authorise, call the [`domain`](crate::domain) rules,
+//! store, answer. Each handler states the roles it accepts.
+//!
+//! | method and path | who | what |
+//! |---|---|---|
+//! | `PUT /v1/rounds/{round}` | aggregator, admin | register a round; answers this node's signed echo |
+//! | `GET /v1/rounds/{round}` | the round's members, readers, aggregator, admin | the spec, echo, state |
+//! | `DELETE /v1/rounds/{round}` | admin | shred the round's shares |
+//! | `PUT /v1/rounds/{round}/deposits/{client}` | the client itself, by roster key | deposit its share for this node |
+//! | `GET /v1/rounds/{round}/deposits` | aggregator, admin | who holds a deposit here, for which upload |
+//! | `PUT /v1/rounds/{round}/contributors` | aggregator | record the contributor set, once |
+//! | `GET /v1/rounds/{round}/release` | a member of the set or a reader, by roster key | the unweighted sum of the set's shares |
+//! | `GET /v1/node` | anyone authenticated | committee, roster digests, `m` |
+//! | `GET /v1/audit` | admin | the hash-chained audit log |
+//! | `GET /healthz`, `/readyz`, `/openapi.json` | none | probes, this API's description |
+//!
+//! With `internal_listen` set, the public listener serves only the client endpoints (round
+//! echo, deposits, release, node) and the probes.
+
+use crate::domain;
+use crate::store::{Actor, NewDeposit, StoreError};
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use cryptflow_he::sharing::KeyShare;
+use cryptflow_he::Wire;
+use cryptflow_services::api::kms::{
+    AuditEntry, ContributorSet, Deposit, DepositList, DepositReceipt, KmsRoundState, NodeInfo,
+    RegisteredRound, ReleaseResponse,
+};
+use cryptflow_services::api::round::{Contribution, RoundSpec};
+use cryptflow_services::api::Base64Bytes;
+use cryptflow_services::auth::{Authenticated, Principal};
+use cryptflow_services::http::{method_not_allowed, not_found, parse_json, probe_routes, round_param, AppError};
+use cryptflow_services::{ClientId, ErrorCode, Role, RoundId};
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+
+/// The OpenAPI document, checked in as `docs/kms-openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/kms-openapi.json");
+
+/// Largest deposit body (a share of N = 2^15 in base64 is ~350 KB).
+const MAX_DEPOSIT_BYTES: usize = 512 << 10;
+
+/// Every endpoint.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    routes(state, max_body_bytes, true)
+}
+
+/// The client-facing endpoints and the probes (see the module docs).
+pub fn public_router(state: AppState, max_body_bytes: usize) -> Router {
+    routes(state, max_body_bytes, false)
+}
+
+fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
+    let round = if internal { get(round_info).put(register).delete(destroy) } else { get(round_info) };
+    let mut r = Router::new()
+        .route("/v1/rounds/{round}", round)
+        .route(
+            "/v1/rounds/{round}/deposits/{client}",
+            put(put_deposit).layer(axum::extract::DefaultBodyLimit::max(MAX_DEPOSIT_BYTES)),
+        )
+        .route("/v1/rounds/{round}/release", get(release))
+        .route("/v1/node", get(node_info));
+    if internal {
+        r = r
+            .route("/v1/rounds/{round}/deposits", get(list_deposits))
+            .route("/v1/rounds/{round}/contributors", put(record_contributors))
+            .route("/v1/audit", get(audit_log));
+    }
+    r.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state.clone())
+        .merge(probe_routes(state.store.pool().clone(), OPENAPI))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+}
+
+fn db(e: StoreError) -> AppError {
+    AppError::internal(e)
+}
+
+fn actor(p: &Principal) -> Actor<'_> {
+    Actor { subject: p.subject.as_str(), role: p.role }
+}
+
+async fn registered(s: &AppState, round: &RoundId) -> Result<crate::store::RoundRow, AppError> {
+    s.store.round(round).await.map_err(db)?.ok_or_else(|| {
+        AppError::new(ErrorCode::NotFound, format!("round {round} is not registered here")).with_field("round")
+    })
+}
+
+/// Counts a refusal and records it in the audit log (a refused deposit, set or release is
+/// evidence an operator wants), then returns it.
+async fn refused(s: &AppState, caller: &Principal, action: &str, round: &RoundId, e: AppError) -> AppError {
+    s.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(round = %round, caller = %caller.subject, action, problem = ?e.problem().detail, "request refused");
+    let detail = serde_json::json!({ "status": e.problem().status, "detail": e.problem().detail });
+    let at = s.clock.now();
+    if let Err(err) = s.store.audit_only(at, &actor(caller), &format!("{action}.refused"), round, detail).await {
+        return AppError::internal(err);
+    }
+    e
+}
+
+async fn view(s: &AppState, row: crate::store::RoundRow) -> Result<RegisteredRound, AppError> {
+    let deposits = s.store.deposits(&row.spec.round_id).await.map_err(db)?.len() as u32;
+    Ok(RegisteredRound { spec: row.spec, echo: row.echo, state: row.state, deposits, contributors: row.set })
+}
+
+/// `PUT /v1/rounds/{round}` — aggregator or admin. 201 registered, 200 the same spec again,
+/// 409 another spec, 410 destroyed; 422 naming the field of an invalid spec.
+async fn register(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    caller.require(&[Role::Aggregator, Role::Admin])?;
+    let round = round_param(round)?;
+    let spec: RoundSpec = parse_json(&headers, &body)?;
+    domain::check_registration(&s.node, &round, &spec)?;
+    if s.store.is_refused(&round).await.map_err(db)? {
+        return Err(AppError::new(
+            ErrorCode::Conflict,
+            "this key manager was restored from a backup and refuses this round for good",
+        )
+        .with_field("round"));
+    }
+    if let Some(existing) = s.store.round(&round).await.map_err(db)? {
+        domain::same_registration(&existing, &spec)?;
+        return Ok((StatusCode::OK, Json(view(&s, existing).await?)).into_response());
+    }
+    let echo = s.node.echo(&spec);
+    let at = s.clock.now();
+    if !s.store.insert_round(&spec, &echo.spec_hash, &echo, at, &actor(&caller)).await.map_err(db)? {
+        // A concurrent registration won: answer as if it had come first.
+        let existing = registered(&s, &round).await?;
+        domain::same_registration(&existing, &spec)?;
+        return Ok((StatusCode::OK, Json(view(&s, existing).await?)).into_response());
+    }
+    // The witness learns of the round before anyone sees this node's echo of it.
+    if let Some(w) = &s.witness {
+        w.note_round(round.as_str()).map_err(AppError::internal)?;
+    }
+    s.metrics.rounds_registered.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(round = %round, spec_hash = %echo.spec_hash, "round registered");
+    let row = registered(&s, &round).await?;
+    Ok((StatusCode::CREATED, Json(view(&s, row).await?)).into_response())
+}
+
+/// `GET /v1/rounds/{round}` — the round's members, readers, the aggregator, admins.
+async fn round_info(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+) -> Result<Json<RegisteredRound>, AppError> {
+    let round = round_param(round)?;
+    let row = registered(&s, &round).await?;
+    domain::may_see_round(&s.node, &row, &caller)?;
+    Ok(Json(view(&s, row).await?))
+}
+
+/// `DELETE /v1/rounds/{round}` — admin. Crypto-shreds the round's shares; 204.
+async fn destroy(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+) -> Result<StatusCode, AppError> {
+    caller.require(&[Role::Admin])?;
+    let round = round_param(round)?;
+    let row = registered(&s, &round).await?;
+    if row.state == KmsRoundState::Destroyed {
+        return Err(AppError::new(ErrorCode::Gone, "already destroyed").with_field("round"));
+    }
+    s.store
+        .shred(&round, KmsRoundState::Destroyed, s.clock.now(), &actor(&caller), "round.destroy")
+        .await
+        .map_err(db)?;
+    s.metrics.rounds_shredded.fetch_add(1, Ordering::Relaxed);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/rounds/{round}/deposits/{client}` — the client itself, by roster key. 201 stored,
+/// 200 the same deposit again, 409 another one or a closed round.
+async fn put_deposit(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path((round, client)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let round = round_param(round)?;
+    let client = ClientId::parse(client)
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("client"))?;
+    let row = registered(&s, &round).await?;
+    let outcome = async {
+        if caller.subject != client {
+            return Err(AppError::new(ErrorCode::Forbidden, format!("only {client} itself deposits its share")));
+        }
+        let deposit: Deposit = parse_json(&headers, &body)?;
+        let checked = domain::check_deposit(&s.node, &row, &caller, &client, &deposit)?;
+        Ok((deposit, checked))
+    }
+    .await;
+    let (deposit, checked) = match outcome {
+        Ok(v) => v,
+        Err(e) => return Err(refused(&s, &caller, "deposit", &round, e).await),
+    };
+    let receipt = DepositReceipt {
+        round_id: round.clone(),
+        client_id: client.clone(),
+        share_index: s.node.x().get(),
+        upload_sha256: deposit.upload_sha256,
+    };
+    if let Some(existing) = s.store.deposit(&round, &client).await.map_err(db)? {
+        domain::same_deposit(&existing, &checked, &deposit)?;
+        return Ok((StatusCode::OK, Json(receipt)).into_response());
+    }
+    let sealed = s.master.seal(round.as_str(), client.as_str(), &checked.share).map_err(AppError::internal)?;
+    let new = NewDeposit {
+        client: &client,
+        upload_sha256: deposit.upload_sha256,
+        share_sha256: checked.share_sha256,
+        signature: deposit.signature.to_string(),
+        sealed,
+        master_key_id: s.master.id(),
+    };
+    let at = s.clock.now();
+    if !s.store.insert_deposit(&round, new, at, &actor(&caller)).await.map_err(db)? {
+        // A concurrent deposit, or the set was recorded meanwhile.
+        return match s.store.deposit(&round, &client).await.map_err(db)? {
+            Some(existing) => {
+                domain::same_deposit(&existing, &checked, &deposit)?;
+                Ok((StatusCode::OK, Json(receipt)).into_response())
+            }
+            None => Err(domain::require_state(&registered(&s, &round).await?, KmsRoundState::Open)
+                .err()
+                .unwrap_or_else(|| AppError::internal("deposit vanished"))),
+        };
+    }
+    s.metrics.deposits.fetch_add(1, Ordering::Relaxed);
+    Ok((StatusCode::CREATED, Json(receipt)).into_response())
+}
+
+/// `GET /v1/rounds/{round}/deposits` — aggregator, admin.
+async fn list_deposits(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+) -> Result<Json<DepositList>, AppError> {
+    caller.require(&[Role::Aggregator, Role::Admin])?;
+    let round = round_param(round)?;
+    registered(&s, &round).await?;
+    let deposits = s
+        .store
+        .deposits(&round)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|d| Contribution { client_id: d.client_id, upload_sha256: d.upload_sha256 })
+        .collect();
+    Ok(Json(DepositList { deposits }))
+}
+
+/// `PUT /v1/rounds/{round}/contributors` — aggregator. Records the set once, durably before
+/// answering: 201 recorded, 200 the same set again, 409 another set, 422 an invalid one.
+async fn record_contributors(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    caller.require(&[Role::Aggregator])?;
+    let round = round_param(round)?;
+    let row = registered(&s, &round).await?;
+    let outcome = async {
+        let body: ContributorSet = parse_json(&headers, &body)?;
+        let set = cryptflow_services::protocol::canonical_set(body.contributors)
+            .map_err(|e| AppError::new(ErrorCode::Unprocessable, e.to_string()).with_field("contributors"))?;
+        if row.state == KmsRoundState::SetRecorded {
+            domain::same_set(row.set.as_ref(), &set)?;
+            return Ok((set, false));
+        }
+        domain::require_state(&row, KmsRoundState::Open)?;
+        let deposits = s.store.deposits(&round).await.map_err(db)?;
+        Ok((domain::check_set(&s.node, &row, set, &deposits)?, true))
+    }
+    .await;
+    let (set, new) = match outcome {
+        Ok(v) => v,
+        Err(e) => return Err(refused(&s, &caller, "set", &round, e).await),
+    };
+    if !new {
+        return Ok((StatusCode::OK, Json(ContributorSet { contributors: set })).into_response());
+    }
+    if !s.store.record_set(&round, &set, s.clock.now(), &actor(&caller)).await.map_err(db)? {
+        let row = registered(&s, &round).await?;
+        domain::same_set(row.set.as_ref(), &set)?;
+        return Ok((StatusCode::OK, Json(ContributorSet { contributors: set })).into_response());
+    }
+    s.metrics.sets_recorded.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(round = %round, contributors = set.len(), "contributor set recorded");
+    Ok((StatusCode::CREATED, Json(ContributorSet { contributors: set })).into_response())
+}
+
+/// `GET /v1/rounds/{round}/release` — a member of the recorded set or a roster reader, by
+/// roster key. `Cache-Control: no-store`; audited.
+async fn release(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+) -> Result<Response, AppError> {
+    let round = round_param(round)?;
+    let row = registered(&s, &round).await?;
+    let outcome = domain::require_state(&row, KmsRoundState::SetRecorded).and_then(|()| {
+        let set = row.set.as_deref().unwrap_or_default();
+        domain::may_read(&s.node, set, &caller)
+    });
+    if let Err(e) = outcome {
+        return Err(refused(&s, &caller, "release", &round, e).await);
+    }
+    let set = row.set.clone().unwrap_or_default();
+    let members: Vec<&ClientId> = set.iter().map(|c| &c.client_id).collect();
+    let sealed = s
+        .store
+        .sealed_shares(&round, &members)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| AppError::new(ErrorCode::Gone, "the round's shares were shredded").with_field("round"))?;
+    let mut shares = Vec::with_capacity(sealed.len());
+    for (client, sealed) in sealed {
+        let bytes = s.master.open(round.as_str(), client.as_str(), &sealed).map_err(AppError::internal)?;
+        shares.push(KeyShare::from_bytes(&bytes).map_err(AppError::internal)?);
+    }
+    let release = domain::release(&s.node, &shares)?;
+    let detail = serde_json::json!({ "contributors": set.len() });
+    s.store.audit_only(s.clock.now(), &actor(&caller), "release.serve", &round, detail).await.map_err(db)?;
+    s.metrics.releases.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(round = %round, reader = %caller.subject, "release served");
+    let body = ReleaseResponse {
+        round_id: round,
+        share_index: s.node.x().get(),
+        contributors: set,
+        release: Base64Bytes(release.to_bytes()),
+    };
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// `GET /v1/node` — anyone authenticated.
+async fn node_info(State(s): State<AppState>, Authenticated(_caller): Authenticated) -> Json<NodeInfo> {
+    Json(s.node.info())
+}
+
+/// Paging of the audit log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+/// `GET /v1/audit?after=&limit=` — admin.
+async fn audit_log(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditEntry>>, AppError> {
+    caller.require(&[Role::Admin])?;
+    let Query(q) = query.map_err(|e| AppError::new(ErrorCode::BadRequest, e.body_text()).with_field("query"))?;
+    if !(1..=1000).contains(&q.limit) {
+        return Err(AppError::new(ErrorCode::BadRequest, "limit must be in [1, 1000]").with_field("limit").with_limit(1000));
+    }
+    Ok(Json(crate::audit::list(s.store.pool(), q.after, q.limit).await?))
+}
+
+/// One pass of the background work: note the audit length in the restore witness, and shred
+/// the shares of rounds past retention.
+pub async fn tick(s: &AppState) {
+    if let Some(w) = &s.witness {
+        match crate::audit::length(s.store.pool()).await {
+            Ok(n) => {
+                if let Err(e) = w.note_audit(n) {
+                    tracing::warn!(error = %e, "cannot write the restore witness");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the audit length"),
+        }
+    }
+    let before = s.clock.now() - i64::try_from(s.retention_secs).unwrap_or(i64::MAX);
+    let due = match s.store.rounds_to_shred(before).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "retention scan failed");
+            return;
+        }
+    };
+    let system = Actor { subject: "kms", role: Role::Admin };
+    for round in due {
+        match s.store.shred(&round, KmsRoundState::Destroyed, s.clock.now(), &system, "round.expire").await {
+            Ok(()) => {
+                s.metrics.rounds_shredded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(round = %round, "shares shredded after retention");
+            }
+            Err(e) => tracing::warn!(round = %round, error = %e, "shredding failed; will retry"),
+        }
+    }
+}
+
+/// The restore check at start (see [`crate::restore`]): if the database is behind the
+/// witness, refuse every round the witness names that the database has open or lacks, and
+/// every round it has open; then note the audit length.
+pub async fn restore_check(s: &AppState) -> Result<(), String> {
+    let Some(witness) = &s.witness else { return Ok(()) };
+    let seen = witness.read().map_err(|e| format!("{}: {e}", witness.path().display()))?;
+    let length = crate::audit::length(s.store.pool()).await.map_err(|e| e.to_string())?;
+    if length < seen.audit_length {
+        tracing::warn!(
+            database = length,
+            witness = seen.audit_length,
+            "the database is behind the restore witness: refusing the rounds open at the backup"
+        );
+        let refused = refuse_open_rounds(s).await?;
+        let mut unknown = 0;
+        for id in &seen.rounds {
+            let Ok(round) = RoundId::parse(id.clone()) else { continue };
+            if s.store.round(&round).await.map_err(|e| e.to_string())?.is_none() {
+                s.store.refuse(&round, s.clock.now()).await.map_err(|e| e.to_string())?;
+                unknown += 1;
+            }
+        }
+        tracing::warn!(refused, unknown, "rounds refused after a restore");
+    }
+    let length = crate::audit::length(s.store.pool()).await.map_err(|e| e.to_string())?;
+    witness.note_audit(length).map_err(|e| format!("{}: {e}", witness.path().display()))
+}
+
+/// Refuses (and shreds) every round still open: what a node restored from a backup must do.
+pub async fn refuse_open_rounds(s: &AppState) -> Result<u64, String> {
+    let system = Actor { subject: "kms", role: Role::Admin };
+    let open = s.store.open_rounds().await.map_err(|e| e.to_string())?;
+    for round in &open {
+        s.store
+            .shred(round, KmsRoundState::Refused, s.clock.now(), &system, "round.refuse_after_restore")
+            .await
+            .map_err(|e| e.to_string())?;
+        s.metrics.rounds_shredded.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(open.len() as u64)
+}

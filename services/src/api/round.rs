@@ -1,0 +1,175 @@
+//! A round, as the aggregator serves it and every party agrees on it: what an operator asks
+//! for ([`RoundRequest`]), the immutable spec registered with every key manager
+//! ([`RoundSpec`]), and its state and transcript ([`RoundInfo`]).
+
+use super::kms::SpecEcho;
+use crate::ids::{ClientId, RoundId, Sha256Digest};
+use cryptflow_he::planner::{Plan, Weighting};
+use cryptflow_he::MaskSeed;
+use serde::{Deserialize, Serialize};
+
+/// Largest update a round may declare (2^31 values).
+pub const MAX_DIMENSION: u64 = 1 << 31;
+/// Largest number of clients a round may list.
+pub const MAX_ROUND_CLIENTS: usize = 100_000;
+/// Longest tensor name.
+pub const MAX_TENSOR_NAME: usize = 256;
+/// Most tensors in a layout.
+pub const MAX_TENSORS: usize = 100_000;
+
+/// One named tensor of a round's layout; tensors are flattened in order, row-major.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorLayout {
+    /// Tensor name (e.g. `fc1.weight`).
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+}
+
+/// What a round aggregates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Layout {
+    /// A flat vector of this many values.
+    Dimension(u64),
+    /// Named tensors, concatenated in this order (one block counter runs over all of them).
+    Tensors(Vec<TensorLayout>),
+}
+
+impl Layout {
+    /// Number of model values (before any count slot); `None` if it overflows.
+    pub fn values(&self) -> Option<u64> {
+        match self {
+            Layout::Dimension(d) => Some(*d),
+            Layout::Tensors(ts) => ts.iter().try_fold(0u64, |acc, t| {
+                let n = t.shape.iter().try_fold(1u64, |a, &s| a.checked_mul(s))?;
+                acc.checked_add(n)
+            }),
+        }
+    }
+}
+
+/// Body of `POST /v1/rounds`: what an operator asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundRequest {
+    /// The round's id.
+    pub round_id: RoundId,
+    /// Vector dimension or tensor layout.
+    pub layout: Layout,
+    /// Roster members allowed to contribute (each must be on every key manager's roster).
+    pub clients: Vec<ClientId>,
+    /// The round fails below this many contributions (and never publishes fewer than the
+    /// key managers' minimum set size `m`).
+    pub min_clients: u32,
+    /// The round closes as soon as this many uploads are folded.
+    pub max_clients: u32,
+    /// Deadline, Unix seconds of the aggregator's clock. Give this or `deadline_in_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<i64>,
+    /// Deadline relative to the aggregator's clock when the round is created (an operator's
+    /// clock may be wrong). Give this or `deadline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_in_secs: Option<u64>,
+    /// Weighting: `uniform`, or `{"samples": {"min_count": …, "max_count": …}}` (FedAvg by
+    /// sample count, the counts encrypted with the update).
+    pub weighting: Weighting,
+    /// Values are clipped to `[−clip_bound, clip_bound]` (clipping is reported client-side).
+    pub clip_bound: f64,
+    /// Largest acceptable absolute error of a coordinate of the mean.
+    pub max_abs_error: f64,
+}
+
+/// The immutable spec every party of a round agrees on: the aggregator registers it with
+/// every key manager, each signs its hash, and clients check the signatures against their
+/// pinned committee file before depositing anything.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundSpec {
+    /// The round.
+    pub round_id: RoundId,
+    /// Model values `d` of an update.
+    pub values: u64,
+    /// The round's members, sorted.
+    pub clients: Vec<ClientId>,
+    /// Fewest contributions the round may publish.
+    pub min_clients: u32,
+    /// Most contributions (the plan's `C`).
+    pub max_clients: u32,
+    /// The public seed of the round's masks, drawn by the aggregator from fresh OS randomness
+    /// at creation.
+    pub mask_seed: MaskSeed,
+    /// Encoding and transport width (re-derived from its request when parsed).
+    pub plan: Plan,
+}
+
+/// Round lifecycle at the aggregator.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundState {
+    /// Accepting uploads.
+    Open,
+    /// Closed; the aggregate is being built and the contributor set reported.
+    Aggregating,
+    /// The key managers recorded the contributor set: the aggregate and the releases are
+    /// available. "Published" means "fetchable".
+    Published,
+    /// Too few contributions, or the key managers could not record a set.
+    Failed,
+}
+
+/// One contribution: who, and the SHA-256 of what it uploaded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contribution {
+    /// The contributing client.
+    pub client_id: ClientId,
+    /// SHA-256 of its upload (header and payload, as sent).
+    pub upload_sha256: Sha256Digest,
+}
+
+/// What a published round aggregated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transcript {
+    /// The contributor set `S`, sorted by client.
+    pub contributors: Vec<Contribution>,
+    /// SHA-256 of the aggregate.
+    pub aggregate_sha256: Sha256Digest,
+    /// The key managers that recorded `S` (share indices).
+    pub recorded_by: Vec<u8>,
+}
+
+/// A round as the aggregator serves it (to admins and the round's members).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundInfo {
+    /// What was asked for.
+    pub request: RoundRequest,
+    /// The agreed spec.
+    pub spec: RoundSpec,
+    /// The absolute deadline (Unix seconds, the aggregator's clock).
+    pub deadline: i64,
+    /// State.
+    pub state: RoundState,
+    /// Uploads admitted so far (pending and folded).
+    pub uploads: u32,
+    /// Each key manager's signed echo of the spec, as returned at registration.
+    pub echoes: Vec<SpecEcho>,
+    /// After publication: what was aggregated.
+    pub transcript: Option<Transcript>,
+    /// Why the round failed, if it did.
+    pub failure: Option<String>,
+}
+
+/// Response to an accepted upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmissionReceipt {
+    /// The round.
+    pub round_id: RoundId,
+    /// The submitting client.
+    pub client_id: ClientId,
+    /// SHA-256 of the stored upload: deposit it, signed, with the key managers.
+    pub upload_sha256: Sha256Digest,
+    /// Uploads admitted so far, this one included.
+    pub uploads: u32,
+}

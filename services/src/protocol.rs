@@ -1,0 +1,654 @@
+//! The round protocol's rules, in one place for the key managers, the aggregator and the SDK:
+//!
+//! - the **committee file** ([`Committee`]) every node and client pins: `n` nodes with their
+//!   share index, URL and Ed25519 signing key, threshold `t`;
+//! - the **roster** ([`Roster`]) every node is configured with: the consortium's members, their
+//!   Ed25519 keys, which may read means they did not contribute to, and the minimum set size
+//!   `m`;
+//! - the **canonical bytes** of a round spec and its hash, the statement a node signs when it
+//!   registers a round, and the statement a client signs with a deposit;
+//! - a site's signing key ([`SiteKey`]): signs deposits and mints the short-lived tokens a
+//!   roster member authenticates with at the key managers (EdDSA JWTs whose `kid` is
+//!   `roster:<client id>`), and, as an issuer key, operators' tokens;
+//! - what a spec implies for an upload ([`setup`], [`upload_len`]).
+//!
+//! Every statement starts with a domain-separation tag ending in a zero byte, and every
+//! variable-length field is prefixed with its length as a `u32`, so no two statements share an
+//! encoding.
+
+use crate::api::kms::SpecEcho;
+use crate::api::round::{Contribution, RoundSpec};
+use crate::api::{PublicKeyHex, SignatureHex};
+use crate::ids::{ClientId, RoundId, Sha256Digest};
+use crate::role::Role;
+use base64::Engine;
+use cryptflow_he::sharing::{CommitteeShape, ShareIndex};
+use cryptflow_he::RoundSetup;
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fmt;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// A protocol object that is not well-formed or does not verify.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A committee file that is not a valid committee.
+    #[error("committee: {0}")]
+    Committee(String),
+    /// A roster that is not valid.
+    #[error("roster: {0}")]
+    Roster(String),
+    /// A key that cannot be read.
+    #[error("key: {0}")]
+    Key(String),
+    /// A signature that does not verify.
+    #[error("the signature of {what} does not verify")]
+    BadSignature {
+        /// What was signed.
+        what: &'static str,
+    },
+    /// A spec inconsistent with its plan or limits.
+    #[error("round spec: {0}")]
+    Spec(String),
+}
+
+/// Length-prefixed appends for canonical encodings.
+struct Canon(Vec<u8>);
+
+impl Canon {
+    fn new(tag: &str) -> Self {
+        let mut v = tag.as_bytes().to_vec();
+        v.push(0);
+        Self(v)
+    }
+    fn bytes(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn fixed(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn u32(self, v: u32) -> Self {
+        self.fixed(&v.to_le_bytes())
+    }
+    fn u64(self, v: u64) -> Self {
+        self.fixed(&v.to_le_bytes())
+    }
+    fn digest(self) -> Sha256Digest {
+        Sha256Digest(Sha256::digest(&self.0).into())
+    }
+}
+
+/// One node of the committee, as the committee file lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitteeNode {
+    /// Share index `x` (1..=n).
+    pub x: u8,
+    /// Base URL of the node's client-facing listener.
+    pub url: String,
+    /// The node's Ed25519 signing key (it signs its echo of every round spec).
+    pub public_key: PublicKeyHex,
+}
+
+/// The committee file: `n` key managers and the threshold `t`. Every node and every client is
+/// configured with the same file; a `Committee` that exists is valid (indices `1..=n`, each
+/// once, `n/2 < t ≤ n`, `n ≤ 16`, URLs `http(s)://`, distinct keys).
+///
+/// ```
+/// use cryptflow_services::protocol::Committee;
+/// let c = Committee::from_toml(r#"
+///     threshold = 2
+///     [[nodes]]
+///     x = 1
+///     url = "https://kms-1.example"
+///     public_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+///     [[nodes]]
+///     x = 2
+///     url = "https://kms-2.example"
+///     public_key = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
+///     [[nodes]]
+///     x = 3
+///     url = "https://kms-3.example"
+///     public_key = "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025"
+/// "#).unwrap();
+/// assert_eq!((c.shape().nodes(), c.shape().threshold(), c.shape().privacy_threshold()), (3, 2, 1));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Committee {
+    threshold: u8,
+    nodes: Vec<CommitteeNode>,
+    #[serde(skip)]
+    shape: CommitteeShape,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitteeFile {
+    threshold: u8,
+    nodes: Vec<CommitteeNode>,
+}
+
+impl<'de> Deserialize<'de> for Committee {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = CommitteeFile::deserialize(d)?;
+        Committee::try_new(f.threshold, f.nodes).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Committee {
+    /// Validates a committee.
+    pub fn try_new(threshold: u8, mut nodes: Vec<CommitteeNode>) -> Result<Self, ProtocolError> {
+        let n = u8::try_from(nodes.len()).map_err(|_| ProtocolError::Committee("more than 16 nodes".into()))?;
+        let shape = CommitteeShape::try_new(n, threshold).map_err(|e| ProtocolError::Committee(e.to_string()))?;
+        nodes.sort_by_key(|node| node.x);
+        for (i, node) in nodes.iter().enumerate() {
+            if node.x as usize != i + 1 {
+                return Err(ProtocolError::Committee(format!(
+                    "share indices must be 1..={n}, each once (found {})",
+                    node.x
+                )));
+            }
+            if !(node.url.starts_with("http://") || node.url.starts_with("https://")) {
+                return Err(ProtocolError::Committee(format!(
+                    "node {}: url `{}` must start with http:// or https://",
+                    node.x, node.url
+                )));
+            }
+            VerifyingKey::from_bytes(&node.public_key.0)
+                .map_err(|_| ProtocolError::Committee(format!("node {}: not an Ed25519 public key", node.x)))?;
+        }
+        let keys: BTreeSet<[u8; 32]> = nodes.iter().map(|n| n.public_key.0).collect();
+        if keys.len() != nodes.len() {
+            return Err(ProtocolError::Committee("two nodes share a signing key".into()));
+        }
+        Ok(Self { threshold, nodes, shape })
+    }
+
+    /// Parses a committee file (TOML).
+    pub fn from_toml(text: &str) -> Result<Self, ProtocolError> {
+        toml::from_str(text).map_err(|e| ProtocolError::Committee(e.message().to_owned()))
+    }
+
+    /// The committee file's text.
+    pub fn to_toml(&self) -> String {
+        #[derive(Serialize)]
+        struct F<'a> {
+            threshold: u8,
+            nodes: &'a [CommitteeNode],
+        }
+        toml::to_string(&F { threshold: self.threshold, nodes: &self.nodes }).unwrap_or_default()
+    }
+
+    /// `n` and `t`.
+    pub fn shape(&self) -> CommitteeShape {
+        self.shape
+    }
+    /// The nodes, by share index.
+    pub fn nodes(&self) -> &[CommitteeNode] {
+        &self.nodes
+    }
+    /// The node with share index `x`.
+    pub fn node(&self, x: u8) -> Option<&CommitteeNode> {
+        self.nodes.get((x as usize).wrapping_sub(1))
+    }
+
+    /// The digest every node's echo is bound to: threshold, then each node's index and key.
+    /// URLs are left out: an operator may move a node without a new committee.
+    pub fn digest(&self) -> Sha256Digest {
+        let mut c = Canon::new("cryptflow committee v2").fixed(&[self.threshold, self.nodes.len() as u8]);
+        for n in &self.nodes {
+            c = c.fixed(&[n.x]).fixed(&n.public_key.0);
+        }
+        c.digest()
+    }
+}
+
+/// One roster member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterMember {
+    /// The member's client id (the `sub` of its tokens).
+    pub id: ClientId,
+    /// Its Ed25519 public key (`cryptflow keygen` prints it).
+    pub public_key: PublicKeyHex,
+    /// Whether it may read the mean of rounds it did not contribute to.
+    #[serde(default)]
+    pub reader: bool,
+}
+
+/// The consortium's roster, part of every key manager's configuration (not of a round): who
+/// may be in a round, with which key, who may read, and the minimum set size `m`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Roster {
+    min_set_size: u32,
+    members: Vec<RosterMember>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosterFile {
+    min_set_size: u32,
+    #[serde(default)]
+    members: Vec<RosterMember>,
+}
+
+impl<'de> Deserialize<'de> for Roster {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = RosterFile::deserialize(d)?;
+        Roster::try_new(f.min_set_size, f.members).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Roster {
+    /// Validates a roster: `m ≥ 1`, ids unique, keys valid.
+    pub fn try_new(min_set_size: u32, mut members: Vec<RosterMember>) -> Result<Self, ProtocolError> {
+        if min_set_size == 0 {
+            return Err(ProtocolError::Roster("min_set_size must be at least 1".into()));
+        }
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        for pair in members.windows(2) {
+            if pair[0].id == pair[1].id {
+                return Err(ProtocolError::Roster(format!("`{}` is listed twice", pair[0].id)));
+            }
+        }
+        for m in &members {
+            VerifyingKey::from_bytes(&m.public_key.0)
+                .map_err(|_| ProtocolError::Roster(format!("`{}`: not an Ed25519 public key", m.id)))?;
+        }
+        Ok(Self { min_set_size, members })
+    }
+
+    /// Parses a roster file (TOML).
+    pub fn from_toml(text: &str) -> Result<Self, ProtocolError> {
+        toml::from_str(text).map_err(|e| ProtocolError::Roster(e.message().to_owned()))
+    }
+
+    /// The roster file's text.
+    pub fn to_toml(&self) -> String {
+        #[derive(Serialize)]
+        struct F<'a> {
+            min_set_size: u32,
+            members: &'a [RosterMember],
+        }
+        toml::to_string(&F { min_set_size: self.min_set_size, members: &self.members }).unwrap_or_default()
+    }
+
+    /// `m`.
+    pub fn min_set_size(&self) -> u32 {
+        self.min_set_size
+    }
+    /// The members, sorted by id.
+    pub fn members(&self) -> &[RosterMember] {
+        &self.members
+    }
+    /// A member by id.
+    pub fn member(&self, id: &ClientId) -> Option<&RosterMember> {
+        self.members.binary_search_by(|m| m.id.cmp(id)).ok().map(|i| &self.members[i])
+    }
+
+    /// Digest of the roster: `m`, then each member's id, key and reader flag.
+    pub fn digest(&self) -> Sha256Digest {
+        let mut c = Canon::new("cryptflow roster v2").u32(self.min_set_size).u64(self.members.len() as u64);
+        for m in &self.members {
+            c = c.bytes(m.id.as_str().as_bytes()).fixed(&m.public_key.0).fixed(&[m.reader as u8]);
+        }
+        c.digest()
+    }
+}
+
+/// Digest of a round's member list (sorted ids).
+pub fn members_digest(clients: &[ClientId]) -> Sha256Digest {
+    let mut sorted: Vec<&ClientId> = clients.iter().collect();
+    sorted.sort();
+    let mut c = Canon::new("cryptflow round members v2").u64(sorted.len() as u64);
+    for id in sorted {
+        c = c.bytes(id.as_str().as_bytes());
+    }
+    c.digest()
+}
+
+/// The hash a node signs for a round: the spec's every field (members by digest, the plan by
+/// its digest), bound to the committee, the roster and `m` of the node's configuration.
+pub fn spec_hash(
+    spec: &RoundSpec,
+    committee: &Sha256Digest,
+    roster: &Sha256Digest,
+    min_set_size: u32,
+) -> Sha256Digest {
+    Canon::new("cryptflow round spec v2")
+        .bytes(spec.round_id.as_str().as_bytes())
+        .u64(spec.values)
+        .fixed(&members_digest(&spec.clients).0)
+        .u32(spec.min_clients)
+        .u32(spec.max_clients)
+        .fixed(&spec.mask_seed.0)
+        .fixed(&spec.plan.digest())
+        .fixed(&committee.0)
+        .fixed(&roster.0)
+        .u32(min_set_size)
+        .digest()
+}
+
+/// What node `x` signs when it registers a round.
+pub fn echo_statement(x: u8, spec_hash: &Sha256Digest) -> Vec<u8> {
+    Canon::new("cryptflow spec echo v2").fixed(&[x]).fixed(&spec_hash.0).0
+}
+
+/// What a client signs with a deposit: the round, the spec hash it checked, the node, itself,
+/// the SHA-256 of the share and of its upload (DESIGN §4).
+pub fn deposit_statement(
+    round: &RoundId,
+    spec_hash: &Sha256Digest,
+    x: u8,
+    client: &ClientId,
+    share_sha256: &Sha256Digest,
+    upload_sha256: &Sha256Digest,
+) -> Vec<u8> {
+    Canon::new("cryptflow deposit v2")
+        .bytes(round.as_str().as_bytes())
+        .fixed(&spec_hash.0)
+        .fixed(&[x])
+        .bytes(client.as_str().as_bytes())
+        .fixed(&share_sha256.0)
+        .fixed(&upload_sha256.0)
+        .0
+}
+
+/// Checks an Ed25519 signature.
+pub fn verify(
+    key: &PublicKeyHex,
+    message: &[u8],
+    signature: &SignatureHex,
+    what: &'static str,
+) -> Result<(), ProtocolError> {
+    let key = VerifyingKey::from_bytes(&key.0).map_err(|_| ProtocolError::BadSignature { what })?;
+    let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+    key.verify(message, &sig).map_err(|_| ProtocolError::BadSignature { what })
+}
+
+/// Checks a node's echo of `spec` against the pinned committee: the node exists, its echo's
+/// hash is the spec's with the committee's digest and the echo's roster digest, and its
+/// signature verifies with the pinned key. Returns the spec hash.
+pub fn verify_echo(
+    committee: &Committee,
+    spec: &RoundSpec,
+    echo: &SpecEcho,
+) -> Result<Sha256Digest, ProtocolError> {
+    let node = committee
+        .node(echo.share_index)
+        .ok_or_else(|| ProtocolError::Committee(format!("no node {} in the committee", echo.share_index)))?;
+    let expected = spec_hash(spec, &committee.digest(), &echo.roster_digest, echo.min_set_size);
+    if expected != echo.spec_hash {
+        return Err(ProtocolError::Spec(format!(
+            "node {} signed another spec (or has another committee)",
+            echo.share_index
+        )));
+    }
+    verify(&node.public_key, &echo_statement(echo.share_index, &expected), &echo.signature, "a spec echo")?;
+    Ok(expected)
+}
+
+/// The [`RoundSetup`] a spec implies (plan, seed, size).
+pub fn setup(spec: &RoundSpec) -> Result<RoundSetup, ProtocolError> {
+    if spec.plan.max_clients() != spec.max_clients {
+        return Err(ProtocolError::Spec("the plan's max_clients is not the round's".into()));
+    }
+    RoundSetup::try_new(spec.plan, spec.mask_seed, spec.values).map_err(|e| ProtocolError::Spec(e.to_string()))
+}
+
+/// The exact size of an upload (and of the aggregate) of this round.
+pub fn upload_len(spec: &RoundSpec) -> Result<u64, ProtocolError> {
+    Ok(setup(spec)?.upload_len())
+}
+
+/// Sorts a contributor list and checks each client appears once.
+pub fn canonical_set(mut set: Vec<Contribution>) -> Result<Vec<Contribution>, ProtocolError> {
+    set.sort();
+    for pair in set.windows(2) {
+        if pair[0].client_id == pair[1].client_id {
+            return Err(ProtocolError::Spec(format!("{} appears twice in the set", pair[0].client_id)));
+        }
+    }
+    Ok(set)
+}
+
+/// Lifetime of the tokens a roster member mints for the key managers.
+pub const ROSTER_TOKEN_TTL_SECS: u64 = 300;
+
+/// The `kid` of a roster member's self-minted token.
+pub fn roster_kid(id: &ClientId) -> String {
+    format!("roster:{id}")
+}
+
+/// The claims of CryptFlow's tokens (EdDSA JWTs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject: the client id for clients, an operator or service name otherwise.
+    pub sub: String,
+    /// Role.
+    pub role: Role,
+    /// Audience: the service the token is for (`kms` or `aggregator`).
+    pub aud: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at.
+    pub iat: u64,
+    /// Not before (when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// An Ed25519 signing key: a site's roster key (`cryptflow keygen`), a key manager's node key,
+/// or a token issuer's key. Zeroized on drop; never printed.
+pub struct SiteKey {
+    key: SigningKey,
+}
+
+impl fmt::Debug for SiteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SiteKey(public {}, private <redacted>)", self.public_key())
+    }
+}
+
+impl SiteKey {
+    /// A fresh key from the OS.
+    pub fn generate() -> Self {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, seed.as_mut());
+        Self { key: SigningKey::from_bytes(&seed) }
+    }
+
+    /// From a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, what `cryptflow keygen` and
+    /// `openssl genpkey -algorithm ed25519` write).
+    pub fn from_pem(pem: &str) -> Result<Self, ProtocolError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        SigningKey::from_pkcs8_pem(pem)
+            .map(|key| Self { key })
+            .map_err(|_| ProtocolError::Key("not a PKCS#8 PEM Ed25519 private key".into()))
+    }
+
+    /// Standard PKCS#8 PEM (readable by OpenSSL 3 and Python's `cryptography`).
+    pub fn to_pem(&self) -> Result<Zeroizing<String>, ProtocolError> {
+        use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        self.key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map(|p| Zeroizing::new(p.to_string()))
+            .map_err(|e| ProtocolError::Key(e.to_string()))
+    }
+
+    /// The public key (SPKI PEM), for a service's `jwt_keys`.
+    pub fn public_pem(&self) -> Result<String, ProtocolError> {
+        use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        self.key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| ProtocolError::Key(e.to_string()))
+    }
+
+    /// The public key, as rosters and committee files list it.
+    pub fn public_key(&self) -> PublicKeyHex {
+        PublicKeyHex(self.key.verifying_key().to_bytes())
+    }
+
+    /// Signs `message`.
+    pub fn sign(&self, message: &[u8]) -> SignatureHex {
+        SignatureHex(self.key.sign(message).to_bytes())
+    }
+
+    /// Mints a compact EdDSA JWT with `kid` and `claims`.
+    pub fn mint(&self, kid: &str, claims: &Claims) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": kid });
+        let body = serde_json::to_vec(claims).unwrap_or_default();
+        let signing_input =
+            format!("{}.{}", b64.encode(header.to_string()), b64.encode(body));
+        let sig = self.key.sign(signing_input.as_bytes()).to_bytes();
+        format!("{signing_input}.{}", b64.encode(sig))
+    }
+
+    /// A short-lived token for the key managers, as roster member `id` with `role` (client or
+    /// reader), signed with this (roster) key.
+    pub fn roster_token(&self, id: &ClientId, role: Role) -> String {
+        let now = unix_now();
+        self.mint(
+            &roster_kid(id),
+            &Claims {
+                sub: id.to_string(),
+                role,
+                aud: "kms".into(),
+                exp: now + ROSTER_TOKEN_TTL_SECS,
+                iat: now,
+                nbf: None,
+            },
+        )
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A key pair for tests and local stacks: the site key and its roster entry.
+pub fn roster_member(id: &ClientId, key: &SiteKey, reader: bool) -> RosterMember {
+    RosterMember { id: id.clone(), public_key: key.public_key(), reader }
+}
+
+/// The [`ShareIndex`] of `x`.
+pub fn share_index(x: u8) -> Result<ShareIndex, ProtocolError> {
+    ShareIndex::try_new(x).map_err(|e| ProtocolError::Committee(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptflow_he::planner::{plan, PlanRequest, Weighting};
+    use cryptflow_he::{MaskSeed, ParameterSet};
+
+    fn spec() -> RoundSpec {
+        let p = plan(
+            &ParameterSet::default_128(),
+            &PlanRequest { max_clients: 3, clip_bound: 1.0, max_abs_error: 1e-6, weighting: Weighting::Uniform },
+        )
+        .unwrap();
+        RoundSpec {
+            round_id: RoundId::parse("r1").unwrap(),
+            values: 100,
+            clients: ["a", "b", "c"].iter().map(|c| ClientId::parse(*c).unwrap()).collect(),
+            min_clients: 2,
+            max_clients: 3,
+            mask_seed: MaskSeed([7; 16]),
+            plan: p,
+        }
+    }
+
+    fn committee(keys: &[SiteKey], t: u8) -> Committee {
+        let nodes = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| CommitteeNode { x: i as u8 + 1, url: format!("http://n{i}"), public_key: k.public_key() })
+            .collect();
+        Committee::try_new(t, nodes).unwrap()
+    }
+
+    #[test]
+    fn echoes_verify_against_the_pinned_committee_only() {
+        let keys: Vec<SiteKey> = (0..3).map(|_| SiteKey::generate()).collect();
+        let c = committee(&keys, 2);
+        let roster = Sha256Digest([9; 32]);
+        let s = spec();
+        let h = spec_hash(&s, &c.digest(), &roster, 2);
+        let echo = SpecEcho {
+            share_index: 2,
+            spec_hash: h,
+            roster_digest: roster,
+            min_set_size: 2,
+            signature: keys[1].sign(&echo_statement(2, &h)),
+        };
+        assert_eq!(verify_echo(&c, &s, &echo).unwrap(), h);
+        // Signed by another node's key, or for another spec, or under another committee: no.
+        let forged = SpecEcho { signature: keys[0].sign(&echo_statement(2, &h)), ..echo.clone() };
+        assert!(verify_echo(&c, &s, &forged).is_err());
+        let other = RoundSpec { min_clients: 1, ..s.clone() };
+        assert!(verify_echo(&c, &other, &echo).is_err());
+        let other_committee = committee(&[SiteKey::generate(), SiteKey::generate(), SiteKey::generate()], 2);
+        assert!(verify_echo(&other_committee, &s, &echo).is_err());
+        let lower_m = SpecEcho { min_set_size: 1, ..echo };
+        assert!(verify_echo(&c, &s, &lower_m).is_err());
+    }
+
+    #[test]
+    fn committee_files_are_validated() {
+        let keys: Vec<SiteKey> = (0..3).map(|_| SiteKey::generate()).collect();
+        let c = committee(&keys, 2);
+        assert_eq!(Committee::from_toml(&c.to_toml()).unwrap(), c);
+        let bad = c.to_toml().replace("threshold = 2", "threshold = 1");
+        assert!(Committee::from_toml(&bad).unwrap_err().to_string().contains("threshold"));
+        let dup = c.to_toml().replace("x = 3", "x = 2");
+        assert!(Committee::from_toml(&dup).is_err());
+        let url = c.to_toml().replace("http://n0", "ftp://n0");
+        assert!(Committee::from_toml(&url).is_err());
+    }
+
+    #[test]
+    fn rosters_are_validated_and_digested() {
+        let k = SiteKey::generate();
+        let a = ClientId::parse("a").unwrap();
+        let r = Roster::try_new(2, vec![roster_member(&a, &k, false)]).unwrap();
+        assert_eq!(Roster::from_toml(&r.to_toml()).unwrap(), r);
+        assert!(Roster::try_new(2, vec![roster_member(&a, &k, false), roster_member(&a, &k, true)]).is_err());
+        assert!(Roster::try_new(0, vec![]).is_err());
+        let reader = Roster::try_new(2, vec![roster_member(&a, &k, true)]).unwrap();
+        assert_ne!(r.digest(), reader.digest(), "the reader flag is in the digest");
+        assert_eq!(r.member(&a).unwrap().public_key, k.public_key());
+    }
+
+    #[test]
+    fn site_keys_round_trip_as_standard_pkcs8() {
+        let k = SiteKey::generate();
+        let pem = k.to_pem().unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_eq!(SiteKey::from_pem(&pem).unwrap().public_key(), k.public_key());
+        assert!(!format!("{k:?}").contains(&*pem));
+        // A signature over a deposit statement verifies with the public key only.
+        let st = deposit_statement(
+            &RoundId::parse("r").unwrap(),
+            &Sha256Digest([1; 32]),
+            1,
+            &ClientId::parse("a").unwrap(),
+            &Sha256Digest([2; 32]),
+            &Sha256Digest([3; 32]),
+        );
+        let sig = k.sign(&st);
+        assert!(verify(&k.public_key(), &st, &sig, "deposit").is_ok());
+        assert!(verify(&SiteKey::generate().public_key(), &st, &sig, "deposit").is_err());
+    }
+}
