@@ -67,7 +67,13 @@ impl BlobStore {
     }
 
     /// Reads `len` bytes of `round/name` from `offset`.
-    pub fn get_range(&self, round: &str, name: &str, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    pub fn get_range(
+        &self,
+        round: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<Vec<u8>> {
         let mut f = std::fs::File::open(self.path(round, name))?;
         f.seek(SeekFrom::Start(offset))?;
         let mut out = vec![0u8; len];

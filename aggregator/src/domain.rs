@@ -24,10 +24,18 @@ fn invalid(field: &str, detail: impl Into<String>) -> AppError {
 pub fn deadline(request: &RoundRequest, now: i64) -> Result<i64, AppError> {
     match (request.deadline, request.deadline_in_secs) {
         (Some(at), None) if at > now => Ok(at),
-        (Some(_), None) => Err(invalid("deadline", "must be in the future (of the aggregator's clock); or give deadline_in_secs")),
+        (Some(_), None) => Err(invalid(
+            "deadline",
+            "must be in the future (of the aggregator's clock); or give deadline_in_secs",
+        )),
         (None, Some(secs)) if (1..=366 * 86_400).contains(&secs) => Ok(now + secs as i64),
-        (None, Some(_)) => Err(invalid("deadline_in_secs", "must be in [1, 31622400]").with_limit(366 * 86_400)),
-        _ => Err(invalid("deadline", "give exactly one of deadline (Unix seconds) and deadline_in_secs")),
+        (None, Some(_)) => {
+            Err(invalid("deadline_in_secs", "must be in [1, 31622400]").with_limit(366 * 86_400))
+        }
+        _ => Err(invalid(
+            "deadline",
+            "give exactly one of deadline (Unix seconds) and deadline_in_secs",
+        )),
     }
 }
 
@@ -35,16 +43,23 @@ pub fn deadline(request: &RoundRequest, now: i64) -> Result<i64, AppError> {
 pub fn round_spec(request: &RoundRequest, seed: MaskSeed) -> Result<RoundSpec, AppError> {
     let values = request.layout.values().filter(|&v| (1..=MAX_DIMENSION).contains(&v));
     let Some(values) = values else {
-        return Err(invalid("layout", format!("must describe 1 to {MAX_DIMENSION} values")).with_limit(MAX_DIMENSION));
+        return Err(invalid("layout", format!("must describe 1 to {MAX_DIMENSION} values"))
+            .with_limit(MAX_DIMENSION));
     };
     if let Layout::Tensors(ts) = &request.layout {
         if ts.is_empty() || ts.len() > MAX_TENSORS {
-            return Err(invalid("layout", format!("must list 1 to {MAX_TENSORS} tensors")).with_limit(MAX_TENSORS as u64));
+            return Err(invalid("layout", format!("must list 1 to {MAX_TENSORS} tensors"))
+                .with_limit(MAX_TENSORS as u64));
         }
         let names: HashSet<&str> = ts.iter().map(|t| t.name.as_str()).collect();
-        if names.len() != ts.len() || ts.iter().any(|t| t.name.is_empty() || t.name.len() > MAX_TENSOR_NAME) {
-            return Err(invalid("layout", format!("tensor names must be unique and 1 to {MAX_TENSOR_NAME} bytes"))
-                .with_limit(MAX_TENSOR_NAME as u64));
+        if names.len() != ts.len()
+            || ts.iter().any(|t| t.name.is_empty() || t.name.len() > MAX_TENSOR_NAME)
+        {
+            return Err(invalid(
+                "layout",
+                format!("tensor names must be unique and 1 to {MAX_TENSOR_NAME} bytes"),
+            )
+            .with_limit(MAX_TENSOR_NAME as u64));
         }
     }
     if request.clients.is_empty() || request.clients.len() > MAX_ROUND_CLIENTS {
@@ -57,11 +72,15 @@ pub fn round_spec(request: &RoundRequest, seed: MaskSeed) -> Result<RoundSpec, A
     }
     let n = request.clients.len() as u32;
     if request.max_clients == 0 || request.max_clients > n {
-        return Err(invalid("max_clients", format!("must be in [1, {n}] (the clients listed)")).with_limit(n as u64));
+        return Err(invalid("max_clients", format!("must be in [1, {n}] (the clients listed)"))
+            .with_limit(n as u64));
     }
     if request.min_clients == 0 || request.min_clients > request.max_clients {
-        return Err(invalid("min_clients", format!("must be in [1, max_clients = {}]", request.max_clients))
-            .with_limit(request.max_clients as u64));
+        return Err(invalid(
+            "min_clients",
+            format!("must be in [1, max_clients = {}]", request.max_clients),
+        )
+        .with_limit(request.max_clients as u64));
     }
     let plan = planner::plan(
         &ParameterSet::default_128(),
@@ -160,12 +179,7 @@ pub enum Step {
 }
 
 /// Decides, for a closed round, from the admitted uploads and the set they allow.
-pub fn next_step(
-    admitted: usize,
-    set: Vec<Contribution>,
-    needed: u32,
-    grace_over: bool,
-) -> Step {
+pub fn next_step(admitted: usize, set: Vec<Contribution>, needed: u32, grace_over: bool) -> Step {
     if set.len() == admitted && set.len() >= needed as usize {
         return Step::Publish(set);
     }
@@ -184,7 +198,13 @@ pub fn next_step(
 }
 
 /// Whether a round in `state` with `admitted` uploads should close now.
-pub fn should_close(state: RoundState, admitted: u32, max_clients: u32, deadline: i64, now: i64) -> bool {
+pub fn should_close(
+    state: RoundState,
+    admitted: u32,
+    max_clients: u32,
+    deadline: i64,
+    now: i64,
+) -> bool {
     state == RoundState::Open && (admitted >= max_clients || now >= deadline)
 }
 
@@ -231,13 +251,19 @@ mod tests {
         // An operator whose clock is five minutes slow asks for 120 s: fine, it is relative.
         assert_eq!(deadline(&request(), 1_000).unwrap(), 1_060);
         let absolute = RoundRequest { deadline: Some(900), deadline_in_secs: None, ..request() };
-        assert_eq!(deadline(&absolute, 1_000).unwrap_err().problem().field.as_deref(), Some("deadline"));
+        assert_eq!(
+            deadline(&absolute, 1_000).unwrap_err().problem().field.as_deref(),
+            Some("deadline")
+        );
         let both = RoundRequest { deadline: Some(2_000), ..request() };
         assert!(deadline(&both, 1_000).is_err());
     }
 
     fn c(id: &str, d: u8) -> Contribution {
-        Contribution { client_id: ClientId::parse(id).unwrap(), upload_sha256: Sha256Digest([d; 32]) }
+        Contribution {
+            client_id: ClientId::parse(id).unwrap(),
+            upload_sha256: Sha256Digest([d; 32]),
+        }
     }
 
     #[test]

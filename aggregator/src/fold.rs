@@ -48,13 +48,15 @@ pub fn build_aggregate(
     setup: &RoundSetup,
     set: &[UploadRow],
 ) -> Result<(Sha256Digest, u64), FoldError> {
-    let contributors = u32::try_from(set.len()).map_err(|_| std::io::Error::other("too many contributors"))?;
+    let contributors =
+        u32::try_from(set.len()).map_err(|_| std::io::Error::other("too many contributors"))?;
     let header = setup.header(CiphertextKind::Aggregate, contributors).to_bytes();
     let mut out = blobs.writer(round.as_str())?;
     let mut digest = Sha256::new();
     out.write_all(&header)?;
     digest.update(&header);
-    let names: Vec<String> = set.iter().map(|u| upload_blob(u.client_id.as_str(), &u.sha256)).collect();
+    let names: Vec<String> =
+        set.iter().map(|u| upload_blob(u.client_id.as_str(), &u.sha256)).collect();
     let mut checks: Vec<Sha256> = set
         .iter()
         .zip(&names)
@@ -75,7 +77,9 @@ pub fn build_aggregate(
         for (names, checks) in names.chunks(BATCH).zip(checks.chunks_mut(BATCH)) {
             let chunks = names
                 .iter()
-                .map(|name| blobs.get_range(round.as_str(), name, HEADER_LEN as u64 + bytes.start, len))
+                .map(|name| {
+                    blobs.get_range(round.as_str(), name, HEADER_LEN as u64 + bytes.start, len)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             for (check, chunk) in checks.iter_mut().zip(&chunks) {
                 check.update(chunk);

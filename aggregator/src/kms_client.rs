@@ -53,7 +53,9 @@ impl KmsError {
     /// The node concerned.
     pub fn node(&self) -> Option<u8> {
         match self {
-            Self::Refused { x, .. } | Self::Credentials { x, .. } | Self::Unavailable { x, .. } => Some(*x),
+            Self::Refused { x, .. } | Self::Credentials { x, .. } | Self::Unavailable { x, .. } => {
+                Some(*x)
+            }
             Self::Token(_) => None,
         }
     }
@@ -68,11 +70,14 @@ pub struct KmsNodes {
     http: reqwest::Client,
 }
 
-
 impl KmsNodes {
     /// A client of `committee`'s nodes, authenticating with the token in `token_file` (or the
     /// per-node file of `token_files`).
-    pub fn new(committee: Committee, token_file: PathBuf, token_files: BTreeMap<u8, PathBuf>) -> Self {
+    pub fn new(
+        committee: Committee,
+        token_file: PathBuf,
+        token_files: BTreeMap<u8, PathBuf>,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
@@ -101,7 +106,11 @@ impl KmsNodes {
         Ok(format!("{}{path}", node.url.trim_end_matches('/')))
     }
 
-    async fn send(&self, x: u8, req: reqwest::RequestBuilder) -> Result<reqwest::Response, KmsError> {
+    async fn send(
+        &self,
+        x: u8,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, KmsError> {
         let (token, file) = self.token(x)?;
         let res = req
             .bearer_auth(token)
@@ -116,7 +125,8 @@ impl KmsNodes {
             return Err(KmsError::Unavailable { x, detail: format!("HTTP {status}") });
         }
         let problem: Problem = res.json().await.unwrap_or_else(|_| {
-            let mut p = Problem::new(cryptflow_services::ErrorCode::BadRequest, format!("HTTP {status}"));
+            let mut p =
+                Problem::new(cryptflow_services::ErrorCode::BadRequest, format!("HTTP {status}"));
             p.status = status.as_u16();
             p
         });
@@ -134,8 +144,10 @@ impl KmsNodes {
     pub async fn register(&self, x: u8, spec: &RoundSpec) -> Result<SpecEcho, KmsError> {
         let url = self.url(x, &format!("/v1/rounds/{}", spec.round_id))?;
         let res = self.send(x, self.http.put(url).json(spec)).await?;
-        let round: RegisteredRound =
-            res.json().await.map_err(|e| KmsError::Unavailable { x, detail: format!("bad answer: {e}") })?;
+        let round: RegisteredRound = res
+            .json()
+            .await
+            .map_err(|e| KmsError::Unavailable { x, detail: format!("bad answer: {e}") })?;
         Ok(round.echo)
     }
 
@@ -143,13 +155,20 @@ impl KmsNodes {
     pub async fn deposits(&self, x: u8, round: &RoundId) -> Result<Vec<Contribution>, KmsError> {
         let url = self.url(x, &format!("/v1/rounds/{round}/deposits"))?;
         let res = self.send(x, self.http.get(url)).await?;
-        let list: DepositList =
-            res.json().await.map_err(|e| KmsError::Unavailable { x, detail: format!("bad answer: {e}") })?;
+        let list: DepositList = res
+            .json()
+            .await
+            .map_err(|e| KmsError::Unavailable { x, detail: format!("bad answer: {e}") })?;
         Ok(list.deposits)
     }
 
     /// Reports the contributor set to node `x` (idempotent for the same set).
-    pub async fn record_set(&self, x: u8, round: &RoundId, set: &[Contribution]) -> Result<(), KmsError> {
+    pub async fn record_set(
+        &self,
+        x: u8,
+        round: &RoundId,
+        set: &[Contribution],
+    ) -> Result<(), KmsError> {
         let url = self.url(x, &format!("/v1/rounds/{round}/contributors"))?;
         let body = ContributorSet { contributors: set.to_vec() };
         self.send(x, self.http.put(url).json(&body)).await.map(|_| ())

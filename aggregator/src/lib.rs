@@ -23,8 +23,8 @@ pub mod lifecycle;
 pub mod routes;
 pub mod store;
 
-use cryptflow_services::auth::{verifier_from_files, Verifier};
 pub use cryptflow_services::auth::JwtKey;
+use cryptflow_services::auth::{verifier_from_files, Verifier};
 use cryptflow_services::clock::{SharedClock, SystemClock};
 use cryptflow_services::db::{self, Migrations};
 use cryptflow_services::protocol::Committee;
@@ -43,8 +43,10 @@ pub use store::Store;
 /// The aggregator's migrations.
 pub static MIGRATIONS: Migrations =
     Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/aggregator/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/aggregator/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("../migrations/aggregator/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("../migrations/aggregator/postgres");
 
 /// Configuration (`--config FILE`, then `CRYPTFLOW_AGGREGATOR__…` environment variables).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -144,11 +146,27 @@ impl Metrics {
     pub fn render(&self) -> String {
         cryptflow_services::http::render_counters(&[
             ("cryptflow_aggregator_submissions_total", "Uploads admitted.", &self.submissions),
-            ("cryptflow_aggregator_submission_bytes_total", "Bytes of admitted uploads.", &self.submission_bytes),
-            ("cryptflow_aggregator_uploads_throttled_total", "Uploads refused with 429.", &self.uploads_throttled),
-            ("cryptflow_aggregator_fold_microseconds_total", "Time spent building aggregates.", &self.fold_micros),
+            (
+                "cryptflow_aggregator_submission_bytes_total",
+                "Bytes of admitted uploads.",
+                &self.submission_bytes,
+            ),
+            (
+                "cryptflow_aggregator_uploads_throttled_total",
+                "Uploads refused with 429.",
+                &self.uploads_throttled,
+            ),
+            (
+                "cryptflow_aggregator_fold_microseconds_total",
+                "Time spent building aggregates.",
+                &self.fold_micros,
+            ),
             ("cryptflow_aggregator_rounds_created_total", "Rounds created.", &self.rounds_created),
-            ("cryptflow_aggregator_rounds_published_total", "Rounds published.", &self.rounds_published),
+            (
+                "cryptflow_aggregator_rounds_published_total",
+                "Rounds published.",
+                &self.rounds_published,
+            ),
             ("cryptflow_aggregator_rounds_failed_total", "Rounds failed.", &self.rounds_failed),
         ])
     }
@@ -233,7 +251,11 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
     if removed > 0 {
         tracing::info!(removed, "removed temporary blobs left by a crash");
     }
-    let kms = kms_client::KmsNodes::new(committee, config.kms_token_file.clone(), config.kms_token_files.clone());
+    let kms = kms_client::KmsNodes::new(
+        committee,
+        config.kms_token_file.clone(),
+        config.kms_token_files.clone(),
+    );
     Ok(AppState::new(
         pool,
         verifier,
@@ -241,7 +263,10 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
         blobs,
         Arc::new(SystemClock),
         config.max_concurrent_uploads,
-        Tuning { deposit_grace_secs: config.deposit_grace_secs, upload_retention_secs: config.upload_retention_secs },
+        Tuning {
+            deposit_grace_secs: config.deposit_grace_secs,
+            upload_retention_secs: config.upload_retention_secs,
+        },
     ))
 }
 
@@ -256,8 +281,11 @@ pub async fn launch(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let counters = state.metrics.clone();
-    let metrics_task =
-        cryptflow_services::http::spawn_metrics(metrics, move || counters.render(), stop_rx.clone());
+    let metrics_task = cryptflow_services::http::spawn_metrics(
+        metrics,
+        move || counters.render(),
+        stop_rx.clone(),
+    );
     let ticker_state = state.clone();
     let mut rx = stop_rx;
     let ticker = tokio::spawn(async move {
@@ -270,7 +298,10 @@ pub async fn launch(
             }
         }
     });
-    let result = axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown).await;
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, cryptflow_services::http::set_nodelay);
+    let result =
+        axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
     let _ = ticker.await;

@@ -28,7 +28,10 @@ use std::sync::atomic::Ordering;
 
 /// Registers the round with every node that has not echoed it yet; stores and returns all
 /// echoes, and the refusals of this pass.
-pub async fn register_missing(s: &AppState, row: &RoundRow) -> Result<(Vec<SpecEcho>, Vec<KmsError>), AppError> {
+pub async fn register_missing(
+    s: &AppState,
+    row: &RoundRow,
+) -> Result<(Vec<SpecEcho>, Vec<KmsError>), AppError> {
     let committee = s.kms.committee();
     let missing: Vec<u8> = committee
         .nodes()
@@ -49,9 +52,9 @@ pub async fn register_missing(s: &AppState, row: &RoundRow) -> Result<(Vec<SpecE
     for (x, outcome) in futures_util::future::join_all(calls).await {
         match outcome.and_then(|echo| {
             // The aggregator checks what clients will check, to report a misconfigured node.
-            protocol::verify_echo(committee, &row.spec, &echo)
-                .map(|_| echo)
-                .map_err(|e| KmsError::Unavailable { x, detail: format!("its echo does not verify: {e}") })
+            protocol::verify_echo(committee, &row.spec, &echo).map(|_| echo).map_err(|e| {
+                KmsError::Unavailable { x, detail: format!("its echo does not verify: {e}") }
+            })
         }) {
             Ok(echo) => echoes.push(echo),
             Err(e) => {
@@ -70,7 +73,9 @@ pub async fn register_missing(s: &AppState, row: &RoundRow) -> Result<(Vec<SpecE
 /// The problem an admin gets when fewer than `t` nodes registered a round.
 pub fn registration_problem(t: u8, echoes: usize, errors: &[KmsError]) -> AppError {
     let detail = |e: &KmsError| e.to_string();
-    if let Some(KmsError::Refused { problem, .. }) = errors.iter().find(|e| matches!(e, KmsError::Refused { .. })) {
+    if let Some(KmsError::Refused { problem, .. }) =
+        errors.iter().find(|e| matches!(e, KmsError::Refused { .. }))
+    {
         let mut err = AppError::new(
             if problem.status == 409 { ErrorCode::Conflict } else { ErrorCode::Unprocessable },
             format!(
@@ -83,7 +88,9 @@ pub fn registration_problem(t: u8, echoes: usize, errors: &[KmsError]) -> AppErr
         }
         return err;
     }
-    if let Some(e @ KmsError::Credentials { .. }) = errors.iter().find(|e| matches!(e, KmsError::Credentials { .. })) {
+    if let Some(e @ KmsError::Credentials { .. }) =
+        errors.iter().find(|e| matches!(e, KmsError::Credentials { .. }))
+    {
         return AppError::new(ErrorCode::BadGateway, e.to_string()).with_field("kms_token_file");
     }
     AppError::new(
@@ -107,7 +114,9 @@ fn contributions(uploads: &[UploadRow]) -> Vec<Contribution> {
 /// any point, also after a crash.
 pub async fn advance(s: &AppState, round: &RoundId) -> Result<(), AppError> {
     let _serial = s.publish_lock.lock().await;
-    let Some(mut row) = s.store.round(round).await.map_err(AppError::internal)? else { return Ok(()) };
+    let Some(mut row) = s.store.round(round).await.map_err(AppError::internal)? else {
+        return Ok(());
+    };
     if row.state != RoundState::Aggregating {
         return Ok(());
     }
@@ -142,7 +151,8 @@ async fn choose_and_build(s: &AppState, row: &RoundRow) -> Result<bool, AppError
     }
     let t = s.kms.committee().shape().threshold();
     let (set, _group) = domain::choose_set(&contributions(&uploads), &deposits, t);
-    let grace_over = s.clock.now() >= row.closed_at.unwrap_or(0) + s.tuning.deposit_grace_secs as i64;
+    let grace_over =
+        s.clock.now() >= row.closed_at.unwrap_or(0) + s.tuning.deposit_grace_secs as i64;
     let needed = domain::needed(&row.spec, &row.echoes);
     match domain::next_step(uploads.len(), set, needed, grace_over) {
         Step::WaitForDeposits => Ok(false),
@@ -151,15 +161,19 @@ async fn choose_and_build(s: &AppState, row: &RoundRow) -> Result<bool, AppError
             Ok(false)
         }
         Step::Publish(set) => {
-            let members: Vec<UploadRow> =
-                uploads.into_iter().filter(|u| set.iter().any(|c| c.client_id == u.client_id)).collect();
+            let members: Vec<UploadRow> = uploads
+                .into_iter()
+                .filter(|u| set.iter().any(|c| c.client_id == u.client_id))
+                .collect();
             let setup = protocol::setup(&row.spec).map_err(AppError::internal)?;
             let (blobs, r) = (s.blobs.clone(), round.clone());
             let start = std::time::Instant::now();
-            let (sha, _) = tokio::task::spawn_blocking(move || fold::build_aggregate(&blobs, &r, &setup, &members))
-                .await
-                .map_err(AppError::internal)?
-                .map_err(AppError::internal)?;
+            let (sha, _) = tokio::task::spawn_blocking(move || {
+                fold::build_aggregate(&blobs, &r, &setup, &members)
+            })
+            .await
+            .map_err(AppError::internal)?
+            .map_err(AppError::internal)?;
             s.metrics.fold_micros.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
             s.store.fix_set(round, &set, &sha).await.map_err(AppError::internal)?;
             tracing::info!(round = %round, contributors = set.len(), aggregate = %sha, "aggregate built");
@@ -186,13 +200,16 @@ async fn report_set(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
                 tracing::warn!(round = %round, node = x, error = %e, "a key manager refused the set");
                 refused.push(e.to_string());
             }
-            Err(e) => tracing::warn!(round = %round, node = x, error = %e, "reporting the set failed; will retry"),
+            Err(e) => {
+                tracing::warn!(round = %round, node = x, error = %e, "reporting the set failed; will retry")
+            }
         }
     }
     recorded.sort_unstable();
     recorded.dedup();
     let t = committee.shape().threshold() as usize;
-    let publish = (recorded.len() >= t && row.state == RoundState::Aggregating).then(|| s.clock.now());
+    let publish =
+        (recorded.len() >= t && row.state == RoundState::Aggregating).then(|| s.clock.now());
     if recorded != row.recorded_by || publish.is_some() {
         s.store.set_recorded_by(round, &recorded, publish).await.map_err(AppError::internal)?;
     }
@@ -200,7 +217,12 @@ async fn report_set(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
         s.metrics.rounds_published.fetch_add(1, Ordering::Relaxed);
         tracing::info!(round = %round, nodes = ?recorded, "round published: the key managers recorded its set");
     } else if row.state == RoundState::Aggregating && committee.nodes().len() - refused.len() < t {
-        fail(s, round, &format!("the key managers refused the contributor set: {}", refused.join("; "))).await?;
+        fail(
+            s,
+            round,
+            &format!("the key managers refused the contributor set: {}", refused.join("; ")),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -257,7 +279,13 @@ pub async fn tick(s: &AppState) {
             match row.state {
                 RoundState::Open => {
                     register_missing(s, &row).await?;
-                    if domain::should_close(row.state, row.admitted, row.spec.max_clients, row.deadline, s.clock.now()) {
+                    if domain::should_close(
+                        row.state,
+                        row.admitted,
+                        row.spec.max_clients,
+                        row.deadline,
+                        s.clock.now(),
+                    ) {
                         close(s, &round).await?;
                     }
                     Ok(())

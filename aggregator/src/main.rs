@@ -67,15 +67,20 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Serve(c) => {
             let cfg = load(&c)?;
             let state = state_from_config(&cfg).await.map_err(|e| e.to_string())?;
-            let listener =
-                tokio::net::TcpListener::bind(&cfg.listen).await.map_err(|e| format!("{}: {e}", cfg.listen))?;
+            let listener = tokio::net::TcpListener::bind(&cfg.listen)
+                .await
+                .map_err(|e| format!("{}: {e}", cfg.listen))?;
             let metrics = tokio::net::TcpListener::bind(&cfg.metrics_listen)
                 .await
                 .map_err(|e| format!("{}: {e}", cfg.metrics_listen))?;
             tracing::info!(listen = %cfg.listen, metrics = %cfg.metrics_listen, "cryptflow-aggregator serving");
             let tick = Duration::from_millis(cfg.tick_millis.max(10));
             let grace = Duration::from_secs(cfg.shutdown_timeout_secs);
-            shutdown::serve_until_signal(move |stop| launch(listener, metrics, state, tick, stop), grace).await
+            shutdown::serve_until_signal(
+                move |stop| launch(listener, metrics, state, tick, stop),
+                grace,
+            )
+            .await
         }
         Command::CheckConfig(c) => {
             let cfg = load(&c)?;
@@ -86,7 +91,9 @@ async fn run(command: Command) -> Result<(), String> {
             println!("{}", config::redacted_json(&cfg));
             Ok(())
         }
-        Command::Healthcheck(c) => cryptflow_services::http::healthcheck(&load(&c)?.listen, "/healthz"),
+        Command::Healthcheck(c) => {
+            cryptflow_services::http::healthcheck(&load(&c)?.listen, "/healthz")
+        }
         Command::Migrate(c) => {
             let cfg = load(&c)?;
             let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;

@@ -30,9 +30,13 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cryptflow_he::wire::{read_header, DecodeLimits, HEADER_LEN};
 use cryptflow_he::{CiphertextKind, MaskSeed};
-use cryptflow_services::api::round::{RoundInfo, RoundRequest, RoundState, SubmissionReceipt, Transcript};
+use cryptflow_services::api::round::{
+    RoundInfo, RoundRequest, RoundState, SubmissionReceipt, Transcript,
+};
 use cryptflow_services::auth::{Authenticated, Principal};
-use cryptflow_services::http::{method_not_allowed, not_found, parse_json, probe_routes, round_param, AppError};
+use cryptflow_services::http::{
+    method_not_allowed, not_found, parse_json, probe_routes, round_param, AppError,
+};
 use cryptflow_services::protocol;
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId, Sha256Digest};
 use futures_util::StreamExt;
@@ -67,11 +71,9 @@ fn db(e: crate::store::StoreError) -> AppError {
 }
 
 async fn require_round(s: &AppState, round: &RoundId) -> Result<RoundRow, AppError> {
-    s.store
-        .round(round)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| AppError::new(ErrorCode::NotFound, format!("no round {round}")).with_field("round"))
+    s.store.round(round).await.map_err(db)?.ok_or_else(|| {
+        AppError::new(ErrorCode::NotFound, format!("no round {round}")).with_field("round")
+    })
 }
 
 /// Round metadata is for admins, the round's members and readers only.
@@ -123,18 +125,26 @@ async fn create_round(
     let round = request.round_id.clone();
     let (row, created) = match s.store.round(&round).await.map_err(db)? {
         Some(existing) if existing.request != request => {
-            return Err(AppError::new(ErrorCode::Conflict, format!("round {round} exists with another request"))
-                .with_field("round_id"))
+            return Err(AppError::new(
+                ErrorCode::Conflict,
+                format!("round {round} exists with another request"),
+            )
+            .with_field("round_id"))
         }
         Some(existing) => (existing, false),
         None => {
             let deadline = domain::deadline(&request, now)?;
-            let spec = domain::round_spec(&request, MaskSeed::generate().map_err(AppError::internal)?)?;
-            let inserted = s.store.insert_round(&request, &spec, deadline, now).await.map_err(db)?;
+            let spec =
+                domain::round_spec(&request, MaskSeed::generate().map_err(AppError::internal)?)?;
+            let inserted =
+                s.store.insert_round(&request, &spec, deadline, now).await.map_err(db)?;
             let row = require_round(&s, &round).await?;
             if !inserted && row.request != request {
-                return Err(AppError::new(ErrorCode::Conflict, format!("round {round} exists with another request"))
-                    .with_field("round_id"));
+                return Err(AppError::new(
+                    ErrorCode::Conflict,
+                    format!("round {round} exists with another request"),
+                )
+                .with_field("round_id"));
             }
             if inserted {
                 s.metrics.rounds_created.fetch_add(1, Ordering::Relaxed);
@@ -149,7 +159,8 @@ async fn create_round(
         if problem.problem().status == 422 || problem.problem().status == 409 {
             // A node refused the spec itself (e.g. a client not on its roster): the round can
             // never be completed; fail it so that a corrected request uses a new id.
-            let _ = s.store.fail(&round, &problem.problem().detail.clone().unwrap_or_default()).await;
+            let _ =
+                s.store.fail(&round, &problem.problem().detail.clone().unwrap_or_default()).await;
         }
         return Err(problem);
     }
@@ -203,11 +214,17 @@ async fn submit(
     let client = ClientId::parse(client)
         .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("client"))?;
     if caller.subject != client {
-        return Err(AppError::new(ErrorCode::Forbidden, format!("{} may not upload as {client}", caller.subject)));
+        return Err(AppError::new(
+            ErrorCode::Forbidden,
+            format!("{} may not upload as {client}", caller.subject),
+        ));
     }
     let row = require_round(&s, &round).await?;
     if !s.store.is_member(&round, &client).await.map_err(db)? {
-        return Err(AppError::new(ErrorCode::Forbidden, format!("{client} is not a member of round {round}")));
+        return Err(AppError::new(
+            ErrorCode::Forbidden,
+            format!("{client} is not a member of round {round}"),
+        ));
     }
     let setup = protocol::setup(&row.spec).map_err(AppError::internal)?;
     let expected = setup.upload_len();
@@ -216,10 +233,17 @@ async fn submit(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|d| d != expected) {
-        let code = if declared > Some(expected) { ErrorCode::PayloadTooLarge } else { ErrorCode::BadRequest };
-        return Err(AppError::new(code, format!("an upload of this round is exactly {expected} bytes"))
-            .with_field("body")
-            .with_limit(expected));
+        let code = if declared > Some(expected) {
+            ErrorCode::PayloadTooLarge
+        } else {
+            ErrorCode::BadRequest
+        };
+        return Err(AppError::new(
+            code,
+            format!("an upload of this round is exactly {expected} bytes"),
+        )
+        .with_field("body")
+        .with_limit(expected));
     }
     if row.state != RoundState::Open {
         return repeat_or_closed(&s, &row, &client, None).await;
@@ -229,7 +253,8 @@ async fn submit(
         return Ok((
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, "1")],
-            AppError::new(ErrorCode::TooManyRequests, "too many uploads in flight; retry").into_response(),
+            AppError::new(ErrorCode::TooManyRequests, "too many uploads in flight; retry")
+                .into_response(),
         )
             .into_response());
     };
@@ -239,7 +264,10 @@ async fn submit(
         return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sha256))).await;
     }
     let name = upload_blob(client.as_str(), &sha256);
-    tokio::task::spawn_blocking(move || blob.finish(&name)).await.map_err(AppError::internal)?.map_err(AppError::internal)?;
+    tokio::task::spawn_blocking(move || blob.finish(&name))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
     let admitted = s
         .store
         .admit(&round, &client, &sha256, expected, row.spec.max_clients, s.clock.now())
@@ -261,7 +289,8 @@ async fn submit(
             }
         });
     }
-    let receipt = SubmissionReceipt { round_id: round, client_id: client, upload_sha256: sha256, uploads };
+    let receipt =
+        SubmissionReceipt { round_id: round, client_id: client, upload_sha256: sha256, uploads };
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
@@ -283,13 +312,17 @@ async fn receive(
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            AppError::new(ErrorCode::BadRequest, format!("the upload broke off: {e}")).with_field("body")
+            AppError::new(ErrorCode::BadRequest, format!("the upload broke off: {e}"))
+                .with_field("body")
         })?;
         received += chunk.len() as u64;
         if received > expected {
-            return Err(AppError::new(ErrorCode::PayloadTooLarge, format!("an upload of this round is exactly {expected} bytes"))
-                .with_field("body")
-                .with_limit(expected));
+            return Err(AppError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("an upload of this round is exactly {expected} bytes"),
+            )
+            .with_field("body")
+            .with_limit(expected));
         }
         if head.len() < HEADER_LEN {
             let take = (HEADER_LEN - head.len()).min(chunk.len());
@@ -308,9 +341,12 @@ async fn receive(
         writer = write_off_runtime(writer, pending).await?;
     }
     if received != expected {
-        return Err(AppError::new(ErrorCode::BadRequest, format!("{received} bytes; an upload of this round is exactly {expected}"))
-            .with_field("body")
-            .with_limit(expected));
+        return Err(AppError::new(
+            ErrorCode::BadRequest,
+            format!("{received} bytes; an upload of this round is exactly {expected}"),
+        )
+        .with_field("body")
+        .with_limit(expected));
     }
     Ok((Sha256Digest(digest.finalize().into()), writer))
 }
@@ -337,7 +373,8 @@ fn check_header(setup: &cryptflow_he::RoundSetup, head: &[u8]) -> Result<(), App
             cryptflow_he::Mismatch::Round { field } => format!("body.{field}"),
             _ => "body".to_owned(),
         };
-        AppError::new(ErrorCode::Unprocessable, format!("the upload is not for this round: {e}")).with_field(field)
+        AppError::new(ErrorCode::Unprocessable, format!("the upload is not for this round: {e}"))
+            .with_field(field)
     })
 }
 
@@ -351,7 +388,12 @@ async fn repeat_or_closed(
 ) -> Result<Response, AppError> {
     let existing = match existing {
         Some(pair) => Some(pair),
-        None => s.store.upload(&row.spec.round_id, client).await.map_err(db)?.map(|u| (u.sha256, u.sha256)),
+        None => s
+            .store
+            .upload(&row.spec.round_id, client)
+            .await
+            .map_err(db)?
+            .map(|u| (u.sha256, u.sha256)),
     };
     match existing {
         Some((recorded, sent)) if recorded == sent => {
@@ -398,13 +440,20 @@ async fn aggregate(
         return Err(not_ready(&row));
     }
     if caller.role == Role::Client && !set.iter().any(|c| c.client_id == caller.subject) {
-        return Err(AppError::new(ErrorCode::Forbidden, format!("{} is not in the round's contributor set", caller.subject)));
+        return Err(AppError::new(
+            ErrorCode::Forbidden,
+            format!("{} is not in the round's contributor set", caller.subject),
+        ));
     }
-    let file = s.blobs.open_file(round.as_str(), &aggregate_blob(&sha)).map_err(AppError::internal)?;
+    let file =
+        s.blobs.open_file(round.as_str(), &aggregate_blob(&sha)).map_err(AppError::internal)?;
     let len = file.metadata().map_err(AppError::internal)?.len();
     let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_LENGTH, len.to_string())],
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
         Body::from_stream(stream),
     )
         .into_response())

@@ -96,7 +96,8 @@ pub struct Store {
     pool: AnyPool,
 }
 
-const ROUND_COLUMNS: &str = "request_json, spec_json, echoes_json, state, admitted, deadline, closed_at, set_json, \
+const ROUND_COLUMNS: &str =
+    "request_json, spec_json, echoes_json, state, admitted, deadline, closed_at, set_json, \
     aggregate_sha256, recorded_by, published_at, uploads_deleted, failure";
 
 fn round_row(r: &sqlx::any::AnyRow) -> Result<RoundRow> {
@@ -112,7 +113,8 @@ fn round_row(r: &sqlx::any::AnyRow) -> Result<RoundRow> {
         closed_at: r.try_get("closed_at")?,
         set: set.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
         aggregate_sha256: sha.map(|s| s.parse()).transpose().map_err(corrupt)?,
-        recorded_by: serde_json::from_str(&r.try_get::<String, _>("recorded_by")?).map_err(corrupt)?,
+        recorded_by: serde_json::from_str(&r.try_get::<String, _>("recorded_by")?)
+            .map_err(corrupt)?,
         published_at: r.try_get("published_at")?,
         uploads_deleted: r.try_get::<i64, _>("uploads_deleted")? != 0,
         failure: r.try_get("failure")?,
@@ -197,20 +199,24 @@ impl Store {
 
     /// A client's upload, if admitted.
     pub async fn upload(&self, round: &RoundId, client: &ClientId) -> Result<Option<UploadRow>> {
-        let row = sqlx::query("SELECT client_id, sha256, bytes FROM uploads WHERE round_id = $1 AND client_id = $2")
-            .bind(round.as_str())
-            .bind(client.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT client_id, sha256, bytes FROM uploads WHERE round_id = $1 AND client_id = $2",
+        )
+        .bind(round.as_str())
+        .bind(client.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(upload_row).transpose()
     }
 
     /// Every admitted upload, sorted by client.
     pub async fn uploads(&self, round: &RoundId) -> Result<Vec<UploadRow>> {
-        let rows = sqlx::query("SELECT client_id, sha256, bytes FROM uploads WHERE round_id = $1 ORDER BY client_id")
-            .bind(round.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT client_id, sha256, bytes FROM uploads WHERE round_id = $1 ORDER BY client_id",
+        )
+        .bind(round.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(upload_row).collect()
     }
 
@@ -296,7 +302,12 @@ impl Store {
     }
 
     /// Notes which nodes recorded the set; publishes once `threshold` have.
-    pub async fn set_recorded_by(&self, round: &RoundId, nodes: &[u8], publish_at: Option<i64>) -> Result<()> {
+    pub async fn set_recorded_by(
+        &self,
+        round: &RoundId,
+        nodes: &[u8],
+        publish_at: Option<i64>,
+    ) -> Result<()> {
         match publish_at {
             Some(at) => sqlx::query(
                 "UPDATE rounds SET recorded_by = $1, state = 'published', published_at = $2 WHERE round_id = $3 AND state = 'aggregating'",

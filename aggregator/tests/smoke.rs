@@ -6,7 +6,8 @@ use cryptflow_services::RoundId;
 #[tokio::test]
 async fn smoke() {
     for (n, t) in [(1u8, 1u8), (3, 2)] {
-        let stack = LocalStack::builder().nodes(n, t).sites(3).deposit_grace_secs(2).start().await.unwrap();
+        let stack =
+            LocalStack::builder().nodes(n, t).sites(3).deposit_grace_secs(2).start().await.unwrap();
         let admin = stack.admin();
         let round = RoundId::parse("r1").unwrap();
         let req = RoundRequest {
@@ -25,10 +26,20 @@ async fn smoke() {
         assert_eq!(info.echoes.len(), n as usize);
         let mut expected = vec![0f64; 5000];
         for i in 0..3 {
-            let x: Vec<f64> = (0..5000).map(|j| ((i * 37 + j * 11) % 200) as f64 / 100.0 - 1.0).collect();
-            for (e, v) in expected.iter_mut().zip(&x) { *e += v / 3.0; }
+            let x: Vec<f64> =
+                (0..5000).map(|j| ((i * 37 + j * 11) % 200) as f64 / 100.0 - 1.0).collect();
+            for (e, v) in expected.iter_mut().zip(&x) {
+                *e += v / 3.0;
+            }
             let c = stack.client(&format!("site-{i}"));
-            let s = c.submit(&round, ModelUpdate::from(ndarray::Array1::from(x)), SubmitOptions::default()).await.unwrap();
+            let s = c
+                .submit(
+                    &round,
+                    ModelUpdate::from(ndarray::Array1::from(x)),
+                    SubmitOptions::default(),
+                )
+                .await
+                .unwrap();
             assert_eq!(s.deposited_with.len(), n as usize);
         }
         let c = stack.client("site-1");

@@ -235,11 +235,9 @@ impl Client {
     }
 
     pub(crate) fn site(&self) -> Result<(&ClientId, &SiteKey)> {
-        self.inner
-            .site
-            .as_ref()
-            .map(|(id, k)| (id, k.as_ref()))
-            .ok_or_else(|| ClientError::Config("no site identity (client id and key) was configured".into()))
+        self.inner.site.as_ref().map(|(id, k)| (id, k.as_ref())).ok_or_else(|| {
+            ClientError::Config("no site identity (client id and key) was configured".into())
+        })
     }
 
     pub(crate) fn retry(&self) -> &RetryPolicy {
@@ -247,7 +245,11 @@ impl Client {
     }
 
     /// A request to the aggregator, with the aggregator token.
-    pub(crate) fn aggregator(&self, method: reqwest::Method, path: &str) -> std::result::Result<RequestBuilder, Failure> {
+    pub(crate) fn aggregator(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> std::result::Result<RequestBuilder, Failure> {
         let token = self.inner.aggregator_token.as_ref().ok_or_else(|| {
             Failure::Fatal(ClientError::Config("no token for the aggregator was configured".into()))
         })?;
@@ -259,12 +261,15 @@ impl Client {
     }
 
     /// A request to key manager `x`, with a fresh roster token of this site.
-    pub(crate) fn kms(&self, x: u8, method: reqwest::Method, path: &str) -> std::result::Result<RequestBuilder, Failure> {
-        let node = self
-            .committee()
-            .map_err(Failure::Fatal)?
-            .node(x)
-            .ok_or_else(|| Failure::Fatal(ClientError::Config(format!("no node {x} in the committee"))))?;
+    pub(crate) fn kms(
+        &self,
+        x: u8,
+        method: reqwest::Method,
+        path: &str,
+    ) -> std::result::Result<RequestBuilder, Failure> {
+        let node = self.committee().map_err(Failure::Fatal)?.node(x).ok_or_else(|| {
+            Failure::Fatal(ClientError::Config(format!("no node {x} in the committee")))
+        })?;
         let (id, key) = self.site().map_err(Failure::Fatal)?;
         let role = if self.inner.reader { Role::Reader } else { Role::Client };
         Ok(self
@@ -275,10 +280,17 @@ impl Client {
     }
 
     /// GETs a JSON document from the aggregator (under retries).
-    pub(crate) async fn aggregator_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+    pub(crate) async fn aggregator_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T> {
         with_retries(self.retry(), Service::Aggregator, || async {
-            let res = send(Service::Aggregator, self.aggregator(reqwest::Method::GET, path)?).await?;
-            decode(Service::Aggregator, &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?)
+            let res =
+                send(Service::Aggregator, self.aggregator(reqwest::Method::GET, path)?).await?;
+            decode(
+                Service::Aggregator,
+                &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?,
+            )
         })
         .await
     }
@@ -293,7 +305,10 @@ impl Client {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
             let res = send(Service::Aggregator, req).await?;
-            decode(Service::Aggregator, &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?)
+            decode(
+                Service::Aggregator,
+                &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?,
+            )
         })
         .await
     }
@@ -307,8 +322,12 @@ impl Client {
     pub async fn close_round(&self, round: &RoundId) -> Result<RoundInfo> {
         let path = format!("/v1/rounds/{round}/close");
         with_retries(self.retry(), Service::Aggregator, || async {
-            let res = send(Service::Aggregator, self.aggregator(reqwest::Method::POST, &path)?).await?;
-            decode(Service::Aggregator, &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?)
+            let res =
+                send(Service::Aggregator, self.aggregator(reqwest::Method::POST, &path)?).await?;
+            decode(
+                Service::Aggregator,
+                &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?,
+            )
         })
         .await
     }
@@ -327,18 +346,25 @@ impl Client {
     /// Polls the round until it is published — the key managers recorded its set, so the
     /// mean can be fetched — and returns it; fails if the round fails or `timeout` passes.
     /// Transient refusals and outages while waiting are waited through.
-    pub async fn wait_for_aggregate(&self, round: &RoundId, timeout: Duration) -> Result<RoundInfo> {
+    pub async fn wait_for_aggregate(
+        &self,
+        round: &RoundId,
+        timeout: Duration,
+    ) -> Result<RoundInfo> {
         let until = Instant::now() + timeout;
         let mut pause = Duration::from_millis(50);
         loop {
             match self.round(round).await {
                 Ok(info) => match info.state {
                     RoundState::Published => return Ok(info),
-                    RoundState::Failed => return Err(state_error(&info, "no aggregate will be published")),
+                    RoundState::Failed => {
+                        return Err(state_error(&info, "no aggregate will be published"))
+                    }
                     RoundState::Open | RoundState::Aggregating => {}
                 },
                 // An outage while waiting is waited through.
-                Err(ClientError::Server { .. } | ClientError::Transport { .. }) if Instant::now() < until => {}
+                Err(ClientError::Server { .. } | ClientError::Transport { .. })
+                    if Instant::now() < until => {}
                 Err(e) => return Err(e),
             }
             if Instant::now() + pause > until {

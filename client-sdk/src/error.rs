@@ -63,6 +63,13 @@ pub enum ClientError {
     /// not allowed, an update already submitted to another round).
     #[error("client policy: {0}")]
     Policy(String),
+    /// The journal says this exact update was already submitted to this round, completely
+    /// (uploaded and deposited): nothing was sent. A new encryption could not replace it —
+    /// the aggregator keeps one upload per client and round.
+    #[error(
+        "this update was already submitted to round `{0}` (per the journal); nothing was sent"
+    )]
+    AlreadySubmitted(String),
     /// The round is not in a state that allows this (e.g. fetching before publication).
     #[error("round `{round}` is {state}: {detail}")]
     RoundState {

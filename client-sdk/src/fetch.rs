@@ -101,7 +101,11 @@ impl Client {
     /// Downloads the published aggregate and the committee's releases for its set, and decrypts
     /// the mean (see the [module docs](self)). This client must be a member of the set, or a
     /// roster reader.
-    pub async fn fetch_mean(&self, round: &RoundId, progress: Option<&ProgressFn>) -> Result<Aggregate> {
+    pub async fn fetch_mean(
+        &self,
+        round: &RoundId,
+        progress: Option<&ProgressFn>,
+    ) -> Result<Aggregate> {
         let info = self.round(round).await?;
         if info.state != RoundState::Published {
             return Err(state_error(&info, "the aggregate is not published yet"));
@@ -112,22 +116,30 @@ impl Client {
             .ok_or_else(|| aggregator_protocol("a published round without its transcript"))?;
         let setup = protocol::setup(&info.spec).map_err(|e| aggregator_protocol(e.to_string()))?;
         let start = Instant::now();
-        let expected = usize::try_from(setup.upload_len()).map_err(|_| aggregator_protocol("the aggregate is too large"))?;
+        let expected = usize::try_from(setup.upload_len())
+            .map_err(|_| aggregator_protocol("the aggregate is too large"))?;
         let path = format!("/v1/rounds/{round}/aggregate");
         let bytes = with_retries(self.retry(), Service::Aggregator, || async {
-            let res = send(Service::Aggregator, self.aggregator(reqwest::Method::GET, &path)?).await?;
+            let res =
+                send(Service::Aggregator, self.aggregator(reqwest::Method::GET, &path)?).await?;
             read_body(Service::Aggregator, res, expected, progress).await
         })
         .await?;
         let downloaded = bytes.len() as u64;
         if Sha256Digest::of(&bytes) != transcript.aggregate_sha256 {
-            return Err(aggregator_protocol("the aggregate's digest differs from the published transcript"));
+            return Err(aggregator_protocol(
+                "the aggregate's digest differs from the published transcript",
+            ));
         }
-        let aggregate =
-            PackedCiphertext::from_vec_with_limits(bytes, &DecodeLimits { max_slots: setup.slots() })
-                .map_err(|e| aggregator_protocol(format!("undecodable aggregate: {e}")))?;
+        let aggregate = PackedCiphertext::from_vec_with_limits(
+            bytes,
+            &DecodeLimits { max_slots: setup.slots() },
+        )
+        .map_err(|e| aggregator_protocol(format!("undecodable aggregate: {e}")))?;
         if aggregate.header().contributors() as usize != transcript.contributors.len() {
-            return Err(aggregator_protocol("the aggregate's contributor count differs from the transcript"));
+            return Err(aggregator_protocol(
+                "the aggregate's contributor count differs from the transcript",
+            ));
         }
 
         let committee = self.committee()?;
@@ -138,7 +150,10 @@ impl Client {
                 let service = Service::Kms(x);
                 let outcome = with_retries(client.retry(), service, || async {
                     let res = send(service, client.kms(x, reqwest::Method::GET, &path)?).await?;
-                    decode::<ReleaseResponse>(service, &read_body(service, res, MAX_JSON_BYTES, None).await?)
+                    decode::<ReleaseResponse>(
+                        service,
+                        &read_body(service, res, MAX_JSON_BYTES, None).await?,
+                    )
                 })
                 .await;
                 (x, outcome)
@@ -151,13 +166,17 @@ impl Client {
                 if r.contributors != transcript.contributors {
                     return Err(protocol(
                         Service::Kms(x),
-                        "it released for another contributor set than the aggregator's transcript".into(),
+                        "it released for another contributor set than the aggregator's transcript"
+                            .into(),
                     ));
                 }
                 let release = Release::from_bytes(&r.release.0)
                     .map_err(|e| protocol(Service::Kms(x), format!("undecodable release: {e}")))?;
                 if release.index().get() != x || r.share_index != x {
-                    return Err(protocol(Service::Kms(x), "a release of another share index".into()));
+                    return Err(protocol(
+                        Service::Kms(x),
+                        "a release of another share index".into(),
+                    ));
                 }
                 Ok(release)
             });
@@ -171,8 +190,10 @@ impl Client {
         }
         let t = committee.shape().threshold() as usize;
         if releases.len() < t {
-            let why: Vec<String> =
-                nodes.iter().filter_map(|n| n.problem.as_ref().map(|p| format!("{}: {p}", n.x))).collect();
+            let why: Vec<String> = nodes
+                .iter()
+                .filter_map(|n| n.problem.as_ref().map(|p| format!("{}: {p}", n.x)))
+                .collect();
             return Err(ClientError::Committee(format!(
                 "{} releases, {t} needed; {}",
                 releases.len(),

@@ -39,7 +39,11 @@ pub(crate) fn protocol(service: Service, detail: String) -> ClientError {
 }
 
 /// Runs `attempt` under the retry policy's time budget.
-pub(crate) async fn with_retries<T, F, Fut>(policy: &RetryPolicy, service: Service, attempt: F) -> Result<T>
+pub(crate) async fn with_retries<T, F, Fut>(
+    policy: &RetryPolicy,
+    service: Service,
+    attempt: F,
+) -> Result<T>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = std::result::Result<T, Failure>>,
@@ -67,14 +71,19 @@ fn with_attempts(e: ClientError, service: Service, attempts: u32) -> ClientError
         ClientError::Server { status, detail, .. } => {
             ClientError::Server { service: service.name(), status, detail, attempts }
         }
-        ClientError::Transport { source, .. } => ClientError::Transport { service: service.name(), attempts, source },
+        ClientError::Transport { source, .. } => {
+            ClientError::Transport { service: service.name(), attempts, source }
+        }
         other => other,
     }
 }
 
 /// Sends one request and sorts the answer: success (and 304) through, 5xx and 429 to retry,
 /// other 4xx final with the server's problem document.
-pub(crate) async fn send(service: Service, req: RequestBuilder) -> std::result::Result<Response, Failure> {
+pub(crate) async fn send(
+    service: Service,
+    req: RequestBuilder,
+) -> std::result::Result<Response, Failure> {
     let res = req.send().await.map_err(|e| transport(service, e))?;
     let status = res.status();
     if status.is_success() || status == StatusCode::NOT_MODIFIED {
@@ -87,9 +96,15 @@ pub(crate) async fn send(service: Service, req: RequestBuilder) -> std::result::
         .unwrap_or_default();
     let problem = serde_json::from_str::<Problem>(&text).ok();
     if status.is_server_error() {
-        let detail = problem.and_then(|p| p.detail).unwrap_or_else(|| text.chars().take(200).collect());
+        let detail =
+            problem.and_then(|p| p.detail).unwrap_or_else(|| text.chars().take(200).collect());
         return Err(Failure::Retry(
-            ClientError::Server { service: service.name(), status: status.as_u16(), detail, attempts: 1 },
+            ClientError::Server {
+                service: service.name(),
+                status: status.as_u16(),
+                detail,
+                attempts: 1,
+            },
             retry_after,
         ));
     }
@@ -123,7 +138,10 @@ pub(crate) fn transport(service: Service, e: reqwest::Error) -> Failure {
     if e.is_builder() {
         Failure::Fatal(ClientError::Config(e.to_string()))
     } else {
-        Failure::Retry(ClientError::Transport { service: service.name(), attempts: 1, source: e }, None)
+        Failure::Retry(
+            ClientError::Transport { service: service.name(), attempts: 1, source: e },
+            None,
+        )
     }
 }
 
@@ -154,7 +172,10 @@ pub(crate) async fn read_body(
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     while let Some(chunk) = res.chunk().await.map_err(|e| transport(service, e))? {
         if buf.len() + chunk.len() > limit {
-            return Err(Failure::Fatal(protocol(service, format!("response exceeds the expected {limit} bytes"))));
+            return Err(Failure::Fatal(protocol(
+                service,
+                format!("response exceeds the expected {limit} bytes"),
+            )));
         }
         buf.extend_from_slice(&chunk);
         report(progress, Progress::Downloading { received: buf.len() as u64, total });
@@ -163,6 +184,10 @@ pub(crate) async fn read_body(
 }
 
 /// Decodes a JSON answer, or a protocol error naming the service.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(service: Service, body: &[u8]) -> std::result::Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| Failure::Fatal(protocol(service, format!("unexpected JSON: {e}"))))
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    service: Service,
+    body: &[u8],
+) -> std::result::Result<T, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|e| Failure::Fatal(protocol(service, format!("unexpected JSON: {e}"))))
 }

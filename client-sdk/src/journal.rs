@@ -51,18 +51,30 @@ impl Journal {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(ClientError::Config(format!("journal {}: {e}", self.path.display()))),
+            Err(e) => {
+                return Err(ClientError::Config(format!("journal {}: {e}", self.path.display())))
+            }
         };
         // A torn last line after a crash is skipped.
         Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 
-    /// The update's fingerprint, unless it already went to another round (and that is not
-    /// allowed).
-    pub(crate) fn check(&self, round: &RoundId, update: &ModelUpdate, allow: bool) -> Result<Sha256Digest> {
+    /// The update's fingerprint, unless it already went to this round, or to another round
+    /// (and that is not allowed).
+    pub(crate) fn check(
+        &self,
+        round: &RoundId,
+        update: &ModelUpdate,
+        allow: bool,
+    ) -> Result<Sha256Digest> {
         let f = fingerprint(update);
+        if self.entries()?.iter().any(|e| e.update_sha256 == f && &e.round == round) {
+            return Err(ClientError::AlreadySubmitted(round.to_string()));
+        }
         if !allow {
-            if let Some(e) = self.entries()?.into_iter().find(|e| e.update_sha256 == f && &e.round != round) {
+            if let Some(e) =
+                self.entries()?.into_iter().find(|e| e.update_sha256 == f && &e.round != round)
+            {
                 return Err(ClientError::Policy(format!(
                     "this exact update was already submitted to round {}; submitting it to round {round} too \
                      would let whoever reads both means learn it (pass allow_resubmission to override)",
@@ -78,14 +90,15 @@ impl Journal {
         let line = serde_json::to_string(&Entry { round: round.clone(), update_sha256: *f })
             .map_err(|e| ClientError::Config(e.to_string()))?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| ClientError::Config(format!("journal {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ClientError::Config(format!("journal {}: {e}", dir.display())))?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))?;
-        writeln!(f, "{line}").map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(
+                |e| ClientError::Config(format!("journal {}: {e}", self.path.display())),
+            )?;
+        writeln!(f, "{line}")
+            .map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))
     }
 }
 
@@ -102,7 +115,10 @@ mod tests {
         let r2 = RoundId::parse("r2").unwrap();
         let f = j.check(&r1, &u, false).unwrap();
         j.record(&r1, &f).unwrap();
-        assert!(j.check(&r1, &u, false).is_ok(), "the same round again is a retry");
+        assert!(
+            matches!(j.check(&r1, &u, false), Err(ClientError::AlreadySubmitted(_))),
+            "nothing to resend"
+        );
         assert!(matches!(j.check(&r2, &u, false), Err(ClientError::Policy(_))));
         assert!(j.check(&r2, &u, true).is_ok());
         let other = ModelUpdate::from(ndarray::Array1::from(vec![0.5f32, -0.5]));

@@ -48,7 +48,8 @@ pub use update::{ModelUpdate, Tensor, TensorValues};
 // Re-exported so that SDK users need no direct dependency for the types in its signatures.
 pub use cryptflow_he::planner::Weighting;
 pub use cryptflow_services::api::round::{
-    Layout, RoundInfo, RoundRequest, RoundSpec, RoundState, SubmissionReceipt, TensorLayout, Transcript,
+    Layout, RoundInfo, RoundRequest, RoundSpec, RoundState, SubmissionReceipt, TensorLayout,
+    Transcript,
 };
 pub use cryptflow_services::protocol::{Committee, SiteKey};
 pub use cryptflow_services::{ClientId, Problem, RoundId};

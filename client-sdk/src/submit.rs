@@ -122,7 +122,8 @@ impl Client {
                 "the key managers signed different spec hashes for round {round} (different rosters or m)"
             )));
         }
-        let spec_hash = hashes.into_iter().next().ok_or_else(|| ClientError::Committee("no echo".into()))?;
+        let spec_hash =
+            hashes.into_iter().next().ok_or_else(|| ClientError::Committee("no echo".into()))?;
         let setup = protocol::setup(&info.spec).map_err(|e| aggregator_protocol(e.to_string()))?;
         Ok(VerifiedRound { info, setup, spec_hash, nodes: verified, min_set_size: m })
     }
@@ -131,7 +132,10 @@ impl Client {
     fn check_policy(&self, round: &VerifiedRound, me: &ClientId) -> Result<()> {
         let spec = &round.info.spec;
         if spec.clients.binary_search(me).is_err() {
-            return Err(ClientError::Policy(format!("{me} is not a member of round {}", spec.round_id)));
+            return Err(ClientError::Policy(format!(
+                "{me} is not a member of round {}",
+                spec.round_id
+            )));
         }
         let policy = &self.inner.policy;
         let smallest = spec.min_clients.max(round.min_set_size);
@@ -143,8 +147,12 @@ impl Client {
             )));
         }
         if let Some(allowed) = &policy.allowed_peers {
-            if let Some(stranger) = spec.clients.iter().find(|c| *c != me && !allowed.contains(*c)) {
-                return Err(ClientError::Policy(format!("round {} lists `{stranger}`, not an allowed peer", spec.round_id)));
+            if let Some(stranger) = spec.clients.iter().find(|c| *c != me && !allowed.contains(*c))
+            {
+                return Err(ClientError::Policy(format!(
+                    "round {} lists `{stranger}`, not an allowed peer",
+                    spec.round_id
+                )));
             }
         }
         Ok(())
@@ -161,6 +169,11 @@ impl Client {
         let update: Arc<ModelUpdate> = update.into();
         let (me, _) = self.site()?;
         let me = me.clone();
+        let journal = self.inner.journal.as_ref().map(Journal::new);
+        let fingerprint = match &journal {
+            Some(j) => Some(j.check(round, &update, options.allow_resubmission)?),
+            None => None,
+        };
         let info = self.round(round).await?;
         if info.state != RoundState::Open {
             return Err(state_error(&info, "it no longer accepts uploads"));
@@ -168,19 +181,15 @@ impl Client {
         update.check_layout(&info.request.layout)?;
         let verified = self.verify_round(info).await?;
         self.check_policy(&verified, &me)?;
-        let journal = self.inner.journal.as_ref().map(Journal::new);
-        let fingerprint = match &journal {
-            Some(j) => Some(j.check(round, &update, options.allow_resubmission)?),
-            None => None,
-        };
         let update = update.standard_layout();
         let progress = options.progress.as_ref();
         let key = ClientKey::generate(verified.setup.params())?;
         let encryptor = Arc::new(key.encryptor(&verified.setup, options.count)?);
         report(progress, Progress::Encrypting { values: verified.setup.slots() });
         let start = Instant::now();
-        let (receipt, digest, clipping) =
-            self.upload(round, &me, &verified.setup, encryptor.clone(), update.clone(), progress).await?;
+        let (receipt, digest, clipping) = self
+            .upload(round, &me, &verified.setup, encryptor.clone(), update.clone(), progress)
+            .await?;
         if receipt.upload_sha256 != digest {
             return Err(aggregator_protocol(format!(
                 "the receipt's digest {} is not the upload's {digest}",
@@ -220,21 +229,30 @@ impl Client {
         let total = setup.upload_len();
         let outcome: Arc<Mutex<StreamOutcome>> = Arc::default();
         let receipt = with_retries(self.retry(), Service::Aggregator, || async {
-            let body = upload_stream(*setup, encryptor.clone(), update.clone(), progress.cloned(), outcome.clone());
+            let body = upload_stream(
+                *setup,
+                encryptor.clone(),
+                update.clone(),
+                progress.cloned(),
+                outcome.clone(),
+            );
             let req = self
                 .aggregator(reqwest::Method::PUT, &path)?
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_LENGTH, total)
                 .body(body);
-            let res = send(Service::Aggregator, req).await.map_err(|f| stream_error_is_fatal(f, &outcome))?;
-            decode::<SubmissionReceipt>(Service::Aggregator, &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?)
+            let res = send(Service::Aggregator, req)
+                .await
+                .map_err(|f| stream_error_is_fatal(f, &outcome))?;
+            decode::<SubmissionReceipt>(
+                Service::Aggregator,
+                &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?,
+            )
         })
         .await?;
-        let (digest, clipping) = outcome
-            .lock()
-            .ok()
-            .and_then(|o| o.done)
-            .ok_or_else(|| aggregator_protocol("the server answered before the whole upload was sent"))?;
+        let (digest, clipping) = outcome.lock().ok().and_then(|o| o.done).ok_or_else(|| {
+            aggregator_protocol("the server answered before the whole upload was sent")
+        })?;
         Ok((receipt, digest, clipping))
     }
 
@@ -256,14 +274,25 @@ impl Client {
         for share in &shares {
             let x = share.index().get();
             let bytes = zeroize::Zeroizing::new(cryptflow_he::Wire::to_bytes(share));
-            let statement =
-                protocol::deposit_statement(round_id, &round.spec_hash, x, me, &Sha256Digest::of(&bytes), upload);
+            let statement = protocol::deposit_statement(
+                round_id,
+                &round.spec_hash,
+                x,
+                me,
+                &Sha256Digest::of(&bytes),
+                upload,
+            );
             let deposit = Deposit {
                 upload_sha256: *upload,
                 share: Base64Bytes(bytes.to_vec()),
                 signature: site.sign(&statement),
             };
-            bodies.push((x, zeroize::Zeroizing::new(serde_json::to_vec(&deposit).map_err(|e| ClientError::Input(e.to_string()))?)));
+            bodies.push((
+                x,
+                zeroize::Zeroizing::new(
+                    serde_json::to_vec(&deposit).map_err(|e| ClientError::Input(e.to_string()))?,
+                ),
+            ));
         }
         drop(shares);
         let path = format!("/v1/rounds/{round_id}/deposits/{me}");
@@ -277,7 +306,10 @@ impl Client {
                         .header(CONTENT_TYPE, "application/json")
                         .body(body.to_vec());
                     let res = send(service, req).await?;
-                    decode::<DepositReceipt>(service, &read_body(service, res, MAX_JSON_BYTES, None).await?)
+                    decode::<DepositReceipt>(
+                        service,
+                        &read_body(service, res, MAX_JSON_BYTES, None).await?,
+                    )
                 })
                 .await;
                 (x, outcome)
@@ -345,9 +377,15 @@ fn upload_stream(
     let blocks = setup.blocks();
     let mut first = Sha256::new();
     first.update(&header);
-    let state = State { next: Some(0), digest: first, clipping: ClipReport::default(), sent: header.len() as u64 };
+    let state = State {
+        next: Some(0),
+        digest: first,
+        clipping: ClipReport::default(),
+        sent: header.len() as u64,
+    };
     let chunks = futures_util::stream::unfold(state, move |mut st| {
-        let (encryptor, update, progress, outcome) = (encryptor.clone(), update.clone(), progress.clone(), outcome.clone());
+        let (encryptor, update, progress, outcome) =
+            (encryptor.clone(), update.clone(), progress.clone(), outcome.clone());
         async move {
             let start = st.next?;
             let end = (start + BLOCKS_PER_CHUNK).min(blocks);
@@ -369,7 +407,12 @@ fn upload_stream(
                     }
                     return Some((Err(std::io::Error::other(text)), State { next: None, ..st }));
                 }
-                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), State { next: None, ..st })),
+                Err(e) => {
+                    return Some((
+                        Err(std::io::Error::other(e.to_string())),
+                        State { next: None, ..st },
+                    ))
+                }
             };
             st.digest.update(&bytes);
             st.clipping = st.clipping.merge(clip);

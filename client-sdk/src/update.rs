@@ -192,7 +192,10 @@ impl ModelUpdate {
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| ClientError::Input("the layout's size overflows".into()))?;
         if flat.len() < need {
-            return Err(ClientError::Input(format!("{} values cannot fill a layout of {need}", flat.len())));
+            return Err(ClientError::Input(format!(
+                "{} values cannot fill a layout of {need}",
+                flat.len()
+            )));
         }
         match layout {
             Layout::Dimension(_) => {
@@ -206,8 +209,9 @@ impl ModelUpdate {
                 for t in ts {
                     let shape: Vec<usize> = t.shape.iter().map(|&s| s as usize).collect();
                     let n: usize = shape.iter().product();
-                    let values = ArrayD::from_shape_vec(IxDyn(&shape), flat[at..at + n].to_vec())
-                        .map_err(|e| ClientError::Input(format!("tensor `{}`: {e}", t.name)))?;
+                    let values =
+                        ArrayD::from_shape_vec(IxDyn(&shape), flat[at..at + n].to_vec())
+                            .map_err(|e| ClientError::Input(format!("tensor `{}`: {e}", t.name)))?;
                     at += n;
                     out.push(Tensor { name: t.name.clone(), values: TensorValues::F64(values) });
                 }
@@ -230,7 +234,12 @@ impl ModelUpdate {
         std::sync::Arc::new(match self.as_ref() {
             ModelUpdate::Vector(v) => ModelUpdate::Vector(v.contiguous().into_owned()),
             ModelUpdate::Tensors(ts) => ModelUpdate::Tensors(
-                ts.iter().map(|t| Tensor { name: t.name.clone(), values: t.values.contiguous().into_owned() }).collect(),
+                ts.iter()
+                    .map(|t| Tensor {
+                        name: t.name.clone(),
+                        values: t.values.contiguous().into_owned(),
+                    })
+                    .collect(),
             ),
         })
     }
@@ -344,7 +353,8 @@ mod tests {
         let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         let f = a.t().to_owned().reversed_axes(); // same logical values, Fortran memory order
         assert!(!f.is_standard_layout());
-        let u = ModelUpdate::Tensors(vec![Tensor { name: "x".into(), values: TensorValues::F64(f) }]);
+        let u =
+            ModelUpdate::Tensors(vec![Tensor { name: "x".into(), values: TensorValues::F64(f) }]);
         let mut out = vec![0.0; 6];
         u.values().read(0, &mut out);
         assert_eq!(out, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);

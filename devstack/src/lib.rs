@@ -31,7 +31,9 @@ use cryptflow_aggregator::AggregatorConfig;
 use cryptflow_client::{Client, ClientPolicy, RetryPolicy, Token};
 use cryptflow_kms::KmsConfig;
 use cryptflow_services::auth::JwtKey;
-use cryptflow_services::protocol::{Claims, Committee, CommitteeNode, Roster, RosterMember, SiteKey};
+use cryptflow_services::protocol::{
+    Claims, Committee, CommitteeNode, Roster, RosterMember, SiteKey,
+};
 use cryptflow_services::{config, db, ClientId, Role};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,7 +75,10 @@ impl Database {
 
 /// A free TCP port on loopback (bound and released; the one place tests pick ports).
 pub fn free_port() -> Result<u16, StackError> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(err)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(err)
 }
 
 /// Builds a [`LocalStack`].
@@ -148,7 +153,10 @@ impl Builder {
 
 /// How a service runs.
 enum Running {
-    Task { stop: tokio::sync::oneshot::Sender<()>, handle: tokio::task::JoinHandle<std::io::Result<()>> },
+    Task {
+        stop: tokio::sync::oneshot::Sender<()>,
+        handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
     Process(Child),
     Stopped,
 }
@@ -210,7 +218,9 @@ impl LocalStack {
         // The roster.
         let mut sites = Vec::new();
         let mut members = Vec::new();
-        let ids = (0..b.sites).map(|i| (format!("site-{i}"), false)).chain(b.readers.iter().map(|r| (r.clone(), true)));
+        let ids = (0..b.sites)
+            .map(|i| (format!("site-{i}"), false))
+            .chain(b.readers.iter().map(|r| (r.clone(), true)));
         for (id, reader) in ids {
             let key = SiteKey::generate();
             let cid = ClientId::parse(id).map_err(err)?;
@@ -226,7 +236,11 @@ impl LocalStack {
         for x in 1..=b.nodes {
             let key = SiteKey::generate();
             let (public, internal, metrics) = (free_port()?, free_port()?, free_port()?);
-            committee_nodes.push(CommitteeNode { x, url: format!("http://127.0.0.1:{public}"), public_key: key.public_key() });
+            committee_nodes.push(CommitteeNode {
+                x,
+                url: format!("http://127.0.0.1:{public}"),
+                public_key: key.public_key(),
+            });
             node_keys.push(key);
             ports.push((public, internal, metrics));
         }
@@ -235,7 +249,9 @@ impl LocalStack {
         let mut databases = Vec::new();
         for name in (1..=b.nodes).map(|x| format!("kms{x}")).chain(["agg".to_owned()]) {
             databases.push(match b.database {
-                Database::Sqlite => format!("sqlite://{}?mode=rwc", root.join(format!("{name}.db")).display()),
+                Database::Sqlite => {
+                    format!("sqlite://{}?mode=rwc", root.join(format!("{name}.db")).display())
+                }
                 Database::Postgres => db::fresh_postgres_database(&name)
                     .await
                     .map_err(err)?
@@ -275,9 +291,15 @@ impl LocalStack {
                 .nodes()
                 .iter()
                 .zip(&ports)
-                .map(|(n, (_, internal, _))| CommitteeNode { url: format!("http://127.0.0.1:{internal}"), ..n.clone() })
+                .map(|(n, (_, internal, _))| CommitteeNode {
+                    url: format!("http://127.0.0.1:{internal}"),
+                    ..n.clone()
+                })
                 .collect();
-            write("committee-internal.toml", &Committee::try_new(b.threshold, nodes).map_err(err)?.to_toml())?
+            write(
+                "committee-internal.toml",
+                &Committee::try_new(b.threshold, nodes).map_err(err)?.to_toml(),
+            )?
         } else {
             committee_file.clone()
         };
@@ -364,7 +386,10 @@ impl LocalStack {
     }
     /// A site's roster key.
     pub fn site_key(&self, id: &str) -> Option<SiteKey> {
-        self.sites.iter().find(|(s, _)| s.as_str() == id).and_then(|(_, pem)| SiteKey::from_pem(pem).ok())
+        self.sites
+            .iter()
+            .find(|(s, _)| s.as_str() == id)
+            .and_then(|(_, pem)| SiteKey::from_pem(pem).ok())
     }
     /// A site's key as PEM (for writing key files, e.g. for the CLI or Python).
     pub fn site_key_pem(&self, id: &str) -> Option<String> {
@@ -414,7 +439,8 @@ impl LocalStack {
 
     async fn migrate_and_start_node(&mut self, x: u8) -> Result<(), StackError> {
         let path = self.nodes[x as usize - 1].config.clone();
-        let cfg: KmsConfig = config::load(Some(&path), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
+        let cfg: KmsConfig =
+            config::load(Some(&path), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
         let pool = db::connect(&cfg.database_url, 1).await.map_err(err)?;
         db::migrate(&pool, &cfg.database_url, &cryptflow_kms::MIGRATIONS).await.map_err(err)?;
         pool.close().await;
@@ -436,7 +462,8 @@ impl LocalStack {
         n.running = if processes {
             spawn(bin_dir.as_deref(), n.binary, &n.config)?
         } else {
-            let cfg: KmsConfig = config::load(Some(&n.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
+            let cfg: KmsConfig =
+                config::load(Some(&n.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
             let state = cryptflow_kms::state_from_config(&cfg).await.map_err(err)?;
             let listener = bind(&cfg.listen).await?;
             let metrics = bind(&cfg.metrics_listen).await?;
@@ -451,8 +478,29 @@ impl LocalStack {
             };
             let handle = tokio::spawn(async move {
                 match internal {
-                    Some(i) => cryptflow_kms::launch_split(listener, i, metrics, state, cfg.max_body_bytes, tick, shutdown).await,
-                    None => cryptflow_kms::launch(listener, metrics, state, cfg.max_body_bytes, tick, shutdown).await,
+                    Some(i) => {
+                        cryptflow_kms::launch_split(
+                            listener,
+                            i,
+                            metrics,
+                            state,
+                            cfg.max_body_bytes,
+                            tick,
+                            shutdown,
+                        )
+                        .await
+                    }
+                    None => {
+                        cryptflow_kms::launch(
+                            listener,
+                            metrics,
+                            state,
+                            cfg.max_body_bytes,
+                            tick,
+                            shutdown,
+                        )
+                        .await
+                    }
                 }
             });
             Running::Task { stop, handle }
@@ -473,10 +521,13 @@ impl LocalStack {
     async fn restart_aggregator_inner(&mut self, migrate: bool) -> Result<(), StackError> {
         let a = &mut self.aggregator;
         kill(&mut a.running).await;
-        let cfg: AggregatorConfig = config::load(Some(&a.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
+        let cfg: AggregatorConfig =
+            config::load(Some(&a.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
         if migrate {
             let pool = db::connect(&cfg.database_url, 1).await.map_err(err)?;
-            db::migrate(&pool, &cfg.database_url, &cryptflow_aggregator::MIGRATIONS).await.map_err(err)?;
+            db::migrate(&pool, &cfg.database_url, &cryptflow_aggregator::MIGRATIONS)
+                .await
+                .map_err(err)?;
             pool.close().await;
         }
         a.running = if self.processes {
@@ -487,9 +538,15 @@ impl LocalStack {
             let metrics = bind(&cfg.metrics_listen).await?;
             let (stop, rx) = tokio::sync::oneshot::channel::<()>();
             let tick = Duration::from_millis(cfg.tick_millis.max(10));
-            let handle = tokio::spawn(cryptflow_aggregator::launch(listener, metrics, state, tick, async move {
-                let _ = rx.await;
-            }));
+            let handle = tokio::spawn(cryptflow_aggregator::launch(
+                listener,
+                metrics,
+                state,
+                tick,
+                async move {
+                    let _ = rx.await;
+                },
+            ));
             Running::Task { stop, handle }
         };
         wait_ready(&a.url).await
@@ -517,7 +574,9 @@ impl LocalStack {
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
-        for r in std::iter::once(&mut self.aggregator.running).chain(self.nodes.iter_mut().map(|n| &mut n.running)) {
+        for r in std::iter::once(&mut self.aggregator.running)
+            .chain(self.nodes.iter_mut().map(|n| &mut n.running))
+        {
             match std::mem::replace(r, Running::Stopped) {
                 Running::Process(mut c) => {
                     let _ = c.kill();
@@ -596,7 +655,8 @@ async fn stop(r: &mut Running) {
 /// test --workspace` builds them), built on demand when missing.
 fn binaries() -> Result<PathBuf, StackError> {
     let exe = std::env::current_exe().map_err(err)?;
-    let mut dir = exe.parent().map(Path::to_path_buf).ok_or_else(|| err("no executable directory"))?;
+    let mut dir =
+        exe.parent().map(Path::to_path_buf).ok_or_else(|| err("no executable directory"))?;
     if dir.ends_with("deps") {
         dir.pop();
     }

@@ -36,14 +36,16 @@ fn bench(c: &mut Criterion) {
     let key = ClientKey::generate(&params).expect("key");
     for (n, t) in [(1u8, 1u8), (5, 4)] {
         let shape = CommitteeShape::try_new(n, t).expect("shape");
-        g.bench_function(format!("share_{t}_of_{n}"), |b| b.iter(|| key.share(shape).expect("share")));
+        g.bench_function(format!("share_{t}_of_{n}"), |b| {
+            b.iter(|| key.share(shape).expect("share"))
+        });
     }
     g.finish();
 
     for log_d in [16u32, 20, 23] {
         let d = 1usize << log_d;
-        let setup = RoundSetup::try_new(p, MaskSeed::generate().expect("seed"), d as u64)
-            .expect("setup");
+        let setup =
+            RoundSetup::try_new(p, MaskSeed::generate().expect("seed"), d as u64).expect("setup");
         let inputs: Vec<Vec<f32>> = (0..C)
             .map(|k| (0..d).map(|i| ((i * 7 + k * 13) as f32 * 0.001).sin()).collect())
             .collect();
@@ -53,7 +55,11 @@ fn bench(c: &mut Criterion) {
             .iter()
             .zip(&inputs)
             .map(|(k, x)| {
-                k.encryptor(&setup, None).expect("encryptor").encrypt(&x[..]).expect("encrypt").ciphertext
+                k.encryptor(&setup, None)
+                    .expect("encryptor")
+                    .encrypt(&x[..])
+                    .expect("encrypt")
+                    .ciphertext
             })
             .collect();
         let mut g = c.benchmark_group(format!("he/d=2^{log_d}"));
@@ -73,7 +79,10 @@ fn bench(c: &mut Criterion) {
         g.bench_function("decode_upload", |b| {
             b.iter_batched(
                 || bytes.clone(),
-                |v| PackedCiphertext::from_vec_with_limits(v, &DecodeLimits::default()).expect("decode"),
+                |v| {
+                    PackedCiphertext::from_vec_with_limits(v, &DecodeLimits::default())
+                        .expect("decode")
+                },
                 BatchSize::LargeInput,
             )
         });
@@ -111,24 +120,31 @@ fn bench(c: &mut Criterion) {
         let mut sum = RunningSum::zero(&setup, 0..setup.slots()).expect("sum");
         sum.add_uploads(&refs).expect("fold");
         g.bench_function("pack_aggregate", |b| b.iter(|| sum.pack()));
-        let aggregate = PackedCiphertext::aggregate(&setup, C as u32, sum.pack()).expect("aggregate");
+        let aggregate =
+            PackedCiphertext::aggregate(&setup, C as u32, sum.pack()).expect("aggregate");
         let key_sum = AggregateKey::sum_of(&keys);
         g.bench_function("decrypt", |b| {
             b.iter(|| key_sum.decrypt(&setup, black_box(&aggregate)).expect("decrypt"))
         });
         g.bench_function("decrypt_and_mean_f32", |b| {
-            b.iter(|| key_sum.decrypt(&setup, black_box(&aggregate)).expect("decrypt").mean::<f32>())
+            b.iter(|| {
+                key_sum.decrypt(&setup, black_box(&aggregate)).expect("decrypt").mean::<f32>()
+            })
         });
         if log_d == 20 {
             let shape = CommitteeShape::try_new(5, 4).expect("shape");
             let shares: Vec<_> = keys.iter().map(|k| k.share(shape).expect("share")).collect();
             let releases: Vec<Release> = (0..5)
                 .map(|j| {
-                    Release::sum(shares[0][j].index(), shares.iter().map(|s| &s[j])).expect("release")
+                    Release::sum(shares[0][j].index(), shares.iter().map(|s| &s[j]))
+                        .expect("release")
                 })
                 .collect();
             g.bench_function("cross_check_combine_decrypt_5_releases", |b| {
-                b.iter(|| decrypt_with_releases(&setup, &aggregate, shape, black_box(&releases)).expect("decrypt"))
+                b.iter(|| {
+                    decrypt_with_releases(&setup, &aggregate, shape, black_box(&releases))
+                        .expect("decrypt")
+                })
             });
         }
         g.finish();

@@ -52,10 +52,9 @@ impl RoundSetup {
         if values > crate::MAX_VALUES {
             return Err(InputError::TooLong { len: values, limit: crate::MAX_VALUES }.into());
         }
-        let slots = plan.slots(values).ok_or(InputError::TooLong {
-            len: values,
-            limit: crate::MAX_VALUES,
-        })?;
+        let slots = plan
+            .slots(values)
+            .ok_or(InputError::TooLong { len: values, limit: crate::MAX_VALUES })?;
         Ok(Self { params, plan, seed, values, slots })
     }
 
@@ -222,7 +221,11 @@ impl PackedCiphertext {
         &self.payload
     }
     /// An aggregate from its packed words (what [`RunningSum::pack`] writes).
-    pub fn aggregate(setup: &RoundSetup, contributors: u32, payload: Vec<u8>) -> Result<Self, Error> {
+    pub fn aggregate(
+        setup: &RoundSetup,
+        contributors: u32,
+        payload: Vec<u8>,
+    ) -> Result<Self, Error> {
         if payload.len() as u64 != setup.payload_len() {
             return Err(Mismatch::Length {
                 left: setup.payload_len() as usize,
@@ -311,7 +314,8 @@ impl RunningSum {
         if bytes.len() != expected {
             return Err(Mismatch::Length { left: expected, right: bytes.len() }.into());
         }
-        self.contributors = self.contributors.checked_add(1).ok_or(Error::Internal("too many contributors"))?;
+        self.contributors =
+            self.contributors.checked_add(1).ok_or(Error::Internal("too many contributors"))?;
         // Blocks are byte-aligned: fold them in parallel, each while it sits in cache.
         let n = self.setup.ring_degree();
         let block_bytes = pack::packed_len(n, w);
@@ -368,11 +372,13 @@ impl RunningSum {
             .contributors
             .checked_add(other.contributors)
             .ok_or(Error::Internal("too many contributors"))?;
-        self.words.par_chunks_mut(1 << 14).zip(other.words.par_chunks(1 << 14)).for_each(|(a, b)| {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x = x.wrapping_add(*y);
-            }
-        });
+        self.words.par_chunks_mut(1 << 14).zip(other.words.par_chunks(1 << 14)).for_each(
+            |(a, b)| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = x.wrapping_add(*y);
+                }
+            },
+        );
         Ok(())
     }
 

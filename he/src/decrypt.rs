@@ -104,7 +104,11 @@ impl AggregateKey {
     /// assert!(matches!(AggregateKey::sum_of([&a]).decrypt(&setup, &agg),
     ///     Err(Error::KeyOutOfRange | Error::WrongAggregateKey)));
     /// ```
-    pub fn decrypt(&self, setup: &RoundSetup, aggregate: &PackedCiphertext) -> Result<Decrypted, Error> {
+    pub fn decrypt(
+        &self,
+        setup: &RoundSetup,
+        aggregate: &PackedCiphertext,
+    ) -> Result<Decrypted, Error> {
         let contributors = check_aggregate(setup, aggregate)?;
         self.check_range(setup, contributors)?;
         let prepared = Prepared::new(self, setup)?;
@@ -128,7 +132,11 @@ impl AggregateKey {
     pub(crate) fn check_range(&self, setup: &RoundSetup, contributors: u32) -> Result<(), Error> {
         let bound = noise::key_bound(setup.params(), contributors);
         if self.coefficients().len() != setup.ring_degree() {
-            return Err(Mismatch::Length { left: setup.ring_degree(), right: self.coefficients().len() }.into());
+            return Err(Mismatch::Length {
+                left: setup.ring_degree(),
+                right: self.coefficients().len(),
+            }
+            .into());
         }
         if self.coefficients().iter().any(|&c| c.unsigned_abs() as f64 > bound) {
             return Err(Error::KeyOutOfRange);
@@ -150,7 +158,9 @@ impl AggregateKey {
         let tau = noise::residual_bound(setup.params(), setup.transport(), contributors);
         let mut out = vec![0i64; setup.slots() as usize];
         let mut s = Scratch::new(n);
-        for (b, (o, bytes)) in out.chunks_mut(n).zip(aggregate.payload.chunks(block_bytes)).enumerate() {
+        for (b, (o, bytes)) in
+            out.chunks_mut(n).zip(aggregate.payload.chunks(block_bytes)).enumerate()
+        {
             prepared.block(setup, b as u64, bytes, tau, &mut s, o)?;
         }
         finish(setup, out, contributors)
@@ -177,7 +187,11 @@ fn check_aggregate(setup: &RoundSetup, aggregate: &PackedCiphertext) -> Result<u
         return Err(Mismatch::Round { field: "contributors" }.into());
     }
     if aggregate.payload.len() as u64 != setup.payload_len() {
-        return Err(Mismatch::Length { left: setup.payload_len() as usize, right: aggregate.payload.len() }.into());
+        return Err(Mismatch::Length {
+            left: setup.payload_len() as usize,
+            right: aggregate.payload.len(),
+        }
+        .into());
     }
     Ok(contributors)
 }

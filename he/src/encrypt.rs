@@ -129,10 +129,8 @@ impl ClientKey {
         let key = plan.forward(&words);
         words.zeroize();
         let encoder = Encoder::new(setup.plan(), setup.values(), count)?;
-        let blocks = usize::try_from(setup.blocks()).map_err(|_| InputError::TooLong {
-            len: setup.slots(),
-            limit: crate::MAX_VALUES,
-        })?;
+        let blocks = usize::try_from(setup.blocks())
+            .map_err(|_| InputError::TooLong { len: setup.slots(), limit: crate::MAX_VALUES })?;
         Ok(Encryptor {
             setup: *setup,
             plan,
@@ -170,7 +168,10 @@ impl Encryptor {
     /// assert!(up.clipping.clipped > 30_000); // |1.5·sin| > 1 about a third of the time
     /// assert_eq!(up.ciphertext.payload().len(), 350_000); // 3.5 bytes per value
     /// ```
-    pub fn encrypt(&self, values: &(impl Values + ?Sized)) -> Result<Encrypted<PackedCiphertext>, Error> {
+    pub fn encrypt(
+        &self,
+        values: &(impl Values + ?Sized),
+    ) -> Result<Encrypted<PackedCiphertext>, Error> {
         let mut payload = vec![0u8; self.setup.payload_len() as usize];
         let clipping = self.encrypt_blocks(values, 0..self.setup.blocks(), &mut payload)?;
         let header = self.setup.header(CiphertextKind::Upload, 1);
@@ -189,16 +190,25 @@ impl Encryptor {
     ) -> Result<ClipReport, Error> {
         check_length(values.len())?;
         if values.len() as u64 != self.setup.values() {
-            return Err(InputError::Length { expected: self.setup.values(), got: values.len() as u64 }.into());
+            return Err(InputError::Length {
+                expected: self.setup.values(),
+                got: values.len() as u64,
+            }
+            .into());
         }
         if blocks.start >= blocks.end || blocks.end > self.setup.blocks() {
             return Err(InputError::SlotRange { start: blocks.start, end: blocks.end }.into());
         }
         let n = self.setup.ring_degree();
-        let slots = self.setup.block_slots(blocks.start).start..self.setup.block_slots(blocks.end - 1).end;
+        let slots =
+            self.setup.block_slots(blocks.start).start..self.setup.block_slots(blocks.end - 1).end;
         let range = self.setup.payload_range(slots);
         if out.len() as u64 != range.end - range.start {
-            return Err(InputError::Length { expected: range.end - range.start, got: out.len() as u64 }.into());
+            return Err(InputError::Length {
+                expected: range.end - range.start,
+                got: out.len() as u64,
+            }
+            .into());
         }
         let w = self.setup.transport().get();
         let block_bytes = pack::packed_len(n, w);

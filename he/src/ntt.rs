@@ -56,8 +56,8 @@ impl std::fmt::Debug for NttPlan {
 
 impl NttPlan {
     pub(crate) fn try_new(n: usize) -> Result<Self, Error> {
-        let plan =
-            Plan32::try_new(n).ok_or(Error::Internal("tfhe-ntt has no plan for this ring degree"))?;
+        let plan = Plan32::try_new(n)
+            .ok_or(Error::Internal("tfhe-ntt has no plan for this ring degree"))?;
         Ok(Self { plan, n })
     }
 

@@ -141,7 +141,9 @@ impl TryFrom<PlanRepr> for Plan {
         let params = ParameterSet::by_id(ParameterSetId(r.parameter_set))
             .map_err(|_| invalid("parameter_set", "is not a known parameter set".into()))?;
         let derived = plan(&params, &r.request)?;
-        if derived.step != r.step || derived.delta != r.delta_log || derived.transport != r.transport_bits
+        if derived.step != r.step
+            || derived.delta != r.delta_log
+            || derived.transport != r.transport_bits
         {
             return Err(invalid(
                 "plan",
@@ -285,8 +287,7 @@ fn fits(params: &ParameterSet, c: f64, delta: u8, w: TransportBits) -> bool {
     let delta2 = 4f64.powi(delta as i32); // Δ²
     let z2 = TAIL_Z * TAIL_Z;
     let key_ok = 4.0 * z2 * params.key_std() * params.key_std() * c < delta2;
-    let noise_ok =
-        4.0 * z2 * c * (params.noise_variance() + w.rounding_variance()) < delta2;
+    let noise_ok = 4.0 * z2 * c * (params.noise_variance() + w.rounding_variance()) < delta2;
     key_ok && noise_ok
 }
 
@@ -296,7 +297,8 @@ fn budget(params: &ParameterSet, request: &PlanRequest, step: f64) -> Budget {
     let per_client = (c_max as f64 * request.clip_bound / step).ceil() + 1.0;
     let total = (c * per_client).max(c * c_max as f64);
     // (total + ½)·2^δ ≤ 2^63.
-    let delta_max = (1..=62u8).rev().find(|&d| (total + 0.5) * 2f64.powi(d as i32) <= 2f64.powi(63));
+    let delta_max =
+        (1..=62u8).rev().find(|&d| (total + 0.5) * 2f64.powi(d as i32) <= 2f64.powi(63));
     let delta_min = (1..=62u8).find(|&d| fits(params, c, d, TransportBits::FULL)).unwrap_or(63);
     Budget { delta_max, delta_min, message_bits: (total + 0.5).log2() }
 }
@@ -325,11 +327,18 @@ pub fn plan(params: &ParameterSet, request: &PlanRequest) -> Result<Plan, PlanEr
     let c = request.max_clients as f64;
     if let Some(delta_max) = b.delta_max {
         for w in 1..=64u8 {
-            let w = TransportBits::try_new(w).map_err(|_| invalid("transport", "internal".into()))?;
+            let w =
+                TransportBits::try_new(w).map_err(|_| invalid("transport", "internal".into()))?;
             if fits(params, c, delta_max, w) {
-                let delta =
-                    DeltaLog::try_new(delta_max).map_err(|_| invalid("delta", "internal".into()))?;
-                return Ok(Plan { params: params.id(), request: *request, step, delta, transport: w });
+                let delta = DeltaLog::try_new(delta_max)
+                    .map_err(|_| invalid("delta", "internal".into()))?;
+                return Ok(Plan {
+                    params: params.id(),
+                    request: *request,
+                    step,
+                    delta,
+                    transport: w,
+                });
             }
         }
     }
@@ -361,7 +370,10 @@ fn infeasible(params: &ParameterSet, request: &PlanRequest, b: &Budget) -> PlanE
         }) {
             while lo + 1 < hi {
                 let mid = lo + (hi - lo) / 2;
-                let r = PlanRequest { weighting: Weighting::Samples { min_count: mid, max_count }, ..*request };
+                let r = PlanRequest {
+                    weighting: Weighting::Samples { min_count: mid, max_count },
+                    ..*request
+                };
                 if feasible(&r) {
                     hi = mid;
                 } else {
@@ -404,7 +416,12 @@ mod tests {
     use super::*;
 
     fn uniform(c: u32, e: f64) -> PlanRequest {
-        PlanRequest { max_clients: c, clip_bound: 1.0, max_abs_error: e, weighting: Weighting::Uniform }
+        PlanRequest {
+            max_clients: c,
+            clip_bound: 1.0,
+            max_abs_error: e,
+            weighting: Weighting::Uniform,
+        }
     }
 
     fn w(r: &PlanRequest) -> u32 {
@@ -453,7 +470,10 @@ mod tests {
         let p = plan(&params, &r).unwrap();
         assert!(p.transport().get() <= 48, "{p:?}");
         // From a count of 1, 1e-4 needs more than 64 bits; the refusal names the nearest fit.
-        let wide = PlanRequest { weighting: Weighting::Samples { min_count: 1, max_count: 1_000_000 }, ..r };
+        let wide = PlanRequest {
+            weighting: Weighting::Samples { min_count: 1, max_count: 1_000_000 },
+            ..r
+        };
         let err = plan(&params, &wide).unwrap_err().to_string();
         assert!(err.contains("min_count ≥ 4"), "{err}");
         assert!(err.contains("max_abs_error ≥"), "{err}");

@@ -390,7 +390,8 @@ mod tests {
             first_index: TableIndex::new(AesIndex(3 * n as u128 / 2), ByteIndex(0)),
         };
         let mut at3 = vec![0u64; n];
-        RandomGenerator::<DefaultRandomGenerator>::new(params).fill_slice_with_random_uniform(&mut at3);
+        RandomGenerator::<DefaultRandomGenerator>::new(params)
+            .fill_slice_with_random_uniform(&mut at3);
         assert_eq!(at3, sequential[3 * n..4 * n]);
     }
 

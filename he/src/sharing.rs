@@ -88,7 +88,9 @@ pub fn from_field(v: u64) -> i64 {
 }
 
 /// A node's share index `x` (1 ..= [`MAX_NODES`]).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "u8", into = "u8")]
 pub struct ShareIndex(u8);
 

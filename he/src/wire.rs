@@ -146,15 +146,20 @@ pub fn read_header(bytes: &[u8], limits: &DecodeLimits) -> Result<CiphertextHead
         ObjectKind::Upload => CiphertextKind::Upload,
         ObjectKind::Aggregate => CiphertextKind::Aggregate,
         other => {
-            return Err(DecodeError::WrongKind { expected: "upload or aggregate", found: other as u8 }.into())
+            return Err(DecodeError::WrongKind {
+                expected: "upload or aggregate",
+                found: other as u8,
+            }
+            .into())
         }
     };
     reserved(&mut r, 1)?;
     let params = ParameterSetId(r.u16()?);
-    ParameterSet::by_id(params).map_err(|_| invalid("parameter_set", format!("unknown id {}", params.0)))?;
+    ParameterSet::by_id(params)
+        .map_err(|_| invalid("parameter_set", format!("unknown id {}", params.0)))?;
     let w = r.u8()?;
-    let transport =
-        TransportBits::try_new(w).map_err(|_| invalid("transport_bits", format!("{w} is not in [1, 64]")))?;
+    let transport = TransportBits::try_new(w)
+        .map_err(|_| invalid("transport_bits", format!("{w} is not in [1, 64]")))?;
     reserved(&mut r, 1)?;
     let contributors = r.u32()?;
     let slots = r.u64()?;
@@ -162,7 +167,12 @@ pub fn read_header(bytes: &[u8], limits: &DecodeLimits) -> Result<CiphertextHead
         return Err(invalid("slot_count", "must be at least 1".into()).into());
     }
     if slots > limits.max_slots {
-        return Err(DecodeError::LimitExceeded { field: "slot_count", value: slots, limit: limits.max_slots }.into());
+        return Err(DecodeError::LimitExceeded {
+            field: "slot_count",
+            value: slots,
+            limit: limits.max_slots,
+        }
+        .into());
     }
     match kind {
         CiphertextKind::Upload if contributors != 1 => {
@@ -181,7 +191,11 @@ pub fn read_header(bytes: &[u8], limits: &DecodeLimits) -> Result<CiphertextHead
 
 /// Exact serialised size of a ciphertext with this header.
 pub fn ciphertext_len(header: &CiphertextHeader) -> Option<u64> {
-    header.slots.checked_mul(header.transport.get() as u64)?.div_ceil(8).checked_add(HEADER_LEN as u64)
+    header
+        .slots
+        .checked_mul(header.transport.get() as u64)?
+        .div_ceil(8)
+        .checked_add(HEADER_LEN as u64)
 }
 
 fn check_payload(header: &CiphertextHeader, bytes: &[u8]) -> Result<(), Error> {
@@ -190,7 +204,9 @@ fn check_payload(header: &CiphertextHeader, bytes: &[u8]) -> Result<(), Error> {
     // Canonical form: the padding bits after the last word are zero.
     let used = ((header.slots * header.transport.get() as u64) % 8) as u32;
     if used != 0 && bytes.last().is_some_and(|&b| b >> used != 0) {
-        return Err(invalid("payload", "padding bits after the last word must be zero".into()).into());
+        return Err(
+            invalid("payload", "padding bits after the last word must be zero".into()).into()
+        );
     }
     Ok(())
 }
@@ -236,7 +252,11 @@ macro_rules! share_wire {
                 let (index, count) = read_share_header(bytes, $kind)?;
                 let values = Reader::new(&bytes[SHARE_HEADER_LEN..]).u64s(count)?;
                 if let Some(pos) = values.iter().position(|&v| v >= SHARE_PRIME) {
-                    return Err(invalid("values", format!("element {pos} is not below p = 2^61 − 1")).into());
+                    return Err(invalid(
+                        "values",
+                        format!("element {pos} is not below p = 2^61 − 1"),
+                    )
+                    .into());
                 }
                 Ok(Self { index, values })
             }
@@ -261,7 +281,8 @@ fn read_share_header(bytes: &[u8], kind: ObjectKind) -> Result<(ShareIndex, usiz
         return Err(DecodeError::WrongKind { expected: kind.name(), found: found as u8 }.into());
     }
     let x = r.u8()?;
-    let index = ShareIndex::try_new(x).map_err(|_| invalid("share_index", format!("{x} is not in [1, 16]")))?;
+    let index = ShareIndex::try_new(x)
+        .map_err(|_| invalid("share_index", format!("{x} is not in [1, 16]")))?;
     let count = r.u32()?;
     if count == 0 || count > MAX_SHARE_VALUES || !count.is_power_of_two() {
         return Err(invalid("count", format!("{count} is not a power of two in [1, 2^15]")).into());
@@ -315,7 +336,10 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
         let Some(end) = end else {
-            return Err(DecodeError::Truncated { needed: self.pos.saturating_add(n), got: self.bytes.len() });
+            return Err(DecodeError::Truncated {
+                needed: self.pos.saturating_add(n),
+                got: self.bytes.len(),
+            });
         };
         let out = &self.bytes[self.pos..end];
         self.pos = end;
@@ -343,10 +367,11 @@ impl<'a> Reader<'a> {
     /// `count` words; the caller has checked the length, so this allocates at most what the
     /// input holds.
     fn u64s(&mut self, count: usize) -> Result<Vec<u64>, DecodeError> {
-        let raw = self.take(count.checked_mul(8).ok_or(DecodeError::Truncated {
-            needed: usize::MAX,
-            got: self.bytes.len(),
-        })?)?;
+        let raw = self.take(
+            count
+                .checked_mul(8)
+                .ok_or(DecodeError::Truncated { needed: usize::MAX, got: self.bytes.len() })?,
+        )?;
         Ok(raw
             .chunks_exact(8)
             .map(|c| {

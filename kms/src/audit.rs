@@ -176,6 +176,8 @@ pub async fn verify(pool: &AnyPool) -> Result<Verdict, sqlx::Error> {
 
 /// The number of entries (the last sequence number; 0 for an empty log).
 pub async fn length(pool: &AnyPool) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query("SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(pool).await?;
+    let row = sqlx::query("SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
     row.map(|r| r.try_get::<i64, _>(0)).transpose().map(|s| s.unwrap_or(0))
 }

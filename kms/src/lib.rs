@@ -30,8 +30,8 @@ pub mod routes;
 pub mod seal;
 pub mod store;
 
-use cryptflow_services::auth::{verifier_from_files, Verifier};
 pub use cryptflow_services::auth::JwtKey;
+use cryptflow_services::auth::{verifier_from_files, Verifier};
 use cryptflow_services::clock::{SharedClock, SystemClock};
 use cryptflow_services::db::{self, Migrations};
 use cryptflow_services::protocol::{Committee, Roster, SiteKey};
@@ -166,12 +166,28 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         cryptflow_services::http::render_counters(&[
-            ("cryptflow_kms_rounds_registered_total", "Rounds registered.", &self.rounds_registered),
+            (
+                "cryptflow_kms_rounds_registered_total",
+                "Rounds registered.",
+                &self.rounds_registered,
+            ),
             ("cryptflow_kms_deposits_total", "Key-share deposits stored.", &self.deposits),
-            ("cryptflow_kms_sets_recorded_total", "Contributor sets recorded.", &self.sets_recorded),
+            (
+                "cryptflow_kms_sets_recorded_total",
+                "Contributor sets recorded.",
+                &self.sets_recorded,
+            ),
             ("cryptflow_kms_releases_total", "Releases served to readers.", &self.releases),
-            ("cryptflow_kms_refusals_total", "Deposit, set and release requests refused.", &self.refusals),
-            ("cryptflow_kms_rounds_shredded_total", "Rounds whose shares were shredded.", &self.rounds_shredded),
+            (
+                "cryptflow_kms_refusals_total",
+                "Deposit, set and release requests refused.",
+                &self.refusals,
+            ),
+            (
+                "cryptflow_kms_rounds_shredded_total",
+                "Rounds whose shares were shredded.",
+                &self.rounds_shredded,
+            ),
         ])
     }
 }
@@ -276,8 +292,14 @@ pub async fn state_from_config(config: &KmsConfig) -> Result<AppState, StartErro
     let node = node_from_config(config)?;
     let pool = db::connect(&config.database_url, config.max_connections).await?;
     db::require_migrated(&pool, &config.database_url, &MIGRATIONS).await?;
-    let mut state =
-        AppState::new(pool, verifier, master, node, Arc::new(SystemClock), config.share_retention_secs);
+    let mut state = AppState::new(
+        pool,
+        verifier,
+        master,
+        node,
+        Arc::new(SystemClock),
+        config.share_retention_secs,
+    );
     if let Some(path) = &config.restore_witness_file {
         state = state.with_witness(restore::Witness::new(path));
         routes::restore_check(&state).await.map_err(StartError::Io)?;
@@ -328,8 +350,11 @@ async fn serve(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let counters = state.metrics.clone();
-    let metrics_task =
-        cryptflow_services::http::spawn_metrics(metrics, move || counters.render(), stop_rx.clone());
+    let metrics_task = cryptflow_services::http::spawn_metrics(
+        metrics,
+        move || counters.render(),
+        stop_rx.clone(),
+    );
     let ticker_state = state.clone();
     let mut tick_rx = stop_rx.clone();
     let ticker = tokio::spawn(async move {
@@ -345,6 +370,8 @@ async fn serve(
         .into_iter()
         .map(|(listener, app)| {
             let mut rx = stop_rx.clone();
+            let listener =
+                axum::serve::ListenerExt::tap_io(listener, cryptflow_services::http::set_nodelay);
             tokio::spawn(std::future::IntoFuture::into_future(
                 axum::serve(listener, app).with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|s| *s).await;

@@ -1,7 +1,9 @@
 //! `cryptflow-kms`: a key manager of the committee. See `cryptflow-kms --help`.
 
 use clap::{Parser, Subcommand};
-use cryptflow_kms::{audit, launch, launch_split, rotate_master_key, state_from_config, KmsConfig, MasterKey};
+use cryptflow_kms::{
+    audit, launch, launch_split, rotate_master_key, state_from_config, KmsConfig, MasterKey,
+};
 use cryptflow_services::protocol::SiteKey;
 use cryptflow_services::{config, db, shutdown};
 use std::path::{Path, PathBuf};
@@ -108,11 +110,15 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             cryptflow_kms::node_from_config(&cfg).map_err(|e| e.to_string())?;
             println!("{}", config::redacted_json(&cfg));
         }
-        Command::Healthcheck(c) => cryptflow_services::http::healthcheck(&load(&c)?.listen, "/healthz")?,
+        Command::Healthcheck(c) => {
+            cryptflow_services::http::healthcheck(&load(&c)?.listen, "/healthz")?
+        }
         Command::Migrate(c) => {
             let cfg = load(&c)?;
             let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
-            db::migrate(&pool, &cfg.database_url, &cryptflow_kms::MIGRATIONS).await.map_err(|e| e.to_string())?;
+            db::migrate(&pool, &cfg.database_url, &cryptflow_kms::MIGRATIONS)
+                .await
+                .map_err(|e| e.to_string())?;
             println!("migrations applied");
         }
         Command::VerifyAudit(c) => {
@@ -177,7 +183,9 @@ async fn serve(cfg: KmsConfig) -> Result<(), String> {
     shutdown::serve_until_signal(
         move |stop| async move {
             match internal {
-                Some(internal) => launch_split(listener, internal, metrics, state, max_body, tick, stop).await,
+                Some(internal) => {
+                    launch_split(listener, internal, metrics, state, max_body, tick, stop).await
+                }
                 None => launch(listener, metrics, state, max_body, tick, stop).await,
             }
         },

@@ -35,7 +35,9 @@ use cryptflow_services::api::kms::{
 use cryptflow_services::api::round::{Contribution, RoundSpec};
 use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::auth::{Authenticated, Principal};
-use cryptflow_services::http::{method_not_allowed, not_found, parse_json, probe_routes, round_param, AppError};
+use cryptflow_services::http::{
+    method_not_allowed, not_found, parse_json, probe_routes, round_param, AppError,
+};
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
@@ -57,7 +59,8 @@ pub fn public_router(state: AppState, max_body_bytes: usize) -> Router {
 }
 
 fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
-    let round = if internal { get(round_info).put(register).delete(destroy) } else { get(round_info) };
+    let round =
+        if internal { get(round_info).put(register).delete(destroy) } else { get(round_info) };
     let mut r = Router::new()
         .route("/v1/rounds/{round}", round)
         .route(
@@ -89,18 +92,27 @@ fn actor(p: &Principal) -> Actor<'_> {
 
 async fn registered(s: &AppState, round: &RoundId) -> Result<crate::store::RoundRow, AppError> {
     s.store.round(round).await.map_err(db)?.ok_or_else(|| {
-        AppError::new(ErrorCode::NotFound, format!("round {round} is not registered here")).with_field("round")
+        AppError::new(ErrorCode::NotFound, format!("round {round} is not registered here"))
+            .with_field("round")
     })
 }
 
 /// Counts a refusal and records it in the audit log (a refused deposit, set or release is
 /// evidence an operator wants), then returns it.
-async fn refused(s: &AppState, caller: &Principal, action: &str, round: &RoundId, e: AppError) -> AppError {
+async fn refused(
+    s: &AppState,
+    caller: &Principal,
+    action: &str,
+    round: &RoundId,
+    e: AppError,
+) -> AppError {
     s.metrics.refusals.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(round = %round, caller = %caller.subject, action, problem = ?e.problem().detail, "request refused");
     let detail = serde_json::json!({ "status": e.problem().status, "detail": e.problem().detail });
     let at = s.clock.now();
-    if let Err(err) = s.store.audit_only(at, &actor(caller), &format!("{action}.refused"), round, detail).await {
+    if let Err(err) =
+        s.store.audit_only(at, &actor(caller), &format!("{action}.refused"), round, detail).await
+    {
         return AppError::internal(err);
     }
     e
@@ -108,7 +120,13 @@ async fn refused(s: &AppState, caller: &Principal, action: &str, round: &RoundId
 
 async fn view(s: &AppState, row: crate::store::RoundRow) -> Result<RegisteredRound, AppError> {
     let deposits = s.store.deposits(&row.spec.round_id).await.map_err(db)?.len() as u32;
-    Ok(RegisteredRound { spec: row.spec, echo: row.echo, state: row.state, deposits, contributors: row.set })
+    Ok(RegisteredRound {
+        spec: row.spec,
+        echo: row.echo,
+        state: row.state,
+        deposits,
+        contributors: row.set,
+    })
 }
 
 /// `PUT /v1/rounds/{round}` — aggregator or admin. 201 registered, 200 the same spec again,
@@ -137,7 +155,12 @@ async fn register(
     }
     let echo = s.node.echo(&spec);
     let at = s.clock.now();
-    if !s.store.insert_round(&spec, &echo.spec_hash, &echo, at, &actor(&caller)).await.map_err(db)? {
+    if !s
+        .store
+        .insert_round(&spec, &echo.spec_hash, &echo, at, &actor(&caller))
+        .await
+        .map_err(db)?
+    {
         // A concurrent registration won: answer as if it had come first.
         let existing = registered(&s, &round).await?;
         domain::same_registration(&existing, &spec)?;
@@ -200,7 +223,10 @@ async fn put_deposit(
     let row = registered(&s, &round).await?;
     let outcome = async {
         if caller.subject != client {
-            return Err(AppError::new(ErrorCode::Forbidden, format!("only {client} itself deposits its share")));
+            return Err(AppError::new(
+                ErrorCode::Forbidden,
+                format!("only {client} itself deposits its share"),
+            ));
         }
         let deposit: Deposit = parse_json(&headers, &body)?;
         let checked = domain::check_deposit(&s.node, &row, &caller, &client, &deposit)?;
@@ -221,7 +247,10 @@ async fn put_deposit(
         domain::same_deposit(&existing, &checked, &deposit)?;
         return Ok((StatusCode::OK, Json(receipt)).into_response());
     }
-    let sealed = s.master.seal(round.as_str(), client.as_str(), &checked.share).map_err(AppError::internal)?;
+    let sealed = s
+        .master
+        .seal(round.as_str(), client.as_str(), &checked.share)
+        .map_err(AppError::internal)?;
     let new = NewDeposit {
         client: &client,
         upload_sha256: deposit.upload_sha256,
@@ -281,8 +310,9 @@ async fn record_contributors(
     let row = registered(&s, &round).await?;
     let outcome = async {
         let body: ContributorSet = parse_json(&headers, &body)?;
-        let set = cryptflow_services::protocol::canonical_set(body.contributors)
-            .map_err(|e| AppError::new(ErrorCode::Unprocessable, e.to_string()).with_field("contributors"))?;
+        let set = cryptflow_services::protocol::canonical_set(body.contributors).map_err(|e| {
+            AppError::new(ErrorCode::Unprocessable, e.to_string()).with_field("contributors")
+        })?;
         if row.state == KmsRoundState::SetRecorded {
             domain::same_set(row.set.as_ref(), &set)?;
             return Ok((set, false));
@@ -327,20 +357,21 @@ async fn release(
     }
     let set = row.set.clone().unwrap_or_default();
     let members: Vec<&ClientId> = set.iter().map(|c| &c.client_id).collect();
-    let sealed = s
-        .store
-        .sealed_shares(&round, &members)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| AppError::new(ErrorCode::Gone, "the round's shares were shredded").with_field("round"))?;
+    let sealed = s.store.sealed_shares(&round, &members).await.map_err(db)?.ok_or_else(|| {
+        AppError::new(ErrorCode::Gone, "the round's shares were shredded").with_field("round")
+    })?;
     let mut shares = Vec::with_capacity(sealed.len());
     for (client, sealed) in sealed {
-        let bytes = s.master.open(round.as_str(), client.as_str(), &sealed).map_err(AppError::internal)?;
+        let bytes =
+            s.master.open(round.as_str(), client.as_str(), &sealed).map_err(AppError::internal)?;
         shares.push(KeyShare::from_bytes(&bytes).map_err(AppError::internal)?);
     }
     let release = domain::release(&s.node, &shares)?;
     let detail = serde_json::json!({ "contributors": set.len() });
-    s.store.audit_only(s.clock.now(), &actor(&caller), "release.serve", &round, detail).await.map_err(db)?;
+    s.store
+        .audit_only(s.clock.now(), &actor(&caller), "release.serve", &round, detail)
+        .await
+        .map_err(db)?;
     s.metrics.releases.fetch_add(1, Ordering::Relaxed);
     tracing::info!(round = %round, reader = %caller.subject, "release served");
     let body = ReleaseResponse {
@@ -353,7 +384,10 @@ async fn release(
 }
 
 /// `GET /v1/node` — anyone authenticated.
-async fn node_info(State(s): State<AppState>, Authenticated(_caller): Authenticated) -> Json<NodeInfo> {
+async fn node_info(
+    State(s): State<AppState>,
+    Authenticated(_caller): Authenticated,
+) -> Json<NodeInfo> {
     Json(s.node.info())
 }
 
@@ -378,9 +412,12 @@ async fn audit_log(
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<AuditEntry>>, AppError> {
     caller.require(&[Role::Admin])?;
-    let Query(q) = query.map_err(|e| AppError::new(ErrorCode::BadRequest, e.body_text()).with_field("query"))?;
+    let Query(q) = query
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.body_text()).with_field("query"))?;
     if !(1..=1000).contains(&q.limit) {
-        return Err(AppError::new(ErrorCode::BadRequest, "limit must be in [1, 1000]").with_field("limit").with_limit(1000));
+        return Err(AppError::new(ErrorCode::BadRequest, "limit must be in [1, 1000]")
+            .with_field("limit")
+            .with_limit(1000));
     }
     Ok(Json(crate::audit::list(s.store.pool(), q.after, q.limit).await?))
 }
@@ -408,7 +445,11 @@ pub async fn tick(s: &AppState) {
     };
     let system = Actor { subject: "kms", role: Role::Admin };
     for round in due {
-        match s.store.shred(&round, KmsRoundState::Destroyed, s.clock.now(), &system, "round.expire").await {
+        match s
+            .store
+            .shred(&round, KmsRoundState::Destroyed, s.clock.now(), &system, "round.expire")
+            .await
+        {
             Ok(()) => {
                 s.metrics.rounds_shredded.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(round = %round, "shares shredded after retention");
@@ -452,7 +493,13 @@ pub async fn refuse_open_rounds(s: &AppState) -> Result<u64, String> {
     let open = s.store.open_rounds().await.map_err(|e| e.to_string())?;
     for round in &open {
         s.store
-            .shred(round, KmsRoundState::Refused, s.clock.now(), &system, "round.refuse_after_restore")
+            .shred(
+                round,
+                KmsRoundState::Refused,
+                s.clock.now(),
+                &system,
+                "round.refuse_after_restore",
+            )
             .await
             .map_err(|e| e.to_string())?;
         s.metrics.rounds_shredded.fetch_add(1, Ordering::Relaxed);

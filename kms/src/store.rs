@@ -93,7 +93,13 @@ async fn audit(
     round: &RoundId,
     detail: serde_json::Value,
 ) -> Result<()> {
-    let event = Event { actor: actor.subject, role: actor.role, action, round_id: Some(round.as_str()), detail };
+    let event = Event {
+        actor: actor.subject,
+        role: actor.role,
+        action,
+        round_id: Some(round.as_str()),
+        detail,
+    };
     audit::append(conn, at, event).await?;
     Ok(())
 }
@@ -163,7 +169,9 @@ impl Store {
 
     /// Registers a round (with its members) and audits it, unless one exists; returns whether it
     /// was inserted.
-    pub async fn insert_round(&self, spec: &RoundSpec,
+    pub async fn insert_round(
+        &self,
+        spec: &RoundSpec,
         spec_hash: &Sha256Digest,
         echo: &SpecEcho,
         at: i64,
@@ -240,7 +248,9 @@ impl Store {
 
     /// Stores a deposit while the round is open, and audits it; returns whether it was inserted
     /// (`false`: the client already has one, or the round is no longer open).
-    pub async fn insert_deposit(&self, round: &RoundId,
+    pub async fn insert_deposit(
+        &self,
+        round: &RoundId,
         d: NewDeposit<'_>,
         at: i64,
         actor: &Actor<'_>,
@@ -277,7 +287,9 @@ impl Store {
 
     /// Records the contributor set once: `Ok(true)` if this call recorded it, `Ok(false)` if the
     /// round was not open (the caller re-reads and compares).
-    pub async fn record_set(&self, round: &RoundId,
+    pub async fn record_set(
+        &self,
+        round: &RoundId,
         set: &[Contribution],
         at: i64,
         actor: &Actor<'_>,
@@ -298,13 +310,23 @@ impl Store {
             return Ok(false);
         }
         let clients: Vec<&str> = set.iter().map(|c| c.client_id.as_str()).collect();
-        audit(&mut tx, at, actor, "set.record", round, serde_json::json!({ "contributors": clients })).await?;
+        audit(
+            &mut tx,
+            at,
+            actor,
+            "set.record",
+            round,
+            serde_json::json!({ "contributors": clients }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
 
     /// The sealed shares of `clients` (all present and unshredded, else `None`).
-    pub async fn sealed_shares(&self, round: &RoundId,
+    pub async fn sealed_shares(
+        &self,
+        round: &RoundId,
         clients: &[&ClientId],
     ) -> Result<Option<Vec<(ClientId, Sealed)>>> {
         let mut out = Vec::with_capacity(clients.len());
@@ -319,13 +341,18 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
             let Some(row) = row else { return Ok(None) };
-            out.push(((*c).clone(), Sealed { ciphertext: row.try_get("sealed_share")?, nonce: row.try_get("nonce")? }));
+            out.push((
+                (*c).clone(),
+                Sealed { ciphertext: row.try_get("sealed_share")?, nonce: row.try_get("nonce")? },
+            ));
         }
         Ok(Some(out))
     }
 
     /// Appends an audit entry on its own (a release served, a refusal).
-    pub async fn audit_only(&self, at: i64,
+    pub async fn audit_only(
+        &self,
+        at: i64,
         actor: &Actor<'_>,
         action: &str,
         round: &RoundId,
@@ -339,7 +366,9 @@ impl Store {
     }
 
     /// Shreds a round's shares and marks it `state` (destroyed, or refused after a restore).
-    pub async fn shred(&self, round: &RoundId,
+    pub async fn shred(
+        &self,
+        round: &RoundId,
         state: KmsRoundState,
         at: i64,
         actor: &Actor<'_>,
@@ -370,17 +399,15 @@ impl Store {
         .bind(before)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| RoundId::parse(r.try_get::<String, _>(0)?).map_err(corrupt))
-            .collect()
+        rows.iter().map(|r| RoundId::parse(r.try_get::<String, _>(0)?).map_err(corrupt)).collect()
     }
 
     /// Rounds still open (for the restore check).
     pub async fn open_rounds(&self) -> Result<Vec<RoundId>> {
-        let rows = sqlx::query("SELECT round_id FROM rounds WHERE state = 'open'").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| RoundId::parse(r.try_get::<String, _>(0)?).map_err(corrupt))
-            .collect()
+        let rows = sqlx::query("SELECT round_id FROM rounds WHERE state = 'open'")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| RoundId::parse(r.try_get::<String, _>(0)?).map_err(corrupt)).collect()
     }
 
     /// Refuses a round for good (after a restore).
@@ -404,7 +431,9 @@ impl Store {
 }
 
 /// Every sealed share with its owner and wrapping key, for master-key rotation.
-pub async fn all_sealed(conn: &mut sqlx::AnyConnection) -> Result<Vec<(String, String, Sealed, String)>> {
+pub async fn all_sealed(
+    conn: &mut sqlx::AnyConnection,
+) -> Result<Vec<(String, String, Sealed, String)>> {
     let rows = sqlx::query(
         "SELECT round_id, client_id, sealed_share, nonce, master_key_id FROM deposits WHERE sealed_share IS NOT NULL",
     )

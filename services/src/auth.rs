@@ -246,7 +246,11 @@ impl Verifier {
             if claims.exp.saturating_sub(claims.iat) > MAX_ROSTER_TOKEN_SECS {
                 return Err(AuthError::Roster("lifetime longer than ten minutes"));
             }
-            return Ok(Principal { subject: member.id.clone(), role: claims.role, signer: Signer::Roster });
+            return Ok(Principal {
+                subject: member.id.clone(),
+                role: claims.role,
+                signer: Signer::Roster,
+            });
         }
         let key = self.keys.get(kid).ok_or(AuthError::UnknownKey)?;
         let claims = self.decode(token, key)?;
@@ -259,15 +263,17 @@ impl Verifier {
     }
 
     fn decode(&self, token: &str, key: &DecodingKey) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation).map(|d| d.claims).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    AuthError::BadSignature
+                }
                 _ => AuthError::Malformed(e.to_string()),
-            })
+            },
+        )
     }
 }
 
@@ -320,19 +326,24 @@ mod tests {
         let v = verifier("aggregator", "k1", &k1);
         let ok = k1.mint("k1", &claims(Role::Client, "aggregator", now() + 60));
         let p = v.verify(&ok).unwrap();
-        assert_eq!((p.subject.as_str(), p.role, p.signer), ("hospital-1", Role::Client, Signer::Issuer));
+        assert_eq!(
+            (p.subject.as_str(), p.role, p.signer),
+            ("hospital-1", Role::Client, Signer::Issuer)
+        );
 
         let expired = k1.mint("k1", &claims(Role::Client, "aggregator", now() - 120));
         assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
         let just_expired = k1.mint("k1", &claims(Role::Client, "aggregator", now() - 5));
         assert!(v.verify(&just_expired).is_ok(), "within the leeway");
         // nbf in the future is refused (it used to be accepted).
-        let early = Claims { nbf: Some(now() + 3600), ..claims(Role::Client, "aggregator", now() + 7200) };
+        let early =
+            Claims { nbf: Some(now() + 3600), ..claims(Role::Client, "aggregator", now() + 7200) };
         assert_eq!(v.verify(&k1.mint("k1", &early)).unwrap_err(), AuthError::NotYetValid);
 
         let other_aud = k1.mint("k1", &claims(Role::Client, "kms", now() + 60));
         assert_eq!(v.verify(&other_aud).unwrap_err(), AuthError::WrongAudience);
-        let forged = SiteKey::generate().mint("k1", &claims(Role::Client, "aggregator", now() + 60));
+        let forged =
+            SiteKey::generate().mint("k1", &claims(Role::Client, "aggregator", now() + 60));
         assert_eq!(v.verify(&forged).unwrap_err(), AuthError::BadSignature);
         let unknown = k1.mint("k9", &claims(Role::Client, "aggregator", now() + 60));
         assert_eq!(v.verify(&unknown).unwrap_err(), AuthError::UnknownKey);
@@ -341,7 +352,8 @@ mod tests {
         // alg=none is refused outright.
         let none = "eyJhbGciOiJub25lIiwia2lkIjoiazEifQ.eyJzdWIiOiJ4In0.";
         assert!(v.verify(none).is_err());
-        let weird = Claims { sub: "../admin".into(), ..claims(Role::Admin, "aggregator", now() + 60) };
+        let weird =
+            Claims { sub: "../admin".into(), ..claims(Role::Admin, "aggregator", now() + 60) };
         assert!(matches!(v.verify(&k1.mint("k1", &weird)), Err(AuthError::Malformed(_))));
     }
 
@@ -352,29 +364,57 @@ mod tests {
         let reader = SiteKey::generate();
         let a = ClientId::parse("site-a").unwrap();
         let r = ClientId::parse("server-app").unwrap();
-        let roster = Roster::try_new(2, vec![roster_member(&a, &site, false), roster_member(&r, &reader, true)])
-            .unwrap();
+        let roster = Roster::try_new(
+            2,
+            vec![roster_member(&a, &site, false), roster_member(&r, &reader, true)],
+        )
+        .unwrap();
         let v = verifier("kms", "issuer", &issuer).with_roster(&roster);
         let p = v.verify(&site.roster_token(&a, Role::Client)).unwrap();
         assert_eq!((p.subject, p.role, p.signer), (a.clone(), Role::Client, Signer::Roster));
         assert_eq!(v.verify(&reader.roster_token(&r, Role::Reader)).unwrap().role, Role::Reader);
         // A non-reader cannot claim to be a reader; a key speaks only for its member.
-        assert!(matches!(v.verify(&site.roster_token(&a, Role::Reader)), Err(AuthError::Roster(_))));
-        let stolen_kid = site.mint(&crate::protocol::roster_kid(&r), &Claims {
-            sub: r.to_string(), role: Role::Reader, aud: "kms".into(), exp: now() + 60, iat: now(), nbf: None,
-        });
+        assert!(matches!(
+            v.verify(&site.roster_token(&a, Role::Reader)),
+            Err(AuthError::Roster(_))
+        ));
+        let stolen_kid = site.mint(
+            &crate::protocol::roster_kid(&r),
+            &Claims {
+                sub: r.to_string(),
+                role: Role::Reader,
+                aud: "kms".into(),
+                exp: now() + 60,
+                iat: now(),
+                nbf: None,
+            },
+        );
         assert_eq!(v.verify(&stolen_kid).unwrap_err(), AuthError::BadSignature);
         // The issuer can mint a client token, but the key managers refuse it: the aggregator's
         // operator, who may run the issuer, cannot pose as a client.
-        let posing = issuer.mint("issuer", &Claims { sub: "site-a".into(), ..claims(Role::Client, "kms", now() + 60) });
+        let posing = issuer.mint(
+            "issuer",
+            &Claims { sub: "site-a".into(), ..claims(Role::Client, "kms", now() + 60) },
+        );
         assert_eq!(v.verify(&posing).unwrap_err(), AuthError::RosterKeyRequired);
         // Admin and aggregator tokens still come from the issuer.
-        let agg = issuer.mint("issuer", &Claims { sub: "aggregator".into(), ..claims(Role::Aggregator, "kms", now() + 60) });
+        let agg = issuer.mint(
+            "issuer",
+            &Claims { sub: "aggregator".into(), ..claims(Role::Aggregator, "kms", now() + 60) },
+        );
         assert_eq!(v.verify(&agg).unwrap().role, Role::Aggregator);
         // A long-lived roster token is refused.
-        let long = site.mint(&crate::protocol::roster_kid(&a), &Claims {
-            sub: a.to_string(), role: Role::Client, aud: "kms".into(), exp: now() + 86_400, iat: now(), nbf: None,
-        });
+        let long = site.mint(
+            &crate::protocol::roster_kid(&a),
+            &Claims {
+                sub: a.to_string(),
+                role: Role::Client,
+                aud: "kms".into(),
+                exp: now() + 86_400,
+                iat: now(),
+                nbf: None,
+            },
+        );
         assert!(matches!(v.verify(&long), Err(AuthError::Roster(_))));
     }
 
@@ -383,11 +423,17 @@ mod tests {
         let old = SiteKey::generate();
         let new = SiteKey::generate();
         let (po, pn) = (old.public_pem().unwrap(), new.public_pem().unwrap());
-        let both = Verifier::new("aggregator", DEFAULT_LEEWAY, [("old", po.as_bytes()), ("new", pn.as_bytes())]).unwrap();
+        let both = Verifier::new(
+            "aggregator",
+            DEFAULT_LEEWAY,
+            [("old", po.as_bytes()), ("new", pn.as_bytes())],
+        )
+        .unwrap();
         let c = Claims { sub: "ops".into(), ..claims(Role::Admin, "aggregator", now() + 60) };
         let (t_old, t_new) = (old.mint("old", &c), new.mint("new", &c));
         assert!(both.verify(&t_old).is_ok() && both.verify(&t_new).is_ok());
-        let only_new = Verifier::new("aggregator", DEFAULT_LEEWAY, [("new", pn.as_bytes())]).unwrap();
+        let only_new =
+            Verifier::new("aggregator", DEFAULT_LEEWAY, [("new", pn.as_bytes())]).unwrap();
         assert_eq!(only_new.verify(&t_old).unwrap_err(), AuthError::UnknownKey);
     }
 
@@ -397,12 +443,19 @@ mod tests {
             Verifier::new("kms", DEFAULT_LEEWAY, [("k", b"nope".as_slice())]),
             Err(KeyError::InvalidPem { .. })
         ));
-        assert!(matches!(Verifier::new("kms", DEFAULT_LEEWAY, std::iter::empty()), Err(KeyError::NoKeys)));
+        assert!(matches!(
+            Verifier::new("kms", DEFAULT_LEEWAY, std::iter::empty()),
+            Err(KeyError::NoKeys)
+        ));
     }
 
     #[test]
     fn roles_are_enforced_with_403() {
-        let p = Principal { subject: ClientId::parse("c").unwrap(), role: Role::Client, signer: Signer::Issuer };
+        let p = Principal {
+            subject: ClientId::parse("c").unwrap(),
+            role: Role::Client,
+            signer: Signer::Issuer,
+        };
         assert!(p.require(&[Role::Client, Role::Admin]).is_ok());
         assert_eq!(p.require(&[Role::Admin]).unwrap_err().problem().status, 403);
     }

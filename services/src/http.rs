@@ -129,6 +129,15 @@ pub fn probe_routes(pool: sqlx::AnyPool, openapi: &'static str) -> axum::Router 
         )
 }
 
+/// Sets `TCP_NODELAY` on an accepted connection: responses written in two parts (headers, then a
+/// streamed body) must not wait for the peer's delayed acknowledgement (40 ms on Linux).
+/// Use as `axum::serve(listener.tap_io(set_nodelay), app)`.
+pub fn set_nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 /// The 404 for unknown routes, as a problem document.
 pub async fn not_found() -> AppError {
     AppError::new(ErrorCode::NotFound, "no such endpoint")
@@ -189,7 +198,7 @@ pub fn spawn_metrics(
         }),
     );
     tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(axum::serve::ListenerExt::tap_io(listener, set_nodelay), app)
             .with_graceful_shutdown(async move {
                 let _ = stop.changed().await;
             })

@@ -145,8 +145,10 @@ impl<'de> Deserialize<'de> for Committee {
 impl Committee {
     /// Validates a committee.
     pub fn try_new(threshold: u8, mut nodes: Vec<CommitteeNode>) -> Result<Self, ProtocolError> {
-        let n = u8::try_from(nodes.len()).map_err(|_| ProtocolError::Committee("more than 16 nodes".into()))?;
-        let shape = CommitteeShape::try_new(n, threshold).map_err(|e| ProtocolError::Committee(e.to_string()))?;
+        let n = u8::try_from(nodes.len())
+            .map_err(|_| ProtocolError::Committee("more than 16 nodes".into()))?;
+        let shape = CommitteeShape::try_new(n, threshold)
+            .map_err(|e| ProtocolError::Committee(e.to_string()))?;
         nodes.sort_by_key(|node| node.x);
         for (i, node) in nodes.iter().enumerate() {
             if node.x as usize != i + 1 {
@@ -161,8 +163,9 @@ impl Committee {
                     node.x, node.url
                 )));
             }
-            VerifyingKey::from_bytes(&node.public_key.0)
-                .map_err(|_| ProtocolError::Committee(format!("node {}: not an Ed25519 public key", node.x)))?;
+            VerifyingKey::from_bytes(&node.public_key.0).map_err(|_| {
+                ProtocolError::Committee(format!("node {}: not an Ed25519 public key", node.x))
+            })?;
         }
         let keys: BTreeSet<[u8; 32]> = nodes.iter().map(|n| n.public_key.0).collect();
         if keys.len() != nodes.len() {
@@ -202,7 +205,8 @@ impl Committee {
     /// The digest every node's echo is bound to: threshold, then each node's index and key.
     /// URLs are left out: an operator may move a node without a new committee.
     pub fn digest(&self) -> Sha256Digest {
-        let mut c = Canon::new("cryptflow committee v2").fixed(&[self.threshold, self.nodes.len() as u8]);
+        let mut c =
+            Canon::new("cryptflow committee v2").fixed(&[self.threshold, self.nodes.len() as u8]);
         for n in &self.nodes {
             c = c.fixed(&[n.x]).fixed(&n.public_key.0);
         }
@@ -248,7 +252,10 @@ impl<'de> Deserialize<'de> for Roster {
 
 impl Roster {
     /// Validates a roster: `m ≥ 1`, ids unique, keys valid.
-    pub fn try_new(min_set_size: u32, mut members: Vec<RosterMember>) -> Result<Self, ProtocolError> {
+    pub fn try_new(
+        min_set_size: u32,
+        mut members: Vec<RosterMember>,
+    ) -> Result<Self, ProtocolError> {
         if min_set_size == 0 {
             return Err(ProtocolError::Roster("min_set_size must be at least 1".into()));
         }
@@ -259,8 +266,9 @@ impl Roster {
             }
         }
         for m in &members {
-            VerifyingKey::from_bytes(&m.public_key.0)
-                .map_err(|_| ProtocolError::Roster(format!("`{}`: not an Ed25519 public key", m.id)))?;
+            VerifyingKey::from_bytes(&m.public_key.0).map_err(|_| {
+                ProtocolError::Roster(format!("`{}`: not an Ed25519 public key", m.id))
+            })?;
         }
         Ok(Self { min_set_size, members })
     }
@@ -277,7 +285,8 @@ impl Roster {
             min_set_size: u32,
             members: &'a [RosterMember],
         }
-        toml::to_string(&F { min_set_size: self.min_set_size, members: &self.members }).unwrap_or_default()
+        toml::to_string(&F { min_set_size: self.min_set_size, members: &self.members })
+            .unwrap_or_default()
     }
 
     /// `m`.
@@ -295,7 +304,8 @@ impl Roster {
 
     /// Digest of the roster: `m`, then each member's id, key and reader flag.
     pub fn digest(&self) -> Sha256Digest {
-        let mut c = Canon::new("cryptflow roster v2").u32(self.min_set_size).u64(self.members.len() as u64);
+        let mut c =
+            Canon::new("cryptflow roster v2").u32(self.min_set_size).u64(self.members.len() as u64);
         for m in &self.members {
             c = c.bytes(m.id.as_str().as_bytes()).fixed(&m.public_key.0).fixed(&[m.reader as u8]);
         }
@@ -381,9 +391,9 @@ pub fn verify_echo(
     spec: &RoundSpec,
     echo: &SpecEcho,
 ) -> Result<Sha256Digest, ProtocolError> {
-    let node = committee
-        .node(echo.share_index)
-        .ok_or_else(|| ProtocolError::Committee(format!("no node {} in the committee", echo.share_index)))?;
+    let node = committee.node(echo.share_index).ok_or_else(|| {
+        ProtocolError::Committee(format!("no node {} in the committee", echo.share_index))
+    })?;
     let expected = spec_hash(spec, &committee.digest(), &echo.roster_digest, echo.min_set_size);
     if expected != echo.spec_hash {
         return Err(ProtocolError::Spec(format!(
@@ -391,7 +401,12 @@ pub fn verify_echo(
             echo.share_index
         )));
     }
-    verify(&node.public_key, &echo_statement(echo.share_index, &expected), &echo.signature, "a spec echo")?;
+    verify(
+        &node.public_key,
+        &echo_statement(echo.share_index, &expected),
+        &echo.signature,
+        "a spec echo",
+    )?;
     Ok(expected)
 }
 
@@ -400,7 +415,8 @@ pub fn setup(spec: &RoundSpec) -> Result<RoundSetup, ProtocolError> {
     if spec.plan.max_clients() != spec.max_clients {
         return Err(ProtocolError::Spec("the plan's max_clients is not the round's".into()));
     }
-    RoundSetup::try_new(spec.plan, spec.mask_seed, spec.values).map_err(|e| ProtocolError::Spec(e.to_string()))
+    RoundSetup::try_new(spec.plan, spec.mask_seed, spec.values)
+        .map_err(|e| ProtocolError::Spec(e.to_string()))
 }
 
 /// The exact size of an upload (and of the aggregate) of this round.
@@ -413,7 +429,10 @@ pub fn canonical_set(mut set: Vec<Contribution>) -> Result<Vec<Contribution>, Pr
     set.sort();
     for pair in set.windows(2) {
         if pair[0].client_id == pair[1].client_id {
-            return Err(ProtocolError::Spec(format!("{} appears twice in the set", pair[0].client_id)));
+            return Err(ProtocolError::Spec(format!(
+                "{} appears twice in the set",
+                pair[0].client_id
+            )));
         }
     }
     Ok(set)
@@ -488,7 +507,10 @@ impl SiteKey {
     pub fn public_pem(&self) -> Result<String, ProtocolError> {
         use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
         use ed25519_dalek::pkcs8::EncodePublicKey;
-        self.key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| ProtocolError::Key(e.to_string()))
+        self.key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| ProtocolError::Key(e.to_string()))
     }
 
     /// The public key, as rosters and committee files list it.
@@ -506,8 +528,7 @@ impl SiteKey {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": kid });
         let body = serde_json::to_vec(claims).unwrap_or_default();
-        let signing_input =
-            format!("{}.{}", b64.encode(header.to_string()), b64.encode(body));
+        let signing_input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(body));
         let sig = self.key.sign(signing_input.as_bytes()).to_bytes();
         format!("{signing_input}.{}", b64.encode(sig))
     }
@@ -556,7 +577,12 @@ mod tests {
     fn spec() -> RoundSpec {
         let p = plan(
             &ParameterSet::default_128(),
-            &PlanRequest { max_clients: 3, clip_bound: 1.0, max_abs_error: 1e-6, weighting: Weighting::Uniform },
+            &PlanRequest {
+                max_clients: 3,
+                clip_bound: 1.0,
+                max_abs_error: 1e-6,
+                weighting: Weighting::Uniform,
+            },
         )
         .unwrap();
         RoundSpec {
@@ -574,7 +600,11 @@ mod tests {
         let nodes = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| CommitteeNode { x: i as u8 + 1, url: format!("http://n{i}"), public_key: k.public_key() })
+            .map(|(i, k)| CommitteeNode {
+                x: i as u8 + 1,
+                url: format!("http://n{i}"),
+                public_key: k.public_key(),
+            })
             .collect();
         Committee::try_new(t, nodes).unwrap()
     }
@@ -599,7 +629,8 @@ mod tests {
         assert!(verify_echo(&c, &s, &forged).is_err());
         let other = RoundSpec { min_clients: 1, ..s.clone() };
         assert!(verify_echo(&c, &other, &echo).is_err());
-        let other_committee = committee(&[SiteKey::generate(), SiteKey::generate(), SiteKey::generate()], 2);
+        let other_committee =
+            committee(&[SiteKey::generate(), SiteKey::generate(), SiteKey::generate()], 2);
         assert!(verify_echo(&other_committee, &s, &echo).is_err());
         let lower_m = SpecEcho { min_set_size: 1, ..echo };
         assert!(verify_echo(&c, &s, &lower_m).is_err());
@@ -624,7 +655,11 @@ mod tests {
         let a = ClientId::parse("a").unwrap();
         let r = Roster::try_new(2, vec![roster_member(&a, &k, false)]).unwrap();
         assert_eq!(Roster::from_toml(&r.to_toml()).unwrap(), r);
-        assert!(Roster::try_new(2, vec![roster_member(&a, &k, false), roster_member(&a, &k, true)]).is_err());
+        assert!(Roster::try_new(
+            2,
+            vec![roster_member(&a, &k, false), roster_member(&a, &k, true)]
+        )
+        .is_err());
         assert!(Roster::try_new(0, vec![]).is_err());
         let reader = Roster::try_new(2, vec![roster_member(&a, &k, true)]).unwrap();
         assert_ne!(r.digest(), reader.digest(), "the reader flag is in the digest");

@@ -1,12 +1,16 @@
 //! Model-update files: NumPy `.npy` (one array) and safetensors (named tensors).
 //!
 //! A 1-D `.npy` array is a flat vector (a `dimension` round); an array of any other rank is
-//! one tensor named `array`. A safetensors file is its tensors in name order. Values are
-//! `float32` or `float64` (little- or big-endian `.npy`, C or Fortran order); the mean is
-//! written back in the dtypes of a reference file (`--like`) or of `--dtype`.
+//! one tensor named `array`. A safetensors file is its tensors in name order. Float values are
+//! `float16`, `bfloat16` (safetensors), `float32` or `float64`; half types are widened to
+//! `float32` for encryption. **Integer tensors** (step counters, masks) are never averaged:
+//! they are refused, naming the tensor, unless the caller passes them through — then they are
+//! left out of the round and `fetch --like` copies them unchanged from the reference file.
+//! The mean is written back in the dtypes of a reference file (`--like`) or of `--dtype`.
 
 use crate::output::CliError;
-use cryptflow_client::{ModelUpdate, Tensor};
+use cryptflow_client::{ModelUpdate, OutputType, Tensor, TensorValues};
+use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
 use safetensors::tensor::{Dtype, TensorView};
@@ -39,26 +43,67 @@ impl Format {
     }
 }
 
-/// Element types the CLI reads and writes.
+/// Float types the CLI reads and writes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DType {
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (safetensors only).
+    Bf16,
     /// 32-bit float.
     F32,
     /// 64-bit float.
     F64,
 }
 
-/// An update read from a file, with the dtype of each tensor.
+impl DType {
+    /// For the error bound of a mean written in this type.
+    pub fn output(self) -> OutputType {
+        match self {
+            DType::F16 => OutputType::F16,
+            DType::Bf16 => OutputType::Bf16,
+            DType::F32 => OutputType::F32,
+            DType::F64 => OutputType::F64,
+        }
+    }
+}
+
+/// What to do with integer tensors.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Integers {
+    /// Refuse the file, naming the tensor.
+    Refuse,
+    /// Leave them out of the round.
+    PassThrough,
+}
+
+/// An integer tensor left out of the round, as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passthrough {
+    /// Name.
+    pub name: String,
+    /// safetensors dtype.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Raw little-endian data.
+    pub data: Vec<u8>,
+}
+
+/// An update read from a file, with the dtype of each tensor and the integer tensors passed
+/// through.
 #[derive(Clone, Debug)]
 pub struct Loaded {
-    /// The values.
+    /// The float values.
     pub update: ModelUpdate,
-    /// One per tensor (one for a vector).
+    /// One per float tensor (one for a vector).
     pub dtypes: Vec<DType>,
+    /// Integer tensors left out.
+    pub passthrough: Vec<Passthrough>,
 }
 
 /// Largest update file read (a 10^8-value float64 model is 800 MB).
-const MAX_FILE_BYTES: u64 = 1 << 30;
+const MAX_FILE_BYTES: u64 = 4 << 30;
 
 fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
     let meta =
@@ -74,157 +119,329 @@ fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
 }
 
 /// Reads an update file.
-pub fn read(path: &Path) -> Result<Loaded, CliError> {
+pub fn read(path: &Path, integers: Integers) -> Result<Loaded, CliError> {
     let bytes = read_file(path)?;
     let bad = |e: String| CliError::input(format!("{}: {e}", path.display()));
     match Format::of(path)? {
         Format::Npy => {
-            let (values, dtype) = match ArrayD::<f64>::read_npy(bytes.as_slice()) {
-                Ok(a) => (a, DType::F64),
-                Err(ReadNpyError::WrongDescriptor(_)) => {
-                    match ArrayD::<f32>::read_npy(bytes.as_slice()) {
-                        Ok(a) => (a.mapv(f64::from), DType::F32),
-                        Err(ReadNpyError::WrongDescriptor(d)) => {
-                            return Err(bad(format!(
-                                "dtype {d:?} is not supported; use float32 or float64"
-                            )))
-                        }
-                        Err(e) => return Err(bad(e.to_string())),
-                    }
-                }
-                Err(e) => return Err(bad(e.to_string())),
-            };
-            let update = if values.ndim() == 1 {
-                ModelUpdate::Vector(values.into_dimensionality().map_err(|e| bad(e.to_string()))?)
+            let (values, dtype) = read_npy(&bytes).map_err(bad)?;
+            let update = if values.shape().len() == 1 {
+                ModelUpdate::Vector(values)
             } else {
                 ModelUpdate::Tensors(vec![Tensor { name: NPY_TENSOR.into(), values }])
             };
-            Ok(Loaded { update, dtypes: vec![dtype] })
+            Ok(Loaded { update, dtypes: vec![dtype], passthrough: Vec::new() })
         }
         Format::Safetensors => {
             let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
             let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
             names.sort();
-            if names.is_empty() {
-                return Err(bad("the file holds no tensors".into()));
-            }
-            let mut tensors = Vec::with_capacity(names.len());
-            let mut dtypes = Vec::with_capacity(names.len());
+            let mut tensors = Vec::new();
+            let mut dtypes = Vec::new();
+            let mut passthrough = Vec::new();
             for name in names {
                 let view = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
-                let (values, dtype): (Vec<f64>, DType) = match view.dtype() {
-                    Dtype::F32 => (
-                        view.data()
-                            .chunks_exact(4)
-                            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                            .collect(),
-                        DType::F32,
-                    ),
+                let shape = view.shape().to_vec();
+                let data = view.data();
+                let (values, dtype) = match view.dtype() {
                     Dtype::F64 => (
-                        view.data()
-                            .chunks_exact(8)
-                            .map(|c| {
-                                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-                            })
-                            .collect(),
+                        TensorValues::F64(
+                            array(&shape, data.chunks_exact(8).map(le_f64)).map_err(bad)?,
+                        ),
                         DType::F64,
                     ),
+                    Dtype::F32 => (
+                        TensorValues::F32(
+                            array(&shape, data.chunks_exact(4).map(le_f32)).map_err(bad)?,
+                        ),
+                        DType::F32,
+                    ),
+                    Dtype::F16 => (
+                        TensorValues::F32(
+                            array(
+                                &shape,
+                                data.chunks_exact(2)
+                                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+                            )
+                            .map_err(bad)?,
+                        ),
+                        DType::F16,
+                    ),
+                    Dtype::BF16 => (
+                        TensorValues::F32(
+                            array(
+                                &shape,
+                                data.chunks_exact(2)
+                                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+                            )
+                            .map_err(bad)?,
+                        ),
+                        DType::Bf16,
+                    ),
+                    other if is_integer(other) => {
+                        if integers == Integers::Refuse {
+                            return Err(bad(format!(
+                                "tensor `{name}` holds integers ({other:?}); integer tensors are not averaged — pass \
+                                 --pass-integers to leave them out of the round (fetch --like copies them back)"
+                            )));
+                        }
+                        passthrough.push(Passthrough {
+                            name,
+                            dtype: other,
+                            shape,
+                            data: data.to_vec(),
+                        });
+                        continue;
+                    }
                     other => {
                         return Err(bad(format!(
-                            "tensor `{name}` has dtype {other:?}; use F32 or F64"
+                            "tensor `{name}` has dtype {other:?}; use F16, BF16, F32 or F64"
                         )))
                     }
                 };
-                let values = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
-                    .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
                 tensors.push(Tensor { name, values });
                 dtypes.push(dtype);
             }
-            Ok(Loaded { update: ModelUpdate::Tensors(tensors), dtypes })
+            if tensors.is_empty() {
+                return Err(bad("the file holds no float tensors".into()));
+            }
+            Ok(Loaded { update: ModelUpdate::Tensors(tensors), dtypes, passthrough })
         }
     }
 }
 
-/// Writes `update` to `path` (format from the extension), tensor `i` as `dtypes[i]` (the
-/// last dtype repeats).
-pub fn write(path: &Path, update: &ModelUpdate, dtypes: &[DType]) -> Result<(), CliError> {
+fn is_integer(d: Dtype) -> bool {
+    matches!(
+        d,
+        Dtype::BOOL
+            | Dtype::U8
+            | Dtype::I8
+            | Dtype::I16
+            | Dtype::U16
+            | Dtype::I32
+            | Dtype::U32
+            | Dtype::I64
+            | Dtype::U64
+    )
+}
+
+fn le_f64(c: &[u8]) -> f64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(c);
+    f64::from_le_bytes(b)
+}
+
+fn le_f32(c: &[u8]) -> f32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(c);
+    f32::from_le_bytes(b)
+}
+
+fn array<T>(shape: &[usize], values: impl Iterator<Item = T>) -> Result<ArrayD<T>, String> {
+    ArrayD::from_shape_vec(IxDyn(shape), values.collect()).map_err(|e| e.to_string())
+}
+
+/// Reads a `.npy` of float64, float32 or float16 (any byte order, C or Fortran order).
+fn read_npy(bytes: &[u8]) -> Result<(TensorValues, DType), String> {
+    match ArrayD::<f64>::read_npy(bytes) {
+        Ok(a) => return Ok((TensorValues::F64(a), DType::F64)),
+        Err(ReadNpyError::WrongDescriptor(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    match ArrayD::<f32>::read_npy(bytes) {
+        Ok(a) => return Ok((TensorValues::F32(a), DType::F32)),
+        Err(ReadNpyError::WrongDescriptor(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    // float16: ndarray-npy has no half type; read the same layout as unsigned 16-bit words
+    // after checking the descriptor, then convert.
+    let header = npy_header(bytes)?;
+    let little = match header.descr.as_str() {
+        "<f2" | "|f2" => true,
+        ">f2" => false,
+        d => return Err(format!("dtype {d:?} is not supported; use float16, float32 or float64")),
+    };
+    let n: usize = header.shape.iter().product();
+    let data = bytes.get(header.data_offset..).ok_or("truncated")?;
+    if data.len() != 2 * n {
+        return Err(format!("{} data bytes for {n} float16 values", data.len()));
+    }
+    let values = data.chunks_exact(2).map(|c| {
+        let w = if little { [c[0], c[1]] } else { [c[1], c[0]] };
+        f16::from_le_bytes(w).to_f32()
+    });
+    let a = if header.fortran_order {
+        let rev: Vec<usize> = header.shape.iter().rev().copied().collect();
+        array(&rev, values)?.reversed_axes().as_standard_layout().into_owned()
+    } else {
+        array(&header.shape, values)?
+    };
+    Ok((TensorValues::F32(a), DType::F16))
+}
+
+struct NpyHeader {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<usize>,
+    data_offset: usize,
+}
+
+/// The header of a `.npy` file (format versions 1–3).
+fn npy_header(bytes: &[u8]) -> Result<NpyHeader, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not a .npy file".into());
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        v => return Err(format!("unknown .npy version {v}")),
+    };
+    let text = bytes.get(start..start.saturating_add(len)).ok_or("truncated header")?;
+    let text = std::str::from_utf8(text).map_err(|_| "header is not text")?;
+    let field = |key: &str| -> Result<&str, String> {
+        let at = text.find(&format!("'{key}'")).ok_or(format!("no {key} in the header"))?;
+        let rest = &text[at + key.len() + 2..];
+        Ok(rest.trim_start().trim_start_matches(':').trim_start())
+    };
+    let descr = field("descr")?;
+    let descr =
+        descr.strip_prefix('\'').and_then(|d| d.split('\'').next()).ok_or("bad descr")?.to_owned();
+    let fortran_order = field("fortran_order")?.starts_with("True");
+    let shape = field("shape")?;
+    let shape = shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("bad shape")?;
+    let shape = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s)).ok_or("shape overflows")?;
+    Ok(NpyHeader { descr, fortran_order, shape, data_offset: start + len })
+}
+
+fn npy_f16(values: &ArrayD<f64>) -> Vec<u8> {
+    let shape: Vec<String> = values.shape().iter().map(|s| s.to_string()).collect();
+    let shape = if shape.len() == 1 {
+        format!("({},)", shape[0])
+    } else {
+        format!("({})", shape.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': {shape}, }}");
+    // Pad so that the data starts on a multiple of 64 bytes, ending with a newline.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in values.iter() {
+        out.extend_from_slice(&f16::from_f64(*v).to_le_bytes());
+    }
+    out
+}
+
+/// Writes `update` to `path` (format from the extension), float tensor `i` as `dtypes[i]`
+/// (the last dtype repeats), integer `passthrough` tensors unchanged. Files are created with
+/// mode 0600: a mean is the consortium's result, not for every local user.
+pub fn write(
+    path: &Path,
+    update: &ModelUpdate,
+    dtypes: &[DType],
+    passthrough: &[Passthrough],
+) -> Result<(), CliError> {
     let dtype = |i: usize| dtypes.get(i).or(dtypes.last()).copied().unwrap_or(DType::F32);
     let bad = |e: String| CliError::input(format!("{}: {e}", path.display()));
     let bytes = match Format::of(path)? {
         Format::Npy => {
             let values: ArrayD<f64> = match update {
-                ModelUpdate::Vector(v) => v.clone().into_dyn(),
-                ModelUpdate::Tensors(ts) if ts.len() == 1 => ts[0].values.clone(),
+                ModelUpdate::Vector(v) => v.to_f64(),
+                ModelUpdate::Tensors(ts) if ts.len() == 1 && passthrough.is_empty() => {
+                    ts[0].values.to_f64()
+                }
                 ModelUpdate::Tensors(ts) => {
                     return Err(bad(format!(
-                        "{} named tensors do not fit one .npy array; write a .safetensors file",
-                        ts.len()
+                        "{} tensors do not fit one .npy array; write a .safetensors file",
+                        ts.len() + passthrough.len()
                     )))
                 }
             };
             let mut out = Vec::new();
-            let written = match dtype(0) {
-                DType::F64 => values.write_npy(&mut out),
-                DType::F32 => values.mapv(|v| v as f32).write_npy(&mut out),
-            };
-            written.map_err(|e| bad(e.to_string()))?;
+            match dtype(0) {
+                DType::F64 => values.write_npy(&mut out).map_err(|e| bad(e.to_string()))?,
+                DType::F32 => {
+                    values.mapv(|v| v as f32).write_npy(&mut out).map_err(|e| bad(e.to_string()))?
+                }
+                DType::F16 => out = npy_f16(&values),
+                DType::Bf16 => {
+                    return Err(bad("bfloat16 has no .npy dtype; write a .safetensors file".into()))
+                }
+            }
             out
         }
         Format::Safetensors => {
-            let tensors: Vec<(String, &ArrayD<f64>)> = match update {
-                ModelUpdate::Vector(v) => {
-                    return write_safetensors(
-                        path,
-                        &[(NPY_TENSOR.to_owned(), v.clone().into_dyn())],
-                        &dtype,
-                    )
-                }
+            let tensors: Vec<(String, ArrayD<f64>)> = match update {
+                ModelUpdate::Vector(v) => vec![(NPY_TENSOR.to_owned(), v.to_f64())],
                 ModelUpdate::Tensors(ts) => {
-                    ts.iter().map(|t| (t.name.clone(), &t.values)).collect()
+                    ts.iter().map(|t| (t.name.clone(), t.values.to_f64())).collect()
                 }
             };
-            let owned: Vec<(String, ArrayD<f64>)> =
-                tensors.into_iter().map(|(n, v)| (n, v.clone())).collect();
-            return write_safetensors(path, &owned, &dtype);
+            let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+                .iter()
+                .enumerate()
+                .map(|(i, (name, v))| {
+                    let (dt, bytes) = match dtype(i) {
+                        DType::F64 => {
+                            (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                        }
+                        DType::F32 => {
+                            (Dtype::F32, v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect())
+                        }
+                        DType::F16 => (
+                            Dtype::F16,
+                            v.iter().flat_map(|x| f16::from_f64(*x).to_le_bytes()).collect(),
+                        ),
+                        DType::Bf16 => (
+                            Dtype::BF16,
+                            v.iter().flat_map(|x| bf16::from_f64(*x).to_le_bytes()).collect(),
+                        ),
+                    };
+                    (name.clone(), dt, v.shape().to_vec(), bytes)
+                })
+                .collect();
+            data.extend(
+                passthrough
+                    .iter()
+                    .map(|p| (p.name.clone(), p.dtype, p.shape.clone(), p.data.clone())),
+            );
+            let views = data
+                .iter()
+                .map(|(name, dt, shape, bytes)| {
+                    TensorView::new(*dt, shape.clone(), bytes).map(|v| (name.clone(), v))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            safetensors::serialize(views, None).map_err(|e| bad(e.to_string()))?
         }
     };
-    std::fs::write(path, bytes).map_err(|e| bad(e.to_string()))
-}
-
-fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, ArrayD<f64>)],
-    dtype: &dyn Fn(usize) -> DType,
-) -> Result<(), CliError> {
-    let bad = |e: String| CliError::input(format!("{}: {e}", path.display()));
-    let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, (name, v))| {
-            let (dt, bytes) = match dtype(i) {
-                DType::F32 => {
-                    (Dtype::F32, v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect())
-                }
-                DType::F64 => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            };
-            (name.clone(), dt, v.shape().to_vec(), bytes)
-        })
-        .collect();
-    let views = data
-        .iter()
-        .map(|(name, dt, shape, bytes)| {
-            TensorView::new(*dt, shape.clone(), bytes).map(|v| (name.clone(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| bad(e.to_string()))?;
-    std::fs::write(path, bytes).map_err(|e| bad(e.to_string()))
+    crate::output::write_private_replace(path, &bytes).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn tensors() -> ModelUpdate {
+        ModelUpdate::Tensors(vec![Tensor {
+            name: "t".into(),
+            values: TensorValues::F64(
+                ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.5; 6]).unwrap(),
+            ),
+        }])
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
@@ -235,15 +452,13 @@ mod tests {
             noise in proptest::collection::vec(any::<u8>(), 0..512),
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
             cut in any::<prop::sample::Index>(),
+            half in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let u = ModelUpdate::Tensors(vec![Tensor {
-                name: "t".into(),
-                values: ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.5; 6]).unwrap(),
-            }]);
+            let dtype = if half { DType::F16 } else { DType::F32 };
             for name in ["x.npy", "x.safetensors"] {
                 let p = dir.path().join(name);
-                write(&p, &u, &[DType::F32]).unwrap();
+                write(&p, &tensors(), &[dtype], &[]).unwrap();
                 let mut valid = std::fs::read(&p).unwrap();
                 for (i, b) in &flips {
                     let at = i.index(valid.len());
@@ -251,8 +466,9 @@ mod tests {
                 }
                 let cut_at = cut.index(valid.len() + 1);
                 for bytes in [noise.clone(), valid.clone(), valid[..cut_at].to_vec()] {
+                    std::fs::remove_file(&p).ok();
                     std::fs::write(&p, &bytes).unwrap();
-                    if let Err(e) = read(&p) {
+                    if let Err(e) = read(&p, Integers::Refuse) {
                         prop_assert_eq!(e.exit, crate::output::Exit::Input);
                     }
                 }
@@ -263,42 +479,82 @@ mod tests {
     #[test]
     fn files_round_trip_with_names_shapes_and_dtypes() {
         let dir = tempfile::tempdir().unwrap();
+        let t = |name: &str, shape: &[usize], v: Vec<f64>| Tensor {
+            name: name.into(),
+            values: TensorValues::F64(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()),
+        };
         let u = ModelUpdate::Tensors(vec![
-            Tensor {
-                name: "b.bias".into(),
-                values: ArrayD::from_shape_vec(IxDyn(&[3]), vec![0.5, -0.25, 1.0]).unwrap(),
-            },
-            Tensor {
-                name: "a.weight".into(),
-                values: ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0.1, 0.2, 0.3, 0.4]).unwrap(),
-            },
+            t("b.bias", &[3], vec![0.5, -0.25, 1.0]),
+            t("a.weight", &[2, 2], vec![0.1, 0.2, 0.3, 0.4]),
+            t("c.half", &[2], vec![0.5, 2.0]),
+            t("d.brain", &[2], vec![0.5, -4.0]),
         ]);
         let p = dir.path().join("m.safetensors");
-        write(&p, &u, &[DType::F64, DType::F32]).unwrap();
-        let back = read(&p).unwrap();
-        // Sorted by name: a.weight (written as F32), then b.bias (F64).
-        assert_eq!(back.dtypes, vec![DType::F32, DType::F64]);
+        write(&p, &u, &[DType::F64, DType::F32, DType::F16, DType::Bf16], &[]).unwrap();
+        let back = read(&p, Integers::Refuse).unwrap();
+        // Sorted by name: a.weight (written as F32), b.bias (F64), c.half (F16), d.brain (BF16).
+        assert_eq!(back.dtypes, vec![DType::F32, DType::F64, DType::F16, DType::Bf16]);
         let ModelUpdate::Tensors(ts) = &back.update else { panic!() };
         assert_eq!(ts[0].name, "a.weight");
         assert_eq!(ts[0].values.shape(), &[2, 2]);
-        assert!((ts[0].values[[1, 1]] - 0.4).abs() < 1e-7);
-        assert_eq!(ts[1].values.as_slice().unwrap(), &[0.5, -0.25, 1.0]);
+        assert_eq!(ts[1].values.iter().collect::<Vec<_>>(), vec![0.5, -0.25, 1.0]);
+        assert_eq!(ts[2].values.iter().collect::<Vec<_>>(), vec![0.5, 2.0]);
+        assert_eq!(ts[3].values.iter().collect::<Vec<_>>(), vec![0.5, -4.0]);
+        for dt in [DType::F16, DType::F32, DType::F64] {
+            for shape in [vec![5usize], vec![2, 3]] {
+                let n: usize = shape.iter().product();
+                let values =
+                    ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| i as f64 / 8.0).collect())
+                        .unwrap();
+                let u = if shape.len() == 1 {
+                    ModelUpdate::Vector(TensorValues::F64(values))
+                } else {
+                    ModelUpdate::Tensors(vec![Tensor {
+                        name: NPY_TENSOR.into(),
+                        values: TensorValues::F64(values),
+                    }])
+                };
+                let p = dir.path().join(format!("v{dt:?}{}.npy", shape.len()));
+                write(&p, &u, &[dt], &[]).unwrap();
+                let back = read(&p, Integers::Refuse).unwrap();
+                assert_eq!(back.dtypes, vec![dt]);
+                assert_eq!(
+                    back.update.iter().collect::<Vec<_>>(),
+                    u.iter().collect::<Vec<_>>(),
+                    "{dt:?} {shape:?}"
+                );
+            }
+        }
+    }
 
-        for (dt, shape) in [(DType::F32, vec![5]), (DType::F64, vec![2, 3])] {
-            let n: usize = shape.iter().product();
-            let values =
-                ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| i as f64 / 8.0).collect())
-                    .unwrap();
-            let u = if shape.len() == 1 {
-                ModelUpdate::Vector(values.clone().into_dimensionality().unwrap())
-            } else {
-                ModelUpdate::Tensors(vec![Tensor { name: NPY_TENSOR.into(), values }])
-            };
-            let p = dir.path().join("v.npy");
-            write(&p, &u, &[dt]).unwrap();
-            let back = read(&p).unwrap();
-            assert_eq!(back.dtypes, vec![dt]);
-            assert_eq!(back.update, u);
+    #[test]
+    fn integer_tensors_are_refused_by_name_or_passed_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bn.safetensors");
+        let steps = 7i64.to_le_bytes().to_vec();
+        let w = 0.5f32.to_le_bytes().to_vec();
+        let views = vec![
+            (
+                "bn.num_batches_tracked".to_owned(),
+                TensorView::new(Dtype::I64, vec![1], &steps).unwrap(),
+            ),
+            ("bn.weight".to_owned(), TensorView::new(Dtype::F32, vec![1], &w).unwrap()),
+        ];
+        std::fs::write(&p, safetensors::serialize(views, None).unwrap()).unwrap();
+        let e = read(&p, Integers::Refuse).unwrap_err();
+        assert!(e.message.contains("bn.num_batches_tracked"), "{}", e.message);
+        let l = read(&p, Integers::PassThrough).unwrap();
+        assert_eq!(l.passthrough.len(), 1);
+        assert_eq!(l.update.len(), 1);
+        let out = dir.path().join("out.safetensors");
+        write(&out, &l.update, &l.dtypes, &l.passthrough).unwrap();
+        let back = std::fs::read(&out).unwrap();
+        let st = SafeTensors::deserialize(&back).unwrap();
+        assert_eq!(st.tensor("bn.num_batches_tracked").unwrap().data(), &steps[..]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
 
@@ -317,12 +573,14 @@ mod tests {
         ] {
             let p = dir.path().join(name);
             std::fs::write(&p, bytes).unwrap();
-            let e = read(&p).unwrap_err();
+            let e = read(&p, Integers::Refuse).unwrap_err();
             assert_eq!(e.exit, crate::output::Exit::Input, "{name}: {}", e.message);
         }
-        // int64 .npy is refused by name.
         let p = dir.path().join("i.npy");
         ndarray::arr1(&[1i64, 2]).write_npy(std::fs::File::create(&p).unwrap()).unwrap();
-        assert!(read(&p).unwrap_err().message.contains("float32 or float64"));
+        assert!(read(&p, Integers::Refuse)
+            .unwrap_err()
+            .message
+            .contains("float16, float32 or float64"));
     }
 }

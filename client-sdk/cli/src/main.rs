@@ -1,29 +1,32 @@
-//! `cryptflow`: the command-line client. See `cryptflow --help`.
+//! `cryptflow`: the command-line client a training site installs. See `cryptflow --help`.
+//!
+//! It depends on the SDK and the protocol's wire types only — no server crate (CI checks).
 
-mod demo;
 mod files;
-mod model;
 mod output;
-mod stack;
+mod profile;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cryptflow_client::{Client, Layout, RoundInfo, RoundSpec, SubmitOptions, Token, Weighting};
-use cryptflow_services::auth::{generate_ed25519_pem, Issuer};
+use cryptflow_client::{ClientError, Layout, RoundInfo, RoundRequest, SubmitOptions, Weighting};
+use cryptflow_services::protocol::{Claims, SiteKey};
 use cryptflow_services::{ClientId, Role, RoundId};
-use files::DType;
-use output::{human_bytes, progress_bar, CliError};
-use std::path::{Path, PathBuf};
+use files::{DType, Integers};
+use output::{emit, human_bytes, progress_bar, write_private, CliError};
+use profile::Conn;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 internal error; 2 bad command line; 3 unusable input file or update;
 4 refused by a server (4xx); 5 server unreachable or failing after retries; 6 round failed,
-not published yet, or wait timed out; 7 invalid server response; 8 (demo) encrypted mean
-outside the planner's bound.
+not published yet, or wait timed out; 7 invalid server response or key-manager committee
+that does not verify; 9 refused by this client's policy.
 
-Start with `cryptflow demo`: it runs a KMS and an aggregator in-process and trains a model
-federatedly under encryption, next to plaintext FedAvg.";
+Connection settings come from --profile FILE (TOML: aggregator, aggregator_token_file,
+committee_file, client_id, key_file, reader, journal_file, min_contributors), overridden by
+the flags and their CRYPTFLOW_* environment variables.";
 
 /// CryptFlow: federated averaging of model updates that no server sees in the clear.
 #[derive(Debug, Parser)]
@@ -38,9 +41,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train a model federatedly through an in-process KMS and aggregator, next to
-    /// plaintext FedAvg (no setup needed).
-    Demo(demo::DemoArgs),
+    /// Write this site's roster key (Ed25519, PKCS#8 PEM, mode 0600) and print the roster
+    /// entry the consortium adds to the key managers' roster.
+    Keygen {
+        /// This site's client id.
+        #[arg(long)]
+        id: String,
+        /// Output file for the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Issuer keys and tokens, for local use (production tokens come from your identity
     /// provider).
     #[command(subcommand)]
@@ -48,7 +58,8 @@ enum Command {
     /// Create, inspect and close rounds (admin token).
     #[command(subcommand)]
     Round(RoundCommand),
-    /// Encrypt a model update from a .npy or .safetensors file and upload it.
+    /// Encrypt a model update from a .npy or .safetensors file, upload it, and deposit key
+    /// shares with the key managers.
     Submit(SubmitArgs),
     /// Download and decrypt a round's mean into a .npy or .safetensors file.
     Fetch(FetchArgs),
@@ -56,12 +67,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Write a new Ed25519 issuer key pair (private key file mode 0600).
+    /// Write a new Ed25519 issuer key pair (PKCS#8 private key, mode 0600; SPKI public key).
     Keygen {
-        /// Private key (PKCS#8 PEM) output; keep it off the servers.
+        /// Private key output; keep it off the servers.
         #[arg(long)]
         private: PathBuf,
-        /// Public key (SPKI PEM) output; goes into the services' `jwt_keys`.
+        /// Public key output; goes into the services' `jwt_keys`.
         #[arg(long)]
         public: PathBuf,
     },
@@ -95,6 +106,7 @@ enum TokenCommand {
 enum RoleArg {
     Admin,
     Client,
+    Reader,
     Aggregator,
 }
 
@@ -108,48 +120,12 @@ enum Audience {
 enum WeightingArg {
     Uniform,
     Samples,
-    Private,
-}
-
-/// Where the services are and which tokens to use.
-#[derive(Debug, Args)]
-struct Conn {
-    /// Aggregator base URL.
-    #[arg(long, env = "CRYPTFLOW_AGGREGATOR_URL", default_value = "http://127.0.0.1:8082")]
-    aggregator: String,
-    /// KMS base URL.
-    #[arg(long, env = "CRYPTFLOW_KMS_URL", default_value = "http://127.0.0.1:8081")]
-    kms: String,
-    /// File holding the token for the aggregator (audience `aggregator`).
-    #[arg(long, env = "CRYPTFLOW_AGGREGATOR_TOKEN_FILE")]
-    aggregator_token: Option<PathBuf>,
-    /// File holding the token for the KMS (audience `kms`); needed by submit and fetch.
-    #[arg(long, env = "CRYPTFLOW_KMS_TOKEN_FILE")]
-    kms_token: Option<PathBuf>,
-}
-
-impl Conn {
-    fn client(&self) -> Result<Client, CliError> {
-        let token = |p: &Path| {
-            std::fs::read_to_string(p)
-                .map(Token::new)
-                .map_err(|e| CliError::usage(format!("token file {}: {e}", p.display())))
-        };
-        let mut b = Client::builder(&self.aggregator, &self.kms);
-        if let Some(p) = &self.aggregator_token {
-            b = b.aggregator_token(token(p)?);
-        }
-        if let Some(p) = &self.kms_token {
-            b = b.kms_token(token(p)?);
-        }
-        b.build().map_err(CliError::from)
-    }
 }
 
 #[derive(Debug, Subcommand)]
 enum RoundCommand {
-    /// Create a round (asks the KMS for its key; prints the plan).
-    Create(CreateArgs),
+    /// Create a round: the aggregator plans it and registers it with the key managers.
+    Create(Box<CreateArgs>),
     /// Show a round's state, plan and transcript.
     Status {
         #[command(flatten)]
@@ -181,33 +157,39 @@ struct CreateArgs {
     /// …or the layout (tensor names and shapes) of this .npy or .safetensors file.
     #[arg(long)]
     like: Option<PathBuf>,
-    /// Clients allowed to submit and to fetch the mean (comma-separated).
+    /// With --like: leave the file's integer tensors out of the round.
+    #[arg(long)]
+    pass_integers: bool,
+    /// Roster members allowed to contribute (comma-separated).
     #[arg(long, value_delimiter = ',', required = true)]
     clients: Vec<String>,
     /// Contributions needed for the round to succeed (default: all clients).
     #[arg(long)]
     min_clients: Option<u32>,
-    /// The round closes when this many have contributed (default: all clients).
+    /// The round closes when this many have uploaded (default: all clients).
     #[arg(long)]
     max_clients: Option<u32>,
-    /// Seconds until the deadline.
-    #[arg(long, default_value_t = 3600)]
+    /// Seconds until the deadline, counted on the aggregator's clock.
+    #[arg(long, default_value_t = 3600, conflicts_with = "deadline")]
     deadline_in: u64,
-    /// Weighting.
+    /// An absolute deadline (Unix seconds, the aggregator's clock).
+    #[arg(long)]
+    deadline: Option<i64>,
+    /// Weighting: uniform, or samples (FedAvg by each site's sample count, encrypted).
     #[arg(long, value_enum, default_value_t = WeightingArg::Uniform)]
     weighting: WeightingArg,
-    /// Largest weight (samples and private weighting).
+    /// Smallest sample count a site may declare (samples weighting).
     #[arg(long, default_value_t = 1)]
-    max_weight: u64,
+    min_count: u64,
+    /// Largest sample count a site may declare (samples weighting).
+    #[arg(long, default_value_t = 1)]
+    max_count: u64,
     /// Values are clipped to ±this.
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
-    /// Largest acceptable error of a coordinate of the mean.
+    /// Largest acceptable absolute error of a coordinate of the mean.
     #[arg(long, default_value_t = 1e-6)]
-    precision: f64,
-    /// Bodies per mask (L).
-    #[arg(long, default_value_t = 8)]
-    bodies: u8,
+    max_abs_error: f64,
 }
 
 #[derive(Debug, Args)]
@@ -217,15 +199,18 @@ struct SubmitArgs {
     /// The round.
     #[arg(long)]
     round: String,
-    /// This client's id (the subject of its tokens).
-    #[arg(long)]
-    client: String,
     /// The update: a .npy or .safetensors file.
     #[arg(long)]
     update: PathBuf,
-    /// Weight (samples and private rounds).
+    /// Sample count (samples rounds).
     #[arg(long)]
-    weight: Option<u64>,
+    count: Option<u64>,
+    /// Leave integer tensors out (they must be left out of the round too).
+    #[arg(long)]
+    pass_integers: bool,
+    /// Submit even if the journal says this update went to another round already.
+    #[arg(long)]
+    allow_resubmission: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,13 +220,14 @@ struct FetchArgs {
     /// The round.
     #[arg(long)]
     round: String,
-    /// Output: a .npy or .safetensors file.
+    /// Output: a .npy or .safetensors file (created with mode 0600).
     #[arg(long)]
     out: PathBuf,
     /// Wait up to this many seconds for the round to be published.
     #[arg(long, default_value_t = 0)]
     wait: u64,
-    /// Write the mean with the dtypes of this file (e.g. the update you submitted).
+    /// Write the mean with the dtypes of this file (e.g. the update you submitted), and copy
+    /// its integer tensors unchanged.
     #[arg(long, conflicts_with = "dtype")]
     like: Option<PathBuf>,
     /// Write the mean as this dtype (default f32, or the `--like` file's).
@@ -250,8 +236,20 @@ struct FetchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let json = cli.json;
+    let json = std::env::args().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            emit(e.to_string().trim_end());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return CliError::usage(e.to_string().trim().to_owned()).report(json),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return CliError::internal(format!("cannot start the runtime: {e}")).report(json),
@@ -265,9 +263,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let json = cli.json;
     match cli.command {
-        Command::Demo(args) => demo::run(&args, json).await,
+        Command::Keygen { id, out } => keygen(&id, &out, json),
         Command::Token(cmd) => token(cmd, json),
-        Command::Round(RoundCommand::Create(args)) => create(args, json).await,
+        Command::Round(RoundCommand::Create(args)) => create(*args, json).await,
         Command::Round(RoundCommand::Status { conn, round }) => {
             let info = conn.client()?.round(&round_id(&round)?).await?;
             print_round(&info, json);
@@ -291,72 +289,89 @@ fn client_id(s: &str, flag: &str) -> Result<ClientId, CliError> {
     ClientId::parse(s).map_err(|e| CliError::usage(format!("{flag} `{s}`: {e}")))
 }
 
-/// Writes a secret to a new file readable by its owner only.
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), CliError> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+fn keygen(id: &str, out: &std::path::Path, json: bool) -> Result<(), CliError> {
+    let id = client_id(id, "--id")?;
+    let key = SiteKey::generate();
+    let pem = key.to_pem().map_err(|e| CliError::internal(e.to_string()))?;
+    write_private(out, pem.as_bytes())?;
+    if json {
+        emit(
+            &serde_json::json!({ "id": id, "key_file": out, "public_key": key.public_key() })
+                .to_string(),
+        );
+    } else {
+        emit(&format!("wrote {id}'s roster key to {} (keep it on this site only)", out.display()));
+        emit("add this entry to the key managers' roster file:");
+        emit("");
+        emit(&format!("[[members]]\nid = \"{id}\"\npublic_key = \"{}\"", key.public_key()));
     }
-    let mut f = opts.open(path).map_err(|e| {
-        CliError::input(format!("{}: {e} (existing files are not overwritten)", path.display()))
-    })?;
-    f.write_all(contents).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+    Ok(())
 }
 
 fn token(cmd: TokenCommand, json: bool) -> Result<(), CliError> {
     match cmd {
         TokenCommand::Keygen { private, public } => {
-            let (sk, pk) = generate_ed25519_pem().map_err(|e| CliError::internal(e.to_string()))?;
-            write_private(&private, sk.as_bytes())?;
-            std::fs::write(&public, pk)
+            let key = SiteKey::generate();
+            let pem = key.to_pem().map_err(|e| CliError::internal(e.to_string()))?;
+            write_private(&private, pem.as_bytes())?;
+            let public_pem = key.public_pem().map_err(|e| CliError::internal(e.to_string()))?;
+            std::fs::write(&public, public_pem)
                 .map_err(|e| CliError::input(format!("{}: {e}", public.display())))?;
             if json {
-                println!("{}", serde_json::json!({"private": private, "public": public}));
+                emit(&serde_json::json!({"private": private, "public": public}).to_string());
             } else {
-                println!("issuer private key: {} (keep it secret)", private.display());
-                println!(
+                emit(&format!("issuer private key: {} (keep it secret)", private.display()));
+                emit(&format!(
                     "issuer public key:  {} (list it in the services' jwt_keys)",
                     public.display()
-                );
+                ));
             }
             Ok(())
         }
         TokenCommand::Mint { key, kid, sub, role, aud, ttl, out } => {
             let pem = zeroize::Zeroizing::new(
-                std::fs::read(&key)
+                std::fs::read_to_string(&key)
                     .map_err(|e| CliError::input(format!("{}: {e}", key.display())))?,
             );
-            let issuer =
-                Issuer::from_pem(&kid, &pem).map_err(|e| CliError::input(e.to_string()))?;
+            let issuer = SiteKey::from_pem(&pem)
+                .map_err(|e| CliError::input(format!("{}: {e}", key.display())))?;
             let role = match role {
                 RoleArg::Admin => Role::Admin,
                 RoleArg::Client => Role::Client,
+                RoleArg::Reader => Role::Reader,
                 RoleArg::Aggregator => Role::Aggregator,
             };
             let aud = match aud {
                 Audience::Kms => "kms",
                 Audience::Aggregator => "aggregator",
             };
-            let token = issuer
-                .mint(&client_id(&sub, "--sub")?, role, aud, Duration::from_secs(ttl))
-                .map_err(|e| CliError::internal(e.to_string()))?;
+            let sub = client_id(&sub, "--sub")?;
+            let now =
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let token = issuer.mint(
+                &kid,
+                &Claims {
+                    sub: sub.to_string(),
+                    role,
+                    aud: aud.into(),
+                    exp: now + ttl,
+                    iat: now,
+                    nbf: None,
+                },
+            );
             match out {
                 Some(path) => {
                     write_private(&path, token.as_bytes())?;
                     if json {
-                        println!("{}", serde_json::json!({"out": path, "sub": sub, "aud": aud}));
+                        emit(&serde_json::json!({"out": path, "sub": sub, "aud": aud}).to_string());
                     } else {
-                        println!(
+                        emit(&format!(
                             "wrote a {role} token for `{sub}` (audience {aud}, {ttl} s) to {}",
                             path.display()
-                        );
+                        ));
                     }
                 }
-                None => println!("{token}"),
+                None => emit(&token),
             }
             Ok(())
         }
@@ -364,9 +379,10 @@ fn token(cmd: TokenCommand, json: bool) -> Result<(), CliError> {
 }
 
 async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
+    let integers = if args.pass_integers { Integers::PassThrough } else { Integers::Refuse };
     let layout = match (&args.dim, &args.like) {
         (Some(d), _) => Layout::Dimension(*d),
-        (None, Some(p)) => files::read(p)?.update.layout(),
+        (None, Some(p)) => files::read(p, integers)?.update.layout(),
         (None, None) => return Err(CliError::usage("give --dim or --like")),
     };
     let clients: Vec<ClientId> =
@@ -374,24 +390,27 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
     let n = u32::try_from(clients.len()).map_err(|_| CliError::usage("too many clients"))?;
     let weighting = match args.weighting {
         WeightingArg::Uniform => Weighting::Uniform,
-        WeightingArg::Samples => Weighting::Samples { max_weight: args.max_weight },
-        WeightingArg::Private => Weighting::Private { max_weight: args.max_weight },
+        WeightingArg::Samples => {
+            Weighting::Samples { min_count: args.min_count, max_count: args.max_count }
+        }
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let spec = RoundSpec {
+    let (deadline, deadline_in_secs) = match args.deadline {
+        Some(d) => (Some(d), None),
+        None => (None, Some(args.deadline_in)),
+    };
+    let request = RoundRequest {
         round_id: round_id(&args.round)?,
         layout,
         clients,
         min_clients: args.min_clients.unwrap_or(n),
         max_clients: args.max_clients.unwrap_or(n),
-        deadline: i64::try_from(now.saturating_add(args.deadline_in))
-            .map_err(|_| CliError::usage("--deadline-in is too large"))?,
+        deadline,
+        deadline_in_secs,
         weighting,
         clip_bound: args.clip,
-        max_abs_error: args.precision,
-        bodies: args.bodies,
+        max_abs_error: args.max_abs_error,
     };
-    let info = args.conn.client()?.create_round(&spec).await?;
+    let info = args.conn.client()?.create_round(&request).await?;
     print_round(&info, json);
     Ok(())
 }
@@ -405,92 +424,102 @@ fn state_name(info: &RoundInfo) -> String {
 
 fn print_round(info: &RoundInfo, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(info).unwrap_or_default());
+        emit(&serde_json::to_string(info).unwrap_or_default());
         return;
     }
     let s = &info.spec;
-    println!("round {}: {}", s.round_id, state_name(info));
-    println!(
-        "  {} values ({}), {} of {}–{} clients contributed, deadline {}",
-        info.encrypted_values,
-        match &s.layout {
+    emit(&format!("round {}: {}", s.round_id, state_name(info)));
+    emit(&format!(
+        "  {} values ({}), {} uploads of {}–{} clients, deadline {}",
+        s.values,
+        match &info.request.layout {
             Layout::Dimension(_) => "flat vector".to_owned(),
             Layout::Tensors(ts) if ts.len() == 1 => format!("tensor `{}`", ts[0].name),
             Layout::Tensors(ts) => format!("{} tensors", ts.len()),
         },
-        info.contributors,
+        info.uploads,
         s.min_clients,
         s.max_clients,
-        s.deadline
-    );
-    let plan = &info.plan;
-    let upload = cryptflow_he::wire::compressed_ciphertext_len(
-        &cryptflow_he::ParameterSet::default_128(),
-        plan.bodies,
-        info.encrypted_values,
-        plan.upload,
-    )
-    .unwrap_or(0);
-    println!(
-        "  plan: mean error ≤ {:.2e}, upload {} per client ({:.2} B/value), key {}",
-        plan.encoding.max_quantisation_error(),
+        info.deadline
+    ));
+    let upload = cryptflow_services::protocol::upload_len(s).unwrap_or(0);
+    emit(&format!(
+        "  plan: mean error ≤ {:.2e}, upload {} per client ({:.3} B/value), registered with key managers {:?}",
+        s.plan.max_abs_error(),
         human_bytes(upload),
-        upload as f64 / info.encrypted_values.max(1) as f64,
-        info.key_id
-    );
-    if let Some(h) = &info.aggregate_sha256 {
-        println!("  aggregate sha256 {h}");
-        for c in &info.contributions {
-            println!("    {} (weight {}) sha256 {}", c.client_id, c.weight, c.sha256);
+        upload as f64 / s.values.max(1) as f64,
+        info.echoes.iter().map(|e| e.share_index).collect::<Vec<_>>()
+    ));
+    if let Some(t) = &info.transcript {
+        emit(&format!(
+            "  aggregate sha256 {} (set recorded by key managers {:?})",
+            t.aggregate_sha256, t.recorded_by
+        ));
+        for c in &t.contributors {
+            emit(&format!("    {} sha256 {}", c.client_id, c.upload_sha256));
         }
     }
     if let Some(f) = &info.failure {
-        println!("  failed: {f}");
+        emit(&format!("  failed: {f}"));
     }
 }
 
 async fn submit(args: SubmitArgs, json: bool) -> Result<(), CliError> {
-    let loaded = files::read(&args.update)?;
+    let integers = if args.pass_integers { Integers::PassThrough } else { Integers::Refuse };
+    let loaded = files::read(&args.update, integers)?;
     let client = args.conn.client()?;
+    let values = loaded.update.len();
     let (bar, progress) = progress_bar(json);
-    let result = client
-        .submit(
-            &round_id(&args.round)?,
-            &client_id(&args.client, "--client")?,
-            &loaded.update,
-            SubmitOptions { weight: args.weight, progress: Some(progress) },
-        )
-        .await;
+    let options = SubmitOptions {
+        count: args.count,
+        progress: Some(progress),
+        allow_resubmission: args.allow_resubmission,
+    };
+    let result = client.submit(&round_id(&args.round)?, Arc::new(loaded.update), options).await;
     bar.finish_and_clear();
-    let s = result?;
+    let s = match result {
+        Ok(s) => s,
+        // Re-running a submit that completed is not an error: say so, send nothing.
+        Err(ClientError::AlreadySubmitted(round)) => {
+            if json {
+                emit(&serde_json::json!({ "already_submitted": true, "round": round }).to_string());
+            } else {
+                emit(&format!("already submitted this update to round {round} (per the journal); nothing sent"));
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
+        emit(
+            &serde_json::json!({
                 "receipt": s.receipt,
                 "bytes": s.bytes,
                 "clipped": s.clipping.clipped,
-                "encrypt_ms": s.encrypt_time.as_secs_f64() * 1e3,
+                "deposited_with": s.deposited_with,
                 "upload_ms": s.upload_time.as_secs_f64() * 1e3,
+                "deposit_ms": s.deposit_time.as_secs_f64() * 1e3,
             })
+            .to_string(),
         );
     } else {
-        println!(
-            "submitted {} values to round {} as {}: {} in {:.0} ms encrypt + {:.0} ms upload; {} contribution(s) so far",
-            loaded.update.len(),
+        emit(&format!(
+            "submitted {values} values to round {} as {}: {} encrypted and uploaded in {:.0} ms, key shares deposited \
+             with key managers {:?} in {:.0} ms; {} upload(s) so far",
             s.receipt.round_id,
             s.receipt.client_id,
             human_bytes(s.bytes),
-            s.encrypt_time.as_secs_f64() * 1e3,
             s.upload_time.as_secs_f64() * 1e3,
-            s.receipt.contributors
-        );
-        println!("  receipt sha256 {}", s.receipt.sha256);
+            s.deposited_with,
+            s.deposit_time.as_secs_f64() * 1e3,
+            s.receipt.uploads
+        ));
+        emit(&format!("  receipt sha256 {}", s.receipt.upload_sha256));
         if s.clipping.clipped > 0 {
-            println!(
+            emit(&format!(
                 "  warning: {} values were clipped to the round's bound (largest magnitude {})",
                 s.clipping.clipped, s.clipping.largest_magnitude
-            );
+            ));
         }
     }
     Ok(())
@@ -498,10 +527,13 @@ async fn submit(args: SubmitArgs, json: bool) -> Result<(), CliError> {
 
 async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
     files::Format::of(&args.out)?;
-    let dtypes = match (&args.like, args.dtype) {
-        (Some(p), _) => files::read(p)?.dtypes,
-        (None, Some(d)) => vec![d],
-        (None, None) => vec![DType::F32],
+    let (dtypes, passthrough) = match (&args.like, args.dtype) {
+        (Some(p), _) => {
+            let l = files::read(p, Integers::PassThrough)?;
+            (l.dtypes, l.passthrough)
+        }
+        (None, Some(d)) => (vec![d], Vec::new()),
+        (None, None) => (vec![DType::F32], Vec::new()),
     };
     let client = args.conn.client()?;
     let round = round_id(&args.round)?;
@@ -512,28 +544,39 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
     let result = client.fetch_mean(&round, Some(&progress)).await;
     bar.finish_and_clear();
     let agg = result?;
-    files::write(&args.out, &agg.mean, &dtypes)?;
+    files::write(&args.out, &agg.mean, &dtypes, &passthrough)?;
+    // The bound of what was written: the mean's own, plus the rounding of the narrowest dtype.
+    let bound =
+        dtypes.iter().map(|d| agg.max_abs_error_as(d.output())).fold(agg.max_abs_error, f64::max);
+    let answered: Vec<u8> = agg.nodes.iter().filter(|n| n.problem.is_none()).map(|n| n.x).collect();
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
+        emit(
+            &serde_json::json!({
                 "out": args.out,
                 "round": round,
                 "contributors": agg.contributors,
                 "total_weight": agg.total_weight,
-                "max_abs_error": agg.max_abs_error,
+                "max_abs_error": bound,
                 "bytes": agg.bytes,
-                "aggregate_sha256": agg.round.aggregate_sha256,
+                "key_managers_answered": answered,
+                "culprit": agg.culprit,
+                "aggregate_sha256": agg.round.transcript.as_ref().map(|t| t.aggregate_sha256),
             })
+            .to_string(),
         );
     } else {
-        println!(
-            "wrote the mean of {} contributions (weight {}) to {}: error ≤ {:.2e} per value",
+        emit(&format!(
+            "wrote the mean of {} contributions (total weight {}) to {}: error ≤ {:.2e} per value as written; key \
+             managers {:?} answered",
             agg.contributors,
             agg.total_weight,
             args.out.display(),
-            agg.max_abs_error
-        );
+            bound,
+            answered
+        ));
+        for n in agg.nodes.iter().filter(|n| n.problem.is_some()) {
+            emit(&format!("  key manager {}: {}", n.x, n.problem.as_deref().unwrap_or("")));
+        }
     }
     Ok(())
 }
@@ -546,12 +589,5 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn update_layout_of_a_like_file_names_its_tensors() {
-        let u = cryptflow_client::ModelUpdate::Vector(ndarray::Array1::zeros(4));
-        assert_eq!(u.layout(), Layout::Dimension(4));
-        assert_eq!(output::Exit::BoundExceeded as u8, 8);
     }
 }

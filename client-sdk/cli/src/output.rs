@@ -24,9 +24,9 @@ pub enum Exit {
     RoundState = 6,
     /// 7: a server sent something invalid (undecodable, wrong size, hash mismatch).
     Protocol = 7,
-    /// 8: `demo` only: an encrypted mean differed from plaintext FedAvg by more than the
-    /// planner's bound.
-    BoundExceeded = 8,
+    /// 9: this client's policy refuses the round (too few contributors, a peer not allowed,
+    /// an update already submitted to another round).
+    Policy = 9,
 }
 
 /// A command's failure: what to print and which exit code.
@@ -72,6 +72,7 @@ impl CliError {
             });
             eprintln!("{v}");
         } else {
+            // (stderr: a closed pipe there is not worth a panic either)
             eprintln!("error: {}", self.message);
             if let Some(p) = &self.problem {
                 if let Some(f) = &p.field {
@@ -92,7 +93,8 @@ impl From<ClientError> for CliError {
             ClientError::Input(_) => Exit::Input,
             ClientError::Refused { .. } => Exit::Refused,
             ClientError::Server { .. } | ClientError::Transport { .. } => Exit::Unavailable,
-            ClientError::Protocol { .. } => Exit::Protocol,
+            ClientError::Protocol { .. } | ClientError::Committee(_) => Exit::Protocol,
+            ClientError::Policy(_) | ClientError::AlreadySubmitted(_) => Exit::Policy,
             ClientError::RoundState { .. } | ClientError::Timeout(_) => Exit::RoundState,
             ClientError::Crypto(_) => Exit::Input,
             ClientError::Config(_) => Exit::Usage,
@@ -101,6 +103,43 @@ impl From<ClientError> for CliError {
         let problem = e.problem().cloned().map(Box::new);
         Self { exit, message: e.to_string(), problem }
     }
+}
+
+/// Prints a line on stdout; if stdout is a closed pipe (`cryptflow … | head`), exits quietly
+/// instead of panicking.
+pub fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Writes a new file readable by its owner only (mode 0600); never overwrites.
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| {
+        CliError::input(format!("{}: {e} (existing files are not overwritten)", path.display()))
+    })?;
+    f.write_all(contents).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+}
+
+/// Writes (or replaces, atomically) a file readable by its owner only (mode 0600).
+pub fn write_private_replace(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir =
+        path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?; // created 0600
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// `1.23 MB`-style sizes (decimal units).
@@ -129,17 +168,15 @@ pub fn progress_bar(json: bool) -> (ProgressBar, ProgressFn) {
     let b = bar.clone();
     let f = ProgressFn::new(move |p| match p {
         Progress::Encrypting { values } => {
-            b.set_message(format!("encrypting {values} values"));
+            b.set_message(format!("encrypting and uploading {values} values"));
             b.enable_steady_tick(std::time::Duration::from_millis(100));
-        }
-        Progress::Encrypted { bytes } => {
-            b.set_message("uploading");
-            b.set_length(bytes);
-            b.set_position(0);
         }
         Progress::Uploading { sent, total } => {
             b.set_length(total);
             b.set_position(sent);
+        }
+        Progress::Depositing { done, nodes } => {
+            b.set_message(format!("key shares deposited with {done} of {nodes} key managers"));
         }
         Progress::Downloading { received, total } => {
             b.set_message("downloading");

@@ -1,466 +1,555 @@
-//! End to end: the real `cryptflow-kms` and `cryptflow-aggregator` binaries as separate
-//! processes, configured from files as an operator would, and `cryptflow` CLI processes as
-//! the operator and three clients exchanging `.npy` files — then a round of safetensors
-//! files with sample weights, and the CLI's error exits.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The `cryptflow` binary against a real local stack (a key-manager committee and an
+//! aggregator on real sockets): what a site operator types, with the exit codes and files they
+//! get.
 
-use ndarray::{ArrayD, IxDyn};
+use cryptflow_devstack::LocalStack;
+use cryptflow_services::Role;
+use ndarray::{Array1, ArrayD};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
-const CLI: &str = env!("CARGO_BIN_EXE_cryptflow");
+/// Runs `cryptflow` with `args` (off the runtime's threads: the stack runs on them).
+async fn cryptflow(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cryptflow"))
+            .args(&args)
+            .env_remove("CRYPTFLOW_PROFILE")
+            .output()
+            .expect("run cryptflow")
+    })
+    .await
+    .expect("join")
+}
 
-/// The servers' binaries, built by `cargo test --workspace` next to ours; built on demand
-/// when this package's tests run alone.
-fn server_binary(name: &str) -> PathBuf {
-    let dir = Path::new(CLI).parent().unwrap();
-    let path = dir.join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "cryptflow-kms", "-p", "cryptflow-aggregator", "--bins"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building the server binaries failed");
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn stdout_json(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn stderr_json(o: &Output) -> Value {
+    let text = String::from_utf8_lossy(&o.stderr);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Writes a profile for `id` (a roster site, or `ops` with an admin token) and returns its path.
+fn profile(stack: &LocalStack, dir: &Path, id: &str, role: Role) -> PathBuf {
+    let token = stack.token(id, role, "aggregator");
+    std::fs::write(dir.join(format!("{id}.jwt")), token).unwrap();
+    let mut text = format!(
+        "aggregator = \"{}\"\naggregator_token_file = \"{id}.jwt\"\ncommittee_file = \"{}\"\n",
+        stack.aggregator_url(),
+        stack.committee_file().display()
+    );
+    if let Some(pem) = stack.site_key_pem(id) {
+        std::fs::write(dir.join(format!("{id}.pem")), pem).unwrap();
+        text += &format!(
+            "client_id = \"{id}\"\nkey_file = \"{id}.pem\"\njournal_file = \"{id}.journal\"\n"
+        );
     }
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, text).unwrap();
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A server process, killed when dropped (even on panic).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-async fn wait_ready(base: &str) {
-    for _ in 0..300 {
-        if reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{base} did not become ready");
-}
-
-struct Deployment {
-    dir: tempfile::TempDir,
-    kms: String,
-    aggregator: String,
-    _servers: Vec<Server>,
-}
-
-impl Deployment {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Mints a token file with the CLI.
-    fn mint(&self, sub: &str, role: &str, aud: &str) -> PathBuf {
-        let out = self.path(&format!("{sub}.{aud}.jwt"));
-        if !out.exists() {
-            run_ok(
-                Command::new(CLI)
-                    .args([
-                        "token", "mint", "--kid", "issuer-1", "--sub", sub, "--role", role,
-                        "--aud", aud, "--ttl", "600", "--key",
-                    ])
-                    .arg(self.path("issuer.pem"))
-                    .arg("--out")
-                    .arg(&out),
-            );
-        }
-        out
-    }
-
-    /// A `cryptflow` command acting as `sub` (`admin` is the operator).
-    fn cli(&self, sub: &str) -> Command {
-        let role = if sub == "ops" { "admin" } else { "client" };
-        let mut c = Command::new(CLI);
-        c.env("CRYPTFLOW_AGGREGATOR_URL", &self.aggregator)
-            .env("CRYPTFLOW_KMS_URL", &self.kms)
-            .env("CRYPTFLOW_AGGREGATOR_TOKEN_FILE", self.mint(sub, role, "aggregator"))
-            .env("CRYPTFLOW_KMS_TOKEN_FILE", self.mint(sub, role, "kms"));
-        c
-    }
-}
-
-/// Sets up keys and configuration files with the CLIs, migrates, and starts both servers.
-async fn deploy() -> Deployment {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n);
-    let kms_bin = server_binary("cryptflow-kms");
-    let agg_bin = server_binary("cryptflow-aggregator");
-    run_ok(
-        Command::new(CLI)
-            .args(["token", "keygen", "--private"])
-            .arg(p("issuer.pem"))
-            .arg("--public")
-            .arg(p("issuer.pub.pem")),
-    );
-    run_ok(Command::new(&kms_bin).arg("generate-master-key").arg(p("master.key")));
-    run_ok(
-        Command::new(CLI)
-            .args([
-                "token",
-                "mint",
-                "--kid",
-                "issuer-1",
-                "--sub",
-                "aggregator",
-                "--role",
-                "aggregator",
-                "--aud",
-                "kms",
-                "--ttl",
-                "600",
-                "--key",
-            ])
-            .arg(p("issuer.pem"))
-            .arg("--out")
-            .arg(p("aggregator-kms.jwt")),
-    );
-
-    let (kms_port, agg_port) = (free_port(), free_port());
-    let jwt = format!(
-        "[[jwt_keys]]\nkid = \"issuer-1\"\npublic_key_file = \"{}\"\n",
-        p("issuer.pub.pem").display()
-    );
-    std::fs::write(
-        p("kms.toml"),
-        format!(
-            "listen = \"127.0.0.1:{kms_port}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
-             database_url = \"sqlite://{}?mode=rwc\"\nmaster_key_file = \"{}\"\n{jwt}",
-            free_port(),
-            p("kms.db").display(),
-            p("master.key").display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        p("aggregator.toml"),
-        format!(
-            "listen = \"127.0.0.1:{agg_port}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
-             database_url = \"sqlite://{}?mode=rwc\"\nblob_dir = \"{}\"\n\
-             kms_url = \"http://127.0.0.1:{kms_port}\"\nkms_token_file = \"{}\"\ntick_secs = 1\n{jwt}",
-            free_port(),
-            p("aggregator.db").display(),
-            p("blobs").display(),
-            p("aggregator-kms.jwt").display()
-        ),
-    )
-    .unwrap();
-    let start = |bin: &Path, config: &str| {
-        run_ok(Command::new(bin).args(["migrate", "--config"]).arg(p(config)));
-        Server(
-            Command::new(bin)
-                .args(["serve", "--config"])
-                .arg(p(config))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let servers = vec![start(&kms_bin, "kms.toml"), start(&agg_bin, "aggregator.toml")];
-    let kms = format!("http://127.0.0.1:{kms_port}");
-    let aggregator = format!("http://127.0.0.1:{agg_port}");
-    wait_ready(&kms).await;
-    wait_ready(&aggregator).await;
-    Deployment { dir, kms, aggregator, _servers: servers }
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-fn update(k: usize, n: usize) -> Vec<f64> {
-    (0..n).map(|j| (((k * 7919 + j * 104_729) % 2001) as f64 / 1000.0) - 1.0).collect()
-}
-
-/// Runs submissions as concurrent processes and checks each succeeded.
-fn submit_all(cmds: Vec<Command>) {
-    let children: Vec<(String, Child)> = cmds
-        .into_iter()
-        .map(|mut c| {
-            let name = format!("{c:?}");
-            (name, c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
-        })
+fn write_safetensors(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    for (name, child) in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let receipt = json(&out);
-        assert_eq!(receipt["receipt"]["sha256"].as_str().unwrap().len(), 64);
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+}
+
+/// Site `i`'s update: a 3×4 f32 weight, a 5-value f16 bias and an i64 step counter.
+fn site_update(dir: &Path, i: usize) -> (PathBuf, Vec<f32>, Vec<f32>) {
+    let w: Vec<f32> = (0..12).map(|j| ((i * 12 + j) as f32 * 0.37).sin() * 3.0).collect();
+    // f16-representable values, so the input is exactly what was meant.
+    let b: Vec<f32> =
+        (0..5).map(|j| half::f16::from_f32(0.25 * (j as f32) - 0.5 * i as f32).to_f32()).collect();
+    let path = dir.join(format!("update-{i}.safetensors"));
+    write_safetensors(
+        &path,
+        &[
+            ("fc.weight", Dtype::F32, vec![3, 4], f32_bytes(&w)),
+            ("fc.bias", Dtype::F16, vec![5], f16_bytes(&b)),
+            ("steps", Dtype::I64, vec![1], 7i64.to_le_bytes().to_vec()),
+        ],
+    );
+    (path, w, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_sites_average_a_safetensors_model_through_the_cli() {
+    let stack = LocalStack::builder().nodes(3, 2).sites(3).start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ops = profile(&stack, dir, "ops", Role::Admin);
+    let sites: Vec<PathBuf> =
+        (0..3).map(|i| profile(&stack, dir, &format!("site-{i}"), Role::Client)).collect();
+    let updates: Vec<_> = (0..3).map(|i| site_update(dir, i)).collect();
+
+    let p = |p: &Path| p.display().to_string();
+    let created = stdout_json(
+        &cryptflow(args(&[
+            "round",
+            "create",
+            "--json",
+            "--profile",
+            &p(&ops),
+            "--round",
+            "cli-1",
+            "--like",
+            &p(&updates[0].0),
+            "--pass-integers",
+            "--clients",
+            "site-0,site-1,site-2",
+            "--clip",
+            "4",
+            "--max-abs-error",
+            "1e-4",
+        ]))
+        .await,
+    );
+    assert_eq!(created["spec"]["values"], 17);
+    assert_eq!(
+        created["echoes"].as_array().unwrap().len(),
+        3,
+        "registered with all three key managers"
+    );
+
+    // Without --pass-integers the integer tensor is refused, naming it.
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&sites[0]),
+        "--round",
+        "cli-1",
+        "--update",
+        &p(&updates[0].0),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("tensor `steps`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    for (i, site) in sites.iter().enumerate() {
+        let s = stdout_json(
+            &cryptflow(args(&[
+                "submit",
+                "--json",
+                "--profile",
+                &p(site),
+                "--round",
+                "cli-1",
+                "--update",
+                &p(&updates[i].0),
+                "--pass-integers",
+            ]))
+            .await,
+        );
+        assert_eq!(s["receipt"]["client_id"], format!("site-{i}"));
+        assert!(s["deposited_with"].as_array().unwrap().len() >= 2);
     }
+
+    let out = dir.join("mean.safetensors");
+    let fetched = stdout_json(
+        &cryptflow(args(&[
+            "fetch",
+            "--json",
+            "--profile",
+            &p(&sites[1]),
+            "--round",
+            "cli-1",
+            "--wait",
+            "60",
+            "--like",
+            &p(&updates[1].0),
+            "--out",
+            &p(&out),
+        ]))
+        .await,
+    );
+    assert_eq!(fetched["contributors"], 3);
+    let bound = fetched["max_abs_error"].as_f64().unwrap();
+    assert!(bound > 1e-4, "the f16 tensor's rounding is part of the bound as written: {bound}");
+
+    let bytes = std::fs::read(&out).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let w = st.tensor("fc.weight").unwrap();
+    assert_eq!((w.dtype(), w.shape()), (Dtype::F32, &[3usize, 4][..]));
+    let b = st.tensor("fc.bias").unwrap();
+    assert_eq!((b.dtype(), b.shape()), (Dtype::F16, &[5usize][..]));
+    assert_eq!(
+        st.tensor("steps").unwrap().data(),
+        7i64.to_le_bytes(),
+        "integer tensors copied from --like"
+    );
+    let got_w: Vec<f32> =
+        w.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let got_b: Vec<f32> = b
+        .data()
+        .chunks(2)
+        .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
+        .collect();
+    for (j, got) in got_w.iter().enumerate() {
+        let want = updates.iter().map(|u| f64::from(u.1[j])).sum::<f64>() / 3.0;
+        assert!((f64::from(*got) - want).abs() <= bound, "fc.weight[{j}]");
+    }
+    for (j, got) in got_b.iter().enumerate() {
+        let want = updates.iter().map(|u| f64::from(u.2[j])).sum::<f64>() / 3.0;
+        assert!((f64::from(*got) - want).abs() <= bound, "fc.bias[{j}]");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    // The transcript names the three contributors.
+    let status = stdout_json(
+        &cryptflow(args(&["round", "status", "--json", "--profile", &p(&ops), "--round", "cli-1"]))
+            .await,
+    );
+    assert_eq!(status["state"], "published");
+    assert_eq!(status["transcript"]["contributors"].as_array().unwrap().len(), 3);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_failure_has_its_exit_code_and_a_message() {
+    let stack = LocalStack::builder().sites(3).start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = |p: &Path| p.display().to_string();
+    let ops = profile(&stack, dir, "ops", Role::Admin);
+    let site = profile(&stack, dir, "site-0", Role::Client);
+    let npy = |name: &str, v: Vec<f32>| {
+        let path = dir.join(name);
+        Array1::from(v).write_npy(std::fs::File::create(&path).unwrap()).unwrap();
+        path
+    };
+    let good = npy("good.npy", vec![0.5; 10]);
+    let nan = npy("nan.npy", vec![0.5, f32::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    for r in ["r-1", "r-2"] {
+        stdout_json(
+            &cryptflow(args(&[
+                "round",
+                "create",
+                "--json",
+                "--profile",
+                &p(&ops),
+                "--round",
+                r,
+                "--dim",
+                "10",
+                "--clients",
+                "site-0,site-1,site-2",
+                "--min-clients",
+                "2",
+            ]))
+            .await,
+        );
+    }
+
+    // 2: the command line. With --json the error is JSON on stderr.
+    let o = cryptflow(args(&["submit", "--json", "--round", "r-1"])).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr_json(&o)["kind"], "usage");
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&site),
+        "--round",
+        "no spaces",
+        "--update",
+        &p(&good),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // 3: the input — a non-finite value is named, nothing is sent.
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&site),
+        "--round",
+        "r-1",
+        "--update",
+        &p(&nan),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("value 1"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&site),
+        "--round",
+        "r-1",
+        "--update",
+        &p(&dir.join("missing.npy")),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(3));
+
+    // 4: refused by the server, with its problem document.
+    let o = cryptflow(args(&[
+        "submit",
+        "--json",
+        "--profile",
+        &p(&site),
+        "--round",
+        "nope",
+        "--update",
+        &p(&good),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stderr_json(&o)["problem"]["status"], 404);
+    let o = cryptflow(args(&["round", "close", "--profile", &p(&site), "--round", "r-1"])).await;
+    assert_eq!(o.status.code(), Some(4), "a client may not close rounds");
+
+    // 5: unreachable (no retries asked for).
+    let port = cryptflow_devstack::free_port().unwrap();
+    let o = cryptflow(args(&[
+        "round",
+        "status",
+        "--aggregator",
+        &format!("http://127.0.0.1:{port}"),
+        "--aggregator-token-file",
+        &p(&dir.join("ops.jwt")),
+        "--retry-budget",
+        "0",
+        "--round",
+        "r-1",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // 6: not published yet.
+    let o = cryptflow(args(&[
+        "fetch",
+        "--profile",
+        &p(&site),
+        "--round",
+        "r-1",
+        "--out",
+        &p(&dir.join("m.npy")),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // 9: this site's policy — a round allowing 2 contributors when the site wants 3, and the
+    // same update sent to a second round (its two releases would expose it).
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&site),
+        "--min-contributors",
+        "3",
+        "--round",
+        "r-1",
+        "--update",
+        &p(&good),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(9), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&site),
+        "--round",
+        "r-1",
+        "--update",
+        &p(&good),
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&site),
+        "--round",
+        "r-2",
+        "--update",
+        &p(&good),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(9), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("r-1"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Re-running a completed submit sends nothing and says so.
+    let o = cryptflow(args(&[
+        "submit",
+        "--json",
+        "--profile",
+        &p(&site),
+        "--round",
+        "r-1",
+        "--update",
+        &p(&good),
+    ]))
+    .await;
+    assert_eq!(stdout_json(&o)["already_submitted"], true);
+    // Without the journal, a new encryption of it is refused by the aggregator: one upload per
+    // client and round.
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&site),
+        "--journal-file",
+        &p(&dir.join("fresh.journal")),
+        "--round",
+        "r-1",
+        "--update",
+        &p(&good),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already uploaded"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // A second site completes r-1; fetch as .npy f64.
+    let s1 = profile(&stack, dir, "site-1", Role::Client);
+    let other = npy("other.npy", vec![-0.25; 10]);
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&s1),
+        "--round",
+        "r-1",
+        "--update",
+        &p(&other),
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cryptflow(args(&["round", "close", "--profile", &p(&ops), "--round", "r-1"])).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.join("mean.npy");
+    stdout_json(
+        &cryptflow(args(&[
+            "fetch",
+            "--json",
+            "--profile",
+            &p(&site),
+            "--round",
+            "r-1",
+            "--wait",
+            "60",
+            "--dtype",
+            "f64",
+            "--out",
+            &p(&out),
+        ]))
+        .await,
+    );
+    let mean = ArrayD::<f64>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(mean.shape(), &[10]);
+    assert!(mean.iter().all(|m| (m - 0.125).abs() < 1e-5), "{mean:?}");
+    stack.stop().await;
 }
 
 #[tokio::test]
-async fn three_cli_clients_average_npy_files_then_safetensors() {
-    let dep = deploy().await;
-    let sites = ["site-0", "site-1", "site-2"];
+async fn keygen_and_token_mint_write_private_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = |p: &Path| p.display().to_string();
+    let key = dir.join("site.pem");
+    let o = cryptflow(args(&["keygen", "--id", "site-a", "--out", &p(&key)])).await;
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("[[members]]\nid = \"site-a\"\npublic_key = \""), "{text}");
+    let roster_entry = &text[text.find("[[members]]").unwrap()..];
+    let roster: toml::Value = toml::from_str(roster_entry).unwrap();
+    assert_eq!(roster["members"][0]["public_key"].as_str().unwrap().len(), 64);
 
-    // --- Round 1: .npy files (a 2-D float32 array each), uniform weighting.
-    let shape = [30usize, 40];
-    let n = shape[0] * shape[1];
-    for (k, site) in sites.iter().enumerate() {
-        let a = ArrayD::from_shape_vec(IxDyn(&shape), update(k, n)).unwrap().mapv(|v| v as f32);
-        a.write_npy(std::fs::File::create(dep.path(&format!("{site}.npy"))).unwrap()).unwrap();
-    }
-    let created = run_ok(
-        dep.cli("ops")
-            .args([
-                "--json",
-                "round",
-                "create",
-                "--round",
-                "npy-1",
-                "--clients",
-                "site-0,site-1,site-2",
-                "--like",
-            ])
-            .arg(dep.path("site-0.npy")),
-    );
-    let info = json(&created);
-    assert_eq!(info["state"], "open");
-    assert_eq!(info["encrypted_values"], n as u64);
-
-    // Fetching before publication is a round-state error (exit 6), not a crash.
-    let early = dep
-        .cli("site-1")
-        .args(["fetch", "--round", "npy-1", "--out"])
-        .arg(dep.path("early.npy"))
-        .output()
-        .unwrap();
-    assert_eq!(early.status.code(), Some(6), "{}", String::from_utf8_lossy(&early.stderr));
-    // A file of the wrong shape is refused locally (exit 3), naming the difference.
-    ndarray::Array2::<f32>::zeros((3, 3))
-        .write_npy(std::fs::File::create(dep.path("bad.npy")).unwrap())
-        .unwrap();
-    let bad = dep
-        .cli("site-0")
-        .args(["submit", "--round", "npy-1", "--client", "site-0", "--update"])
-        .arg(dep.path("bad.npy"))
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("[3, 3]"));
-    // A client outside the round is refused by the server (exit 4).
-    let outsider = dep
-        .cli("mallory")
-        .args(["--json", "submit", "--round", "npy-1", "--client", "mallory", "--update"])
-        .arg(dep.path("site-0.npy"))
-        .output()
-        .unwrap();
-    assert_eq!(outsider.status.code(), Some(4));
-    let err: serde_json::Value = serde_json::from_slice(&outsider.stderr).unwrap();
-    assert_eq!(err["problem"]["status"], 403);
-
-    submit_all(
-        sites
-            .iter()
-            .map(|s| {
-                let mut c = dep.cli(s);
-                c.args(["--json", "submit", "--round", "npy-1", "--client", s, "--update"])
-                    .arg(dep.path(&format!("{s}.npy")));
-                c
-            })
-            .collect(),
-    );
-    let status =
-        json(&run_ok(dep.cli("ops").args(["--json", "round", "status", "--round", "npy-1"])));
-    assert_eq!(status["contributors"], 3);
-
-    for site in sites {
-        let out = dep.path(&format!("mean-{site}.npy"));
-        let fetched = json(&run_ok(
-            dep.cli(site)
-                .args(["--json", "fetch", "--round", "npy-1", "--wait", "60", "--out"])
-                .arg(&out)
-                .arg("--like")
-                .arg(dep.path(&format!("{site}.npy"))),
-        ));
-        let bound = fetched["max_abs_error"].as_f64().unwrap();
-        assert_eq!(fetched["contributors"], 3);
-        // The mean comes back as float32 with the submitted shape.
-        let mean = ArrayD::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
-        assert_eq!(mean.shape(), &shape);
-        let mut worst = 0f64;
-        for (j, m) in mean.iter().enumerate() {
-            let exact: f64 = (0..3).map(|k| f64::from(update(k, n)[j] as f32)).sum::<f64>() / 3.0;
-            worst = worst.max((f64::from(*m) - exact).abs());
+    let (private, public) = (dir.join("issuer.pem"), dir.join("issuer.pub"));
+    let o =
+        cryptflow(args(&["token", "keygen", "--private", &p(&private), "--public", &p(&public)]))
+            .await;
+    assert!(o.status.success());
+    let o = cryptflow(args(&[
+        "token",
+        "mint",
+        "--key",
+        &p(&private),
+        "--sub",
+        "site-a",
+        "--role",
+        "client",
+        "--aud",
+        "aggregator",
+    ]))
+    .await;
+    assert!(o.status.success());
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let o = cryptflow(args(&[
+        "token",
+        "mint",
+        "--key",
+        &p(&private),
+        "--sub",
+        "site-a",
+        "--role",
+        "client",
+        "--aud",
+        "aggregator",
+        "--ttl",
+        "0",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(2), "a zero lifetime is refused");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&key, &private] {
+            assert_eq!(
+                std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                f.display()
+            );
         }
-        // float32 output adds its own rounding (≤ 2^-24 relative) to the planner's bound.
-        assert!(worst <= bound + 6e-8, "{site}: error {worst:e} > bound {bound:e}");
     }
-
-    // --- Round 2: safetensors with named tensors of two dtypes, weighted by sample count.
-    let tensors = [("fc1.bias", vec![8usize], Dtype::F64), ("fc1.weight", vec![8, 4], Dtype::F32)];
-    let weights = [3u64, 5, 10];
-    let mut expected: Vec<Vec<f64>> =
-        tensors.iter().map(|(_, s, _)| vec![0.0; s.iter().product()]).collect();
-    for (k, site) in sites.iter().enumerate() {
-        let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
-            .iter()
-            .enumerate()
-            .map(|(t, (name, shape, dt))| {
-                let n: usize = shape.iter().product();
-                let v = update(k + 10 * t, n);
-                for (e, x) in expected[t].iter_mut().zip(&v) {
-                    *e += x * weights[k] as f64 / 18.0;
-                }
-                let bytes = match dt {
-                    Dtype::F32 => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
-                    _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                };
-                (name.to_string(), *dt, shape.clone(), bytes)
-            })
-            .collect();
-        let views: Vec<(String, TensorView<'_>)> = data
-            .iter()
-            .map(|(n, dt, s, b)| (n.clone(), TensorView::new(*dt, s.clone(), b).unwrap()))
-            .collect();
-        std::fs::write(
-            dep.path(&format!("{site}.safetensors")),
-            safetensors::serialize(views, None).unwrap(),
-        )
-        .unwrap();
-    }
-    run_ok(
-        dep.cli("ops")
-            .args([
-                "round",
-                "create",
-                "--round",
-                "st-1",
-                "--clients",
-                "site-0,site-1,site-2",
-                "--weighting",
-                "samples",
-                "--max-weight",
-                "10",
-                "--precision",
-                "1e-4",
-                "--like",
-            ])
-            .arg(dep.path("site-0.safetensors")),
-    );
-    submit_all(
-        sites
-            .iter()
-            .zip(weights)
-            .map(|(s, w)| {
-                let mut c = dep.cli(s);
-                c.args([
-                    "--json",
-                    "submit",
-                    "--round",
-                    "st-1",
-                    "--client",
-                    s,
-                    "--weight",
-                    &w.to_string(),
-                    "--update",
-                ])
-                .arg(dep.path(&format!("{s}.safetensors")));
-                c
-            })
-            .collect(),
-    );
-    let out = dep.path("mean.safetensors");
-    let fetched = json(&run_ok(
-        dep.cli("site-2")
-            .args(["--json", "fetch", "--round", "st-1", "--wait", "60", "--out"])
-            .arg(&out)
-            .arg("--like")
-            .arg(dep.path("site-2.safetensors")),
-    ));
-    assert_eq!(fetched["total_weight"].as_f64(), Some(18.0));
-    let bound = fetched["max_abs_error"].as_f64().unwrap();
-    let bytes = std::fs::read(&out).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    for (t, (name, shape, dt)) in tensors.iter().enumerate() {
-        let view = st.tensor(name).unwrap();
-        assert_eq!((view.dtype(), view.shape()), (*dt, shape.as_slice()), "{name}");
-        let got: Vec<f64> = match dt {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
-                .collect(),
-            _ => view
-                .data()
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        };
-        // Inputs were float32-rounded for F32 tensors: allow that plus the planner's bound.
-        let worst = got.iter().zip(&expected[t]).map(|(g, e)| (g - e).abs()).fold(0.0, f64::max);
-        assert!(worst <= bound + 2e-7, "{name}: {worst:e} > {bound:e}");
-    }
-
-    // Unknown round: a refusal (exit 4), human-readable by default.
-    let missing = dep.cli("ops").args(["round", "status", "--round", "nope"]).output().unwrap();
-    assert_eq!(missing.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("error: aggregator refused"));
-}
-
-/// The main job, as a script would run it: every round's JSON line shows the encrypted
-/// model's accuracy equal to plaintext FedAvg's and the mean within the planner's bound.
-#[test]
-fn demo_runs_and_matches_plaintext_fedavg() {
-    for weighting in ["uniform", "private"] {
-        let out = run_ok(Command::new(CLI).args([
-            "--json",
-            "demo",
-            "--rounds",
-            "3",
-            "--clients",
-            "4",
-            "--hidden",
-            "16",
-            "--weighting",
-            weighting,
-        ]));
-        let rounds: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(rounds.len(), 3);
-        for r in &rounds {
-            assert_eq!(r["accuracy_encrypted"], r["accuracy_plaintext"], "{r}");
-            assert!(r["max_abs_error"].as_f64().unwrap() <= r["bound"].as_f64().unwrap(), "{r}");
-            assert_eq!(r["parameters"], 64 * 16 + 16 + 16 * 10 + 10);
-        }
-        assert!(rounds[2]["accuracy_encrypted"].as_f64().unwrap() > 0.5, "{:?}", rounds[2]);
-    }
-    // Bad flags are usage errors (exit 2), not crashes.
-    let bad = Command::new(CLI).args(["demo", "--clip", "-1"]).output().unwrap();
-    assert_eq!(bad.status.code(), Some(2));
+    // A key file is never overwritten by keygen.
+    let o = cryptflow(args(&["keygen", "--id", "site-a", "--out", &p(&key)])).await;
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -20,7 +20,8 @@ struct Round {
 fn round(clients: usize, values: usize) -> Round {
     let params = ParameterSet::default_128();
     let setup = setup_for(gaussian_plan(&params, clients as u32, 1e-6), values as u64, 77);
-    let keys: Vec<ClientKey> = (0..clients).map(|_| ClientKey::generate(&params).unwrap()).collect();
+    let keys: Vec<ClientKey> =
+        (0..clients).map(|_| ClientKey::generate(&params).unwrap()).collect();
     let inputs: Vec<Vec<f64>> = (0..clients)
         .map(|i| (0..values).map(|j| ((i * 131 + j * 17) % 199) as f64 / 100.0 - 0.99).collect())
         .collect();
@@ -48,7 +49,7 @@ fn the_aggregator_and_a_client_cannot_read_another_clients_upload() {
     let r = round(3, 3000);
     let (colluder, victim, other) = (&r.keys[0], &r.uploads[1], &r.keys[2]);
     let k_s = AggregateKey::sum_of(&r.keys); // released for S = {0, 1, 2}
-    // What a member of S legitimately learns: the mean.
+                                             // What a member of S legitimately learns: the mean.
     assert!(k_s.decrypt(&r.setup, &r.aggregate).is_ok());
     // Every key the coalition can form, applied to the victim's upload, is refused.
     let minus_colluder = AggregateKey::from_coefficients(
@@ -60,13 +61,11 @@ fn the_aggregator_and_a_client_cannot_read_another_clients_upload() {
         ("the key sum minus the colluder's key", minus_colluder, 2),
     ] {
         let err = key.decrypt(&r.setup, &as_aggregate(&r.setup, victim, claimed)).unwrap_err();
-        assert!(
-            matches!(err, Error::WrongAggregateKey | Error::KeyOutOfRange),
-            "{name}: {err}"
-        );
+        assert!(matches!(err, Error::WrongAggregateKey | Error::KeyOutOfRange), "{name}: {err}");
     }
     // The reference point: only the victim's own key (never released) opens it.
-    let own = AggregateKey::sum_of([&r.keys[1]]).decrypt(&r.setup, &as_aggregate(&r.setup, victim, 1));
+    let own =
+        AggregateKey::sum_of([&r.keys[1]]).decrypt(&r.setup, &as_aggregate(&r.setup, victim, 1));
     assert!(own.is_ok());
     let _ = other;
 }
@@ -134,7 +133,9 @@ fn a_corrupted_release_is_detected_named_and_survived() {
             let mut rel = releases(&r.keys, shape);
             let bad = 1usize;
             match corruption {
-                "random" => rel[bad].values.iter_mut().for_each(|v| *v = (*v * 7 + 3) % SHARE_PRIME),
+                "random" => {
+                    rel[bad].values.iter_mut().for_each(|v| *v = (*v * 7 + 3) % SHARE_PRIME)
+                }
                 _ => shift_release(&mut rel[bad], 5, delta % SHARE_PRIME),
             }
             let (d, report) = decrypt_with_releases(&r.setup, &r.aggregate, shape, &rel).unwrap();
@@ -158,8 +159,8 @@ fn mixed_or_missing_releases_do_not_decrypt() {
     let release = |node: usize, set: &[usize]| {
         Release::sum(shares[0][node].index(), set.iter().map(|&i| &shares[i][node])).unwrap()
     };
-    let err =
-        decrypt_with_releases(&r.setup, &r.aggregate, shape, &[release(0, &[0, 1, 2])]).unwrap_err();
+    let err = decrypt_with_releases(&r.setup, &r.aggregate, shape, &[release(0, &[0, 1, 2])])
+        .unwrap_err();
     assert!(matches!(err, Error::NotEnoughReleases { have: 1, need: 2 }));
     // Node 1 released for S = {0, 1, 2}, node 2 for S' = {0, 2}.
     let mixed = [release(0, &[0, 1, 2]), release(1, &[0, 2])];

@@ -12,7 +12,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn pattern(len: usize, salt: u64) -> Vec<u64> {
-    (0..len as u64).map(|i| (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)).collect()
+    (0..len as u64)
+        .map(|i| (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
+        .collect()
 }
 
 fn objects() -> (Vec<u8>, PackedCiphertext, PackedCiphertext, KeyShare, Release) {
@@ -23,19 +25,30 @@ fn objects() -> (Vec<u8>, PackedCiphertext, PackedCiphertext, KeyShare, Release)
     let mut payload: Vec<u8> = pattern(len, 1).iter().map(|w| *w as u8).collect();
     // Canonical padding: 5000 · 28 bits end on a byte, nothing to clear.
     assert_eq!(setup.transport().get(), 28);
-    let upload = PackedCiphertext { header: setup.header(CiphertextKind::Upload, 1), payload: payload.clone() };
+    let upload = PackedCiphertext {
+        header: setup.header(CiphertextKind::Upload, 1),
+        payload: payload.clone(),
+    };
     payload.reverse();
     let aggregate = PackedCiphertext::aggregate(&setup, 7, payload).unwrap();
     let x = ShareIndex::try_new(3).unwrap();
-    let share = KeyShare::try_new(x, pattern(2048, 2).iter().map(|w| w % SHARE_PRIME).collect()).unwrap();
-    let release = Release::try_new(x, pattern(2048, 3).iter().map(|w| w % SHARE_PRIME).collect()).unwrap();
+    let share =
+        KeyShare::try_new(x, pattern(2048, 2).iter().map(|w| w % SHARE_PRIME).collect()).unwrap();
+    let release =
+        Release::try_new(x, pattern(2048, 3).iter().map(|w| w % SHARE_PRIME).collect()).unwrap();
     (plan.canonical_bytes(), upload, aggregate, share, release)
 }
 
 #[test]
 fn wire_format_is_stable() {
     let (plan, up, agg, share, release) = objects();
-    let got = [hex(&plan), hex(&up.to_bytes()), hex(&agg.to_bytes()), hex(&share.to_bytes()), hex(&release.to_bytes())];
+    let got = [
+        hex(&plan),
+        hex(&up.to_bytes()),
+        hex(&agg.to_bytes()),
+        hex(&share.to_bytes()),
+        hex(&release.to_bytes()),
+    ];
     assert_eq!(got, GOLDEN, "wire format drifted; see the module docs");
 }
 

@@ -11,7 +11,7 @@ use super::{gaussian_plan, setup_for};
 use crate::decrypt::raw_phases;
 use crate::pack;
 use crate::random::expand_mask;
-use crate::{AggregateKey, ClientKey, ParameterSet, PackedCiphertext, RunningSum};
+use crate::{AggregateKey, ClientKey, PackedCiphertext, ParameterSet, RunningSum};
 use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed};
 use tfhe::core_crypto::prelude::*;
 
@@ -85,7 +85,13 @@ fn we_decrypt_tfhes_seeded_encryption_with_the_same_seed() {
     );
     let mut seeder = new_seeder();
     let noise = Gaussian::from_standard_dev(StandardDev(params.noise_std() / 2f64.powi(64)), 0.0);
-    encrypt_seeded_glwe_ciphertext_list(&tfhe_key(&key), &mut list, &plaintexts, noise, seeder.as_mut());
+    encrypt_seeded_glwe_ciphertext_list(
+        &tfhe_key(&key),
+        &mut list,
+        &plaintexts,
+        noise,
+        seeder.as_mut(),
+    );
 
     // tfhe's masks, expanded from the seed, are ours.
     let bodies: Vec<u64> = list.as_ref().to_vec();
@@ -105,7 +111,8 @@ fn we_decrypt_tfhes_seeded_encryption_with_the_same_seed() {
     let w = setup.transport().get();
     let mut payload = vec![0u8; setup.payload_len() as usize];
     pack::switch_and_pack(&bodies, w, &mut payload);
-    let upload = PackedCiphertext { header: setup.header(crate::CiphertextKind::Upload, 1), payload };
+    let upload =
+        PackedCiphertext { header: setup.header(crate::CiphertextKind::Upload, 1), payload };
     let mut sum = RunningSum::zero(&setup, 0..setup.slots()).unwrap();
     sum.add_upload(&upload).unwrap();
     let agg = PackedCiphertext::aggregate(&setup, 1, sum.pack()).unwrap();

@@ -15,8 +15,16 @@ use crate::{MaskSeed, ParameterSet, RoundSetup};
 
 /// A plan for `c` unweighted contributions at error `e`, clip bound 1.
 pub(crate) fn gaussian_plan(params: &ParameterSet, c: u32, e: f64) -> Plan {
-    plan(params, &PlanRequest { max_clients: c, clip_bound: 1.0, max_abs_error: e, weighting: Weighting::Uniform })
-        .unwrap()
+    plan(
+        params,
+        &PlanRequest {
+            max_clients: c,
+            clip_bound: 1.0,
+            max_abs_error: e,
+            weighting: Weighting::Uniform,
+        },
+    )
+    .unwrap()
 }
 
 /// A setup with a fixed seed.

@@ -12,7 +12,8 @@ fn valid_objects() -> Vec<Vec<u8>> {
     let params = ParameterSet::toy_insecure();
     let setup = setup_for(gaussian_plan(&params, 4, 1e-4), 150, 9);
     let key = ClientKey::generate(&params).unwrap();
-    let up = key.encryptor(&setup, None).unwrap().encrypt(&vec![0.5f64; 150][..]).unwrap().ciphertext;
+    let up =
+        key.encryptor(&setup, None).unwrap().encrypt(&vec![0.5f64; 150][..]).unwrap().ciphertext;
     let shares = key.share(CommitteeShape::try_new(3, 2).unwrap()).unwrap();
     let release = Release::sum(shares[1].index(), [&shares[1]]).unwrap();
     vec![up.to_bytes(), shares[0].to_bytes(), release.to_bytes()]
@@ -61,20 +62,44 @@ fn every_header_field_is_checked() {
     assert!(matches!(reject(4, 1), Error::Decode(DecodeError::UnsupportedVersion { .. })));
     assert!(matches!(reject(6, 9), Error::Decode(DecodeError::InvalidField { field: "kind", .. })));
     assert!(matches!(reject(6, 3), Error::Decode(DecodeError::WrongKind { .. })));
-    assert!(matches!(reject(7, 1), Error::Decode(DecodeError::InvalidField { field: "reserved", .. })));
-    assert!(matches!(reject(8, 7), Error::Decode(DecodeError::InvalidField { field: "parameter_set", .. })));
-    assert!(matches!(reject(10, 0), Error::Decode(DecodeError::InvalidField { field: "transport_bits", .. })));
-    assert!(matches!(reject(10, 65), Error::Decode(DecodeError::InvalidField { field: "transport_bits", .. })));
-    assert!(matches!(reject(12, 2), Error::Decode(DecodeError::InvalidField { field: "contributors", .. })));
-    assert!(matches!(reject(56, 1), Error::Decode(DecodeError::InvalidField { field: "reserved", .. })));
+    assert!(matches!(
+        reject(7, 1),
+        Error::Decode(DecodeError::InvalidField { field: "reserved", .. })
+    ));
+    assert!(matches!(
+        reject(8, 7),
+        Error::Decode(DecodeError::InvalidField { field: "parameter_set", .. })
+    ));
+    assert!(matches!(
+        reject(10, 0),
+        Error::Decode(DecodeError::InvalidField { field: "transport_bits", .. })
+    ));
+    assert!(matches!(
+        reject(10, 65),
+        Error::Decode(DecodeError::InvalidField { field: "transport_bits", .. })
+    ));
+    assert!(matches!(
+        reject(12, 2),
+        Error::Decode(DecodeError::InvalidField { field: "contributors", .. })
+    ));
+    assert!(matches!(
+        reject(56, 1),
+        Error::Decode(DecodeError::InvalidField { field: "reserved", .. })
+    ));
     // A declared size beyond the limit is refused before the length is even compared.
     let mut huge = up.clone();
     huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     let err = PackedCiphertext::from_bytes(&huge).unwrap_err();
-    assert!(matches!(err, Error::Decode(DecodeError::LimitExceeded { field: "slot_count", .. })), "{err}");
+    assert!(
+        matches!(err, Error::Decode(DecodeError::LimitExceeded { field: "slot_count", .. })),
+        "{err}"
+    );
     let mut short = up.clone();
     short.pop();
-    assert!(matches!(PackedCiphertext::from_bytes(&short), Err(Error::Decode(DecodeError::LengthMismatch { .. }))));
+    assert!(matches!(
+        PackedCiphertext::from_bytes(&short),
+        Err(Error::Decode(DecodeError::LengthMismatch { .. }))
+    ));
     assert!(PackedCiphertext::from_bytes(&up[..HEADER_LEN - 1]).is_err());
 }
 

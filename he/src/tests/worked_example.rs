@@ -28,19 +28,35 @@ fn example() -> Example {
     let params = ParameterSet::toy_insecure();
     let p = plan(
         &params,
-        &PlanRequest { max_clients: 2, clip_bound: 1.0, max_abs_error: 0.01, weighting: Weighting::Uniform },
+        &PlanRequest {
+            max_clients: 2,
+            clip_bound: 1.0,
+            max_abs_error: 0.01,
+            weighting: Weighting::Uniform,
+        },
     )
     .unwrap();
     let seed = MaskSeed(*b"CryptFlow-demo-!");
     let setup = RoundSetup::try_new(p, seed, 3).unwrap();
     let mut lines = Vec::new();
     let mut put = |k: &str, v: String| lines.push((k.to_owned(), v));
-    put("plan", format!("step = {:e}, delta_log = {}, transport_bits = {}", p.step(), p.delta().get(), p.transport().get()));
+    put(
+        "plan",
+        format!(
+            "step = {:e}, delta_log = {}, transport_bits = {}",
+            p.step(),
+            p.delta().get(),
+            p.transport().get()
+        ),
+    );
     put("plan_canonical", dump(&p.canonical_bytes()));
     put("plan_digest", hex(&p.digest()));
     let mut mask = vec![0u64; 64];
     expand_mask(seed, 0, &mut mask).unwrap();
-    put("mask_first_words", mask[..4].iter().map(|w| format!("{w:016x}")).collect::<Vec<_>>().join(" "));
+    put(
+        "mask_first_words",
+        mask[..4].iter().map(|w| format!("{w:016x}")).collect::<Vec<_>>().join(" "),
+    );
     let keys: Vec<ClientKey> =
         (0..2u128).map(|i| ClientKey::from_seed_insecure(&params, 1000 + i).unwrap()).collect();
     let inputs = [[0.5f64, -0.25, 0.75], [0.25, 1.5, -1.0]];
@@ -49,7 +65,11 @@ fn example() -> Example {
     let mut held: Vec<Vec<crate::sharing::KeyShare>> = vec![Vec::new(); 3];
     for (i, (k, x)) in keys.iter().zip(&inputs).enumerate() {
         put(&format!("key{i}_first_coefficients"), format!("{:?}", &k.coefficients()[..4]));
-        let up = k.encryptor_with_noise_seed_insecure(&setup, None, 7 + i as u128).unwrap().encrypt(&x[..]).unwrap();
+        let up = k
+            .encryptor_with_noise_seed_insecure(&setup, None, 7 + i as u128)
+            .unwrap()
+            .encrypt(&x[..])
+            .unwrap();
         put(&format!("upload{i}"), dump(&up.ciphertext.to_bytes()));
         sum.add_upload(&up.ciphertext).unwrap();
         for (node, s) in k.share(shape).unwrap().into_iter().enumerate() {

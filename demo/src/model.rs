@@ -2,7 +2,6 @@
 //! README for provenance and licence) and a one-hidden-layer MLP (or softmax regression)
 //! trained with minibatch SGD.
 
-use cryptflow_client::Tensor;
 use flate2::read::GzDecoder;
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis, IxDyn};
 use std::io::Read;
@@ -250,6 +249,31 @@ impl Model {
                 grad = g;
             }
         }
+    }
+}
+
+/// A named parameter tensor of the model (the SDK's tensors carry `f32` or `f64` values; the
+/// demo trains in `f64`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Name (`fc1.weight`, …).
+    pub name: String,
+    /// Values.
+    pub values: ArrayD<f64>,
+}
+
+impl Tensor {
+    /// As the SDK's tensor.
+    pub fn to_sdk(&self) -> cryptflow_client::Tensor {
+        cryptflow_client::Tensor {
+            name: self.name.clone(),
+            values: cryptflow_client::TensorValues::F64(self.values.clone()),
+        }
+    }
+
+    /// From the SDK's tensor.
+    pub fn from_sdk(t: &cryptflow_client::Tensor) -> Self {
+        Self { name: t.name.clone(), values: t.values.to_f64() }
     }
 }
 

@@ -1,0 +1,148 @@
+//! Connection settings: a profile file (TOML) overridden by flags and `CRYPTFLOW_*` variables.
+//!
+//! ```toml
+//! aggregator = "https://aggregator.example.org"
+//! aggregator_token_file = "site-a.aggregator.jwt"
+//! committee_file = "committee.toml"
+//! client_id = "site-a"
+//! key_file = "site-a.key.pem"
+//! journal_file = "site-a.journal"
+//! min_contributors = 3
+//! ```
+//!
+//! Relative paths in a profile are relative to the profile's directory.
+
+use crate::output::CliError;
+use clap::Args;
+use cryptflow_client::{Client, ClientPolicy, RetryPolicy, Token};
+use cryptflow_services::protocol::{Committee, SiteKey};
+use cryptflow_services::ClientId;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// The connection flags every networked command takes.
+#[derive(Debug, Args)]
+pub struct Conn {
+    /// Profile file (TOML) with the settings below; flags and variables override it.
+    #[arg(long, env = "CRYPTFLOW_PROFILE")]
+    profile: Option<PathBuf>,
+    /// Aggregator base URL.
+    #[arg(long, env = "CRYPTFLOW_AGGREGATOR")]
+    aggregator: Option<String>,
+    /// File holding the aggregator token.
+    #[arg(long, env = "CRYPTFLOW_AGGREGATOR_TOKEN_FILE")]
+    aggregator_token_file: Option<PathBuf>,
+    /// The key-manager committee file this site pins (needed by submit and fetch).
+    #[arg(long, env = "CRYPTFLOW_COMMITTEE_FILE")]
+    committee_file: Option<PathBuf>,
+    /// This site's client id (needed by submit and fetch).
+    #[arg(long, env = "CRYPTFLOW_CLIENT_ID")]
+    client_id: Option<String>,
+    /// This site's roster key (`cryptflow keygen`; needed by submit and fetch).
+    #[arg(long, env = "CRYPTFLOW_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Fetch as a roster reader rather than a contributor.
+    #[arg(long)]
+    reader: bool,
+    /// Journal of which update went to which round (refuses resubmitting one update).
+    #[arg(long, env = "CRYPTFLOW_JOURNAL_FILE")]
+    journal_file: Option<PathBuf>,
+    /// Refuse rounds that allow fewer contributors than this (at least 2).
+    #[arg(long, env = "CRYPTFLOW_MIN_CONTRIBUTORS", value_parser = clap::value_parser!(u32).range(2..))]
+    min_contributors: Option<u32>,
+    /// Keep retrying unreachable or failing servers for this many seconds (0: one attempt).
+    #[arg(long, env = "CRYPTFLOW_RETRY_BUDGET", default_value_t = 120)]
+    retry_budget: u64,
+}
+
+/// The profile file's contents.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    aggregator: Option<String>,
+    aggregator_token_file: Option<PathBuf>,
+    committee_file: Option<PathBuf>,
+    client_id: Option<String>,
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    reader: bool,
+    journal_file: Option<PathBuf>,
+    min_contributors: Option<u32>,
+}
+
+fn read(path: &Path, what: &str) -> Result<Zeroizing<String>, CliError> {
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|e| CliError::input(format!("{what} {}: {e}", path.display())))
+}
+
+impl Conn {
+    /// Resolves the settings (flags and variables over the profile) and builds a client.
+    pub fn client(&self) -> Result<Client, CliError> {
+        let (profile, dir) = match &self.profile {
+            Some(p) => {
+                let text = read(p, "--profile")?;
+                let profile: Profile = toml::from_str(&text)
+                    .map_err(|e| CliError::input(format!("--profile {}: {e}", p.display())))?;
+                (profile, p.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+            None => (Profile::default(), PathBuf::new()),
+        };
+        let rel = |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { dir.join(p) });
+        let aggregator = self.aggregator.clone().or(profile.aggregator).ok_or_else(|| {
+            CliError::usage(
+                "no aggregator: pass --aggregator URL, set CRYPTFLOW_AGGREGATOR, or use --profile",
+            )
+        })?;
+        let token_file = self.aggregator_token_file.clone().or(rel(profile.aggregator_token_file));
+        let committee_file = self.committee_file.clone().or(rel(profile.committee_file));
+        let client_id = self.client_id.clone().or(profile.client_id);
+        let key_file = self.key_file.clone().or(rel(profile.key_file));
+        let journal = self.journal_file.clone().or(rel(profile.journal_file));
+        let min_contributors = self.min_contributors.or(profile.min_contributors);
+
+        let retry = RetryPolicy {
+            budget: Duration::from_secs(self.retry_budget),
+            ..RetryPolicy::default()
+        };
+        let mut builder =
+            Client::builder(aggregator).reader(self.reader || profile.reader).retry(retry);
+        if let Some(f) = token_file {
+            builder =
+                builder.aggregator_token(Token::new(read(&f, "--aggregator-token-file")?.as_str()));
+        }
+        if let Some(f) = committee_file {
+            let text = read(&f, "--committee-file")?;
+            let committee = Committee::from_toml(&text)
+                .map_err(|e| CliError::input(format!("--committee-file {}: {e}", f.display())))?;
+            builder = builder.committee(committee);
+        }
+        match (client_id, key_file) {
+            (Some(id), Some(f)) => {
+                let id = ClientId::parse(&id)
+                    .map_err(|e| CliError::usage(format!("--client-id `{id}`: {e}")))?;
+                let pem = read(&f, "--key-file")?;
+                let key = SiteKey::from_pem(&pem)
+                    .map_err(|e| CliError::input(format!("--key-file {}: {e}", f.display())))?;
+                builder = builder.site(id, key);
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(CliError::usage("--client-id needs --key-file (the site's roster key)"))
+            }
+            (None, Some(_)) => return Err(CliError::usage("--key-file needs --client-id")),
+        }
+        if let Some(j) = journal {
+            builder = builder.journal(j);
+        }
+        if let Some(m) = min_contributors {
+            if m < 2 {
+                return Err(CliError::usage(format!("min_contributors = {m}: must be at least 2")));
+            }
+            builder = builder.policy(ClientPolicy { min_contributors: m, allowed_peers: None });
+        }
+        builder.build().map_err(CliError::from)
+    }
+}
