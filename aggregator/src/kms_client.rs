@@ -26,7 +26,8 @@ pub enum KmsError {
         /// Its problem document.
         problem: Box<Problem>,
     },
-    /// The node refused the aggregator's own credentials (401): expired or wrong token.
+    /// The node refused the aggregator's own credentials (401: expired or unknown token; 403:
+    /// a token without the aggregator role).
     #[error("key manager {x} refused the aggregator's token from {file}: {detail}; renew it (README, \"Tokens\")")]
     Credentials {
         /// The node.
@@ -130,7 +131,8 @@ impl KmsNodes {
             p.status = status.as_u16();
             p
         });
-        if status.as_u16() == 401 {
+        // 401: the token is not accepted; 403: it is, but not with the aggregator role.
+        if matches!(status.as_u16(), 401 | 403) {
             return Err(KmsError::Credentials {
                 x,
                 file: file.display().to_string(),

@@ -73,20 +73,30 @@ pub async fn register_missing(
 /// The problem an admin gets when fewer than `t` nodes registered a round.
 pub fn registration_problem(t: u8, echoes: usize, errors: &[KmsError]) -> AppError {
     let detail = |e: &KmsError| e.to_string();
-    if let Some(KmsError::Refused { problem, .. }) =
-        errors.iter().find(|e| matches!(e, KmsError::Refused { .. }))
-    {
-        let mut err = AppError::new(
-            if problem.status == 409 { ErrorCode::Conflict } else { ErrorCode::Unprocessable },
-            format!(
-                "the key managers refused the round: {}",
-                errors.iter().map(detail).collect::<Vec<_>>().join("; ")
-            ),
-        );
+    let all = || errors.iter().map(detail).collect::<Vec<_>>().join("; ");
+    // A node refusing the spec itself (422), or holding another spec or a destroyed round
+    // under this id (409, 410): the request must change.
+    let spec_refusal = |e: &&KmsError| matches!(e, KmsError::Refused { problem, .. } if matches!(problem.status, 409 | 410 | 422));
+    if let Some(KmsError::Refused { problem, .. }) = errors.iter().find(spec_refusal) {
+        let code =
+            if problem.status == 422 { ErrorCode::Unprocessable } else { ErrorCode::Conflict };
+        let mut err = AppError::new(code, format!("the key managers refused the round: {}", all()));
         if let Some(f) = &problem.field {
             err = err.with_field(f.clone());
         }
         return err;
+    }
+    // Any other refusal (404/405: a committee URL that is not the node's internal listener,
+    // 413/415, …) is this deployment's configuration, not the round's: 502, round kept.
+    if let Some(e) = errors.iter().find(|e| matches!(e, KmsError::Refused { .. })) {
+        return AppError::new(
+            ErrorCode::BadGateway,
+            format!(
+                "{e}: the aggregator's configuration does not match the key manager's (is the committee \
+                 file's URL the node's internal listener?); the round is kept — fix it and repeat the request"
+            ),
+        )
+        .with_field("committee_file");
     }
     if let Some(e @ KmsError::Credentials { .. }) =
         errors.iter().find(|e| matches!(e, KmsError::Credentials { .. }))

@@ -35,7 +35,8 @@ use cryptflow_services::api::round::{
 };
 use cryptflow_services::auth::{Authenticated, Principal};
 use cryptflow_services::http::{
-    method_not_allowed, not_found, parse_json, probe_routes, round_param, AppError,
+    method_not_allowed, not_found, parse_json, probe_routes, problem_documents, round_param,
+    AppError,
 };
 use cryptflow_services::protocol;
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId, Sha256Digest};
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(probe_routes(state.store.pool().clone(), OPENAPI))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(axum::middleware::map_response(problem_documents))
 }
 
 fn db(e: crate::store::StoreError) -> AppError {
@@ -158,9 +160,14 @@ async fn create_round(
         let problem = lifecycle::registration_problem(t, echoes.len(), &errors);
         if problem.problem().status == 422 || problem.problem().status == 409 {
             // A node refused the spec itself (e.g. a client not on its roster): the round can
-            // never be completed; fail it so that a corrected request uses a new id.
-            let _ =
-                s.store.fail(&round, &problem.problem().detail.clone().unwrap_or_default()).await;
+            // never be completed. If no node registered it, it is forgotten and a corrected
+            // request may reuse the id; otherwise it fails (a node holds its spec).
+            let forgotten =
+                echoes.is_empty() && s.store.forget_unregistered(&round).await.map_err(db)?;
+            if !forgotten {
+                let why = problem.problem().detail.clone().unwrap_or_default();
+                s.store.fail(&round, &why).await.map_err(db)?;
+            }
         }
         return Err(problem);
     }
@@ -246,7 +253,13 @@ async fn submit(
         .with_limit(expected));
     }
     if row.state != RoundState::Open {
-        return repeat_or_closed(&s, &row, &client, None).await;
+        // A closed round: a retry of the admitted upload still gets its receipt, which needs
+        // the body's digest (read and hashed, not stored); anything else is refused.
+        let Some(existing) = s.store.upload(&round, &client).await.map_err(db)? else {
+            return repeat_or_closed(&s, &row, &client, None).await;
+        };
+        let (sent, _) = receive(&s, &row, &setup, expected, body, false).await?;
+        return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sent))).await;
     }
     let Ok(_permit) = s.uploads.clone().try_acquire_owned() else {
         s.metrics.uploads_throttled.fetch_add(1, Ordering::Relaxed);
@@ -258,7 +271,8 @@ async fn submit(
         )
             .into_response());
     };
-    let (sha256, blob) = receive(&s, &row, &setup, expected, body).await?;
+    let (sha256, blob) = receive(&s, &row, &setup, expected, body, true).await?;
+    let Some(blob) = blob else { return Err(AppError::internal("no blob writer")) };
     if let Some(existing) = s.store.upload(&round, &client).await.map_err(db)? {
         drop(blob);
         return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sha256))).await;
@@ -294,16 +308,21 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
-/// Streams the body into a blob writer: the header first, checked against the round, then the
-/// payload, hashed on the way; exactly `expected` bytes.
+/// Streams the body, the header first, checked against the round, then the payload, hashed on
+/// the way; exactly `expected` bytes. With `store`, into a blob writer (returned unfinished).
 async fn receive(
     s: &AppState,
     row: &RoundRow,
     setup: &cryptflow_he::RoundSetup,
     expected: u64,
     body: Body,
-) -> Result<(Sha256Digest, crate::blob::BlobWriter), AppError> {
-    let mut writer = s.blobs.writer(row.spec.round_id.as_str()).map_err(AppError::internal)?;
+    store: bool,
+) -> Result<(Sha256Digest, Option<crate::blob::BlobWriter>), AppError> {
+    let mut writer = if store {
+        Some(s.blobs.writer(row.spec.round_id.as_str()).map_err(AppError::internal)?)
+    } else {
+        None
+    };
     let mut digest = Sha256::new();
     let mut head: Vec<u8> = Vec::with_capacity(HEADER_LEN);
     let mut received = 0u64;
@@ -332,13 +351,19 @@ async fn receive(
             }
         }
         digest.update(&chunk);
-        pending.extend_from_slice(&chunk);
-        if pending.len() >= WRITE_BATCH {
-            writer = write_off_runtime(writer, std::mem::take(&mut pending)).await?;
+        if let Some(w) = writer.take() {
+            pending.extend_from_slice(&chunk);
+            writer = Some(if pending.len() >= WRITE_BATCH {
+                write_off_runtime(w, std::mem::take(&mut pending)).await?
+            } else {
+                w
+            });
         }
     }
     if !pending.is_empty() {
-        writer = write_off_runtime(writer, pending).await?;
+        if let Some(w) = writer.take() {
+            writer = Some(write_off_runtime(w, pending).await?);
+        }
     }
     if received != expected {
         return Err(AppError::new(

@@ -337,6 +337,30 @@ impl Store {
             == 1)
     }
 
+    /// Deletes a round that no key manager registered and nobody uploaded to (every node
+    /// refused its spec), so that a corrected request may reuse the id. False if the round
+    /// has an echo or an upload by now.
+    pub async fn forget_unregistered(&self, round: &RoundId) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM round_members WHERE round_id = $1")
+            .bind(round.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let removed = sqlx::query(
+            "DELETE FROM rounds WHERE round_id = $1 AND echoes_json = '[]' AND admitted = 0",
+        )
+        .bind(round.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if removed == 1 {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(removed == 1)
+    }
+
     /// Notes that the uploads' blobs were deleted.
     pub async fn uploads_deleted(&self, round: &RoundId) -> Result<()> {
         sqlx::query("UPDATE rounds SET uploads_deleted = 1 WHERE round_id = $1")

@@ -25,7 +25,8 @@ pub struct Row {
     pub upload_bytes_per_value: f64,
     /// Download (aggregate) bytes per value.
     pub download_bytes_per_value: f64,
-    /// Public key (encryption material a client downloads) bytes per value.
+    /// Key material a client exchanges, bytes per value: a public key it downloads (v1, peers),
+    /// or the Shamir shares of its key it sends to a one-node committee (v2).
     pub key_bytes_per_value: f64,
     /// Mean encryption time per client.
     pub encrypt_ms: f64,

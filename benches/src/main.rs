@@ -2,26 +2,27 @@
 //! `BENCHMARKS.md`.
 //!
 //! For each (d, K, target error) it measures, in this one process and on the same data:
-//! bytes per value of an upload, the published aggregate and the public key; encryption
-//! time per client; aggregation (lift and sum K uploads, compress for download); decryption;
-//! plaintext FedAvg (summing the K float32 vectors); max and RMS error of the mean against
-//! the exact mean. Then a whole round through the real services: the KMS in-process, the
-//! aggregator as its own process (so its peak memory is its own), K concurrent SDK clients
-//! on loopback.
-
+//! bytes per value of an upload and of the published aggregate, and the key material a client
+//! sends (its Shamir shares, for a one-node committee); encryption time per client;
+//! aggregation (lift and sum K uploads, pack the aggregate); decryption (cross-check the
+//! releases, combine, decrypt, mean); plaintext FedAvg (summing the K float32 vectors); max and
+//! RMS error of the mean against the exact mean. Then a whole round through the real services
+//! of the local stack: a key manager and the aggregator as their own processes (so the
+//! aggregator's peak memory is its own), K concurrent SDK clients on loopback.
 use clap::Parser;
 use cryptflow_benches::{json_lines, markdown, parse_json_lines, svg, Row};
-use cryptflow_client::{Client, Layout, ModelUpdate, RoundSpec, SubmitOptions, Token, Weighting};
-use cryptflow_he::planner::{plan, Plan, PlanRequest, PlanTarget};
-use cryptflow_he::wire::compressed_ciphertext_len;
+use cryptflow_client::{Layout, ModelUpdate, RoundRequest, SubmitOptions, Weighting};
+use cryptflow_devstack::LocalStack;
+use cryptflow_he::planner::{plan, Plan, PlanRequest};
+use cryptflow_he::sharing::{CommitteeShape, Release};
 use cryptflow_he::{
-    generate_keys, weighted_sum_compressed, BodiesPerMask, Ciphertext, ParameterSet, Weight, Wire,
+    decrypt_with_releases, ClientKey, MaskSeed, PackedCiphertext, ParameterSet, RoundSetup,
+    RunningSum, Wire,
 };
-use cryptflow_services::auth::{generate_ed25519_pem, Issuer, Verifier, DEFAULT_LEEWAY};
-use cryptflow_services::{db, ClientId, Role, RoundId};
-use ndarray::{Array1, ArrayView1};
+use cryptflow_services::RoundId;
+use ndarray::Array1;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,8 @@ struct Args {
     /// Skip the rounds through the REST services.
     #[arg(long)]
     no_rest: bool,
-    /// Largest K·d for a REST round (its K clients hold their updates and ciphertexts in
-    /// this process at once).
+    /// Largest K·d for a REST round (its K clients hold their updates in this process at
+    /// once).
     #[arg(long, default_value_t = 100_000_000)]
     rest_max_values: u64,
     /// Output directory for overhead.md, overhead.jsonl and overhead.svg.
@@ -58,9 +59,6 @@ struct Args {
     /// Peer rows (JSON lines, e.g. from benches/peers/run.sh) to include in the report.
     #[arg(long)]
     peers: Vec<PathBuf>,
-    /// The `cryptflow-aggregator` binary (default: next to this one; built if missing).
-    #[arg(long)]
-    aggregator_bin: Option<PathBuf>,
 }
 
 /// Deterministic values uniform in [−1, 1] (SplitMix64).
@@ -96,9 +94,8 @@ fn round_plan(k: u32, precision: f64) -> Result<Plan, String> {
         &PlanRequest {
             max_clients: k,
             clip_bound: 1.0,
-            max_weight: 1,
-            bodies: BodiesPerMask::try_new(8).map_err(|e| e.to_string())?,
-            target: PlanTarget::Precision { max_abs_error: precision },
+            max_abs_error: precision,
+            weighting: Weighting::Uniform,
         },
     )
     .map_err(|e| e.to_string())
@@ -106,15 +103,19 @@ fn round_plan(k: u32, precision: f64) -> Result<Plan, String> {
 
 /// The in-process measurement of one configuration.
 fn measure(d: usize, k: u32, precision: f64, seed: u64) -> Result<Row, String> {
+    let err = |e: cryptflow_he::Error| e.to_string();
     let params = ParameterSet::default_128();
     let plan = round_plan(k, precision)?;
-    let (sk, pk) = generate_keys(params, plan.bodies).map_err(|e| e.to_string())?;
-    let err = |e: cryptflow_he::Error| e.to_string();
+    let setup =
+        RoundSetup::try_new(plan, MaskSeed::generate().map_err(err)?, d as u64).map_err(err)?;
+    let shape = CommitteeShape::try_new(1, 1).map_err(err)?;
     let mut values = Values(seed);
     let mut exact = vec![0f64; d];
     let mut plain = vec![0f32; d];
     let (mut enc, mut agg, mut fedavg) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let mut sum: Option<Ciphertext> = None;
+    let mut sum = RunningSum::zero(&setup, 0..setup.slots()).map_err(err)?;
+    let mut shares = Vec::with_capacity(k as usize);
+    let mut key_bytes = 0usize;
     // Client by client, as the aggregator sees them: each upload is folded into the running
     // sum as it arrives and then dropped, so memory holds one update and one upload.
     for _ in 0..k {
@@ -129,30 +130,33 @@ fn measure(d: usize, k: u32, precision: f64, seed: u64) -> Result<Row, String> {
             *e += f64::from(*v);
         }
         let t = Instant::now();
-        let upload = pk
-            .encrypt_compressed(&plan.encoding, ArrayView1::from(x.as_slice()), plan.upload)
-            .map_err(err)?
-            .ciphertext;
+        let key = ClientKey::generate(&params).map_err(err)?;
+        let upload =
+            key.encryptor(&setup, None).map_err(err)?.encrypt(&x[..]).map_err(err)?.ciphertext;
+        let share = key.share(shape).map_err(err)?;
         enc += t.elapsed();
+        key_bytes = share.iter().map(|s| s.to_bytes().len()).sum();
+        shares.push(share);
         let t = Instant::now();
-        let item = [(&upload, Weight::ONE)];
-        match sum.as_mut() {
-            None => sum = Some(weighted_sum_compressed(&params, &item).map_err(err)?),
-            Some(s) => s.weighted_add_compressed(&item).map_err(err)?,
-        }
+        sum.add_upload(&upload).map_err(err)?;
         agg += t.elapsed();
     }
-    let sum = sum.ok_or("no clients")?;
     let t = Instant::now();
-    let published = sum.compress(&params, plan.download);
+    let aggregate = PackedCiphertext::aggregate(&setup, k, sum.pack()).map_err(err)?;
     agg += t.elapsed();
+    drop(sum);
+    // What the key manager releases: the unweighted sum of the contributors' shares.
+    let releases =
+        vec![Release::sum(shares[0][0].index(), shares.iter().map(|s| &s[0])).map_err(err)?];
     // Decryption runs once per round; its first run in a process pays first-touch page
     // faults for its buffers (large on this VM), so the median of three is reported.
     let mut decs = Vec::with_capacity(3);
-    let mut mean = Array1::<f64>::zeros(0);
+    let mut mean = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        mean = sk.decrypt_compressed(&published).map_err(err)?.weighted_mean::<f64>();
+        let (decrypted, _) =
+            decrypt_with_releases(&setup, &aggregate, shape, &releases).map_err(err)?;
+        mean = decrypted.mean::<f64>();
         decs.push(ms(t.elapsed()));
     }
     let dec = median(decs);
@@ -162,24 +166,22 @@ fn measure(d: usize, k: u32, precision: f64, seed: u64) -> Result<Row, String> {
         max = max.max(diff);
         sq += diff * diff;
     }
-    let len = |widths| {
-        compressed_ciphertext_len(&params, plan.bodies, d as u64, widths).unwrap_or(0) as f64
-    };
+    let bytes = setup.upload_len() as f64 / d as f64;
     Ok(Row {
         system: "cryptflow".into(),
         d: d as u64,
         k,
         precision: Some(precision),
-        upload_bytes_per_value: len(plan.upload) / d as f64,
-        download_bytes_per_value: len(plan.download) / d as f64,
-        key_bytes_per_value: pk.to_bytes().len() as f64 / d as f64,
+        upload_bytes_per_value: bytes,
+        download_bytes_per_value: bytes,
+        key_bytes_per_value: key_bytes as f64 / d as f64,
         encrypt_ms: ms(enc) / f64::from(k),
         aggregate_ms: ms(agg),
         decrypt_ms: dec,
         plaintext_fedavg_ms: ms(fedavg),
         max_error: max,
         rms_error: (sq / d as f64).sqrt(),
-        bound: Some(plan.encoding.max_quantisation_error()),
+        bound: Some(plan.max_abs_error()),
         e2e_round_ms: None,
         aggregator_peak_mib: None,
         note: String::new(),
@@ -201,169 +203,50 @@ fn measure_median(d: usize, k: u32, precision: f64) -> Result<Row, String> {
     Ok(row)
 }
 
-/// The services for the REST rounds: a KMS in this process, tokens, and the aggregator's
-/// binary.
-struct Services {
-    issuer: Issuer,
-    kms_url: String,
-    aggregator_bin: PathBuf,
-    dir: tempfile::TempDir,
+/// Peak resident set (VmHWM) of process `pid` in MiB, from /proc.
+fn peak_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
-fn mint(issuer: &Issuer, sub: &str, role: Role, aud: &str) -> Result<String, String> {
-    let id = ClientId::parse(sub).map_err(|e| e.to_string())?;
-    issuer.mint(&id, role, aud, Duration::from_secs(24 * 3600)).map_err(|e| e.to_string())
-}
-
-async fn start_services(aggregator_bin: PathBuf) -> Result<Services, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (private, public) = generate_ed25519_pem().map_err(|e| e.to_string())?;
-    let issuer = Issuer::from_pem("bench", private.as_bytes()).map_err(|e| e.to_string())?;
-    std::fs::write(dir.path().join("issuer.pub"), &public).map_err(|e| e.to_string())?;
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display());
-    let pool = db::connect(&url, 4).await.map_err(|e| e.to_string())?;
-    db::migrate(&pool, &url, &cryptflow_kms::MIGRATIONS).await.map_err(|e| e.to_string())?;
-    let verifier = Verifier::new("kms", DEFAULT_LEEWAY, [("bench", public.as_bytes())])
-        .map_err(|e| e.to_string())?;
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let kms_url = format!("http://{}", api.local_addr().map_err(|e| e.to_string())?);
-    tokio::spawn(cryptflow_kms::launch(
-        api,
-        metrics,
-        cryptflow_kms::AppState {
-            pool,
-            verifier: Arc::new(verifier),
-            master: Arc::new(cryptflow_kms::MasterKey::generate()),
-            metrics: Arc::default(),
-            audit_lock: Arc::default(),
-        },
-        1 << 20,
-        std::future::pending(),
-    ));
-    let token = mint(&issuer, "aggregator", Role::Aggregator, "kms")?;
-    std::fs::write(dir.path().join("aggregator-kms.jwt"), token).map_err(|e| e.to_string())?;
-    Ok(Services { issuer, kms_url, aggregator_bin, dir })
-}
-
-/// The aggregator process; killed when dropped.
-struct AggregatorProcess(Child);
-
-impl Drop for AggregatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl AggregatorProcess {
-    /// Peak resident set (VmHWM) in MiB, from /proc.
-    fn peak_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-/// One round through the REST services with K concurrent clients; a fresh aggregator
-/// process (and database and blob store) per round, so its peak memory is this round's.
+/// One round through the REST services with K concurrent clients: a fresh local stack (a key
+/// manager and the aggregator as processes, SQLite, blobs on disk) per round, so the
+/// aggregator's peak memory is this round's.
 async fn rest_round(
-    s: &Services,
     d: usize,
     k: u32,
     precision: f64,
     tag: usize,
 ) -> Result<(f64, Option<f64>), String> {
-    let work = s.dir.path().join(format!("agg-{tag}"));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let port = free_port()?;
-    let config = work.join("aggregator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
-             database_url = \"sqlite://{}?mode=rwc\"\nblob_dir = \"{}\"\nkms_url = \"{}\"\n\
-             kms_token_file = \"{}\"\ntick_secs = 1\n\
-             [[jwt_keys]]\nkid = \"bench\"\npublic_key_file = \"{}\"\n",
-            free_port()?,
-            work.join("agg.db").display(),
-            work.join("blobs").display(),
-            s.kms_url,
-            s.dir.path().join("aggregator-kms.jwt").display(),
-            s.dir.path().join("issuer.pub").display(),
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let migrated = Command::new(&s.aggregator_bin)
-        .args(["migrate", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("{}: {e}", s.aggregator_bin.display()))?;
-    if !migrated.success() {
-        return Err("the aggregator's migration failed".into());
-    }
-    let process = AggregatorProcess(
-        Command::new(&s.aggregator_bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", s.aggregator_bin.display()))?,
-    );
-    let agg_url = format!("http://127.0.0.1:{port}");
-    let mut ready = false;
-    for _ in 0..200 {
-        if reqwest::get(format!("{agg_url}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !ready {
-        return Err("the aggregator did not become ready".into());
-    }
-    let client = |sub: &str, role: Role| -> Result<Client, String> {
-        Client::builder(&agg_url, &s.kms_url)
-            .aggregator_token(Token::new(mint(&s.issuer, sub, role, "aggregator")?))
-            .kms_token(Token::new(mint(&s.issuer, sub, role, "kms")?))
-            .build()
-            .map_err(|e| e.to_string())
-    };
-    let ids: Vec<ClientId> = (0..k)
-        .map(|i| ClientId::parse(format!("c{i}")).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let stack = LocalStack::builder()
+        .sites(k as usize)
+        .processes(true)
+        .max_concurrent_uploads(k as usize)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let ids = stack.site_ids();
     let round = RoundId::parse(format!("bench-{tag}")).map_err(|e| e.to_string())?;
-    let admin = client("ops", Role::Admin)?;
     let updates: Vec<Arc<ModelUpdate>> = {
         let mut values = Values(1000 + tag as u64);
-        (0..k)
-            .map(|_| {
-                let v: Vec<f64> = values.vector(d).into_iter().map(f64::from).collect();
-                Arc::new(ModelUpdate::Vector(Array1::from(v)))
-            })
-            .collect()
+        (0..k).map(|_| Arc::new(ModelUpdate::from(Array1::from(values.vector(d))))).collect()
     };
     let start = Instant::now();
-    admin
-        .create_round(&RoundSpec {
+    stack
+        .admin()
+        .create_round(&RoundRequest {
             round_id: round.clone(),
             layout: Layout::Dimension(d as u64),
             clients: ids.clone(),
             min_clients: k,
             max_clients: k,
-            deadline: 4_000_000_000,
+            deadline: None,
+            deadline_in_secs: Some(3600),
             weighting: Weighting::Uniform,
             clip_bound: 1.0,
             max_abs_error: precision,
-            bodies: 8,
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -371,50 +254,25 @@ async fn rest_round(
         .iter()
         .zip(&updates)
         .map(|(id, u)| {
-            let (c, id, u, round) =
-                (client(id.as_str(), Role::Client), id.clone(), u.clone(), round.clone());
+            let (c, u, round) = (stack.client(id.as_str()), u.clone(), round.clone());
             tokio::spawn(async move {
-                c?.submit(&round, &id, &u, SubmitOptions::default())
-                    .await
-                    .map_err(|e| e.to_string())
+                c.submit(&round, u, SubmitOptions::default()).await.map_err(|e| e.to_string())
             })
         })
         .collect();
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    admin.close_round(&round).await.map_err(|e| e.to_string())?;
-    let mean =
-        client("c0", Role::Client)?.fetch_mean(&round, None).await.map_err(|e| e.to_string())?;
+    let reader = stack.client(ids[0].as_str());
+    reader.wait_for_aggregate(&round, Duration::from_secs(600)).await.map_err(|e| e.to_string())?;
+    let mean = reader.fetch_mean(&round, None).await.map_err(|e| e.to_string())?;
     let elapsed = ms(start.elapsed());
-    let peak = process.peak_mib();
+    let peak = stack.aggregator_pid().and_then(peak_mib);
+    stack.stop().await;
     if mean.contributors != k {
         return Err(format!("{} of {k} contributions published", mean.contributors));
     }
     Ok((elapsed, peak))
-}
-
-/// The aggregator binary: given, or next to this one, or built with cargo.
-fn aggregator_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
-    if let Some(p) = given {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe.parent().ok_or("no directory")?;
-    let path = dir.join("cryptflow-aggregator");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "cryptflow-aggregator", "--bin", "cryptflow-aggregator"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().map_err(|e| format!("cargo: {e}"))?;
-        if !status.success() || !path.exists() {
-            return Err(format!("cannot build {}", path.display()));
-        }
-    }
-    Ok(path)
 }
 
 fn machine() -> String {
@@ -457,11 +315,6 @@ async fn run(args: Args) -> Result<(), String> {
             vec![1e-4, 1e-6]
         }
     });
-    let services = if args.no_rest {
-        None
-    } else {
-        Some(start_services(aggregator_binary(args.aggregator_bin.clone())?).await?)
-    };
     eprintln!("machine: {}", machine());
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
@@ -484,10 +337,10 @@ async fn run(args: Args) -> Result<(), String> {
                     "upload {:.2} B/value, encrypt {:.1} ms, aggregate {:.1} ms, decrypt {:.1} ms",
                     row.upload_bytes_per_value, row.encrypt_ms, row.aggregate_ms, row.decrypt_ms
                 );
-                if let Some(s) = &services {
+                if !args.no_rest {
                     if d * u64::from(k) <= args.rest_max_values {
                         tag += 1;
-                        let (e2e, peak) = rest_round(s, du, k, precision, tag).await?;
+                        let (e2e, peak) = rest_round(du, k, precision, tag).await?;
                         row.e2e_round_ms = Some(e2e);
                         row.aggregator_peak_mib = peak;
                         eprint!(", REST round {e2e:.0} ms");

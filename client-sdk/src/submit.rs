@@ -138,11 +138,12 @@ impl Client {
             )));
         }
         let policy = &self.inner.policy;
-        let smallest = spec.min_clients.max(round.min_set_size);
-        if smallest < policy.min_contributors {
+        // The key managers enforce max(min_clients, m), but a round that declares it would
+        // publish fewer is refused as declared: it is a misconfiguration or an attempt.
+        if spec.min_clients < policy.min_contributors {
             return Err(ClientError::Policy(format!(
-                "round {} may publish a mean of {smallest} contribution(s) (min_clients {}, m {}); this \
-                 client's policy needs at least {} — with fewer, the mean reveals individual updates",
+                "round {} declares min_clients = {} (the key managers' m is {}); this client's policy \
+                 needs at least {} — with fewer, the mean reveals individual updates",
                 spec.round_id, spec.min_clients, round.min_set_size, policy.min_contributors
             )));
         }

@@ -194,7 +194,7 @@ impl CiphertextHeader {
         } else if self.seed != want.seed {
             "mask_seed"
         } else if self.plan_tag != want.plan_tag {
-            "plan_digest"
+            "plan_tag"
         } else if kind == CiphertextKind::Upload && self.contributors != 1 {
             "contributors"
         } else {

@@ -243,7 +243,6 @@ pub fn check_deposit(
             format!("{client} is not a member of round {}", row.spec.round_id),
         ));
     }
-    require_state(row, KmsRoundState::Open)?;
     let share =
         KeyShare::from_bytes(&deposit.share.0).map_err(|e| invalid("share", e.to_string()))?;
     if share.index() != node.x {
@@ -369,6 +368,27 @@ pub fn same_set(
 
 /// Who may obtain the release: a member of the recorded set, or a roster reader — with its
 /// roster key. Never the aggregator, never an admin.
+/// Whether `caller` may ask for a release of this round at all — a roster member of the round
+/// or a reader, by roster key — checked before the round's state, so that nobody else learns
+/// whether a set is recorded.
+pub fn may_ask_release(node: &Node, row: &RoundRow, caller: &Principal) -> Result<(), AppError> {
+    let allowed = caller.signer == Signer::Roster
+        && match caller.role {
+            Role::Client => row.spec.clients.binary_search(&caller.subject).is_ok(),
+            Role::Reader => node.roster.member(&caller.subject).is_some_and(|m| m.reader),
+            _ => false,
+        };
+    if allowed {
+        Ok(())
+    } else {
+        Err(AppError::new(
+            ErrorCode::Forbidden,
+            "releases go to the round's roster members and readers, authenticated by their roster key",
+        ))
+    }
+}
+
+/// Whether `caller` may read the release of the recorded `set`.
 pub fn may_read(node: &Node, set: &[Contribution], caller: &Principal) -> Result<(), AppError> {
     if caller.signer != Signer::Roster {
         return Err(AppError::new(

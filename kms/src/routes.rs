@@ -36,7 +36,8 @@ use cryptflow_services::api::round::{Contribution, RoundSpec};
 use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::auth::{Authenticated, Principal};
 use cryptflow_services::http::{
-    method_not_allowed, not_found, parse_json, probe_routes, round_param, AppError,
+    method_not_allowed, not_found, parse_json, probe_routes, problem_documents, round_param,
+    AppError,
 };
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId};
 use serde::Deserialize;
@@ -80,6 +81,7 @@ fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
         .merge(probe_routes(state.store.pool().clone(), OPENAPI))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(axum::middleware::map_response(problem_documents))
 }
 
 fn db(e: StoreError) -> AppError {
@@ -141,7 +143,6 @@ async fn register(
     caller.require(&[Role::Aggregator, Role::Admin])?;
     let round = round_param(round)?;
     let spec: RoundSpec = parse_json(&headers, &body)?;
-    domain::check_registration(&s.node, &round, &spec)?;
     if s.store.is_refused(&round).await.map_err(db)? {
         return Err(AppError::new(
             ErrorCode::Conflict,
@@ -149,10 +150,13 @@ async fn register(
         )
         .with_field("round"));
     }
+    // An existing round is compared, not re-validated: a roster change since does not turn
+    // the same registration into a refusal.
     if let Some(existing) = s.store.round(&round).await.map_err(db)? {
         domain::same_registration(&existing, &spec)?;
         return Ok((StatusCode::OK, Json(view(&s, existing).await?)).into_response());
     }
+    domain::check_registration(&s.node, &round, &spec)?;
     let echo = s.node.echo(&spec);
     let at = s.clock.now();
     if !s
@@ -209,7 +213,9 @@ async fn destroy(
 }
 
 /// `PUT /v1/rounds/{round}/deposits/{client}` — the client itself, by roster key. 201 stored,
-/// 200 the same deposit again, 409 another one or a closed round.
+/// 200 the same deposit again (in any state), 409 another one or a round no longer open, 410
+/// shredded; 403 another caller or a non-member; 422 naming the invalid field (`share`,
+/// `signature`).
 async fn put_deposit(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -243,9 +249,14 @@ async fn put_deposit(
         share_index: s.node.x().get(),
         upload_sha256: deposit.upload_sha256,
     };
+    // The same deposit again is answered 200 in any state (a retry after a lost answer);
+    // a new one needs an open round.
     if let Some(existing) = s.store.deposit(&round, &client).await.map_err(db)? {
         domain::same_deposit(&existing, &checked, &deposit)?;
         return Ok((StatusCode::OK, Json(receipt)).into_response());
+    }
+    if let Err(e) = domain::require_state(&row, KmsRoundState::Open) {
+        return Err(refused(&s, &caller, "deposit", &round, e).await);
     }
     let sealed = s
         .master
@@ -340,7 +351,8 @@ async fn record_contributors(
 }
 
 /// `GET /v1/rounds/{round}/release` — a member of the recorded set or a roster reader, by
-/// roster key. `Cache-Control: no-store`; audited.
+/// roster key. `Cache-Control: no-store`; audited. 403 for anyone else (checked before the
+/// state), 409 before the set is recorded, 410 once shredded.
 async fn release(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -348,10 +360,12 @@ async fn release(
 ) -> Result<Response, AppError> {
     let round = round_param(round)?;
     let row = registered(&s, &round).await?;
-    let outcome = domain::require_state(&row, KmsRoundState::SetRecorded).and_then(|()| {
-        let set = row.set.as_deref().unwrap_or_default();
-        domain::may_read(&s.node, set, &caller)
-    });
+    let outcome = domain::may_ask_release(&s.node, &row, &caller)
+        .and_then(|()| domain::require_state(&row, KmsRoundState::SetRecorded))
+        .and_then(|()| {
+            let set = row.set.as_deref().unwrap_or_default();
+            domain::may_read(&s.node, set, &caller)
+        });
     if let Err(e) = outcome {
         return Err(refused(&s, &caller, "release", &round, e).await);
     }

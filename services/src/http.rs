@@ -231,6 +231,41 @@ pub fn parse_json<T: DeserializeOwned>(
     axum::Json::<T>::from_bytes(body).map(|axum::Json(v)| v).map_err(json_rejection)
 }
 
+/// Response middleware (`axum::middleware::map_response`) making every error answer a problem
+/// document: axum's own rejections (a body over the limit, an unreadable body, a bad path
+/// segment) answer plain text before a handler runs; they are rewritten with the status kept,
+/// the code for it, their text as `detail` (and `field: body` for 413). Headers such as
+/// `Retry-After` are kept. Responses that already are problem documents pass unchanged.
+pub async fn problem_documents(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = ErrorCode::from_status(status.as_u16());
+    let detail = if text.is_empty() { code.title().to_owned() } else { text };
+    let mut error = AppError::new(code, detail);
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        error = error.with_field("body");
+    }
+    let mut fresh = error.into_response();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in parts.headers.iter() {
+        fresh.headers_mut().insert(name.clone(), value.clone());
+    }
+    *fresh.status_mut() = status;
+    fresh
+}
+
 /// The 405 for a known path with another method, as a problem document.
 pub async fn method_not_allowed() -> AppError {
     AppError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method")
@@ -270,8 +305,10 @@ fn json_rejection(rejection: JsonRejection) -> AppError {
             let field = field_of(&detail);
             AppError::new(ErrorCode::Unprocessable, detail).with_field(field)
         }
+        // A syntax error inside a value (e.g. a number out of range) still has a path.
         JsonRejection::JsonSyntaxError(_) => {
-            AppError::new(ErrorCode::BadRequest, detail).with_field("body")
+            let field = field_of(&detail);
+            AppError::new(ErrorCode::BadRequest, detail).with_field(field)
         }
         JsonRejection::BytesRejection(_) => {
             AppError::new(ErrorCode::PayloadTooLarge, "request body too large or unreadable")
@@ -359,7 +396,13 @@ mod tests {
         assert_eq!(s, 422);
         assert!(p.unwrap().detail.unwrap().contains("size"));
         let (s, _, p) = call(r#"{"name":"#, "application/json").await;
-        assert_eq!((s, p.unwrap().code), (400, ErrorCode::BadRequest));
+        let p = p.unwrap();
+        assert_eq!((s, p.code, p.field.as_deref()), (400, ErrorCode::BadRequest, Some("body")));
+        // A syntax error inside a value names the value (issue #12: `clip_bound` of NaN).
+        for bad in [r#"{"name":"a","size":1e999}"#, r#"{"name":"a","size":NaN}"#] {
+            let (s, _, p) = call(bad, "application/json").await;
+            assert_eq!((s, p.unwrap().field.as_deref()), (400, Some("size")), "{bad}");
+        }
         let (s, _, p) = call(r#"{"name":"a","size":1}"#, "text/plain").await;
         assert_eq!((s, p.unwrap().code), (415, ErrorCode::UnsupportedMediaType));
         let (s, _, p) = call(r#"{"name":"a","size":11}"#, "application/json").await;

@@ -61,6 +61,26 @@ impl ErrorCode {
         }
     }
 
+    /// The code for an HTTP error status (the nearest one for statuses without their own).
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            401 => ErrorCode::Unauthorized,
+            403 => ErrorCode::Forbidden,
+            404 => ErrorCode::NotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            409 => ErrorCode::Conflict,
+            410 => ErrorCode::Gone,
+            413 => ErrorCode::PayloadTooLarge,
+            415 => ErrorCode::UnsupportedMediaType,
+            422 => ErrorCode::Unprocessable,
+            429 => ErrorCode::TooManyRequests,
+            502 => ErrorCode::BadGateway,
+            503 | 504 => ErrorCode::Unavailable,
+            500..=599 => ErrorCode::Internal,
+            _ => ErrorCode::BadRequest,
+        }
+    }
+
     /// Short human title (RFC 7807 `title`).
     pub fn title(self) -> &'static str {
         match self {

@@ -185,10 +185,10 @@ struct CreateArgs {
     #[arg(long, default_value_t = 1)]
     max_count: u64,
     /// Values are clipped to ±this.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive_finite)]
     clip: f64,
     /// Largest acceptable absolute error of a coordinate of the mean.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = positive_finite)]
     max_abs_error: f64,
 }
 
@@ -278,6 +278,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Submit(args) => submit(args, json).await,
         Command::Fetch(args) => fetch(args, json).await,
+    }
+}
+
+/// A finite number above zero (`nan`, `inf`, `0` and negatives are refused by name).
+fn positive_finite(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}`: must be a finite number above zero"))
     }
 }
 

@@ -293,6 +293,32 @@ async fn every_failure_has_its_exit_code_and_a_message() {
     .await;
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
 
+    // `--clip nan` is refused by name, before anything is sent (issue #12's defect); the
+    // server names the field too, for clients that send it anyway.
+    for bad in ["nan", "inf", "-1", "0"] {
+        let o = cryptflow(args(&[
+            "round",
+            "create",
+            "--profile",
+            &p(&ops),
+            "--round",
+            "r-3",
+            "--dim",
+            "10",
+            "--clients",
+            "site-0,site-1",
+            "--clip",
+            bad,
+        ]))
+        .await;
+        assert_eq!(o.status.code(), Some(2), "--clip {bad}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--clip"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     // 3: the input — a non-finite value is named, nothing is sent.
     let o = cryptflow(args(&[
         "submit",

@@ -34,7 +34,8 @@ pub enum KmsRoundState {
     Open,
     /// The contributor set is recorded; releases are served for it only.
     SetRecorded,
-    /// Shares shredded (destroyed by an admin, or past retention); every request gets 410.
+    /// Shares shredded (destroyed by an admin, or past retention): deposits and releases get
+    /// 410; the round itself can still be looked at.
     Destroyed,
     /// The node was restored from a backup taken while this round was open: it refuses the
     /// round, since it could otherwise record a second set.

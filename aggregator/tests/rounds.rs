@@ -1,0 +1,346 @@
+//! The aggregator in a real local stack (key-manager committee, aggregator, SDK clients over
+//! loopback), on SQLite and — with `CRYPTFLOW_TEST_DATABASE_URL` set, as in CI — PostgreSQL:
+//! rounds that publish, rounds that must not, the defects issue #12 lists, and bad requests.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use cryptflow_client::{
+    ClientError, ClientPolicy, Layout, ModelUpdate, RoundRequest, RoundState, SubmitOptions,
+    Weighting,
+};
+use cryptflow_devstack::{Database, LocalStack};
+use cryptflow_he::{CiphertextKind, MaskSeed, PackedCiphertext, RoundSetup, Wire};
+use cryptflow_services::{Role, RoundId};
+use ndarray::Array1;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn request(round: &str, stack: &LocalStack, d: u64, min: u32, max: u32) -> RoundRequest {
+    RoundRequest {
+        round_id: RoundId::parse(round).unwrap(),
+        layout: Layout::Dimension(d),
+        clients: stack.site_ids(),
+        min_clients: min,
+        max_clients: max,
+        deadline: None,
+        deadline_in_secs: Some(3600),
+        weighting: Weighting::Uniform,
+        clip_bound: 1.0,
+        max_abs_error: 1e-6,
+    }
+}
+
+fn vector(d: usize, seed: usize) -> Vec<f64> {
+    (0..d).map(|j| (((seed * 7919 + j * 104_729) % 2001) as f64 / 1000.0) - 1.0).collect()
+}
+
+fn count(n: u64) -> SubmitOptions {
+    SubmitOptions { count: Some(n), ..SubmitOptions::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_samples_round_publishes_the_weighted_mean_at_its_deadline() {
+    for database in Database::for_tests() {
+        let stack = LocalStack::builder()
+            .nodes(3, 2)
+            .sites(4)
+            .database(database.clone())
+            .start()
+            .await
+            .unwrap();
+        let round = RoundId::parse("weighted").unwrap();
+        let d = 4000;
+        let mut req = request("weighted", &stack, d as u64, 2, 4);
+        req.weighting = Weighting::Samples { min_count: 1, max_count: 100 };
+        req.max_abs_error = 1e-4;
+        req.deadline_in_secs = Some(4);
+        stack.admin().create_round(&req).await.unwrap();
+        // Three of four sites contribute, with counts 1, 10 and 100; the deadline closes it.
+        let counts = [1u64, 10, 100];
+        let mut want = vec![0f64; d];
+        for (i, c) in counts.iter().enumerate() {
+            let x = vector(d, i);
+            for (w, v) in want.iter_mut().zip(&x) {
+                *w += *c as f64 * v / 111.0;
+            }
+            let s = stack
+                .client(&format!("site-{i}"))
+                .submit(&round, ModelUpdate::from(Array1::from(x)), count(*c))
+                .await
+                .unwrap();
+            assert_eq!(s.clipping.clipped, 0);
+        }
+        let reader = stack.client("site-2");
+        let info = reader.wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(info.state, RoundState::Published, "{database:?}");
+        let agg = reader.fetch_mean(&round, None).await.unwrap();
+        assert_eq!((agg.contributors, agg.total_weight), (3, 111));
+        let worst = agg.mean.iter().zip(&want).map(|(m, w)| (m - w).abs()).fold(0.0, f64::max);
+        assert!(worst <= agg.max_abs_error, "{worst} > {}", agg.max_abs_error);
+        // The site that did not contribute may not read the mean.
+        let e = stack.client("site-3").fetch_mean(&round, None).await.unwrap_err();
+        assert!(matches!(e, ClientError::Refused { .. }), "{e}");
+        // Per-client blobs are gone after publication (retention 0); the aggregate stays.
+        let blobs: Vec<String> = std::fs::read_dir(stack.dir().join("blobs").join("weighted"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(blobs.iter().all(|b| !b.starts_with("upload.")), "{blobs:?}");
+        assert!(blobs.iter().any(|b| b.starts_with("aggregate.")), "{blobs:?}");
+        stack.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_light_client_cannot_move_a_weighted_mean_beyond_its_clip_bound() {
+    // Issue #12: a weight-1 client sending [50, 50, 50, 50] against a weight-99 client sending
+    // zeros (clip 1, counts up to 100) moved v1's `private` mean to 0.5. Every weighting clips.
+    let stack = LocalStack::builder().sites(2).start().await.unwrap();
+    let round = RoundId::parse("clip").unwrap();
+    let mut req = request("clip", &stack, 4, 2, 2);
+    req.weighting = Weighting::Samples { min_count: 1, max_count: 100 };
+    req.max_abs_error = 1e-4;
+    stack.admin().create_round(&req).await.unwrap();
+    let s = stack
+        .client("site-0")
+        .submit(&round, ModelUpdate::from(Array1::from(vec![50.0f64; 4])), count(1))
+        .await
+        .unwrap();
+    assert_eq!(s.clipping.clipped, 4, "the clipping is reported");
+    assert_eq!(s.clipping.largest_magnitude, 50.0);
+    stack
+        .client("site-1")
+        .submit(&round, ModelUpdate::from(Array1::from(vec![0.0f64; 4])), count(99))
+        .await
+        .unwrap();
+    let reader = stack.client("site-1");
+    reader.wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+    let agg = reader.fetch_mean(&round, None).await.unwrap();
+    for m in agg.mean.iter() {
+        assert!((m - 0.01).abs() <= agg.max_abs_error, "{m}");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_arriving_together_never_exceed_max_clients() {
+    // Issue #12: three invited, min = max = 2, all three upload at once (d = 200,000): v1
+    // accepted all three and the round stayed `aggregating` forever, also after a restart.
+    for database in Database::for_tests() {
+        let mut stack =
+            LocalStack::builder().sites(3).database(database.clone()).start().await.unwrap();
+        let round = RoundId::parse("race").unwrap();
+        let d = 200_000;
+        stack.admin().create_round(&request("race", &stack, d as u64, 2, 2)).await.unwrap();
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let c = stack.client(&format!("site-{i}"));
+                let round = round.clone();
+                let u = Arc::new(ModelUpdate::from(Array1::from(vector(d, i))));
+                tokio::spawn(async move { c.submit(&round, u, SubmitOptions::default()).await })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(ClientError::Refused { problem, .. }) => {
+                    assert_eq!(problem.status, 409, "{problem:?}")
+                }
+                Err(ClientError::RoundState { .. }) => {} // it saw the round closed before sending
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(ok, 2, "{database:?}");
+        let info = stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+        assert_eq!((info.state, info.uploads), (RoundState::Published, 2));
+        assert_eq!(info.transcript.as_ref().unwrap().contributors.len(), 2);
+        // Still so after a restart.
+        stack.kill_aggregator().await;
+        stack.restart_aggregator().await.unwrap();
+        let info = stack.admin().round(&round).await.unwrap();
+        assert_eq!((info.state, info.uploads), (RoundState::Published, 2));
+        stack.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_that_would_reveal_one_update_never_publishes() {
+    // Issue #12: `--min-clients 1` released one client's update to every other client.
+    let stack = LocalStack::builder().sites(3).start().await.unwrap();
+    let round = RoundId::parse("lonely").unwrap();
+    let mut req = request("lonely", &stack, 100, 1, 3);
+    req.deadline_in_secs = Some(3);
+    let info = stack.admin().create_round(&req).await.unwrap();
+    assert_eq!(info.echoes[0].min_set_size, 2, "the key managers' m");
+    // The client's policy refuses it before sending anything…
+    let u = Arc::new(ModelUpdate::from(Array1::from(vec![0.5f64; 100])));
+    let e = stack
+        .client("site-0")
+        .submit(&round, u.clone(), SubmitOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Policy(_)), "{e}");
+    assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 0);
+    // …and a client that opts out still cannot be alone in a set: the key managers need m = 2.
+    let careless = stack.client_with(
+        "site-0",
+        Role::Client,
+        ClientPolicy { min_contributors: 1, allowed_peers: None },
+    );
+    careless.submit(&round, u, SubmitOptions::default()).await.unwrap();
+    let e = stack
+        .client("site-1")
+        .wait_for_aggregate(&round, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::RoundState { .. }), "{e}");
+    let info = stack.admin().round(&round).await.unwrap();
+    assert_eq!(info.state, RoundState::Failed);
+    assert!(info.failure.as_deref().unwrap_or("").contains('2'), "{:?}", info.failure);
+    let e = careless.fetch_mean(&round, None).await.unwrap_err();
+    assert!(matches!(e, ClientError::RoundState { .. } | ClientError::Refused { .. }), "{e}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_aggregator_loses_nothing_it_acknowledged() {
+    let mut stack = LocalStack::builder().sites(3).processes(true).start().await.unwrap();
+    let round = RoundId::parse("crash").unwrap();
+    let d = 50_000;
+    stack.admin().create_round(&request("crash", &stack, d as u64, 3, 3)).await.unwrap();
+    let mut want = vec![0f64; d];
+    for i in 0..3 {
+        let x = vector(d, i);
+        for (w, v) in want.iter_mut().zip(&x) {
+            *w += v / 3.0;
+        }
+        if i == 2 {
+            stack.kill_aggregator().await; // SIGKILL: no shutdown hook runs
+            stack.restart_aggregator().await.unwrap();
+        }
+        stack
+            .client(&format!("site-{i}"))
+            .submit(&round, ModelUpdate::from(Array1::from(x)), SubmitOptions::default())
+            .await
+            .unwrap();
+    }
+    let reader = stack.client("site-0");
+    reader.wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+    let agg = reader.fetch_mean(&round, None).await.unwrap();
+    assert_eq!(agg.contributors, 3);
+    let worst = agg.mean.iter().zip(&want).map(|(m, w)| (m - w).abs()).fold(0.0, f64::max);
+    assert!(worst <= agg.max_abs_error);
+    stack.stop().await;
+}
+
+/// A request with the admin's (or `token`'s) credentials; the status and the JSON body.
+async fn post_round(stack: &LocalStack, body: String, content_type: &str) -> (StatusCode, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/rounds", stack.aggregator_url()))
+        .bearer_auth(stack.token("ops", Role::Admin, "aggregator"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    if status.is_client_error() {
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_problem_documents_naming_the_field() {
+    let stack = LocalStack::builder().sites(3).start().await.unwrap();
+    let good = serde_json::to_value(request("r", &stack, 1000, 2, 3)).unwrap();
+    let with = |field: &str, value: Value| {
+        let mut v = good.clone();
+        v[field] = value;
+        v.to_string()
+    };
+    let raw = |field: &str, text: &str| {
+        let mut v = good.clone();
+        v[field] = json!("__RAW__");
+        v.to_string().replace("\"__RAW__\"", text)
+    };
+    // Issue #12: `--clip nan` got a JSON parser message. NaN has no JSON form: whatever a
+    // client sends in its place is refused naming the field.
+    let cases: Vec<(String, &str)> = vec![
+        (with("clip_bound", Value::Null), "clip_bound"),
+        (with("clip_bound", json!("nan")), "clip_bound"),
+        (raw("clip_bound", "NaN"), "clip_bound"),
+        (raw("clip_bound", "1e999"), "clip_bound"),
+        (with("clip_bound", json!(-1.0)), "clip_bound"),
+        (with("max_abs_error", json!(0.0)), "max_abs_error"),
+        (with("max_abs_error", json!(1e-30)), "max_abs_error"),
+        (with("min_clients", json!(4)), "min_clients"),
+        (with("clients", json!(["mallory", "site-0", "site-1"])), "clients"),
+        (with("clients", json!([])), "clients"),
+        (with("layout", json!({"dimension": 0})), "layout"),
+        (with("deadline", json!(1)), "deadline"),
+        (with("round_id", json!("not a valid id!")), "round_id"),
+        (with("surprise", json!(1)), "surprise"),
+        ("{\"round_id\": \"r\"".to_owned(), "body"),
+    ];
+    for (body, field) in cases {
+        let (s, p) = post_round(&stack, body.clone(), "application/json").await;
+        assert!(s.is_client_error(), "{body}: {s} {p}");
+        assert_eq!(p["field"].as_str(), Some(field), "{body}: {p}");
+    }
+    // A request every key manager refused left nothing behind: the id is free.
+    let (s, p) = post_round(&stack, good.to_string(), "application/json").await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let (s, p) = post_round(&stack, good.to_string(), "text/plain").await;
+    assert_eq!(
+        (s, p["field"].as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("content-type"))
+    );
+    let (s, p) = post_round(&stack, "x".repeat(80 << 20), "application/json").await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{p}");
+
+    // Uploads: the round exists; wrong lengths, a header for another round, the wrong client.
+    let info = stack.admin().create_round(&request("r", &stack, 1000, 2, 3)).await.unwrap();
+    let setup = cryptflow_services::protocol::setup(&info.spec).unwrap();
+    let upload_len = setup.upload_len() as usize;
+    let url = |client: &str| format!("{}/v1/rounds/r/submissions/{client}", stack.aggregator_url());
+    let token = stack.token("site-0", Role::Client, "aggregator");
+    let put = |u: String, t: String, body: Vec<u8>| async move {
+        let resp = reqwest::Client::new().put(u).bearer_auth(t).body(body).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (s, p) = put(url("site-0"), token.clone(), vec![0; upload_len - 1]).await;
+    assert!(s.is_client_error(), "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains(&upload_len.to_string()),
+        "names the expected length: {p}"
+    );
+    let (s, _) = put(url("site-0"), token.clone(), vec![0; upload_len + 1]).await;
+    assert!(s.is_client_error());
+    let other = RoundSetup::try_new(*setup.plan(), MaskSeed::generate().unwrap(), 1000).unwrap();
+    let foreign =
+        PackedCiphertext::aggregate(&other, 1, vec![0; other.payload_len() as usize]).unwrap();
+    let mut bytes = foreign.to_bytes();
+    bytes[..64].copy_from_slice(&other.header(CiphertextKind::Upload, 1).to_bytes());
+    let (s, p) = put(url("site-0"), token.clone(), bytes).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("seed"), "names the field that differs: {p}");
+    let (s, _) = put(url("site-1"), token.clone(), vec![0; upload_len]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "an upload in another site's name");
+    let (s, _) = put(
+        format!("{}/v1/rounds/nope/submissions/site-0", stack.aggregator_url()),
+        token,
+        vec![0; 10],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        stack.admin().round(&RoundId::parse("r").unwrap()).await.unwrap().uploads,
+        0,
+        "nothing admitted"
+    );
+    stack.stop().await;
+}

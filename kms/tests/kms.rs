@@ -1,0 +1,457 @@
+//! A key-manager committee over real sockets (the local stack: three nodes, `t = 2`, and an
+//! aggregator), on SQLite and — with `CRYPTFLOW_TEST_DATABASE_URL` set, as in CI — PostgreSQL:
+//! who may do what, the one-set rule across restarts, the set checks, releases only to members
+//! of the set, the audit log, and the OpenAPI document.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use cryptflow_client::{Layout, ModelUpdate, RoundRequest, SubmitOptions, Weighting};
+use cryptflow_devstack::{Database, LocalStack};
+use cryptflow_he::sharing::{CommitteeShape, KeyShare};
+use cryptflow_he::{ClientKey, ParameterSet, Wire};
+use cryptflow_services::api::kms::{Deposit, DepositList, RegisteredRound, ReleaseResponse};
+use cryptflow_services::api::round::Contribution;
+use cryptflow_services::api::{Base64Bytes, SignatureHex};
+use cryptflow_services::protocol::deposit_statement;
+use cryptflow_services::{ClientId, Role, RoundId, Sha256Digest};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// One request; the status and the JSON body (problem documents included).
+async fn call(
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = resp.text().await.unwrap();
+    if status.is_client_error() || status.is_server_error() {
+        assert_eq!(ctype, "application/problem+json", "{status}: {text}");
+    }
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn request(round: &str, clients: Vec<ClientId>, min: u32, max: u32) -> RoundRequest {
+    RoundRequest {
+        round_id: RoundId::parse(round).unwrap(),
+        layout: Layout::Dimension(3000),
+        clients,
+        min_clients: min,
+        max_clients: max,
+        deadline: None,
+        deadline_in_secs: Some(3600),
+        weighting: Weighting::Uniform,
+        clip_bound: 1.0,
+        max_abs_error: 1e-6,
+    }
+}
+
+fn update(i: usize) -> ModelUpdate {
+    ModelUpdate::from(ndarray::Array1::from(
+        (0..3000).map(|j| ((i * 7 + j) % 100) as f64 / 100.0).collect::<Vec<_>>(),
+    ))
+}
+
+fn roster_token(stack: &LocalStack, id: &str) -> String {
+    stack.site_key(id).unwrap().roster_token(&ClientId::parse(id).unwrap(), Role::Client)
+}
+
+async fn deposits(stack: &LocalStack, x: u8, round: &str) -> Vec<Contribution> {
+    let agg = stack.token("aggregator", Role::Aggregator, "kms");
+    let (s, v) = call(
+        Method::GET,
+        &format!("{}/v1/rounds/{round}/deposits", stack.node_url(x).unwrap()),
+        Some(&agg),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    serde_json::from_value::<DepositList>(v).unwrap().deposits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_set_per_round_checked_and_released_to_its_members_only() {
+    for database in Database::for_tests() {
+        let mut stack =
+            LocalStack::builder().nodes(3, 2).sites(4).database(database).start().await.unwrap();
+        let ids = stack.site_ids();
+        let agg = stack.token("aggregator", Role::Aggregator, "kms");
+        let admin = stack.token("ops", Role::Admin, "kms");
+        let urls: Vec<String> = (1..=3).map(|x| stack.node_url(x).unwrap().to_owned()).collect();
+        let node = |x: u8| urls[x as usize - 1].clone();
+
+        // Round r1: three sites contribute; the aggregator records the set and publishes.
+        let r1 = RoundId::parse("r1").unwrap();
+        stack.admin().create_round(&request("r1", ids.clone(), 3, 3)).await.unwrap();
+        for (i, id) in ids.iter().take(3).enumerate() {
+            stack
+                .client(id.as_str())
+                .submit(&r1, update(i), SubmitOptions::default())
+                .await
+                .unwrap();
+        }
+        let info =
+            stack.client("site-0").wait_for_aggregate(&r1, Duration::from_secs(60)).await.unwrap();
+        let set = info.transcript.unwrap().contributors;
+        assert_eq!(set.len(), 3);
+        assert_eq!(
+            deposits(&stack, 1, "r1").await,
+            set,
+            "every contributor deposited its upload's digest"
+        );
+
+        // (b) A second, different set is refused: the same set again is fine.
+        let other = json!({ "contributors": set[..2] });
+        let same = json!({ "contributors": set });
+        let contributors = |x: u8| format!("{}/v1/rounds/r1/contributors", node(x));
+        let (s, p) = call(Method::PUT, &contributors(1), Some(&agg), Some(other.clone())).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{p}");
+        assert_eq!(
+            call(Method::PUT, &contributors(1), Some(&agg), Some(same.clone())).await.0,
+            StatusCode::OK
+        );
+        // …also after the node restarts from its database.
+        stack.kill_node(1).await;
+        stack.restart_node(1).await.unwrap();
+        let (s, p) = call(Method::PUT, &contributors(1), Some(&agg), Some(other)).await;
+        assert_eq!(s, StatusCode::CONFLICT, "after a restart: {p}");
+
+        // (g) Releases go to members of the set (by their roster keys), never to the
+        // aggregator's or an admin's credentials, nor to a roster site outside the set.
+        let release = |x: u8| format!("{}/v1/rounds/r1/release", node(x));
+        for (who, token) in [
+            ("aggregator", agg.clone()),
+            ("admin", admin.clone()),
+            ("site-3 (not in the set)", roster_token(&stack, "site-3")),
+        ] {
+            let (s, p) = call(Method::GET, &release(2), Some(&token), None).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{who}: {p}");
+        }
+        // An issuer token for site-0 is not enough: the key managers want the roster key.
+        let issuer_token = stack.token("site-0", Role::Client, "kms");
+        let (s, p) = call(Method::GET, &release(2), Some(&issuer_token), None).await;
+        assert!(s == StatusCode::FORBIDDEN || s == StatusCode::UNAUTHORIZED, "{s} {p}");
+        let (s, v) =
+            call(Method::GET, &release(2), Some(&roster_token(&stack, "site-0")), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let r: ReleaseResponse = serde_json::from_value(v).unwrap();
+        assert_eq!((r.share_index, r.contributors), (2, set.clone()));
+
+        // The audit log has the refusals, the set and the release, in order and without gaps.
+        let (s, v) = call(Method::GET, &format!("{}/v1/audit", node(2)), Some(&admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let entries = v.as_array().unwrap();
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e["seq"], i as i64 + 1);
+        }
+        let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+        for want in
+            ["round.register", "deposit.store", "set.record", "release.refused", "release.serve"]
+        {
+            assert!(actions.contains(&want), "{want} missing from {actions:?}");
+        }
+        assert_eq!(
+            call(Method::GET, &format!("{}/v1/audit", node(2)), Some(&agg), None).await.0,
+            StatusCode::FORBIDDEN
+        );
+
+        // Round r2 (all four invited, none contributing yet on three nodes): (e) sets that do not
+        // match the deposits are refused, naming the member.
+        stack.admin().create_round(&request("r2", ids.clone(), 2, 4)).await.unwrap();
+        let r2 = RoundId::parse("r2").unwrap();
+        for (i, id) in ids.iter().take(2).enumerate() {
+            stack
+                .client(id.as_str())
+                .submit(&r2, update(i + 10), SubmitOptions::default())
+                .await
+                .unwrap();
+        }
+        let held = deposits(&stack, 1, "r2").await;
+        assert_eq!(held.len(), 2);
+        let c = |id: &str, sha: Sha256Digest| Contribution {
+            client_id: ClientId::parse(id).unwrap(),
+            upload_sha256: sha,
+        };
+        let cases = [
+            (
+                "a digest other than the deposit's",
+                vec![held[0].clone(), c(held[1].client_id.as_str(), Sha256Digest([9; 32]))],
+                "site-1",
+            ),
+            (
+                "a member without a deposit",
+                vec![held[0].clone(), held[1].clone(), c("site-3", Sha256Digest([1; 32]))],
+                "site-3",
+            ),
+            (
+                "a client not on the roster",
+                vec![held[0].clone(), held[1].clone(), c("mallory", Sha256Digest([1; 32]))],
+                "mallory",
+            ),
+            ("fewer than m = 2 members", vec![held[0].clone()], "2"),
+        ];
+        for (what, set, named) in cases {
+            let (s, p) = call(
+                Method::PUT,
+                &format!("{}/v1/rounds/r2/contributors", node(1)),
+                Some(&agg),
+                Some(json!({ "contributors": set })),
+            )
+            .await;
+            assert!(
+                s == StatusCode::UNPROCESSABLE_ENTITY || s == StatusCode::FORBIDDEN,
+                "{what}: {s} {p}"
+            );
+            assert!(p["detail"].as_str().unwrap().contains(named), "{what}: {p}");
+        }
+        // Nothing was recorded by those refusals.
+        let (s, v) =
+            call(Method::GET, &format!("{}/v1/rounds/r2", node(1)), Some(&admin), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let round: RegisteredRound = serde_json::from_value(v).unwrap();
+        assert!(round.contributors.is_none());
+
+        // Deposits: a forged signature, another site's name, a share for another node.
+        let spec_hash = round.echo.spec_hash;
+        let site2 = stack.site_key("site-2").unwrap();
+        let key = ClientKey::generate(&ParameterSet::default_128()).unwrap();
+        let shares: Vec<KeyShare> = key.share(CommitteeShape::try_new(3, 2).unwrap()).unwrap();
+        let upload = Sha256Digest([5; 32]);
+        let deposit = |x: u8, share: &KeyShare, signer: &cryptflow_services::protocol::SiteKey| {
+            let bytes = share.to_bytes();
+            let share_sha = Sha256Digest(sha256(&bytes));
+            let id = ClientId::parse("site-2").unwrap();
+            let sig = signer.sign(&deposit_statement(&r2, &spec_hash, x, &id, &share_sha, &upload));
+            serde_json::to_value(Deposit {
+                upload_sha256: upload,
+                share: Base64Bytes(bytes),
+                signature: sig,
+            })
+            .unwrap()
+        };
+        let url = |x: u8, who: &str| format!("{}/v1/rounds/r2/deposits/{who}", node(x));
+        let token2 = roster_token(&stack, "site-2");
+        let mut forged = deposit(1, &shares[0], &site2);
+        forged["signature"] = serde_json::to_value(SignatureHex([0; 64])).unwrap();
+        let (s, p) = call(Method::PUT, &url(1, "site-2"), Some(&token2), Some(forged)).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert_eq!(p["field"], "signature", "{p}");
+        let (s, p) = call(
+            Method::PUT,
+            &url(1, "site-3"),
+            Some(&token2),
+            Some(deposit(1, &shares[0], &site2)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "a deposit in another site's name: {p}");
+        let (s, p) = call(
+            Method::PUT,
+            &url(1, "site-2"),
+            Some(&token2),
+            Some(deposit(1, &shares[1], &site2)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "node 2's share at node 1: {p}");
+        assert_eq!(p["field"], "share", "{p}");
+        let (s, p) = call(
+            Method::PUT,
+            &url(1, "site-2"),
+            Some(&token2),
+            Some(deposit(1, &shares[0], &site2)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+        let (s, _) = call(
+            Method::PUT,
+            &url(1, "site-2"),
+            Some(&token2),
+            Some(deposit(1, &shares[0], &site2)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "the same deposit again");
+        let mut changed = deposit(1, &shares[0], &site2);
+        changed["upload_sha256"] = json!(Sha256Digest([6; 32]));
+        let (s, p) = call(Method::PUT, &url(1, "site-2"), Some(&token2), Some(changed)).await;
+        assert!(s == StatusCode::CONFLICT || s == StatusCode::UNPROCESSABLE_ENTITY, "{s} {p}");
+
+        // Only the aggregator's and an admin's credentials register and destroy rounds.
+        let (s, _) =
+            call(Method::DELETE, &format!("{}/v1/rounds/r2", node(3)), Some(&token2), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, p) =
+            call(Method::DELETE, &format!("{}/v1/rounds/r2", node(3)), Some(&admin), None).await;
+        assert!(s.is_success(), "{s} {p}");
+        let (s, _) = call(
+            Method::GET,
+            &format!("{}/v1/rounds/r2/release", node(3)),
+            Some(&roster_token(&stack, "site-0")),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::GONE);
+        stack.stop().await;
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_set_never_reaches_the_threshold_twice() {
+    // A malicious aggregator reports S1 = {site-0, site-1} to nodes 1 and 2 and
+    // S2 = {site-0, site-1, site-2} to node 3, hoping for both releases: their difference
+    // would be site-2's key. Each node records one set and 2t > n, so only S1 gathers t = 2.
+    let stack = LocalStack::builder().nodes(3, 2).sites(4).start().await.unwrap();
+    let ids = stack.site_ids();
+    let agg = stack.token("aggregator", Role::Aggregator, "kms");
+    stack.admin().create_round(&request("split", ids.clone(), 2, 4)).await.unwrap();
+    let round = RoundId::parse("split").unwrap();
+    for (i, id) in ids.iter().take(3).enumerate() {
+        stack
+            .client(id.as_str())
+            .submit(&round, update(i), SubmitOptions::default())
+            .await
+            .unwrap();
+    }
+    let held = deposits(&stack, 1, "split").await;
+    assert_eq!(held.len(), 3);
+    let s1 = json!({ "contributors": held[..2] });
+    let s2 = json!({ "contributors": held });
+    let put = |x: u8, body: Value| {
+        let (url, agg) =
+            (format!("{}/v1/rounds/split/contributors", stack.node_url(x).unwrap()), agg.clone());
+        async move { call(Method::PUT, &url, Some(&agg), Some(body)).await }
+    };
+    for x in [1u8, 2] {
+        let (s, p) = put(x, s1.clone()).await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+    }
+    let (s, p) = put(3, s2.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    // Neither set can be moved to another node now.
+    for (x, set) in [(1u8, &s2), (2, &s2), (3, &s1)] {
+        let (s, p) = put(x, set.clone()).await;
+        assert_eq!(s, StatusCode::CONFLICT, "node {x}: {p}");
+    }
+    // site-0 (in both) gets S1 from two nodes and S2 from one: only S1's key sum can be
+    // combined, and the SDK's cross-check sees the split.
+    let token = roster_token(&stack, "site-0");
+    let mut sets = Vec::new();
+    for x in 1..=3u8 {
+        let (s, v) = call(
+            Method::GET,
+            &format!("{}/v1/rounds/split/release", stack.node_url(x).unwrap()),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        sets.push(serde_json::from_value::<ReleaseResponse>(v).unwrap().contributors.len());
+    }
+    assert_eq!(sets, vec![2, 2, 3]);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_problem_documents_naming_the_field() {
+    let stack = LocalStack::builder().nodes(1, 1).sites(2).start().await.unwrap();
+    let node = stack.node_url(1).unwrap().to_owned();
+    let agg = stack.token("aggregator", Role::Aggregator, "kms");
+    // No token, a token for the other audience, an expired token.
+    let (s, p) = call(Method::GET, &format!("{node}/v1/node"), None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{p}");
+    let (s, _) = call(
+        Method::GET,
+        &format!("{node}/v1/node"),
+        Some(&stack.token("ops", Role::Admin, "aggregator")),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Bad path parameters and bodies.
+    let (s, p) =
+        call(Method::GET, &format!("{node}/v1/rounds/{}", "x".repeat(200)), Some(&agg), None).await;
+    assert_eq!((s, p["field"].as_str()), (StatusCode::BAD_REQUEST, Some("round")), "{p}");
+    let (s, p) = call(
+        Method::PUT,
+        &format!("{node}/v1/rounds/r/contributors"),
+        Some(&agg),
+        Some(json!({"contributors": 5})),
+    )
+    .await;
+    assert!(s.is_client_error(), "{p}");
+    let resp = reqwest::Client::new()
+        .put(format!("{node}/v1/rounds/r"))
+        .bearer_auth(&agg)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let (s, p) = call(Method::PATCH, &format!("{node}/v1/rounds/r"), Some(&agg), None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{p}");
+    let (s, _) = call(Method::GET, &format!("{node}/v1/nothing"), Some(&agg), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The node describes itself to anyone authenticated.
+    let (s, v) = call(Method::GET, &format!("{node}/v1/node"), Some(&agg), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((v["share_index"].as_u64(), v["threshold"].as_u64()), (Some(1), Some(1)));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let stack = LocalStack::builder().nodes(1, 1).sites(2).start().await.unwrap();
+    let served: Value = reqwest::get(format!("{}/openapi.json", stack.node_url(1).unwrap()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/kms-openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, file);
+    let paths = served["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/v1/rounds/{round}", &["get", "put", "delete"][..]),
+        ("/v1/rounds/{round}/deposits/{client}", &["put"]),
+        ("/v1/rounds/{round}/deposits", &["get"]),
+        ("/v1/rounds/{round}/contributors", &["put"]),
+        ("/v1/rounds/{round}/release", &["get"]),
+        ("/v1/node", &["get"]),
+        ("/v1/audit", &["get"]),
+    ] {
+        for m in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(*m)).is_some(),
+                "{m} {path} is not documented"
+            );
+        }
+    }
+    assert!(
+        paths.keys().all(|p| !p.contains("key")),
+        "no endpoint serves a key: {:?}",
+        paths.keys()
+    );
+    stack.stop().await;
+}
