@@ -22,6 +22,7 @@ pub mod kms_client;
 pub mod lifecycle;
 pub mod routes;
 pub mod store;
+pub mod upload;
 
 pub use cryptflow_services::auth::JwtKey;
 use cryptflow_services::auth::{verifier_from_files, Verifier};
@@ -71,7 +72,9 @@ pub struct AggregatorConfig {
     /// The aggregator's token for the key managers (role `aggregator`, audience `kms`).
     pub kms_token_file: PathBuf,
     /// Per-node token files, by share index, for committees whose nodes trust different
-    /// issuers (e.g. `kms_token_files = { 2 = "node-2.jwt" }`).
+    /// issuers (e.g. `kms_token_files = { 2 = "node-2.jwt" }`; TOML keys are strings, so the
+    /// share index is parsed from the key).
+    #[serde(with = "node_keyed")]
     pub kms_token_files: BTreeMap<u8, PathBuf>,
     /// Uploads received at once; more get 429.
     pub max_concurrent_uploads: usize,
@@ -235,15 +238,60 @@ impl AppState {
     }
 }
 
-/// Builds the state from a configuration: reads keys and the committee, opens the database
-/// and checks it is migrated (migrations run only through `cryptflow-aggregator migrate`),
-/// opens the blob store (removing temporary files a crash left).
-pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, StartError> {
-    let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
+/// A map keyed by share index, written with string keys (as TOML and environment variables
+/// have them).
+mod node_keyed {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u8, PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        map.iter().map(|(x, p)| (x.to_string(), p)).collect::<BTreeMap<_, _>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u8, PathBuf>, D::Error> {
+        BTreeMap::<String, PathBuf>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                let x = k.trim().parse::<u8>().map_err(|_| {
+                    serde::de::Error::custom(format!("`{k}` is not a share index (1 to 255)"))
+                })?;
+                Ok((x, v))
+            })
+            .collect()
+    }
+}
+
+/// What [`state_from_config`] reads besides the database, checked: issuer keys, the committee
+/// (every node named in `kms_token_files` on it) and the token files. `check-config` runs it.
+pub fn check_config(config: &AggregatorConfig) -> Result<Committee, StartError> {
+    verifier_from_files(&config.audience, &config.jwt_keys)?;
     let text = std::fs::read_to_string(&config.committee_file)
         .map_err(|e| StartError::Io(format!("{}: {e}", config.committee_file.display())))?;
     let committee = Committee::from_toml(&text)
         .map_err(|e| StartError::Io(format!("{}: {e}", config.committee_file.display())))?;
+    if let Some(x) = config.kms_token_files.keys().find(|x| committee.node(**x).is_none()) {
+        return Err(StartError::Io(format!(
+            "kms_token_files names node {x}, which is not in {}",
+            config.committee_file.display()
+        )));
+    }
+    for f in std::iter::once(&config.kms_token_file).chain(config.kms_token_files.values()) {
+        let token = std::fs::read_to_string(f)
+            .map_err(|e| StartError::Io(format!("{}: {e}", f.display())))?;
+        if token.trim().split('.').count() != 3 {
+            return Err(StartError::Io(format!("{}: not a compact JWT", f.display())));
+        }
+    }
+    Ok(committee)
+}
+
+/// Builds the state from a configuration: reads keys and the committee, opens the database
+/// and checks it is migrated (migrations run only through `cryptflow-aggregator migrate`),
+/// opens the blob store (removing temporary files a crash left).
+pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, StartError> {
+    let committee = check_config(config)?;
+    let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
     let pool = db::connect(&config.database_url, config.max_connections).await?;
     db::require_migrated(&pool, &config.database_url, &MIGRATIONS).await?;
     let (blobs, removed) = blob::BlobStore::open(&config.blob_dir)
@@ -306,4 +354,22 @@ pub async fn launch(
     let _ = metrics_task.await;
     let _ = ticker.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_node_token_files_are_keyed_by_share_index() {
+        let cfg: AggregatorConfig =
+            toml::from_str("[kms_token_files]\n2 = \"node-2.jwt\"\n3 = \"node-3.jwt\"\n").unwrap();
+        assert_eq!(cfg.kms_token_files.get(&2), Some(&PathBuf::from("node-2.jwt")));
+        assert_eq!(cfg.kms_token_files.len(), 2);
+        let back: AggregatorConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back.kms_token_files, cfg.kms_token_files);
+        let err =
+            toml::from_str::<AggregatorConfig>("[kms_token_files]\ntwo = \"x.jwt\"\n").unwrap_err();
+        assert!(err.to_string().contains("`two` is not a share index"), "{err}");
+    }
 }

@@ -84,10 +84,7 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::CheckConfig(c) => {
             let cfg = load(&c)?;
-            let text = std::fs::read_to_string(&cfg.committee_file)
-                .map_err(|e| format!("{}: {e}", cfg.committee_file.display()))?;
-            cryptflow_services::protocol::Committee::from_toml(&text)
-                .map_err(|e| format!("{}: {e}", cfg.committee_file.display()))?;
+            cryptflow_aggregator::check_config(&cfg).map_err(|e| e.to_string())?;
             println!("{}", config::redacted_json(&cfg));
             Ok(())
         }

@@ -28,8 +28,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cryptflow_he::wire::{read_header, DecodeLimits, HEADER_LEN};
-use cryptflow_he::{CiphertextKind, MaskSeed};
+use cryptflow_he::MaskSeed;
 use cryptflow_services::api::round::{
     RoundInfo, RoundRequest, RoundState, SubmissionReceipt, Transcript,
 };
@@ -40,9 +39,6 @@ use cryptflow_services::http::{
 };
 use cryptflow_services::protocol;
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId, Sha256Digest};
-use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::sync::atomic::Ordering;
 
 /// The OpenAPI document, checked in as `docs/aggregator-openapi.json`.
@@ -216,49 +212,17 @@ async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    caller.require(&[Role::Client])?;
-    let round = round_param(round)?;
-    let client = ClientId::parse(client)
-        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("client"))?;
-    if caller.subject != client {
-        return Err(AppError::new(
-            ErrorCode::Forbidden,
-            format!("{} may not upload as {client}", caller.subject),
-        ));
-    }
-    let row = require_round(&s, &round).await?;
-    if !s.store.is_member(&round, &client).await.map_err(db)? {
-        return Err(AppError::new(
-            ErrorCode::Forbidden,
-            format!("{client} is not a member of round {round}"),
-        ));
-    }
+    let (round, client, row) = uploader(&s, &caller, round, client).await?;
     let setup = protocol::setup(&row.spec).map_err(AppError::internal)?;
     let expected = setup.upload_len();
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|d| d != expected) {
-        let code = if declared > Some(expected) {
-            ErrorCode::PayloadTooLarge
-        } else {
-            ErrorCode::BadRequest
-        };
-        return Err(AppError::new(
-            code,
-            format!("an upload of this round is exactly {expected} bytes"),
-        )
-        .with_field("body")
-        .with_limit(expected));
-    }
+    crate::upload::check_declared_length(&headers, expected)?;
     if row.state != RoundState::Open {
         // A closed round: a retry of the admitted upload still gets its receipt, which needs
         // the body's digest (read and hashed, not stored); anything else is refused.
         let Some(existing) = s.store.upload(&round, &client).await.map_err(db)? else {
             return repeat_or_closed(&s, &row, &client, None).await;
         };
-        let (sent, _) = receive(&s, &row, &setup, expected, body, false).await?;
+        let (sent, _) = crate::upload::receive(&s, &row, &setup, expected, body, false).await?;
         return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sent))).await;
     }
     let Ok(_permit) = s.uploads.clone().try_acquire_owned() else {
@@ -271,7 +235,7 @@ async fn submit(
         )
             .into_response());
     };
-    let (sha256, blob) = receive(&s, &row, &setup, expected, body, true).await?;
+    let (sha256, blob) = crate::upload::receive(&s, &row, &setup, expected, body, true).await?;
     let Some(blob) = blob else { return Err(AppError::internal("no blob writer")) };
     if let Some(existing) = s.store.upload(&round, &client).await.map_err(db)? {
         drop(blob);
@@ -308,99 +272,32 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
-/// Streams the body, the header first, checked against the round, then the payload, hashed on
-/// the way; exactly `expected` bytes. With `store`, into a blob writer (returned unfinished).
-async fn receive(
+/// The round and client of an upload, checked: a client uploading as itself, a member of the
+/// round.
+async fn uploader(
     s: &AppState,
-    row: &RoundRow,
-    setup: &cryptflow_he::RoundSetup,
-    expected: u64,
-    body: Body,
-    store: bool,
-) -> Result<(Sha256Digest, Option<crate::blob::BlobWriter>), AppError> {
-    let mut writer = if store {
-        Some(s.blobs.writer(row.spec.round_id.as_str()).map_err(AppError::internal)?)
-    } else {
-        None
-    };
-    let mut digest = Sha256::new();
-    let mut head: Vec<u8> = Vec::with_capacity(HEADER_LEN);
-    let mut received = 0u64;
-    // Chunks are gathered up to WRITE_BATCH and written off the async runtime.
-    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            AppError::new(ErrorCode::BadRequest, format!("the upload broke off: {e}"))
-                .with_field("body")
-        })?;
-        received += chunk.len() as u64;
-        if received > expected {
-            return Err(AppError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("an upload of this round is exactly {expected} bytes"),
-            )
-            .with_field("body")
-            .with_limit(expected));
-        }
-        if head.len() < HEADER_LEN {
-            let take = (HEADER_LEN - head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..take]);
-            if head.len() == HEADER_LEN {
-                check_header(setup, &head)?;
-            }
-        }
-        digest.update(&chunk);
-        if let Some(w) = writer.take() {
-            pending.extend_from_slice(&chunk);
-            writer = Some(if pending.len() >= WRITE_BATCH {
-                write_off_runtime(w, std::mem::take(&mut pending)).await?
-            } else {
-                w
-            });
-        }
-    }
-    if !pending.is_empty() {
-        if let Some(w) = writer.take() {
-            writer = Some(write_off_runtime(w, pending).await?);
-        }
-    }
-    if received != expected {
+    caller: &Principal,
+    round: String,
+    client: String,
+) -> Result<(RoundId, ClientId, RoundRow), AppError> {
+    caller.require(&[Role::Client])?;
+    let round = round_param(round)?;
+    let client = ClientId::parse(client)
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("client"))?;
+    if caller.subject != client {
         return Err(AppError::new(
-            ErrorCode::BadRequest,
-            format!("{received} bytes; an upload of this round is exactly {expected}"),
-        )
-        .with_field("body")
-        .with_limit(expected));
+            ErrorCode::Forbidden,
+            format!("{} may not upload as {client}", caller.subject),
+        ));
     }
-    Ok((Sha256Digest(digest.finalize().into()), writer))
-}
-
-/// Bytes gathered before a write to the blob.
-const WRITE_BATCH: usize = 1 << 20;
-
-async fn write_off_runtime(
-    mut writer: crate::blob::BlobWriter,
-    bytes: Vec<u8>,
-) -> Result<crate::blob::BlobWriter, AppError> {
-    tokio::task::spawn_blocking(move || writer.write_all(&bytes).map(|()| writer))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(AppError::internal)
-}
-
-fn check_header(setup: &cryptflow_he::RoundSetup, head: &[u8]) -> Result<(), AppError> {
-    let limits = DecodeLimits { max_slots: setup.slots() };
-    let header = read_header(head, &limits)
-        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("body"))?;
-    header.check_belongs(setup, CiphertextKind::Upload).map_err(|e| {
-        let field = match &e {
-            cryptflow_he::Mismatch::Round { field } => format!("body.{field}"),
-            _ => "body".to_owned(),
-        };
-        AppError::new(ErrorCode::Unprocessable, format!("the upload is not for this round: {e}"))
-            .with_field(field)
-    })
+    let row = require_round(s, &round).await?;
+    if !s.store.is_member(&round, &client).await.map_err(db)? {
+        return Err(AppError::new(
+            ErrorCode::Forbidden,
+            format!("{client} is not a member of round {round}"),
+        ));
+    }
+    Ok((round, client, row))
 }
 
 /// The answer to an upload that cannot be admitted: 200 with the receipt if it is the one

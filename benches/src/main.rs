@@ -49,6 +49,11 @@ struct Args {
     /// Skip the rounds through the REST services.
     #[arg(long)]
     no_rest: bool,
+    /// Instead of the table: one client of this process encrypts and uploads a float32
+    /// update of this many values (the services run as processes); reports this process's
+    /// peak resident memory against the input's size.
+    #[arg(long)]
+    client_rss: Option<u64>,
     /// Largest K·d for a REST round (its K clients hold their updates in this process at
     /// once).
     #[arg(long, default_value_t = 100_000_000)]
@@ -295,7 +300,64 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores{mem}")
 }
 
+/// Peak resident set of this process, in bytes.
+fn own_peak_bytes() -> Option<u64> {
+    peak_mib(std::process::id()).map(|m| (m * 1024.0 * 1024.0) as u64)
+}
+
+/// One client encrypting and uploading `d` float32 values: peak RSS against the input.
+async fn client_rss(d: u64) -> Result<(), String> {
+    let stack =
+        LocalStack::builder().sites(2).processes(true).start().await.map_err(|e| e.to_string())?;
+    let round = RoundId::parse("memory").map_err(|e| e.to_string())?;
+    let req = RoundRequest {
+        round_id: round.clone(),
+        layout: Layout::Dimension(d),
+        clients: stack.site_ids(),
+        min_clients: 2,
+        max_clients: 2,
+        deadline: None,
+        deadline_in_secs: Some(3600),
+        weighting: Weighting::Uniform,
+        clip_bound: 1.0,
+        max_abs_error: 1e-6,
+    };
+    stack.admin().create_round(&req).await.map_err(|e| e.to_string())?;
+    let client = stack.client("site-0");
+    let before = own_peak_bytes().unwrap_or(0);
+    let du = usize::try_from(d).map_err(|e| e.to_string())?;
+    let input: Vec<f32> = Values(11).vector(du);
+    let input_bytes = (input.len() * 4) as u64;
+    let update = Arc::new(ModelUpdate::from(Array1::from(input)));
+    let start = Instant::now();
+    let s = client
+        .submit(&round, update.clone(), SubmitOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let took = start.elapsed();
+    drop(update);
+    let peak = own_peak_bytes().ok_or("no /proc/self/status")?;
+    println!(
+        "client RSS: {d} float32 values ({:.0} MB input), upload {:.0} MB in {:.1} s; peak resident memory of \
+         this process {:.0} MB = {:.2}× the input (before the input: {:.0} MB)",
+        input_bytes as f64 / 1e6,
+        s.bytes as f64 / 1e6,
+        took.as_secs_f64(),
+        peak as f64 / 1e6,
+        peak as f64 / input_bytes as f64,
+        before as f64 / 1e6
+    );
+    stack.stop().await;
+    if peak as f64 > 1.5 * input_bytes as f64 {
+        return Err(format!("peak {peak} bytes exceeds 1.5× the input ({input_bytes} bytes)"));
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(d) = args.client_rss {
+        return client_rss(d).await;
+    }
     let dims = args.dims.clone().unwrap_or_else(|| {
         if args.quick {
             vec![10_000, 100_000]

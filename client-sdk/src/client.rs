@@ -73,9 +73,17 @@ pub struct ClientBuilder {
     read_timeout: Duration,
     policy: ClientPolicy,
     journal: Option<PathBuf>,
+    roots: Vec<Vec<u8>>,
 }
 
 impl ClientBuilder {
+    /// Also trusts the certificate authorities in this PEM bundle for HTTPS (a company CA, a
+    /// test cluster's self-signed Ingress), besides the public web roots.
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots.push(pem.into());
+        self
+    }
+
     /// Token for the aggregator (audience `aggregator`, from the consortium's issuer).
     pub fn aggregator_token(mut self, token: Token) -> Self {
         self.aggregator_token = Some(token);
@@ -142,11 +150,22 @@ impl ClientBuilder {
                 self.aggregator_url
             )));
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout)
-            .build()
-            .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
+            .read_timeout(self.read_timeout);
+        for pem in &self.roots {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Config(format!("CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(ClientError::Config(
+                    "CA certificates: no certificate in the PEM".into(),
+                ));
+            }
+            for c in certs {
+                http = http.add_root_certificate(c);
+            }
+        }
+        let http = http.build().map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -191,7 +210,7 @@ pub(crate) struct Inner {
 ///     .build()?;
 /// let round = RoundId::parse("round-1").unwrap();
 /// let update = ModelUpdate::from(ndarray::Array1::<f32>::zeros(1000));
-/// client.submit(&round, &update, SubmitOptions::default()).await?;
+/// client.submit(&round, update, SubmitOptions::default()).await?;
 /// client.wait_for_aggregate(&round, std::time::Duration::from_secs(600)).await?;
 /// let mean = client.fetch_mean(&round, None).await?.mean;
 /// # Ok(()) }
@@ -224,6 +243,7 @@ impl Client {
             read_timeout: Duration::from_secs(120),
             policy: ClientPolicy::default(),
             journal: None,
+            roots: Vec::new(),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::update::ModelUpdate;
 use cryptflow_he::sharing::Release;
 use cryptflow_he::{decrypt_with_releases, DecodeLimits, PackedCiphertext, Wire};
 use cryptflow_services::api::kms::ReleaseResponse;
-use cryptflow_services::api::round::{RoundInfo, RoundState};
+use cryptflow_services::api::round::{RoundInfo, RoundState, Transcript};
 use cryptflow_services::protocol;
 use cryptflow_services::{RoundId, Sha256Digest};
 use std::time::{Duration, Instant};
@@ -116,6 +116,61 @@ impl Client {
             .ok_or_else(|| aggregator_protocol("a published round without its transcript"))?;
         let setup = protocol::setup(&info.spec).map_err(|e| aggregator_protocol(e.to_string()))?;
         let start = Instant::now();
+        let aggregate = self.download_aggregate(round, &setup, &transcript, progress).await?;
+        let downloaded = setup.upload_len();
+        let (releases, mut nodes) = self.gather_releases(round, &transcript).await?;
+        let download_time = start.elapsed();
+        report(progress, Progress::Decrypting);
+        let start = Instant::now();
+        let shape = self.committee()?.shape();
+        let (decrypted, checked) = tokio::task::spawn_blocking(move || {
+            decrypt_with_releases(&setup, &aggregate, shape, &releases)
+        })
+        .await
+        .map_err(|e| ClientError::Config(format!("decryption task failed: {e}")))?
+        .map_err(|e| match e {
+            cryptflow_he::Error::KeyOutOfRange
+            | cryptflow_he::Error::WrongAggregateKey
+            | cryptflow_he::Error::InconsistentReleases
+            | cryptflow_he::Error::CountOutOfRange => ClientError::Committee(format!(
+                "{e}: the releases and the aggregate do not fit together (a key manager or the aggregator is lying)"
+            )),
+            other => ClientError::Crypto(other),
+        })?;
+        let culprit = checked.culprit.map(|x| x.get());
+        if let Some(n) = nodes.iter_mut().find(|n| Some(n.x) == culprit) {
+            n.problem = Some("its release disagrees with the others'".into());
+        }
+        let max_abs_error = decrypted.error_bound();
+        let mean: Vec<f64> = decrypted.mean::<f64>();
+        let largest = mean.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let (contributors, total_weight) = (decrypted.contributors(), decrypted.total_weight());
+        drop(decrypted);
+        Ok(Aggregate {
+            mean: ModelUpdate::from_flat(&info.request.layout, mean)?,
+            contributors,
+            total_weight,
+            max_abs_error,
+            largest,
+            nodes,
+            inconsistent: checked.inconsistent,
+            culprit,
+            bytes: downloaded,
+            download_time,
+            decrypt_time: start.elapsed(),
+            round: info,
+        })
+    }
+
+    /// The aggregate: exactly the round's size, the digest the transcript names, as many
+    /// contributors as the transcript lists.
+    async fn download_aggregate(
+        &self,
+        round: &RoundId,
+        setup: &cryptflow_he::RoundSetup,
+        transcript: &Transcript,
+        progress: Option<&ProgressFn>,
+    ) -> Result<PackedCiphertext> {
         let expected = usize::try_from(setup.upload_len())
             .map_err(|_| aggregator_protocol("the aggregate is too large"))?;
         let path = format!("/v1/rounds/{round}/aggregate");
@@ -125,7 +180,6 @@ impl Client {
             read_body(Service::Aggregator, res, expected, progress).await
         })
         .await?;
-        let downloaded = bytes.len() as u64;
         if Sha256Digest::of(&bytes) != transcript.aggregate_sha256 {
             return Err(aggregator_protocol(
                 "the aggregate's digest differs from the published transcript",
@@ -141,54 +195,57 @@ impl Client {
                 "the aggregate's contributor count differs from the transcript",
             ));
         }
+        Ok(aggregate)
+    }
 
+    /// Every node's release for the transcript's set (a node that is down gets
+    /// `quorum::GRACE` once `t` answered: releases beyond `t` strengthen the cross-check),
+    /// and what happened at each node; at least `t` releases or an error naming why not.
+    async fn gather_releases(
+        &self,
+        round: &RoundId,
+        transcript: &Transcript,
+    ) -> Result<(Vec<Release>, Vec<NodeOutcome>)> {
         let committee = self.committee()?;
-        let calls = committee.nodes().iter().map(|n| {
-            let (client, x) = (self.clone(), n.x);
-            let path = format!("/v1/rounds/{round}/release");
-            async move {
-                let service = Service::Kms(x);
-                let outcome = with_retries(client.retry(), service, || async {
-                    let res = send(service, client.kms(x, reqwest::Method::GET, &path)?).await?;
-                    decode::<ReleaseResponse>(
-                        service,
-                        &read_body(service, res, MAX_JSON_BYTES, None).await?,
-                    )
-                })
-                .await;
-                (x, outcome)
-            }
-        });
+        let t = committee.shape().threshold() as usize;
+        let calls = committee
+            .nodes()
+            .iter()
+            .map(|n| {
+                let (client, x) = (self.clone(), n.x);
+                let path = format!("/v1/rounds/{round}/release");
+                let call = async move {
+                    let service = Service::Kms(x);
+                    with_retries(client.retry(), service, || async {
+                        let res =
+                            send(service, client.kms(x, reqwest::Method::GET, &path)?).await?;
+                        decode::<ReleaseResponse>(
+                            service,
+                            &read_body(service, res, MAX_JSON_BYTES, None).await?,
+                        )
+                    })
+                    .await
+                };
+                (x, call)
+            })
+            .collect();
         let mut releases = Vec::new();
         let mut nodes = Vec::new();
-        for (x, outcome) in futures_util::future::join_all(calls).await {
-            let checked = outcome.and_then(|r| {
-                if r.contributors != transcript.contributors {
-                    return Err(protocol(
-                        Service::Kms(x),
-                        "it released for another contributor set than the aggregator's transcript"
-                            .into(),
-                    ));
+        for (x, outcome) in crate::quorum::gather(calls, t).await {
+            let checked = match outcome {
+                None => Err(crate::quorum::no_answer()),
+                Some(o) => {
+                    o.and_then(|r| check_release(x, r, transcript)).map_err(|e| e.to_string())
                 }
-                let release = Release::from_bytes(&r.release.0)
-                    .map_err(|e| protocol(Service::Kms(x), format!("undecodable release: {e}")))?;
-                if release.index().get() != x || r.share_index != x {
-                    return Err(protocol(
-                        Service::Kms(x),
-                        "a release of another share index".into(),
-                    ));
-                }
-                Ok(release)
-            });
+            };
             match checked {
                 Ok(r) => {
                     releases.push(r);
                     nodes.push(NodeOutcome { x, problem: None });
                 }
-                Err(e) => nodes.push(NodeOutcome { x, problem: Some(e.to_string()) }),
+                Err(problem) => nodes.push(NodeOutcome { x, problem: Some(problem) }),
             }
         }
-        let t = committee.shape().threshold() as usize;
         if releases.len() < t {
             let why: Vec<String> = nodes
                 .iter()
@@ -200,51 +257,22 @@ impl Client {
                 why.join("; ")
             )));
         }
-        let download_time = start.elapsed();
-        report(progress, Progress::Decrypting);
-        let start = Instant::now();
-        let shape = committee.shape();
-        let layout = info.request.layout.clone();
-        let (decrypted, report_) = tokio::task::spawn_blocking(move || {
-            decrypt_with_releases(&setup, &aggregate, shape, &releases)
-        })
-        .await
-        .map_err(|e| ClientError::Config(format!("decryption task failed: {e}")))?
-        .map_err(|e| match e {
-            cryptflow_he::Error::KeyOutOfRange
-            | cryptflow_he::Error::WrongAggregateKey
-            | cryptflow_he::Error::InconsistentReleases
-            | cryptflow_he::Error::CountOutOfRange => ClientError::Committee(format!(
-                "{e}: the releases and the aggregate do not fit together (a key manager or the aggregator is lying)"
-            )),
-            other => ClientError::Crypto(other),
-        })?;
-        let culprit = report_.culprit.map(|x| x.get());
-        if let Some(c) = culprit {
-            if let Some(n) = nodes.iter_mut().find(|n| n.x == c) {
-                n.problem = Some("its release disagrees with the others'".into());
-            }
-        }
-        let max_abs_error = decrypted.error_bound();
-        let mean: Vec<f64> = decrypted.mean::<f64>();
-        let largest = mean.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let contributors = decrypted.contributors();
-        let total_weight = decrypted.total_weight();
-        drop(decrypted);
-        let mean = ModelUpdate::from_flat(&layout, mean)?;
-        Ok(Aggregate {
-            mean,
-            contributors,
-            total_weight,
-            max_abs_error,
-            largest,
-            nodes,
-            inconsistent: report_.inconsistent,
-            culprit,
-            bytes: downloaded,
-            download_time,
-            decrypt_time: start.elapsed(),
-            round: info,
-        })
+        Ok((releases, nodes))
     }
+}
+
+/// A node's release, checked: for the transcript's set, decodable, of its own index.
+fn check_release(x: u8, r: ReleaseResponse, transcript: &Transcript) -> Result<Release> {
+    if r.contributors != transcript.contributors {
+        return Err(protocol(
+            Service::Kms(x),
+            "it released for another contributor set than the aggregator's transcript".into(),
+        ));
+    }
+    let release = Release::from_bytes(&r.release.0)
+        .map_err(|e| protocol(Service::Kms(x), format!("undecodable release: {e}")))?;
+    if release.index().get() != x || r.share_index != x {
+        return Err(protocol(Service::Kms(x), "a release of another share index".into()));
+    }
+    Ok(release)
 }

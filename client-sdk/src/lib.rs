@@ -33,6 +33,7 @@ mod fetch;
 mod http;
 mod journal;
 mod progress;
+mod quorum;
 mod retry;
 mod submit;
 mod update;

@@ -13,6 +13,7 @@ use crate::error::{ClientError, Result};
 use crate::http::{decode, read_body, send, with_retries, Failure, Service};
 use crate::journal::Journal;
 use crate::progress::{report, Progress, ProgressFn};
+use crate::quorum;
 use crate::update::ModelUpdate;
 use bytes::Bytes;
 use cryptflow_he::{ClientKey, ClipReport, Encryptor, RoundSetup};
@@ -81,15 +82,24 @@ impl Client {
     pub async fn verify_round(&self, info: RoundInfo) -> Result<VerifiedRound> {
         let committee = self.committee()?;
         let round = info.spec.round_id.clone();
-        let calls = committee.nodes().iter().map(|n| {
-            let (client, round, x) = (self.clone(), round.clone(), n.x);
-            async move { (x, client.node_round(x, &round).await) }
-        });
+        let t = committee.shape().threshold() as usize;
+        let calls = committee
+            .nodes()
+            .iter()
+            .map(|n| {
+                let (client, round, x) = (self.clone(), round.clone(), n.x);
+                (x, async move { client.node_round(x, &round).await })
+            })
+            .collect();
         let mut verified = Vec::new();
         let mut hashes = std::collections::BTreeSet::new();
         let mut m = 0;
         let mut unreachable = Vec::new();
-        for (x, outcome) in futures_util::future::join_all(calls).await {
+        for (x, outcome) in quorum::gather(calls, t).await {
+            let Some(outcome) = outcome else {
+                unreachable.push(format!("{x} ({})", quorum::no_answer()));
+                continue;
+            };
             match outcome {
                 Ok(reg) => {
                     if reg.spec != info.spec {
@@ -109,7 +119,6 @@ impl Client {
                 Err(e) => unreachable.push(format!("{x} ({e})")),
             }
         }
-        let t = committee.shape().threshold() as usize;
         if verified.len() < t {
             return Err(ClientError::Committee(format!(
                 "only {} of the {t} key managers needed confirmed round {round}; unreachable: {}",
@@ -269,67 +278,48 @@ impl Client {
     ) -> Result<Vec<u8>> {
         let committee: &Committee = self.committee()?;
         let (_, site) = self.site()?;
-        let shares = key.share(committee.shape())?;
+        let bodies = deposit_bodies(round, me, site, key, committee, upload)?;
         let round_id = &round.info.spec.round_id;
-        let mut bodies = Vec::new();
-        for share in &shares {
-            let x = share.index().get();
-            let bytes = zeroize::Zeroizing::new(cryptflow_he::Wire::to_bytes(share));
-            let statement = protocol::deposit_statement(
-                round_id,
-                &round.spec_hash,
-                x,
-                me,
-                &Sha256Digest::of(&bytes),
-                upload,
-            );
-            let deposit = Deposit {
-                upload_sha256: *upload,
-                share: Base64Bytes(bytes.to_vec()),
-                signature: site.sign(&statement),
-            };
-            bodies.push((
-                x,
-                zeroize::Zeroizing::new(
-                    serde_json::to_vec(&deposit).map_err(|e| ClientError::Input(e.to_string()))?,
-                ),
-            ));
-        }
-        drop(shares);
         let path = format!("/v1/rounds/{round_id}/deposits/{me}");
-        let calls = bodies.iter().map(|(x, body)| {
-            let (client, path, x) = (self.clone(), path.clone(), *x);
-            async move {
-                let service = Service::Kms(x);
-                let outcome = with_retries(client.retry(), service, || async {
-                    let req = client
-                        .kms(x, reqwest::Method::PUT, &path)?
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(body.to_vec());
-                    let res = send(service, req).await?;
-                    decode::<DepositReceipt>(
-                        service,
-                        &read_body(service, res, MAX_JSON_BYTES, None).await?,
-                    )
-                })
-                .await;
-                (x, outcome)
-            }
-        });
+        let calls = bodies
+            .iter()
+            .map(|(x, body)| {
+                let (client, path, x) = (self.clone(), path.clone(), *x);
+                let call = async move {
+                    let service = Service::Kms(x);
+                    with_retries(client.retry(), service, || async {
+                        let req = client
+                            .kms(x, reqwest::Method::PUT, &path)?
+                            .header(CONTENT_TYPE, "application/json")
+                            .body(body.to_vec());
+                        let res = send(service, req).await?;
+                        decode::<DepositReceipt>(
+                            service,
+                            &read_body(service, res, MAX_JSON_BYTES, None).await?,
+                        )
+                    })
+                    .await
+                };
+                (x, call)
+            })
+            .collect();
         let nodes = committee.shape().nodes();
+        let t = committee.shape().threshold() as usize;
+        // Every node that is up gets its share; one that is down does not hold the client
+        // past quorum::GRACE once `t` have theirs.
         let mut done = Vec::new();
         let mut failed = Vec::new();
-        for (x, outcome) in futures_util::future::join_all(calls).await {
+        for (x, outcome) in quorum::gather(calls, t).await {
             match outcome {
-                Ok(r) if r.upload_sha256 == *upload && r.share_index == x => {
+                Some(Ok(r)) if r.upload_sha256 == *upload && r.share_index == x => {
                     done.push(x);
                     report(progress, Progress::Depositing { done: done.len() as u8, nodes });
                 }
-                Ok(_) => failed.push(format!("{x} (its receipt names another upload)")),
-                Err(e) => failed.push(format!("{x} ({e})")),
+                Some(Ok(_)) => failed.push(format!("{x} (its receipt names another upload)")),
+                Some(Err(e)) => failed.push(format!("{x} ({e})")),
+                None => failed.push(format!("{x} ({})", quorum::no_answer())),
             }
         }
-        let t = committee.shape().threshold() as usize;
         if done.len() < t {
             return Err(ClientError::Committee(format!(
                 "the key shares reached {} key managers, {t} are needed; failed: {}",
@@ -433,4 +423,40 @@ fn upload_stream(
     });
     let head = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(header) });
     reqwest::Body::wrap_stream(futures_util::StreamExt::chain(head, chunks))
+}
+
+/// The signed deposit for every node, serialised (zeroized on drop).
+fn deposit_bodies(
+    round: &VerifiedRound,
+    me: &ClientId,
+    site: &cryptflow_services::protocol::SiteKey,
+    key: &ClientKey,
+    committee: &Committee,
+    upload: &Sha256Digest,
+) -> Result<Vec<(u8, zeroize::Zeroizing<Vec<u8>>)>> {
+    let shares = key.share(committee.shape())?;
+    let round_id = &round.info.spec.round_id;
+    let mut bodies = Vec::new();
+    for share in &shares {
+        let x = share.index().get();
+        let bytes = zeroize::Zeroizing::new(cryptflow_he::Wire::to_bytes(share));
+        let statement = protocol::deposit_statement(
+            round_id,
+            &round.spec_hash,
+            x,
+            me,
+            &Sha256Digest::of(&bytes),
+            upload,
+        );
+        let mut deposit = Deposit {
+            upload_sha256: *upload,
+            share: Base64Bytes(bytes.to_vec()),
+            signature: site.sign(&statement),
+        };
+        let body = serde_json::to_vec(&deposit).map_err(|e| ClientError::Input(e.to_string()));
+        zeroize::Zeroize::zeroize(&mut deposit.share.0);
+        bodies.push((x, zeroize::Zeroizing::new(body?)));
+    }
+    drop(shares);
+    Ok(bodies)
 }

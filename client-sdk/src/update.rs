@@ -350,8 +350,10 @@ mod tests {
 
     #[test]
     fn fortran_order_tensors_are_read_in_logical_order() {
-        let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-        let f = a.t().to_owned().reversed_axes(); // same logical values, Fortran memory order
+        use ndarray::ShapeBuilder;
+        // [[1, 2, 3], [4, 5, 6]] in Fortran (column-major) memory order.
+        let f =
+            ArrayD::from_shape_vec(IxDyn(&[2, 3]).f(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]).unwrap();
         assert!(!f.is_standard_layout());
         let u =
             ModelUpdate::Tensors(vec![Tensor { name: "x".into(), values: TensorValues::F64(f) }]);

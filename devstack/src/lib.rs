@@ -214,7 +214,8 @@ impl LocalStack {
         // The issuer: its public key in every service's jwt_keys.
         let issuer = SiteKey::generate();
         let issuer_pub = write("issuer.pub", &issuer.public_pem().map_err(err)?)?;
-        let jwt_keys = vec![JwtKey { kid: ISSUER_KID.into(), public_key_file: issuer_pub }];
+        let jwt_keys =
+            vec![JwtKey { kid: ISSUER_KID.into(), public_key_file: issuer_pub, roles: None }];
         // The roster.
         let mut sites = Vec::new();
         let mut members = Vec::new();

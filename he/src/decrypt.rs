@@ -9,7 +9,9 @@
 //! 3. `ΣB − A·K` per block, rounded to the `Δ` grid here, inside `he`;
 //! 4. **self-check**: every residual within the planner's noise bound `z·σ_C`, else
 //!    [`Error::WrongAggregateKey`] — a wrong key leaves uniform residuals, accepted with
-//!    probability at most `(2τ/Δ)^N` per block.
+//!    probability at most `(2τ/Δ)^s` over the `s` slots of a round (`N` per full block). A
+//!    round of a handful of values is checked by a handful of residuals only: the check is
+//!    a safeguard whose strength grows with `s`, while steps 1–2 hold for any size.
 //!
 //! Residuals — unrounded phases — never leave this module and are never logged: with the
 //! uploads they would reveal noise, and noise with the key sum leaks more than the mean.
@@ -91,16 +93,19 @@ impl AggregateKey {
     /// # let params = ParameterSet::default_128();
     /// # let p = plan(&params, &PlanRequest { max_clients: 2, clip_bound: 1.0,
     /// #     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
-    /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 3).unwrap();
+    /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 1000).unwrap();
     /// let (a, b) = (ClientKey::generate(&params).unwrap(), ClientKey::generate(&params).unwrap());
-    /// let mut sum = RunningSum::zero(&setup, 0..3).unwrap();
-    /// for (k, x) in [(&a, [0.5, -1.0, 0.25]), (&b, [0.5, 1.0, 0.75])] {
-    ///     sum.add_upload(&k.encryptor(&setup, None).unwrap().encrypt(&x[..]).unwrap().ciphertext).unwrap();
+    /// let mut sum = RunningSum::zero(&setup, 0..setup.slots()).unwrap();
+    /// for (k, x) in [(&a, [0.5, -1.0]), (&b, [0.5, 1.0])] {
+    ///     let values: Vec<f64> = x.iter().copied().cycle().take(1000).collect();
+    ///     sum.add_upload(&k.encryptor(&setup, None).unwrap().encrypt(&values[..]).unwrap().ciphertext).unwrap();
     /// }
     /// let agg = PackedCiphertext::aggregate(&setup, 2, sum.pack()).unwrap();
     /// let mean = AggregateKey::sum_of([&a, &b]).decrypt(&setup, &agg).unwrap().mean::<f64>();
     /// assert!((mean[0] - 0.5).abs() <= 1e-6 && mean[1].abs() <= 1e-6);
-    /// // One client's key alone does not open the aggregate:
+    /// // One client's key alone does not open the aggregate (the residual check: with s
+    /// // slots a wrong key passes with probability about (2τ/Δ)^s, negligible beyond a few
+    /// // dozen values):
     /// assert!(matches!(AggregateKey::sum_of([&a]).decrypt(&setup, &agg),
     ///     Err(Error::KeyOutOfRange | Error::WrongAggregateKey)));
     /// ```

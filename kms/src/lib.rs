@@ -29,6 +29,7 @@ pub mod restore;
 pub mod routes;
 pub mod seal;
 pub mod store;
+pub mod upkeep;
 
 pub use cryptflow_services::auth::JwtKey;
 use cryptflow_services::auth::{verifier_from_files, Verifier};
@@ -283,6 +284,15 @@ impl axum::extract::FromRef<AppState> for Arc<Verifier> {
     }
 }
 
+/// What [`state_from_config`] reads besides the database, checked: the master key, the issuer
+/// keys, the committee, this node's signing key and the roster. `check-config` runs it.
+pub fn check_config(config: &KmsConfig) -> Result<(), StartError> {
+    master_key(config)?;
+    verifier_from_files(&config.audience, &config.jwt_keys)?;
+    node_from_config(config)?;
+    Ok(())
+}
+
 /// Builds the state from a configuration: reads keys, committee and roster, opens the
 /// database, checks it is migrated (migrations run only through `cryptflow-kms migrate`), and
 /// runs the restore check.
@@ -302,7 +312,7 @@ pub async fn state_from_config(config: &KmsConfig) -> Result<AppState, StartErro
     );
     if let Some(path) = &config.restore_witness_file {
         state = state.with_witness(restore::Witness::new(path));
-        routes::restore_check(&state).await.map_err(StartError::Io)?;
+        upkeep::restore_check(&state).await.map_err(StartError::Io)?;
     }
     Ok(state)
 }
@@ -361,7 +371,7 @@ async fn serve(
         let mut interval = tokio::time::interval(tick);
         loop {
             tokio::select! {
-                _ = interval.tick() => routes::tick(&ticker_state).await,
+                _ = interval.tick() => upkeep::tick(&ticker_state).await,
                 _ = tick_rx.changed() => break,
             }
         }

@@ -107,7 +107,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         Command::Serve(c) => serve(load(&c)?).await?,
         Command::CheckConfig(c) => {
             let cfg = load(&c)?;
-            cryptflow_kms::node_from_config(&cfg).map_err(|e| e.to_string())?;
+            cryptflow_kms::check_config(&cfg).map_err(|e| e.to_string())?;
             println!("{}", config::redacted_json(&cfg));
         }
         Command::Healthcheck(c) => {
@@ -146,7 +146,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         }
         Command::RefuseOpenRounds(c) => {
             let state = state_from_config(&load(&c)?).await.map_err(|e| e.to_string())?;
-            let n = cryptflow_kms::routes::refuse_open_rounds(&state).await?;
+            let n = cryptflow_kms::upkeep::refuse_open_rounds(&state).await?;
             println!("refused {n} open rounds");
         }
     }

@@ -105,6 +105,9 @@ pub enum AuthError {
     /// with too long a lifetime.
     #[error("roster token refused: {0}")]
     Roster(&'static str),
+    /// The issuer key is configured for other roles only.
+    #[error("the signing key may not issue tokens with this role")]
+    RoleNotAllowed,
 }
 
 impl From<AuthError> for AppError {
@@ -138,6 +141,11 @@ pub struct JwtKey {
     pub kid: String,
     /// Path of the Ed25519 public key (SPKI PEM).
     pub public_key_file: std::path::PathBuf,
+    /// The roles this key may sign for (default: any). A key manager that trusts another
+    /// organisation's issuer for its aggregator token lists `roles = ["aggregator"]`, so that
+    /// issuer cannot mint an admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<Role>>,
 }
 
 /// A verifier for `audience` trusting the configured issuer keys (read from their files).
@@ -150,7 +158,17 @@ pub fn verifier_from_files(audience: &str, keys: &[JwtKey]) -> Result<Verifier, 
         })?;
         pems.push((k.kid.clone(), pem));
     }
-    Verifier::new(audience, DEFAULT_LEEWAY, pems.iter().map(|(k, p)| (k.as_str(), p.as_slice())))
+    let mut v = Verifier::new(
+        audience,
+        DEFAULT_LEEWAY,
+        pems.iter().map(|(k, p)| (k.as_str(), p.as_slice())),
+    )?;
+    for k in keys {
+        if let Some(roles) = &k.roles {
+            v = v.restrict_roles(&k.kid, roles);
+        }
+    }
+    Ok(v)
 }
 
 /// A roster member's verification key.
@@ -166,6 +184,8 @@ struct RosterKey {
 #[derive(Clone)]
 pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
+    /// Issuer keys limited to some roles.
+    roles: HashMap<String, Vec<Role>>,
     roster: Option<HashMap<String, RosterKey>>,
     validation: Validation,
 }
@@ -203,7 +223,13 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = leeway.as_secs();
-        Ok(Self { keys: map, roster: None, validation })
+        Ok(Self { keys: map, roles: HashMap::new(), roster: None, validation })
+    }
+
+    /// Accepts tokens signed with issuer key `kid` only for `roles`.
+    pub fn restrict_roles(mut self, kid: &str, roles: &[Role]) -> Self {
+        self.roles.insert(kid.to_owned(), roles.to_vec());
+        self
     }
 
     /// Also accepts roster members' own tokens — and, from then on, clients and readers
@@ -254,6 +280,9 @@ impl Verifier {
         }
         let key = self.keys.get(kid).ok_or(AuthError::UnknownKey)?;
         let claims = self.decode(token, key)?;
+        if self.roles.get(kid).is_some_and(|allowed| !allowed.contains(&claims.role)) {
+            return Err(AuthError::RoleNotAllowed);
+        }
         if self.roster.is_some() && matches!(claims.role, Role::Client | Role::Reader) {
             return Err(AuthError::RosterKeyRequired);
         }
@@ -435,6 +464,36 @@ mod tests {
         let only_new =
             Verifier::new("aggregator", DEFAULT_LEEWAY, [("new", pn.as_bytes())]).unwrap();
         assert_eq!(only_new.verify(&t_old).unwrap_err(), AuthError::UnknownKey);
+    }
+
+    #[test]
+    fn an_issuer_key_limited_to_a_role_mints_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = (SiteKey::generate(), SiteKey::generate());
+        let write = |name: &str, key: &SiteKey| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, key.public_pem().unwrap()).unwrap();
+            p
+        };
+        let keys = vec![
+            JwtKey { kid: "ours".into(), public_key_file: write("ours.pub", &ours), roles: None },
+            JwtKey {
+                kid: "theirs".into(),
+                public_key_file: write("theirs.pub", &theirs),
+                roles: Some(vec![Role::Aggregator]),
+            },
+        ];
+        let v = verifier_from_files("kms", &keys).unwrap();
+        let c = |role| Claims { sub: "x".into(), ..claims(role, "kms", now() + 60) };
+        assert!(v.verify(&theirs.mint("theirs", &c(Role::Aggregator))).is_ok());
+        assert_eq!(
+            v.verify(&theirs.mint("theirs", &c(Role::Admin))).unwrap_err(),
+            AuthError::RoleNotAllowed
+        );
+        assert!(v.verify(&ours.mint("ours", &c(Role::Admin))).is_ok());
+        let toml = "kid = \"theirs\"\npublic_key_file = \"t.pub\"\nroles = [\"aggregator\"]\n";
+        let parsed: JwtKey = toml::from_str(toml).unwrap();
+        assert_eq!(parsed.roles, Some(vec![Role::Aggregator]));
     }
 
     #[test]

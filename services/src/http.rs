@@ -397,7 +397,9 @@ mod tests {
         assert!(p.unwrap().detail.unwrap().contains("size"));
         let (s, _, p) = call(r#"{"name":"#, "application/json").await;
         let p = p.unwrap();
-        assert_eq!((s, p.code, p.field.as_deref()), (400, ErrorCode::BadRequest, Some("body")));
+        assert_eq!((s, p.code, p.field.as_deref()), (400, ErrorCode::BadRequest, Some("name")));
+        let (s, _, p) = call(r#"{"name" 1}"#, "application/json").await;
+        assert_eq!((s, p.unwrap().field.as_deref()), (400, Some("body")));
         // A syntax error inside a value names the value (issue #12: `clip_bound` of NaN).
         for bad in [r#"{"name":"a","size":1e999}"#, r#"{"name":"a","size":NaN}"#] {
             let (s, _, p) = call(bad, "application/json").await;

@@ -376,7 +376,7 @@ fn token(cmd: TokenCommand, json: bool) -> Result<(), CliError> {
                         emit(&serde_json::json!({"out": path, "sub": sub, "aud": aud}).to_string());
                     } else {
                         emit(&format!(
-                            "wrote a {role} token for `{sub}` (audience {aud}, {ttl} s) to {}",
+                            "wrote a token with role {role} for `{sub}` (audience {aud}, {ttl} s) to {}",
                             path.display()
                         ));
                     }

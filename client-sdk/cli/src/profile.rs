@@ -8,6 +8,7 @@
 //! key_file = "site-a.key.pem"
 //! journal_file = "site-a.journal"
 //! min_contributors = 3
+//! ca_file = "consortium-ca.pem"   # optional: a CA the services' HTTPS certificates chain to
 //! ```
 //!
 //! Relative paths in a profile are relative to the profile's directory.
@@ -52,6 +53,9 @@ pub struct Conn {
     /// Refuse rounds that allow fewer contributors than this (at least 2).
     #[arg(long, env = "CRYPTFLOW_MIN_CONTRIBUTORS", value_parser = clap::value_parser!(u32).range(2..))]
     min_contributors: Option<u32>,
+    /// Also trust this PEM bundle of certificate authorities for HTTPS.
+    #[arg(long, env = "CRYPTFLOW_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Keep retrying unreachable or failing servers for this many seconds (0: one attempt).
     #[arg(long, env = "CRYPTFLOW_RETRY_BUDGET", default_value_t = 120)]
     retry_budget: u64,
@@ -70,6 +74,7 @@ struct Profile {
     reader: bool,
     journal_file: Option<PathBuf>,
     min_contributors: Option<u32>,
+    ca_file: Option<PathBuf>,
 }
 
 fn read(path: &Path, what: &str) -> Result<Zeroizing<String>, CliError> {
@@ -102,6 +107,7 @@ impl Conn {
         let key_file = self.key_file.clone().or(rel(profile.key_file));
         let journal = self.journal_file.clone().or(rel(profile.journal_file));
         let min_contributors = self.min_contributors.or(profile.min_contributors);
+        let ca_file = self.ca_file.clone().or(rel(profile.ca_file));
 
         let retry = RetryPolicy {
             budget: Duration::from_secs(self.retry_budget),
@@ -133,6 +139,9 @@ impl Conn {
                 return Err(CliError::usage("--client-id needs --key-file (the site's roster key)"))
             }
             (None, Some(_)) => return Err(CliError::usage("--key-file needs --client-id")),
+        }
+        if let Some(f) = ca_file {
+            builder = builder.root_certificates_pem(read(&f, "--ca-file")?.as_bytes());
         }
         if let Some(j) = journal {
             builder = builder.journal(j);

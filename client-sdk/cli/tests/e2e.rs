@@ -307,8 +307,7 @@ async fn every_failure_has_its_exit_code_and_a_message() {
             "10",
             "--clients",
             "site-0,site-1",
-            "--clip",
-            bad,
+            &format!("--clip={bad}"),
         ]))
         .await;
         assert_eq!(o.status.code(), Some(2), "--clip {bad}");
@@ -381,6 +380,26 @@ async fn every_failure_has_its_exit_code_and_a_message() {
     ]))
     .await;
     assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A CA file that holds no certificate is a configuration error, named.
+    std::fs::write(dir.join("ca.pem"), "not a certificate").unwrap();
+    let o = cryptflow(args(&[
+        "round",
+        "status",
+        "--profile",
+        &p(&ops),
+        "--ca-file",
+        &p(&dir.join("ca.pem")),
+        "--round",
+        "r-1",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("CA certificates"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // 6: not published yet.
     let o = cryptflow(args(&[
@@ -578,4 +597,117 @@ async fn keygen_and_token_mint_write_private_files() {
     // A key file is never overwritten by keygen.
     let o = cryptflow(args(&["keygen", "--id", "site-a", "--out", &p(&key)])).await;
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fetch_reports_an_error_the_written_file_meets() {
+    // Issue #12: the bound `fetch` reports is the error of what it writes, in the dtype it
+    // writes — float32 rounding included (at clip 1000 it dominates), also at 11.5 M values.
+    let stack = LocalStack::builder().sites(2).start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = |p: &Path| p.display().to_string();
+    let ops = profile(&stack, dir, "ops", Role::Admin);
+    let sites: Vec<PathBuf> =
+        (0..2).map(|i| profile(&stack, dir, &format!("site-{i}"), Role::Client)).collect();
+    for (round, d, clip) in [("wide", 10_000usize, 1000.0f32), ("big", 11_500_000, 1.0)] {
+        let mut inputs = Vec::new();
+        for (i, site) in sites.iter().enumerate() {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1 + d as u64);
+            let x: Vec<f32> = (0..d)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * clip
+                })
+                .collect();
+            let file = dir.join(format!("{round}-{i}.npy"));
+            Array1::from(x.clone()).write_npy(std::fs::File::create(&file).unwrap()).unwrap();
+            inputs.push(x);
+            if i == 0 {
+                stdout_json(
+                    &cryptflow(args(&[
+                        "round",
+                        "create",
+                        "--json",
+                        "--profile",
+                        &p(&ops),
+                        "--round",
+                        round,
+                        "--dim",
+                        &d.to_string(),
+                        "--clients",
+                        "site-0,site-1",
+                        "--clip",
+                        &clip.to_string(),
+                    ]))
+                    .await,
+                );
+            }
+            let o = cryptflow(args(&[
+                "submit",
+                "--profile",
+                &p(site),
+                "--round",
+                round,
+                "--update",
+                &p(&file),
+            ]))
+            .await;
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let exact: Vec<f64> = inputs[0]
+            .iter()
+            .zip(&inputs[1])
+            .map(|(a, b)| (f64::from(*a) + f64::from(*b)) / 2.0)
+            .collect();
+        drop(inputs);
+        let mut bounds = Vec::new();
+        for dtype in ["f32", "f64"] {
+            let out = dir.join(format!("{round}-mean-{dtype}.npy"));
+            let v = stdout_json(
+                &cryptflow(args(&[
+                    "fetch",
+                    "--json",
+                    "--profile",
+                    &p(&sites[0]),
+                    "--round",
+                    round,
+                    "--wait",
+                    "120",
+                    "--dtype",
+                    dtype,
+                    "--out",
+                    &p(&out),
+                ]))
+                .await,
+            );
+            let bound = v["max_abs_error"].as_f64().unwrap();
+            let written: Vec<f64> = match dtype {
+                "f32" => ArrayD::<f32>::read_npy(std::fs::File::open(&out).unwrap())
+                    .unwrap()
+                    .iter()
+                    .map(|v| f64::from(*v))
+                    .collect(),
+                _ => ArrayD::<f64>::read_npy(std::fs::File::open(&out).unwrap())
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect(),
+            };
+            assert_eq!(written.len(), d);
+            let worst = written.iter().zip(&exact).map(|(w, e)| (w - e).abs()).fold(0.0, f64::max);
+            assert!(
+                worst <= bound,
+                "{round} as {dtype}: error {worst:e} above the reported {bound:e}"
+            );
+            bounds.push(bound);
+        }
+        assert!(
+            bounds[0] > bounds[1],
+            "{round}: float32's rounding is part of the f32 bound: {bounds:?}"
+        );
+    }
+    stack.stop().await;
 }

@@ -170,3 +170,108 @@ fn mixed_or_missing_releases_do_not_decrypt() {
     let same = [release(0, &[0, 1, 2]), release(1, &[0, 1, 2])];
     assert!(decrypt_with_releases(&r.setup, &r.aggregate, shape, &same).is_ok());
 }
+
+/// A malicious aggregator splits the round: it reports S1 = {0, 1} to some nodes and
+/// S2 = {0, 1, 2} to others, and `c` corrupt nodes release for both. Both sets open only if
+/// `c ≥ 2t − n` (the privacy threshold), and then K(S2) − K(S1) is client 2's key: the
+/// documented loss. Every split of the honest nodes and every choice of corrupt nodes is
+/// played; below the threshold, whatever set gathers `t` releases combines to its own K(S).
+#[test]
+fn every_split_of_sets_opens_two_only_from_the_privacy_threshold_on() {
+    let params = ParameterSet::default_128();
+    let keys: Vec<ClientKey> = (0..3).map(|_| ClientKey::generate(&params).unwrap()).collect();
+    for (n, t) in [(3u8, 2u8), (3, 3), (4, 3), (5, 3), (5, 4)] {
+        let shape = CommitteeShape::try_new(n, t).unwrap();
+        let p = shape.privacy_threshold() as usize;
+        let s1 = releases(&keys[..2], shape);
+        let s2 = releases(&keys, shape);
+        let (k1, k2) = (AggregateKey::sum_of(&keys[..2]), AggregateKey::sum_of(&keys));
+        let mut loss_seen = false;
+        for corrupt in 0u32..(1 << n) {
+            let c = corrupt.count_ones() as usize;
+            if c > p {
+                continue;
+            }
+            let honest: Vec<usize> = (0..n as usize).filter(|j| corrupt & (1 << j) == 0).collect();
+            for split in 0u32..(1 << honest.len()) {
+                // Honest node honest[i] records S2 if bit i of `split`, else S1.
+                let mut got1: Vec<&Release> = Vec::new();
+                let mut got2: Vec<&Release> = Vec::new();
+                for j in 0..n as usize {
+                    let corrupt_j = corrupt & (1 << j) != 0;
+                    let records_s2 =
+                        honest.iter().position(|h| *h == j).is_some_and(|i| split & (1 << i) != 0);
+                    if corrupt_j || !records_s2 {
+                        got1.push(&s1[j]);
+                    }
+                    if corrupt_j || records_s2 {
+                        got2.push(&s2[j]);
+                    }
+                }
+                let (open1, open2) = (got1.len() >= t as usize, got2.len() >= t as usize);
+                if open1 {
+                    let k = crate::sharing::combine(&got1[..t as usize]).unwrap();
+                    assert_eq!(
+                        k.coefficients(),
+                        k1.coefficients(),
+                        "({n},{t}): S1 combines to K(S1)"
+                    );
+                }
+                if open2 {
+                    let k = crate::sharing::combine(&got2[..t as usize]).unwrap();
+                    assert_eq!(
+                        k.coefficients(),
+                        k2.coefficients(),
+                        "({n},{t}): S2 combines to K(S2)"
+                    );
+                }
+                if open1 && open2 {
+                    assert_eq!(
+                        c, p,
+                        "({n},{t}): two sets opened with {c} corrupt nodes, below 2t − n = {p}"
+                    );
+                    // The documented loss: the difference is client 2's own key.
+                    let diff: Vec<i64> = k2
+                        .coefficients()
+                        .iter()
+                        .zip(k1.coefficients())
+                        .map(|(a, b)| a - b)
+                        .collect();
+                    assert_eq!(diff, keys[2].coefficients());
+                    loss_seen = true;
+                }
+            }
+        }
+        assert!(loss_seen, "({n},{t}): with 2t − n = {p} corrupt nodes some split opens both sets");
+    }
+}
+
+/// What fewer than `t` nodes store of a client's key — its shares there — together with
+/// everything the aggregator stores (the upload itself), does not decrypt the upload: the
+/// missing shares can be anything, and every completion the coalition tries is refused.
+#[test]
+fn fewer_than_t_shares_and_the_aggregators_blobs_do_not_decrypt_an_upload() {
+    let r = round(2, 3000);
+    for (n, t) in [(3u8, 2u8), (5, 3), (5, 4)] {
+        let shape = CommitteeShape::try_new(n, t).unwrap();
+        let shares = r.keys[1].share(shape).unwrap();
+        let known: Vec<Release> = shares[..t as usize - 1]
+            .iter()
+            .map(|s| Release::sum(s.index(), [s]).unwrap())
+            .collect();
+        let victim = as_aggregate(&r.setup, &r.uploads[1], 1);
+        for guess in [0u64, 1, SHARE_PRIME - 1, 0x1234_5678] {
+            let mut made =
+                Release::sum(shares[t as usize - 1].index(), [&shares[t as usize - 1]]).unwrap();
+            made.values.iter_mut().for_each(|v| *v = guess);
+            let mut all: Vec<&Release> = known.iter().collect();
+            all.push(&made);
+            let key = crate::sharing::combine(&all).unwrap();
+            let err = key.decrypt(&r.setup, &victim).unwrap_err();
+            assert!(
+                matches!(err, Error::WrongAggregateKey | Error::KeyOutOfRange),
+                "({n},{t}) {guess}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Receiving an upload: the body streamed, its 64-byte header checked against the round
+//! before the rest is read, the payload hashed on the way and (optionally) written to a blob
+//! off the async runtime — never held whole.
+
+use crate::store::RoundRow;
+use crate::AppState;
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use cryptflow_he::wire::{read_header, DecodeLimits, HEADER_LEN};
+use cryptflow_he::CiphertextKind;
+use cryptflow_services::http::AppError;
+use cryptflow_services::{ErrorCode, Sha256Digest};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+
+/// Streams the body, the header first, checked against the round, then the payload, hashed on
+/// the way; exactly `expected` bytes. With `store`, into a blob writer (returned unfinished).
+pub(crate) async fn receive(
+    s: &AppState,
+    row: &RoundRow,
+    setup: &cryptflow_he::RoundSetup,
+    expected: u64,
+    body: Body,
+    store: bool,
+) -> Result<(Sha256Digest, Option<crate::blob::BlobWriter>), AppError> {
+    let mut writer = if store {
+        Some(s.blobs.writer(row.spec.round_id.as_str()).map_err(AppError::internal)?)
+    } else {
+        None
+    };
+    let mut digest = Sha256::new();
+    let mut head: Vec<u8> = Vec::with_capacity(HEADER_LEN);
+    let mut received = 0u64;
+    // Chunks are gathered up to WRITE_BATCH and written off the async runtime.
+    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            AppError::new(ErrorCode::BadRequest, format!("the upload broke off: {e}"))
+                .with_field("body")
+        })?;
+        received += chunk.len() as u64;
+        if received > expected {
+            return Err(AppError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("an upload of this round is exactly {expected} bytes"),
+            )
+            .with_field("body")
+            .with_limit(expected));
+        }
+        if head.len() < HEADER_LEN {
+            let take = (HEADER_LEN - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            if head.len() == HEADER_LEN {
+                check_header(setup, &head)?;
+            }
+        }
+        digest.update(&chunk);
+        if let Some(w) = writer.take() {
+            pending.extend_from_slice(&chunk);
+            writer = Some(if pending.len() >= WRITE_BATCH {
+                write_off_runtime(w, std::mem::take(&mut pending)).await?
+            } else {
+                w
+            });
+        }
+    }
+    if !pending.is_empty() {
+        if let Some(w) = writer.take() {
+            writer = Some(write_off_runtime(w, pending).await?);
+        }
+    }
+    if received != expected {
+        return Err(AppError::new(
+            ErrorCode::BadRequest,
+            format!("{received} bytes; an upload of this round is exactly {expected}"),
+        )
+        .with_field("body")
+        .with_limit(expected));
+    }
+    Ok((Sha256Digest(digest.finalize().into()), writer))
+}
+
+/// Bytes gathered before a write to the blob.
+const WRITE_BATCH: usize = 1 << 20;
+
+async fn write_off_runtime(
+    mut writer: crate::blob::BlobWriter,
+    bytes: Vec<u8>,
+) -> Result<crate::blob::BlobWriter, AppError> {
+    tokio::task::spawn_blocking(move || writer.write_all(&bytes).map(|()| writer))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)
+}
+
+fn check_header(setup: &cryptflow_he::RoundSetup, head: &[u8]) -> Result<(), AppError> {
+    let limits = DecodeLimits { max_slots: setup.slots() };
+    let header = read_header(head, &limits)
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("body"))?;
+    header.check_belongs(setup, CiphertextKind::Upload).map_err(|e| {
+        let field = match &e {
+            cryptflow_he::Mismatch::Round { field } => format!("body.{field}"),
+            _ => "body".to_owned(),
+        };
+        AppError::new(ErrorCode::Unprocessable, format!("the upload is not for this round: {e}"))
+            .with_field(field)
+    })
+}
+
+/// A declared `Content-Length` must be the round's exact upload size: 413 above, 400 below,
+/// before a byte of the body is read.
+pub(crate) fn check_declared_length(headers: &HeaderMap, expected: u64) -> Result<(), AppError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(d) if d != expected => {
+            let code =
+                if d > expected { ErrorCode::PayloadTooLarge } else { ErrorCode::BadRequest };
+            Err(AppError::new(code, format!("an upload of this round is exactly {expected} bytes"))
+                .with_field("body")
+                .with_limit(expected))
+        }
+        _ => Ok(()),
+    }
+}

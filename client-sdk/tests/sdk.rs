@@ -1,0 +1,289 @@
+//! The SDK against a real local stack, with a forwarding proxy in front of one service where a
+//! test needs a server that misbehaves: a 5xx after the upload was stored (the retry must send
+//! the same bytes), a key manager whose release is corrupted (named as the culprit), key
+//! managers down while submitting and fetching.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cryptflow_client::{
+    Client, ClientError, ClientPolicy, Layout, ModelUpdate, RetryPolicy, RoundRequest, RoundState,
+    SubmitOptions, Token, Weighting,
+};
+use cryptflow_devstack::LocalStack;
+use cryptflow_services::api::kms::ReleaseResponse;
+use cryptflow_services::protocol::{Committee, CommitteeNode};
+use cryptflow_services::{ClientId, Role, RoundId, Sha256Digest};
+use ndarray::Array1;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the proxy does with an exchange: `(method, path, request body, status, response body)`
+/// in, the status and body to answer out.
+type Hook = dyn Fn(&str, &str, &[u8], StatusCode, Vec<u8>) -> (StatusCode, Vec<u8>) + Send + Sync;
+
+/// A request the proxy saw: method, path, body.
+type Seen = (String, String, Vec<u8>);
+
+#[derive(Clone)]
+struct Proxy {
+    target: String,
+    hook: Arc<Hook>,
+    /// Every request seen.
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+async fn forward(State(p): State<Proxy>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+    let path = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    p.seen.lock().unwrap().push((parts.method.to_string(), path.clone(), body.to_vec()));
+    let mut out =
+        reqwest::Client::new().request(parts.method.clone(), format!("{}{path}", p.target));
+    for (name, value) in parts.headers.iter().filter(|(n, _)| *n != "host") {
+        out = out.header(name, value);
+    }
+    let resp = out.body(body.clone()).send().await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    let (status, bytes) = (p.hook)(parts.method.as_str(), &path, &body, status, bytes);
+    let mut answer = (status, bytes).into_response();
+    if let Some(ct) = headers.get("content-type") {
+        answer.headers_mut().insert("content-type", ct.clone());
+    }
+    answer
+}
+
+impl Proxy {
+    /// Starts a proxy to `target` on a free port; returns it and its URL.
+    async fn start(target: &str, hook: Arc<Hook>) -> (Self, String) {
+        let proxy = Self { target: target.to_owned(), hook, seen: Arc::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(forward).with_state(proxy.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (proxy, url)
+    }
+}
+
+/// A client acting as roster site `id`, through `aggregator` and `committee`.
+fn site_client(stack: &LocalStack, id: &str, aggregator: &str, committee: Committee) -> Client {
+    Client::builder(aggregator)
+        .aggregator_token(Token::new(stack.token(id, Role::Client, "aggregator")))
+        .committee(committee)
+        .site(ClientId::parse(id).unwrap(), stack.site_key(id).unwrap())
+        .retry(RetryPolicy { budget: Duration::from_secs(30), ..RetryPolicy::default() })
+        .build()
+        .unwrap()
+}
+
+fn request(round: &str, stack: &LocalStack, d: u64, min: u32, max: u32) -> RoundRequest {
+    RoundRequest {
+        round_id: RoundId::parse(round).unwrap(),
+        layout: Layout::Dimension(d),
+        clients: stack.site_ids(),
+        min_clients: min,
+        max_clients: max,
+        deadline: None,
+        deadline_in_secs: Some(3600),
+        weighting: Weighting::Uniform,
+        clip_bound: 1.0,
+        max_abs_error: 1e-6,
+    }
+}
+
+fn update(d: usize, i: usize) -> Arc<ModelUpdate> {
+    Arc::new(ModelUpdate::from(Array1::from(
+        (0..d).map(|j| ((i * 31 + j) % 97) as f64 / 97.0).collect::<Vec<_>>(),
+    )))
+}
+
+fn sha256(bytes: &[u8]) -> Sha256Digest {
+    use sha2::Digest;
+    Sha256Digest(sha2::Sha256::digest(bytes).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_a_5xx_that_stored_the_upload_sends_the_same_bytes() {
+    // Attack test (d): the aggregator stores the upload, then answers 503. A client that
+    // re-encrypted for the retry would send a second ciphertext of the same update under the
+    // same key — two bodies whose difference leaks. The SDK resends the identical bytes.
+    let stack = LocalStack::builder().sites(2).start().await.unwrap();
+    let d = 40_000;
+    stack.admin().create_round(&request("retry", &stack, d as u64, 2, 2)).await.unwrap();
+    let round = RoundId::parse("retry").unwrap();
+    let failed_once = Arc::new(Mutex::new(false));
+    let flag = failed_once.clone();
+    let hook: Arc<Hook> = Arc::new(move |method, path, _body, status, bytes| {
+        if method == "PUT"
+            && path.contains("/submissions/")
+            && !std::mem::replace(&mut *flag.lock().unwrap(), true)
+        {
+            assert_eq!(status, StatusCode::CREATED, "the aggregator stored it");
+            return (StatusCode::SERVICE_UNAVAILABLE, b"{}".to_vec());
+        }
+        (status, bytes)
+    });
+    let (proxy, url) = Proxy::start(stack.aggregator_url(), hook).await;
+    let client = site_client(&stack, "site-0", &url, stack.committee().clone());
+    let s = client.submit(&round, update(d, 0), SubmitOptions::default()).await.unwrap();
+    let puts: Vec<Vec<u8>> = proxy
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, p, _)| m == "PUT" && p.contains("/submissions/"))
+        .map(|(_, _, b)| b.clone())
+        .collect();
+    assert_eq!(puts.len(), 2, "one upload, one retry");
+    assert_eq!(puts[0], puts[1], "the retry sends the identical bytes");
+    assert_eq!(sha256(&puts[0]), s.receipt.upload_sha256);
+
+    // The round completes and publishes; afterwards the same bytes still get their receipt,
+    // while any other upload under site-0's name is refused (v1 answered it 200 too).
+    stack.client("site-1").submit(&round, update(d, 1), SubmitOptions::default()).await.unwrap();
+    stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+    let put = |body: Vec<u8>| {
+        let (url, token) = (
+            format!("{}/v1/rounds/retry/submissions/site-0", stack.aggregator_url()),
+            stack.token("site-0", Role::Client, "aggregator"),
+        );
+        async move {
+            reqwest::Client::new()
+                .put(url)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(put(puts[0].clone()).await, StatusCode::OK);
+    let mut changed = puts[0].clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    assert_eq!(put(changed).await, StatusCode::CONFLICT);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupted_release_is_caught_and_its_node_named() {
+    // (5, 3): five releases are t + 2, enough to tell which one is off.
+    let stack = LocalStack::builder().nodes(5, 3).sites(3).start().await.unwrap();
+    let d = 5_000;
+    stack.admin().create_round(&request("bad-node", &stack, d as u64, 3, 3)).await.unwrap();
+    let round = RoundId::parse("bad-node").unwrap();
+    let mut want = vec![0f64; d];
+    for i in 0..3 {
+        let u = update(d, i);
+        for (w, v) in want.iter_mut().zip(u.iter()) {
+            *w += v / 3.0;
+        }
+        stack
+            .client(&format!("site-{i}"))
+            .submit(&round, u, SubmitOptions::default())
+            .await
+            .unwrap();
+    }
+    stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+    // Node 5's releases pass through a proxy that changes one coefficient.
+    let hook: Arc<Hook> = Arc::new(|_, path, _, status, bytes| {
+        if !path.ends_with("/release") || status != StatusCode::OK {
+            return (status, bytes);
+        }
+        let mut r: ReleaseResponse = serde_json::from_slice(&bytes).unwrap();
+        let v = u64::from_le_bytes(r.release.0[16..24].try_into().unwrap());
+        r.release.0[16..24].copy_from_slice(&(if v == 0 { 1 } else { v - 1 }).to_le_bytes());
+        (status, serde_json::to_vec(&r).unwrap())
+    });
+    let (_proxy, url) = Proxy::start(stack.node_url(5).unwrap(), hook).await;
+    let nodes: Vec<CommitteeNode> = stack
+        .committee()
+        .nodes()
+        .iter()
+        .map(|n| if n.x == 5 { CommitteeNode { url: url.clone(), ..n.clone() } } else { n.clone() })
+        .collect();
+    let committee = Committee::try_new(3, nodes).unwrap();
+    let client = site_client(&stack, "site-0", stack.aggregator_url(), committee);
+    let agg = client.fetch_mean(&round, None).await.unwrap();
+    assert!(agg.inconsistent);
+    assert_eq!(agg.culprit, Some(5));
+    assert!(agg.nodes.iter().any(|n| n.x == 5 && n.problem.is_some()), "{:?}", agg.nodes);
+    let worst = agg.mean.iter().zip(&want).map(|(m, w)| (m - w).abs()).fold(0.0, f64::max);
+    assert!(worst <= agg.max_abs_error, "decrypted from the honest releases");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rounds_survive_key_managers_down_up_to_n_minus_t() {
+    let mut stack = LocalStack::builder().nodes(3, 2).sites(3).start().await.unwrap();
+    let d = 3_000;
+    stack.admin().create_round(&request("down", &stack, d as u64, 3, 3)).await.unwrap();
+    let round = RoundId::parse("down").unwrap();
+    // Node 3 is down for the whole submission: deposits reach two nodes, which is t.
+    stack.kill_node(3).await;
+    for i in 0..3 {
+        let s = stack
+            .client(&format!("site-{i}"))
+            .submit(&round, update(d, i), SubmitOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(s.deposited_with, vec![1, 2]);
+    }
+    let info = stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(info.state, RoundState::Published);
+    // Node 3 is back (it never saw the deposits: it cannot release) and node 1 goes down:
+    // the mean needs t = 2 releases, and only node 2 can give one.
+    stack.restart_node(3).await.unwrap();
+    stack.kill_node(1).await;
+    let quick = Client::builder(stack.aggregator_url())
+        .aggregator_token(Token::new(stack.token("site-0", Role::Client, "aggregator")))
+        .committee(stack.committee().clone())
+        .site(ClientId::parse("site-0").unwrap(), stack.site_key("site-0").unwrap())
+        .retry(RetryPolicy { budget: Duration::from_secs(2), ..RetryPolicy::default() })
+        .build()
+        .unwrap();
+    let e = quick.fetch_mean(&round, None).await.unwrap_err();
+    assert!(matches!(e, ClientError::Committee(_)), "{e}");
+    // With node 1 back, the mean decrypts from nodes 1 and 2.
+    stack.restart_node(1).await.unwrap();
+    let agg = stack.client("site-0").fetch_mean(&round, None).await.unwrap();
+    assert_eq!(agg.contributors, 3);
+    assert!(agg.nodes.iter().any(|n| n.x == 3 && n.problem.is_some()), "{:?}", agg.nodes);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_policy_refuses_before_anything_is_sent() {
+    let stack = LocalStack::builder().sites(3).start().await.unwrap();
+    let round = RoundId::parse("peers").unwrap();
+    stack.admin().create_round(&request("peers", &stack, 100, 2, 3)).await.unwrap();
+    let allowed = ["site-0", "site-1"].iter().map(|s| ClientId::parse(*s).unwrap()).collect();
+    let picky = stack.client_with(
+        "site-0",
+        Role::Client,
+        ClientPolicy { min_contributors: 2, allowed_peers: Some(allowed) },
+    );
+    let e = picky.submit(&round, update(100, 0), SubmitOptions::default()).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Policy(m) if m.contains("site-2")), "{e}");
+    let cautious = stack.client_with(
+        "site-0",
+        Role::Client,
+        ClientPolicy { min_contributors: 3, allowed_peers: None },
+    );
+    let e = cautious.submit(&round, update(100, 0), SubmitOptions::default()).await.unwrap_err();
+    assert!(matches!(e, ClientError::Policy(_)), "{e}");
+    assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 0);
+    // A round id, layout or update that cannot be valid fails before the network.
+    let e = stack
+        .client("site-0")
+        .submit(&round, update(99, 0), SubmitOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Input(_)), "{e}");
+    stack.stop().await;
+}
