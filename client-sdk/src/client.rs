@@ -74,6 +74,7 @@ pub struct ClientBuilder {
     policy: ClientPolicy,
     journal: Option<PathBuf>,
     roots: Vec<Vec<u8>>,
+    grace: Duration,
 }
 
 impl ClientBuilder {
@@ -113,6 +114,14 @@ impl ClientBuilder {
     /// Retry policy (default: [`RetryPolicy::default`]).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Once `t` key managers answered (a deposit, an echo, a release), how long the others
+    /// still get before they are reported missing (default 5 s): a node that is down must
+    /// not hold every submission for the whole retry budget.
+    pub fn straggler_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
         self
     }
 
@@ -177,6 +186,7 @@ impl ClientBuilder {
                 retry: self.retry,
                 policy: self.policy,
                 journal: self.journal,
+                grace: self.grace,
             }),
         })
     }
@@ -192,6 +202,7 @@ pub(crate) struct Inner {
     pub(crate) retry: RetryPolicy,
     pub(crate) policy: ClientPolicy,
     pub(crate) journal: Option<PathBuf>,
+    pub(crate) grace: Duration,
 }
 
 /// A CryptFlow client. Cheap to clone; clones share the connection pool.
@@ -244,6 +255,7 @@ impl Client {
             policy: ClientPolicy::default(),
             journal: None,
             roots: Vec::new(),
+            grace: crate::quorum::GRACE,
         }
     }
 

@@ -231,9 +231,9 @@ impl Client {
             .collect();
         let mut releases = Vec::new();
         let mut nodes = Vec::new();
-        for (x, outcome) in crate::quorum::gather(calls, t).await {
+        for (x, outcome) in crate::quorum::gather(calls, t, self.inner.grace).await {
             let checked = match outcome {
-                None => Err(crate::quorum::no_answer()),
+                None => Err(crate::quorum::no_answer(self.inner.grace)),
                 Some(o) => {
                     o.and_then(|r| check_release(x, r, transcript)).map_err(|e| e.to_string())
                 }

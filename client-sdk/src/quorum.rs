@@ -5,13 +5,18 @@ use futures_util::StreamExt;
 use std::future::Future;
 use std::time::Duration;
 
-/// How long the key managers still missing get once enough of them answered.
+/// How long the key managers still missing get once enough of them answered, by default
+/// ([`ClientBuilder::straggler_grace`](crate::ClientBuilder::straggler_grace)).
 pub(crate) const GRACE: Duration = Duration::from_secs(5);
 
 /// Runs one call per node concurrently (each under its own retry policy) and returns every
 /// node's outcome, sorted by node. Once `enough` calls succeeded, the others get [`GRACE`]
 /// more rather than their whole retry budget; a node with no outcome by then gets `None`.
-pub(crate) async fn gather<T, F>(calls: Vec<(u8, F)>, enough: usize) -> Vec<(u8, Option<Result<T>>)>
+pub(crate) async fn gather<T, F>(
+    calls: Vec<(u8, F)>,
+    enough: usize,
+    grace: Duration,
+) -> Vec<(u8, Option<Result<T>>)>
 where
     F: Future<Output = Result<T>>,
 {
@@ -30,7 +35,7 @@ where
         succeeded += usize::from(outcome.is_ok());
         outcomes.push((x, Some(outcome)));
         if succeeded >= enough && stop_at.is_none() {
-            stop_at = Some(tokio::time::Instant::now() + GRACE);
+            stop_at = Some(tokio::time::Instant::now() + grace);
         }
     }
     for x in nodes {
@@ -43,8 +48,8 @@ where
 }
 
 /// What a node without an outcome is reported as.
-pub(crate) fn no_answer() -> String {
-    format!("no answer within {} s after enough key managers had answered", GRACE.as_secs())
+pub(crate) fn no_answer(grace: Duration) -> String {
+    format!("no answer within {:.1} s after enough key managers had answered", grace.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -68,6 +73,7 @@ mod tests {
         let out = gather(
             vec![call(1, 1, true), call(2, 2, true), call(3, 600, true), call(4, 3, false)],
             2,
+            GRACE,
         )
         .await;
         assert_eq!(
@@ -81,7 +87,7 @@ mod tests {
         assert!(matches!(out[3], (4, Some(Err(_)))));
         // Without enough successes, everyone is waited for.
         let start = tokio::time::Instant::now();
-        let out = gather(vec![call(1, 1, true), call(2, 30, false)], 2).await;
+        let out = gather(vec![call(1, 1, true), call(2, 30, false)], 2, GRACE).await;
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         assert!(out.iter().all(|(_, o)| o.is_some()));
     }

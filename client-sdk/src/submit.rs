@@ -95,9 +95,9 @@ impl Client {
         let mut hashes = std::collections::BTreeSet::new();
         let mut m = 0;
         let mut unreachable = Vec::new();
-        for (x, outcome) in quorum::gather(calls, t).await {
+        for (x, outcome) in quorum::gather(calls, t, self.inner.grace).await {
             let Some(outcome) = outcome else {
-                unreachable.push(format!("{x} ({})", quorum::no_answer()));
+                unreachable.push(format!("{x} ({})", quorum::no_answer(self.inner.grace)));
                 continue;
             };
             match outcome {
@@ -309,7 +309,7 @@ impl Client {
         // past quorum::GRACE once `t` have theirs.
         let mut done = Vec::new();
         let mut failed = Vec::new();
-        for (x, outcome) in quorum::gather(calls, t).await {
+        for (x, outcome) in quorum::gather(calls, t, self.inner.grace).await {
             match outcome {
                 Some(Ok(r)) if r.upload_sha256 == *upload && r.share_index == x => {
                     done.push(x);
@@ -317,7 +317,7 @@ impl Client {
                 }
                 Some(Ok(_)) => failed.push(format!("{x} (its receipt names another upload)")),
                 Some(Err(e)) => failed.push(format!("{x} ({e})")),
-                None => failed.push(format!("{x} ({})", quorum::no_answer())),
+                None => failed.push(format!("{x} ({})", quorum::no_answer(self.inner.grace))),
             }
         }
         if done.len() < t {

@@ -12,7 +12,7 @@ use cryptflow_client::{
     Client, ClientError, ClientPolicy, Layout, ModelUpdate, RetryPolicy, RoundRequest, RoundState,
     SubmitOptions, Token, Weighting,
 };
-use cryptflow_devstack::LocalStack;
+use cryptflow_devstack::{Database, LocalStack};
 use cryptflow_services::api::kms::ReleaseResponse;
 use cryptflow_services::protocol::{Committee, CommitteeNode};
 use cryptflow_services::{ClientId, Role, RoundId, Sha256Digest};
@@ -190,71 +190,145 @@ async fn a_corrupted_release_is_caught_and_its_node_named() {
             .unwrap();
     }
     stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
-    // Node 5's releases pass through a proxy that changes one coefficient.
-    let hook: Arc<Hook> = Arc::new(|_, path, _, status, bytes| {
-        if !path.ends_with("/release") || status != StatusCode::OK {
-            return (status, bytes);
-        }
-        let mut r: ReleaseResponse = serde_json::from_slice(&bytes).unwrap();
-        let v = u64::from_le_bytes(r.release.0[16..24].try_into().unwrap());
-        r.release.0[16..24].copy_from_slice(&(if v == 0 { 1 } else { v - 1 }).to_le_bytes());
-        (status, serde_json::to_vec(&r).unwrap())
-    });
-    let (_proxy, url) = Proxy::start(stack.node_url(5).unwrap(), hook).await;
-    let nodes: Vec<CommitteeNode> = stack
-        .committee()
-        .nodes()
-        .iter()
-        .map(|n| if n.x == 5 { CommitteeNode { url: url.clone(), ..n.clone() } } else { n.clone() })
-        .collect();
-    let committee = Committee::try_new(3, nodes).unwrap();
-    let client = site_client(&stack, "site-0", stack.aggregator_url(), committee);
-    let agg = client.fetch_mean(&round, None).await.unwrap();
-    assert!(agg.inconsistent);
-    assert_eq!(agg.culprit, Some(5));
-    assert!(agg.nodes.iter().any(|n| n.x == 5 && n.problem.is_some()), "{:?}", agg.nodes);
-    let worst = agg.mean.iter().zip(&want).map(|(m, w)| (m - w).abs()).fold(0.0, f64::max);
-    assert!(worst <= agg.max_abs_error, "decrypted from the honest releases");
+    // Node 5's releases pass through a proxy that corrupts them: one coefficient off by one,
+    // every coefficient random, every coefficient shifted by Δ (which, alone, moves every
+    // value by whole steps).
+    let delta =
+        cryptflow_services::protocol::setup(&stack.admin().round(&round).await.unwrap().spec)
+            .unwrap()
+            .plan()
+            .delta()
+            .delta();
+    type Corrupt = fn(usize, u64, u64) -> u64;
+    let modes: [(&str, Corrupt); 3] = [
+        ("one coefficient", |i, v, _| {
+            if i == 0 {
+                if v == 0 {
+                    1
+                } else {
+                    v - 1
+                }
+            } else {
+                v
+            }
+        }),
+        ("random", |i, _, _| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % ((1 << 61) - 1)),
+        ("shifted by Δ", |_, v, delta| (v + delta % ((1 << 61) - 1)) % ((1 << 61) - 1)),
+    ];
+    for (name, corrupt) in modes {
+        let hook: Arc<Hook> = Arc::new(move |_, path, _, status, bytes| {
+            if !path.ends_with("/release") || status != StatusCode::OK {
+                return (status, bytes);
+            }
+            let mut r: ReleaseResponse = serde_json::from_slice(&bytes).unwrap();
+            for (i, c) in r.release.0[16..].chunks_mut(8).enumerate() {
+                let v = u64::from_le_bytes((&*c).try_into().unwrap());
+                c.copy_from_slice(&corrupt(i, v, delta).to_le_bytes());
+            }
+            (status, serde_json::to_vec(&r).unwrap())
+        });
+        let (_proxy, url) = Proxy::start(stack.node_url(5).unwrap(), hook).await;
+        let nodes: Vec<CommitteeNode> =
+            stack
+                .committee()
+                .nodes()
+                .iter()
+                .map(|n| {
+                    if n.x == 5 {
+                        CommitteeNode { url: url.clone(), ..n.clone() }
+                    } else {
+                        n.clone()
+                    }
+                })
+                .collect();
+        let committee = Committee::try_new(3, nodes).unwrap();
+        let client = site_client(&stack, "site-0", stack.aggregator_url(), committee);
+        let agg = client.fetch_mean(&round, None).await.unwrap();
+        assert!(agg.inconsistent, "{name}");
+        assert_eq!(agg.culprit, Some(5), "{name}");
+        assert!(
+            agg.nodes.iter().any(|n| n.x == 5 && n.problem.is_some()),
+            "{name}: {:?}",
+            agg.nodes
+        );
+        let worst = agg.mean.iter().zip(&want).map(|(m, w)| (m - w).abs()).fold(0.0, f64::max);
+        assert!(worst <= agg.max_abs_error, "{name}: decrypted from the honest releases");
+    }
     stack.stop().await;
+}
+
+/// A client that gives up quickly (for the cases that must fail).
+fn impatient(stack: &LocalStack, id: &str) -> Client {
+    Client::builder(stack.aggregator_url())
+        .aggregator_token(Token::new(stack.token(id, Role::Client, "aggregator")))
+        .committee(stack.committee().clone())
+        .site(ClientId::parse(id).unwrap(), stack.site_key(id).unwrap())
+        .retry(RetryPolicy { budget: Duration::from_secs(2), ..RetryPolicy::default() })
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rounds_survive_key_managers_down_up_to_n_minus_t() {
-    let mut stack = LocalStack::builder().nodes(3, 2).sites(3).start().await.unwrap();
-    let d = 3_000;
-    stack.admin().create_round(&request("down", &stack, d as u64, 3, 3)).await.unwrap();
-    let round = RoundId::parse("down").unwrap();
-    // Node 3 is down for the whole submission: deposits reach two nodes, which is t.
-    stack.kill_node(3).await;
-    for i in 0..3 {
-        let s = stack
-            .client(&format!("site-{i}"))
-            .submit(&round, update(d, i), SubmitOptions::default())
+    // (3, 2) on each database: a node down from the start, a node killed after the deposits,
+    // and two nodes down — which must fail, saying why.
+    for database in Database::for_tests() {
+        let mut stack = LocalStack::builder()
+            .nodes(3, 2)
+            .sites(3)
+            .database(database.clone())
+            .start()
             .await
             .unwrap();
-        assert_eq!(s.deposited_with, vec![1, 2]);
+        let d = 3_000;
+        for r in ["down-from-start", "killed-after-deposits"] {
+            stack.admin().create_round(&request(r, &stack, d as u64, 3, 3)).await.unwrap();
+        }
+        // Round 1: node 3 is down for the whole submission: deposits reach two nodes, t.
+        let round = RoundId::parse("down-from-start").unwrap();
+        stack.kill_node(3).await;
+        for i in 0..3 {
+            let s = stack
+                .client(&format!("site-{i}"))
+                .submit(&round, update(d, i), SubmitOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(s.deposited_with, vec![1, 2], "{database:?}");
+        }
+        let info = stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(info.state, RoundState::Published);
+        stack.restart_node(3).await.unwrap();
+        let agg = stack.client("site-0").fetch_mean(&round, None).await.unwrap();
+        assert_eq!(agg.contributors, 3);
+        assert!(agg.nodes.iter().any(|n| n.x == 3 && n.problem.is_some()), "{:?}", agg.nodes);
+
+        // Round 2: every node takes the deposits, then node 2 is killed before publication.
+        let round = RoundId::parse("killed-after-deposits").unwrap();
+        for i in 0..3 {
+            let c = stack.client(&format!("site-{i}"));
+            let s = c.submit(&round, update(d, i + 5), SubmitOptions::default()).await.unwrap();
+            let want = if i < 2 { vec![1, 2, 3] } else { vec![1, 3] };
+            assert_eq!(s.deposited_with, want);
+            if i == 1 {
+                stack.kill_node(2).await;
+            }
+        }
+        let info = stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(info.transcript.as_ref().unwrap().recorded_by.len(), 2, "{:?}", info.transcript);
+        let agg = stack.client("site-1").fetch_mean(&round, None).await.unwrap();
+        assert_eq!(agg.contributors, 3);
+
+        // Two of three down: no mean, and the error says which nodes and why.
+        stack.kill_node(3).await;
+        let e = impatient(&stack, "site-1").fetch_mean(&round, None).await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ClientError::Committee(_)), "{e}");
+        assert!(
+            text.contains("1 releases, 2 needed") && text.contains("2:") && text.contains("3:"),
+            "{text}"
+        );
+        stack.stop().await;
     }
-    let info = stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(info.state, RoundState::Published);
-    // Node 3 is back (it never saw the deposits: it cannot release) and node 1 goes down:
-    // the mean needs t = 2 releases, and only node 2 can give one.
-    stack.restart_node(3).await.unwrap();
-    stack.kill_node(1).await;
-    let quick = Client::builder(stack.aggregator_url())
-        .aggregator_token(Token::new(stack.token("site-0", Role::Client, "aggregator")))
-        .committee(stack.committee().clone())
-        .site(ClientId::parse("site-0").unwrap(), stack.site_key("site-0").unwrap())
-        .retry(RetryPolicy { budget: Duration::from_secs(2), ..RetryPolicy::default() })
-        .build()
-        .unwrap();
-    let e = quick.fetch_mean(&round, None).await.unwrap_err();
-    assert!(matches!(e, ClientError::Committee(_)), "{e}");
-    // With node 1 back, the mean decrypts from nodes 1 and 2.
-    stack.restart_node(1).await.unwrap();
-    let agg = stack.client("site-0").fetch_mean(&round, None).await.unwrap();
-    assert_eq!(agg.contributors, 3);
-    assert!(agg.nodes.iter().any(|n| n.x == 3 && n.problem.is_some()), "{:?}", agg.nodes);
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -420,6 +420,7 @@ impl LocalStack {
             .committee(self.committee.clone())
             .reader(role == Role::Reader)
             .policy(policy)
+            .straggler_grace(Duration::from_secs(1))
             .retry(RetryPolicy { budget: Duration::from_secs(60), ..RetryPolicy::default() });
         if let (Ok(cid), Some(key)) = (ClientId::parse(id), self.site_key(id)) {
             b = b.site(cid, key);
