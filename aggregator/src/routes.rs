@@ -34,8 +34,8 @@ use cryptflow_services::api::round::{
 };
 use cryptflow_services::auth::{Authenticated, Principal};
 use cryptflow_services::http::{
-    method_not_allowed, not_found, parse_json, probe_routes, problem_documents, round_param,
-    AppError,
+    method_not_allowed, not_found, parse_json, probe_routes, problem_documents,
+    refuse_declared_oversize, round_param, AppError,
 };
 use cryptflow_services::protocol;
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId, Sha256Digest};
@@ -44,10 +44,19 @@ use std::sync::atomic::Ordering;
 /// The OpenAPI document, checked in as `docs/aggregator-openapi.json`.
 pub const OPENAPI: &str = include_str!("../../docs/aggregator-openapi.json");
 
+/// Largest JSON body (a round request listing 10^5 clients is ~3 MB).
+const MAX_JSON_BODY: usize = 32 << 20;
+
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/rounds", post(create_round))
+        .route(
+            "/v1/rounds",
+            post(create_round).layer(axum::middleware::from_fn_with_state(
+                MAX_JSON_BODY,
+                refuse_declared_oversize,
+            )),
+        )
         .route("/v1/rounds/{round}", get(round_info))
         .route("/v1/rounds/{round}/close", post(close_round))
         .route(
@@ -56,7 +65,7 @@ pub fn router(state: AppState) -> Router {
             put(submit).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/v1/rounds/{round}/aggregate", get(aggregate))
-        .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(state.clone())
         .merge(probe_routes(state.store.pool().clone(), OPENAPI))
         .method_not_allowed_fallback(method_not_allowed)

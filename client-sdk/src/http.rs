@@ -109,19 +109,7 @@ pub(crate) async fn send(
         ));
     }
     let problem = problem.unwrap_or_else(|| {
-        let code = match status.as_u16() {
-            401 => ErrorCode::Unauthorized,
-            403 => ErrorCode::Forbidden,
-            404 => ErrorCode::NotFound,
-            405 => ErrorCode::MethodNotAllowed,
-            409 => ErrorCode::Conflict,
-            410 => ErrorCode::Gone,
-            413 => ErrorCode::PayloadTooLarge,
-            415 => ErrorCode::UnsupportedMediaType,
-            422 => ErrorCode::Unprocessable,
-            429 => ErrorCode::TooManyRequests,
-            _ => ErrorCode::BadRequest,
-        };
+        let code = ErrorCode::from_status(status.as_u16());
         let mut p = Problem::new(code, text.chars().take(200).collect::<String>());
         p.status = status.as_u16();
         p

@@ -9,8 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cryptflow_client::{
-    Client, ClientError, ClientPolicy, Layout, ModelUpdate, RetryPolicy, RoundRequest, RoundState,
-    SubmitOptions, Token, Weighting,
+    Client, ClientError, ClientPolicy, ModelUpdate, RetryPolicy, RoundState, SubmitOptions, Token,
 };
 use cryptflow_devstack::{Database, LocalStack};
 use cryptflow_services::api::kms::ReleaseResponse;
@@ -80,21 +79,6 @@ fn site_client(stack: &LocalStack, id: &str, aggregator: &str, committee: Commit
         .unwrap()
 }
 
-fn request(round: &str, stack: &LocalStack, d: u64, min: u32, max: u32) -> RoundRequest {
-    RoundRequest {
-        round_id: RoundId::parse(round).unwrap(),
-        layout: Layout::Dimension(d),
-        clients: stack.site_ids(),
-        min_clients: min,
-        max_clients: max,
-        deadline: None,
-        deadline_in_secs: Some(3600),
-        weighting: Weighting::Uniform,
-        clip_bound: 1.0,
-        max_abs_error: 1e-6,
-    }
-}
-
 fn update(d: usize, i: usize) -> Arc<ModelUpdate> {
     Arc::new(ModelUpdate::from(Array1::from(
         (0..d).map(|j| ((i * 31 + j) % 97) as f64 / 97.0).collect::<Vec<_>>(),
@@ -113,7 +97,7 @@ async fn a_retry_after_a_5xx_that_stored_the_upload_sends_the_same_bytes() {
     // same key — two bodies whose difference leaks. The SDK resends the identical bytes.
     let stack = LocalStack::builder().sites(2).start().await.unwrap();
     let d = 40_000;
-    stack.admin().create_round(&request("retry", &stack, d as u64, 2, 2)).await.unwrap();
+    stack.admin().create_round(&stack.round_request("retry", d as u64, 2, 2)).await.unwrap();
     let round = RoundId::parse("retry").unwrap();
     let failed_once = Arc::new(Mutex::new(false));
     let flag = failed_once.clone();
@@ -175,7 +159,7 @@ async fn a_corrupted_release_is_caught_and_its_node_named() {
     // (5, 3): five releases are t + 2, enough to tell which one is off.
     let stack = LocalStack::builder().nodes(5, 3).sites(3).start().await.unwrap();
     let d = 5_000;
-    stack.admin().create_round(&request("bad-node", &stack, d as u64, 3, 3)).await.unwrap();
+    stack.admin().create_round(&stack.round_request("bad-node", d as u64, 3, 3)).await.unwrap();
     let round = RoundId::parse("bad-node").unwrap();
     let mut want = vec![0f64; d];
     for i in 0..3 {
@@ -282,7 +266,7 @@ async fn rounds_survive_key_managers_down_up_to_n_minus_t() {
             .unwrap();
         let d = 3_000;
         for r in ["down-from-start", "killed-after-deposits"] {
-            stack.admin().create_round(&request(r, &stack, d as u64, 3, 3)).await.unwrap();
+            stack.admin().create_round(&stack.round_request(r, d as u64, 3, 3)).await.unwrap();
         }
         // Round 1: node 3 is down for the whole submission: deposits reach two nodes, t.
         let round = RoundId::parse("down-from-start").unwrap();
@@ -335,7 +319,7 @@ async fn rounds_survive_key_managers_down_up_to_n_minus_t() {
 async fn the_client_policy_refuses_before_anything_is_sent() {
     let stack = LocalStack::builder().sites(3).start().await.unwrap();
     let round = RoundId::parse("peers").unwrap();
-    stack.admin().create_round(&request("peers", &stack, 100, 2, 3)).await.unwrap();
+    stack.admin().create_round(&stack.round_request("peers", 100, 2, 3)).await.unwrap();
     let allowed = ["site-0", "site-1"].iter().map(|s| ClientId::parse(*s).unwrap()).collect();
     let picky = stack.client_with(
         "site-0",

@@ -28,13 +28,13 @@
 #![deny(missing_docs)]
 
 use cryptflow_aggregator::AggregatorConfig;
-use cryptflow_client::{Client, ClientPolicy, RetryPolicy, Token};
+use cryptflow_client::{Client, ClientPolicy, Layout, RetryPolicy, RoundRequest, Token, Weighting};
 use cryptflow_kms::KmsConfig;
 use cryptflow_services::auth::JwtKey;
 use cryptflow_services::protocol::{
     Claims, Committee, CommitteeNode, Roster, RosterMember, SiteKey,
 };
-use cryptflow_services::{config, db, ClientId, Role};
+use cryptflow_services::{config, db, ClientId, Role, RoundId};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -429,6 +429,25 @@ impl LocalStack {
         b.build().unwrap_or_else(unreachable_client)
     }
 
+    /// A round request for all of the stack's sites: a flat vector of `d` values, `min`–`max`
+    /// contributors, uniform weighting, clip 1, mean error ≤ 1e-6, deadline in an hour —
+    /// what most tests start from (adjust the fields they are about).
+    pub fn round_request(&self, round: &str, d: u64, min: u32, max: u32) -> RoundRequest {
+        RoundRequest {
+            // Tests name rounds with valid ids; an invalid one is the test's bug.
+            round_id: RoundId::parse(round).unwrap_or_else(|e| panic_in_test(&e.to_string())),
+            layout: Layout::Dimension(d),
+            clients: self.site_ids(),
+            min_clients: min,
+            max_clients: max,
+            deadline: None,
+            deadline_in_secs: Some(3600),
+            weighting: Weighting::Uniform,
+            clip_bound: 1.0,
+            max_abs_error: 1e-6,
+        }
+    }
+
     /// An SDK client with an admin token.
     pub fn admin(&self) -> Client {
         Client::builder(&self.aggregator.url)
@@ -591,9 +610,15 @@ impl Drop for LocalStack {
     }
 }
 
-#[allow(clippy::panic)] // the stack only builds well-formed clients; a failure is a bug here
+/// A misuse of the harness by a test (e.g. an invalid round id): fail the test, loudly.
+#[allow(clippy::panic)]
+fn panic_in_test(why: &str) -> ! {
+    panic!("local stack: {why}")
+}
+
+/// The stack only builds well-formed clients; a failure is a bug here.
 fn unreachable_client(e: cryptflow_client::ClientError) -> Client {
-    panic!("the local stack built an invalid client: {e}")
+    panic_in_test(&format!("the local stack built an invalid client: {e}"))
 }
 
 fn claims(sub: &str, role: Role, aud: &str) -> Claims {

@@ -23,6 +23,7 @@ use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -36,8 +37,8 @@ use cryptflow_services::api::round::{Contribution, RoundSpec};
 use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::auth::{Authenticated, Principal};
 use cryptflow_services::http::{
-    method_not_allowed, not_found, parse_json, probe_routes, problem_documents, round_param,
-    AppError,
+    method_not_allowed, not_found, parse_json, probe_routes, problem_documents,
+    refuse_declared_oversize, round_param, AppError,
 };
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId};
 use serde::Deserialize;
@@ -66,7 +67,9 @@ fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
         .route("/v1/rounds/{round}", round)
         .route(
             "/v1/rounds/{round}/deposits/{client}",
-            put(put_deposit).layer(axum::extract::DefaultBodyLimit::max(MAX_DEPOSIT_BYTES)),
+            put(put_deposit)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_DEPOSIT_BYTES))
+                .layer(from_fn_with_state(MAX_DEPOSIT_BYTES, refuse_declared_oversize)),
         )
         .route("/v1/rounds/{round}/release", get(release))
         .route("/v1/node", get(node_info));
@@ -77,6 +80,7 @@ fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
             .route("/v1/audit", get(audit_log));
     }
     r.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(from_fn_with_state(max_body_bytes, refuse_declared_oversize))
         .with_state(state.clone())
         .merge(probe_routes(state.store.pool().clone(), OPENAPI))
         .method_not_allowed_fallback(method_not_allowed)

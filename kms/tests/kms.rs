@@ -4,7 +4,7 @@
 //! of the set, the audit log, and the OpenAPI document.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use cryptflow_client::{Layout, ModelUpdate, RoundRequest, SubmitOptions, Weighting};
+use cryptflow_client::{ModelUpdate, SubmitOptions};
 use cryptflow_devstack::{Database, LocalStack};
 use cryptflow_he::sharing::{CommitteeShape, KeyShare};
 use cryptflow_he::{ClientKey, ParameterSet, Wire};
@@ -45,21 +45,6 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-fn request(round: &str, clients: Vec<ClientId>, min: u32, max: u32) -> RoundRequest {
-    RoundRequest {
-        round_id: RoundId::parse(round).unwrap(),
-        layout: Layout::Dimension(3000),
-        clients,
-        min_clients: min,
-        max_clients: max,
-        deadline: None,
-        deadline_in_secs: Some(3600),
-        weighting: Weighting::Uniform,
-        clip_bound: 1.0,
-        max_abs_error: 1e-6,
-    }
-}
-
 fn update(i: usize) -> ModelUpdate {
     ModelUpdate::from(ndarray::Array1::from(
         (0..3000).map(|j| ((i * 7 + j) % 100) as f64 / 100.0).collect::<Vec<_>>(),
@@ -96,7 +81,7 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
 
         // Round r1: three sites contribute; the aggregator records the set and publishes.
         let r1 = RoundId::parse("r1").unwrap();
-        stack.admin().create_round(&request("r1", ids.clone(), 3, 3)).await.unwrap();
+        stack.admin().create_round(&stack.round_request("r1", 3000, 3, 3)).await.unwrap();
         for (i, id) in ids.iter().take(3).enumerate() {
             stack
                 .client(id.as_str())
@@ -171,7 +156,7 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
 
         // Round r2 (all four invited, none contributing yet on three nodes): (e) sets that do not
         // match the deposits are refused, naming the member.
-        stack.admin().create_round(&request("r2", ids.clone(), 2, 4)).await.unwrap();
+        stack.admin().create_round(&stack.round_request("r2", 3000, 2, 4)).await.unwrap();
         let r2 = RoundId::parse("r2").unwrap();
         for (i, id) in ids.iter().take(2).enumerate() {
             stack
@@ -320,7 +305,7 @@ async fn a_split_set_never_reaches_the_threshold_twice() {
     let stack = LocalStack::builder().nodes(3, 2).sites(4).start().await.unwrap();
     let ids = stack.site_ids();
     let agg = stack.token("aggregator", Role::Aggregator, "kms");
-    stack.admin().create_round(&request("split", ids.clone(), 2, 4)).await.unwrap();
+    stack.admin().create_round(&stack.round_request("split", 3000, 2, 4)).await.unwrap();
     let round = RoundId::parse("split").unwrap();
     for (i, id) in ids.iter().take(3).enumerate() {
         stack

@@ -266,6 +266,32 @@ pub async fn problem_documents(response: Response) -> Response {
     fresh
 }
 
+/// Middleware (`axum::middleware::from_fn_with_state(limit, refuse_declared_oversize)`)
+/// refusing a request whose declared `Content-Length` exceeds `limit` with a 413 problem
+/// document before a byte of its body is read. axum's `DefaultBodyLimit` only counts while
+/// reading: a client announcing 80 MB would otherwise send 32 MB for nothing.
+pub async fn refuse_declared_oversize(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is {n} bytes; at most {limit} are accepted here"),
+        )
+        .with_field("body")
+        .with_limit(limit as u64)
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
 /// The 405 for a known path with another method, as a problem document.
 pub async fn method_not_allowed() -> AppError {
     AppError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method")
