@@ -110,6 +110,7 @@ pub fn round_spec(request: &RoundRequest, seed: MaskSeed) -> Result<RoundSpec, A
         max_clients: request.max_clients,
         mask_seed: seed,
         plan,
+        layout_sha256: cryptflow_services::protocol::layout_digest(&request.layout),
     })
 }
 

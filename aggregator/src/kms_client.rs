@@ -14,6 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
+/// Largest answer read from a key manager (a deposit list of 10^5 members is ~12 MB).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// A failed call to one node.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -125,7 +128,7 @@ impl KmsNodes {
         if status.is_server_error() {
             return Err(KmsError::Unavailable { x, detail: format!("HTTP {status}") });
         }
-        let problem: Problem = res.json().await.unwrap_or_else(|_| {
+        let problem: Problem = Self::json(x, res).await.unwrap_or_else(|_| {
             let mut p =
                 Problem::new(cryptflow_services::ErrorCode::BadRequest, format!("HTTP {status}"));
             p.status = status.as_u16();
@@ -142,14 +145,31 @@ impl KmsNodes {
         Err(KmsError::Refused { x, problem: Box::new(problem) })
     }
 
+    /// Reads a JSON answer of at most `MAX_ANSWER_BYTES` (a node cannot make the aggregator
+    /// allocate more).
+    async fn json<T: serde::de::DeserializeOwned>(
+        x: u8,
+        mut res: reqwest::Response,
+    ) -> Result<T, KmsError> {
+        let bad = |detail: String| KmsError::Unavailable { x, detail };
+        if res.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+            return Err(bad(format!("an answer over {MAX_ANSWER_BYTES} bytes")));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| bad(e.to_string()))? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(bad(format!("an answer over {MAX_ANSWER_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| bad(format!("bad answer: {e}")))
+    }
+
     /// Registers the round with node `x`; returns its echo.
     pub async fn register(&self, x: u8, spec: &RoundSpec) -> Result<SpecEcho, KmsError> {
         let url = self.url(x, &format!("/v1/rounds/{}", spec.round_id))?;
         let res = self.send(x, self.http.put(url).json(spec)).await?;
-        let round: RegisteredRound = res
-            .json()
-            .await
-            .map_err(|e| KmsError::Unavailable { x, detail: format!("bad answer: {e}") })?;
+        let round: RegisteredRound = Self::json(x, res).await?;
         Ok(round.echo)
     }
 
@@ -157,10 +177,7 @@ impl KmsNodes {
     pub async fn deposits(&self, x: u8, round: &RoundId) -> Result<Vec<Contribution>, KmsError> {
         let url = self.url(x, &format!("/v1/rounds/{round}/deposits"))?;
         let res = self.send(x, self.http.get(url)).await?;
-        let list: DepositList = res
-            .json()
-            .await
-            .map_err(|e| KmsError::Unavailable { x, detail: format!("bad answer: {e}") })?;
+        let list: DepositList = Self::json(x, res).await?;
         Ok(list.deposits)
     }
 

@@ -82,6 +82,9 @@ pub struct AggregatorConfig {
     pub deposit_grace_secs: u64,
     /// The uploads' blobs are deleted this long after publication (the aggregate is kept).
     pub upload_retention_secs: u64,
+    /// A round whose contributor set fewer than `t` key managers have recorded this long after
+    /// it closed fails (nodes unreachable for good must not keep it `aggregating` forever).
+    pub publish_timeout_secs: u64,
     /// Milliseconds between passes of the background task.
     pub tick_millis: u64,
     /// Grace period for in-flight requests at shutdown.
@@ -103,6 +106,7 @@ impl Default for AggregatorConfig {
             kms_token_files: BTreeMap::new(),
             max_concurrent_uploads: 16,
             deposit_grace_secs: 60,
+            publish_timeout_secs: 86_400,
             upload_retention_secs: 0,
             tick_millis: 1000,
             shutdown_timeout_secs: 30,
@@ -182,6 +186,8 @@ pub struct Tuning {
     pub deposit_grace_secs: u64,
     /// See [`AggregatorConfig::upload_retention_secs`].
     pub upload_retention_secs: u64,
+    /// See [`AggregatorConfig::publish_timeout_secs`].
+    pub publish_timeout_secs: u64,
 }
 
 /// Shared state of the handlers and the background task. Cheap to clone.
@@ -314,6 +320,7 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
         Tuning {
             deposit_grace_secs: config.deposit_grace_secs,
             upload_retention_secs: config.upload_retention_secs,
+            publish_timeout_secs: config.publish_timeout_secs,
         },
     ))
 }

@@ -52,6 +52,12 @@ pub async fn register_missing(
     for (x, outcome) in futures_util::future::join_all(calls).await {
         match outcome.and_then(|echo| {
             // The aggregator checks what clients will check, to report a misconfigured node.
+            if echo.share_index != x {
+                return Err(KmsError::Unavailable {
+                    x,
+                    detail: format!("it answered with node {}'s echo", echo.share_index),
+                });
+            }
             protocol::verify_echo(committee, &row.spec, &echo).map(|_| echo).map_err(|e| {
                 KmsError::Unavailable { x, detail: format!("its echo does not verify: {e}") }
             })
@@ -233,6 +239,15 @@ async fn report_set(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
             &format!("the key managers refused the contributor set: {}", refused.join("; ")),
         )
         .await?;
+    } else if row.state == RoundState::Aggregating
+        && s.clock.now() >= row.closed_at.unwrap_or(0) + s.tuning.publish_timeout_secs as i64
+    {
+        let why = format!(
+            "only {} of the {t} key managers needed recorded the contributor set within {} s",
+            recorded.len(),
+            s.tuning.publish_timeout_secs
+        );
+        fail(s, round, &why).await?;
     }
     Ok(())
 }

@@ -364,3 +364,44 @@ async fn bad_requests_get_problem_documents_naming_the_field() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_beyond_the_concurrency_limit_wait_their_turn() {
+    // Back-pressure: at most 2 uploads in flight; 8 sites upload 300,000 values at once. The
+    // others get 429 with Retry-After, the SDK retries, and every upload is admitted once.
+    let stack = LocalStack::builder().sites(8).max_concurrent_uploads(2).start().await.unwrap();
+    let d = 300_000;
+    stack.admin().create_round(&stack.round_request("busy", d as u64, 8, 8)).await.unwrap();
+    let round = RoundId::parse("busy").unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let c = stack.client(&format!("site-{i}"));
+            let (round, u) =
+                (round.clone(), Arc::new(ModelUpdate::from(Array1::from(vector(d, i)))));
+            tokio::spawn(async move { c.submit(&round, u, SubmitOptions::default()).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let info = stack.admin().wait_for_aggregate(&round, Duration::from_secs(120)).await.unwrap();
+    assert_eq!((info.state, info.uploads), (RoundState::Published, 8));
+    // The aggregator's metrics say how many uploads were turned away for a while.
+    let cfg: toml::Value =
+        toml::from_str(&std::fs::read_to_string(stack.aggregator_config()).unwrap()).unwrap();
+    let metrics =
+        reqwest::get(format!("http://{}/metrics", cfg["metrics_listen"].as_str().unwrap()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    let throttled: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("cryptflow_aggregator_uploads_throttled_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no throttle counter in {metrics}"));
+    assert!(throttled > 0, "8 concurrent uploads through 2 slots were never throttled");
+    stack.stop().await;
+}

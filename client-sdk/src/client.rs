@@ -308,7 +308,11 @@ impl Client {
             .inner
             .http
             .request(method, format!("{}{path}", node.url.trim_end_matches('/')))
-            .bearer_auth(key.roster_token(id, role)))
+            .bearer_auth(key.roster_token(
+                id,
+                role,
+                &cryptflow_services::protocol::node_audience(node),
+            )))
     }
 
     /// GETs a JSON document from the aggregator (under retries).

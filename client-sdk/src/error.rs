@@ -63,9 +63,9 @@ pub enum ClientError {
     /// not allowed, an update already submitted to another round).
     #[error("client policy: {0}")]
     Policy(String),
-    /// The journal says this exact update was already submitted to this round, completely
-    /// (uploaded and deposited): nothing was sent. A new encryption could not replace it —
-    /// the aggregator keeps one upload per client and round.
+    /// The journal says this exact update was already submitted to this round (uploaded, its
+    /// key shares deposited or attempted): nothing was sent. A new encryption could not
+    /// replace it — the aggregator keeps one upload per client and round.
     #[error(
         "this update was already submitted to round `{0}` (per the journal); nothing was sent"
     )]

@@ -12,7 +12,6 @@ use cryptflow_he::sharing::Release;
 use cryptflow_he::{decrypt_with_releases, DecodeLimits, PackedCiphertext, Wire};
 use cryptflow_services::api::kms::ReleaseResponse;
 use cryptflow_services::api::round::{RoundInfo, RoundState, Transcript};
-use cryptflow_services::protocol;
 use cryptflow_services::{RoundId, Sha256Digest};
 use std::time::{Duration, Instant};
 
@@ -107,6 +106,12 @@ impl Client {
         progress: Option<&ProgressFn>,
     ) -> Result<Aggregate> {
         let info = self.round(round).await?;
+        if &info.spec.round_id != round {
+            return Err(aggregator_protocol(format!(
+                "asked for round {round}, got {}",
+                info.spec.round_id
+            )));
+        }
         if info.state != RoundState::Published {
             return Err(state_error(&info, "the aggregate is not published yet"));
         }
@@ -114,11 +119,15 @@ impl Client {
             .transcript
             .clone()
             .ok_or_else(|| aggregator_protocol("a published round without its transcript"))?;
-        let setup = protocol::setup(&info.spec).map_err(|e| aggregator_protocol(e.to_string()))?;
+        // The spec, plan and layout the mean is decoded with are the ones t key managers
+        // signed, not merely what the aggregator shows.
+        let verified = self.verify_round(info).await?;
+        let (info, setup) = (verified.info, verified.setup);
         let start = Instant::now();
         let aggregate = self.download_aggregate(round, &setup, &transcript, progress).await?;
         let downloaded = setup.upload_len();
-        let (releases, mut nodes) = self.gather_releases(round, &transcript).await?;
+        let (releases, mut nodes) =
+            self.gather_releases(round, &transcript, setup.ring_degree()).await?;
         let download_time = start.elapsed();
         report(progress, Progress::Decrypting);
         let start = Instant::now();
@@ -139,7 +148,13 @@ impl Client {
         })?;
         let culprit = checked.culprit.map(|x| x.get());
         if let Some(n) = nodes.iter_mut().find(|n| Some(n.x) == culprit) {
-            n.problem = Some("its release disagrees with the others'".into());
+            // Without verifiable sharing a contributor that dealt inconsistent shares to
+            // this node would look the same.
+            n.problem = Some(
+                "its release disagrees with the others' (the node is faulty, or a contributor's \
+                 shares to it were inconsistent)"
+                    .into(),
+            );
         }
         let max_abs_error = decrypted.error_bound();
         let mean: Vec<f64> = decrypted.mean::<f64>();
@@ -205,6 +220,7 @@ impl Client {
         &self,
         round: &RoundId,
         transcript: &Transcript,
+        ring_degree: usize,
     ) -> Result<(Vec<Release>, Vec<NodeOutcome>)> {
         let committee = self.committee()?;
         let t = committee.shape().threshold() as usize;
@@ -234,9 +250,9 @@ impl Client {
         for (x, outcome) in crate::quorum::gather(calls, t, self.inner.grace).await {
             let checked = match outcome {
                 None => Err(crate::quorum::no_answer(self.inner.grace)),
-                Some(o) => {
-                    o.and_then(|r| check_release(x, r, transcript)).map_err(|e| e.to_string())
-                }
+                Some(o) => o
+                    .and_then(|r| check_release(x, r, round, transcript, ring_degree))
+                    .map_err(|e| e.to_string()),
             };
             match checked {
                 Ok(r) => {
@@ -262,7 +278,16 @@ impl Client {
 }
 
 /// A node's release, checked: for the transcript's set, decodable, of its own index.
-fn check_release(x: u8, r: ReleaseResponse, transcript: &Transcript) -> Result<Release> {
+fn check_release(
+    x: u8,
+    r: ReleaseResponse,
+    round: &RoundId,
+    transcript: &Transcript,
+    ring_degree: usize,
+) -> Result<Release> {
+    if &r.round_id != round {
+        return Err(protocol(Service::Kms(x), format!("a release for round {}", r.round_id)));
+    }
     if r.contributors != transcript.contributors {
         return Err(protocol(
             Service::Kms(x),
@@ -273,6 +298,12 @@ fn check_release(x: u8, r: ReleaseResponse, transcript: &Transcript) -> Result<R
         .map_err(|e| protocol(Service::Kms(x), format!("undecodable release: {e}")))?;
     if release.index().get() != x || r.share_index != x {
         return Err(protocol(Service::Kms(x), "a release of another share index".into()));
+    }
+    if release.len() != ring_degree {
+        return Err(protocol(
+            Service::Kms(x),
+            format!("a release of {} values; the round's ring has {ring_degree}", release.len()),
+        ));
     }
     Ok(release)
 }

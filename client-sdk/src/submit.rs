@@ -82,6 +82,15 @@ impl Client {
     pub async fn verify_round(&self, info: RoundInfo) -> Result<VerifiedRound> {
         let committee = self.committee()?;
         let round = info.spec.round_id.clone();
+        // The layout is not in the spec itself, only its digest: the one shown must be the one
+        // the key managers signed, and describe the spec's number of values.
+        if protocol::layout_digest(&info.request.layout) != info.spec.layout_sha256
+            || info.request.layout.values() != Some(info.spec.values)
+        {
+            return Err(aggregator_protocol(format!(
+                "the layout shown for round {round} is not the one registered with the key managers"
+            )));
+        }
         let t = committee.shape().threshold() as usize;
         let calls = committee
             .nodes()
@@ -102,6 +111,12 @@ impl Client {
             };
             match outcome {
                 Ok(reg) => {
+                    if reg.echo.share_index != x {
+                        return Err(ClientError::Committee(format!(
+                            "key manager {x} answered with node {}'s echo",
+                            reg.echo.share_index
+                        )));
+                    }
                     if reg.spec != info.spec {
                         return Err(ClientError::Committee(format!(
                             "key manager {x} holds another spec for round {round} than the aggregator shows"
@@ -113,15 +128,15 @@ impl Client {
                     m = m.max(reg.echo.min_set_size);
                     verified.push(x);
                 }
-                Err(e @ (ClientError::Refused { .. } | ClientError::Protocol { .. })) => {
-                    return Err(ClientError::Committee(format!("key manager {x}: {e}")))
-                }
+                // A node that does not hold the round (restored from a backup, restarted
+                // before the aggregator re-registered it) or answers nonsense is not counted;
+                // t others may still agree. Only a node holding another spec is fatal.
                 Err(e) => unreachable.push(format!("{x} ({e})")),
             }
         }
         if verified.len() < t {
             return Err(ClientError::Committee(format!(
-                "only {} of the {t} key managers needed confirmed round {round}; unreachable: {}",
+                "only {} of the {t} key managers needed confirmed round {round}; not confirmed: {}",
                 verified.len(),
                 unreachable.join(", ")
             )));
@@ -185,6 +200,12 @@ impl Client {
             None => None,
         };
         let info = self.round(round).await?;
+        if &info.spec.round_id != round {
+            return Err(aggregator_protocol(format!(
+                "asked for round {round}, got {}",
+                info.spec.round_id
+            )));
+        }
         if info.state != RoundState::Open {
             return Err(state_error(&info, "it no longer accepts uploads"));
         }
@@ -208,12 +229,14 @@ impl Client {
         }
         let upload_time = start.elapsed();
         drop(encryptor);
-        let start = Instant::now();
-        let deposited_with = self.deposit(&verified, &me, &key, &digest, progress).await?;
-        drop(key); // zeroized: the key existed only for this encryption and these shares
+        // Journaled before the deposits: once a deposit may have reached a node, the update
+        // may end up in a set — even if this process dies or loses the answers.
         if let (Some(j), Some(f)) = (&journal, fingerprint) {
             j.record(round, &f)?;
         }
+        let start = Instant::now();
+        let deposited_with = self.deposit(&verified, &me, &key, &digest, progress).await?;
+        drop(key); // zeroized: the key existed only for this encryption and these shares
         Ok(Submission {
             receipt,
             clipping,

@@ -308,7 +308,9 @@ async fn rounds_survive_key_managers_down_up_to_n_minus_t() {
         let text = e.to_string();
         assert!(matches!(e, ClientError::Committee(_)), "{e}");
         assert!(
-            text.contains("1 releases, 2 needed") && text.contains("2:") && text.contains("3:"),
+            text.contains("2 key managers needed")
+                && text.contains("kms-2")
+                && text.contains("kms-3"),
             "{text}"
         );
         stack.stop().await;

@@ -346,10 +346,33 @@ pub fn decrypt_with_releases(
             return Err(Mismatch::ShareIndex { left: r.index().get(), right: shape.nodes() }.into());
         }
     }
-    if releases.len() < t {
-        return Err(Error::NotEnoughReleases { have: releases.len(), need: t });
+    // A release of the wrong length is not a point of the key's polynomial at all: it is left
+    // out (and named when it is the only one), never indexed.
+    let n = setup.ring_degree();
+    let (all, misfits): (Vec<&Release>, Vec<&Release>) =
+        releases.iter().partition(|r| r.len() == n);
+    if all.len() < t {
+        return Err(match misfits.first() {
+            Some(r) if all.len() + misfits.len() >= t => {
+                Mismatch::Length { left: n, right: r.len() }.into()
+            }
+            _ => Error::NotEnoughReleases { have: releases.len(), need: t },
+        });
     }
-    let all: Vec<&Release> = releases.iter().collect();
+    if !misfits.is_empty() {
+        let (d, mut report) = decrypt_with_releases(
+            setup,
+            aggregate,
+            shape,
+            &all.into_iter().cloned().collect::<Vec<_>>(),
+        )?;
+        report.inconsistent = true;
+        report.culprit = match (misfits.len(), report.culprit) {
+            (1, None) => Some(misfits[0].index()),
+            (_, c) => c,
+        };
+        return Ok((d, report));
+    }
     if sharing::consistent(&all, shape.threshold()) {
         let key = sharing::combine(&all[..t])?;
         let used = all[..t].iter().map(|r| r.index()).collect();

@@ -66,6 +66,15 @@ impl Node {
     pub fn x(&self) -> ShareIndex {
         self.x
     }
+    /// The audience roster tokens for this node carry ([`protocol::node_audience`]).
+    pub fn audience(&self) -> String {
+        protocol::node_audience(&protocol::CommitteeNode {
+            x: self.x.get(),
+            url: String::new(),
+            public_key: self.signing.public_key(),
+        })
+    }
+
     /// The roster.
     pub fn roster(&self) -> &Roster {
         &self.roster
@@ -217,8 +226,8 @@ pub fn may_see_round(node: &Node, row: &RoundRow, caller: &Principal) -> Result<
 /// A checked deposit: the share's wire bytes and their digest.
 #[derive(Debug)]
 pub struct CheckedDeposit {
-    /// The share (wire encoding), to be sealed.
-    pub share: Vec<u8>,
+    /// The share (wire encoding), to be sealed; zeroized on drop.
+    pub share: zeroize::Zeroizing<Vec<u8>>,
     /// Its SHA-256.
     pub share_sha256: Sha256Digest,
 }
@@ -274,7 +283,7 @@ pub fn check_deposit(
         .ok_or_else(|| AppError::new(ErrorCode::Forbidden, "not on the roster"))?;
     protocol::verify(&member.public_key, &statement, &deposit.signature, "the deposit")
         .map_err(|e| invalid("signature", e.to_string()))?;
-    Ok(CheckedDeposit { share: deposit.share.0.clone(), share_sha256 })
+    Ok(CheckedDeposit { share: zeroize::Zeroizing::new(deposit.share.0.clone()), share_sha256 })
 }
 
 /// A repeated deposit is fine if it is the same one.

@@ -86,9 +86,9 @@ pub struct KmsConfig {
     pub roster_file: PathBuf,
     /// Shares are shredded this long after a round's registration.
     pub share_retention_secs: u64,
-    /// A file on storage outside the database's backups: the node records there how far its
-    /// audit log has come, and on start refuses the rounds that were open if the database is
-    /// behind it (it was restored from a backup).
+    /// Required: a file on storage outside the database's backups, where the node journals
+    /// the rounds it registers, the sets it records and how far its audit log has come; on
+    /// start it refuses the rounds a restored database has open (see `restore`).
     pub restore_witness_file: Option<PathBuf>,
     /// Largest JSON body (registrations and contributor sets of 10^5 members are ~12 MB).
     pub max_body_bytes: usize,
@@ -232,7 +232,7 @@ pub struct AppState {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     retention_secs: u64,
-    witness: Option<restore::Witness>,
+    witness: Option<Arc<restore::Witness>>,
 }
 
 impl AppState {
@@ -245,7 +245,8 @@ impl AppState {
         clock: SharedClock,
         retention_secs: u64,
     ) -> Self {
-        let verifier = verifier.with_roster(node.roster());
+        let audience = node.audience();
+        let verifier = verifier.with_roster(node.roster(), &audience);
         Self {
             store: Store::new(pool),
             verifier: Arc::new(verifier),
@@ -260,7 +261,7 @@ impl AppState {
 
     /// Keeps a restore witness (see [`restore`]).
     pub fn with_witness(mut self, witness: restore::Witness) -> Self {
-        self.witness = Some(witness);
+        self.witness = Some(Arc::new(witness));
         self
     }
 
@@ -284,9 +285,22 @@ impl axum::extract::FromRef<AppState> for Arc<Verifier> {
     }
 }
 
+/// The restore witness is not optional: without it a node restored from a backup could
+/// record a second contributor set (see [`restore`]).
+fn witness_path(config: &KmsConfig) -> Result<&std::path::Path, StartError> {
+    config.restore_witness_file.as_deref().ok_or_else(|| {
+        StartError::Io(
+            "restore_witness_file is required: a journal on storage the database's backups do not \
+             include (kms/src/restore.rs explains why)"
+                .into(),
+        )
+    })
+}
+
 /// What [`state_from_config`] reads besides the database, checked: the master key, the issuer
 /// keys, the committee, this node's signing key and the roster. `check-config` runs it.
 pub fn check_config(config: &KmsConfig) -> Result<(), StartError> {
+    witness_path(config)?;
     master_key(config)?;
     verifier_from_files(&config.audience, &config.jwt_keys)?;
     node_from_config(config)?;
@@ -310,10 +324,9 @@ pub async fn state_from_config(config: &KmsConfig) -> Result<AppState, StartErro
         Arc::new(SystemClock),
         config.share_retention_secs,
     );
-    if let Some(path) = &config.restore_witness_file {
-        state = state.with_witness(restore::Witness::new(path));
-        upkeep::restore_check(&state).await.map_err(StartError::Io)?;
-    }
+    let path = witness_path(config)?;
+    state = state.with_witness(restore::Witness::new(path));
+    upkeep::restore_check(&state).await.map_err(StartError::Io)?;
     Ok(state)
 }
 

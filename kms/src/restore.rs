@@ -4,11 +4,18 @@
 //! A restored database has forgotten what happened after the backup — possibly a recorded
 //! contributor set — so it could record a second set for a round and hand a lying aggregator
 //! the difference. The **witness** is an append-only journal on storage outside the database's
-//! backups: the node appends `round <id>` (fsynced) when it registers a round, before
-//! answering, and `audit <n>` with its audit log's length. On start, a database whose audit
-//! log is shorter than the witness's last `audit` line was restored: every round the witness
-//! names that the database has open — or does not have at all — is refused for good.
-//! Operators who restore the witness too run `cryptflow-kms refuse-open-rounds`.
+//! backups. The node appends, fsynced, before the database change it announces:
+//! `round <id>` when it registers a round, `set <id> <sha256>` when it records a round's
+//! contributor set (`cryptflow_services::protocol::set_digest`), and `audit <n>` with its
+//! audit log's length when that grew. On start:
+//! - a round the witness saw a set for that the database has open is refused for good (the
+//!   database is behind, or a crash came between the two writes);
+//! - if the audit log is shorter than the witness's last `audit` line, the database was
+//!   restored: every round the witness names that the database has open, or does not have, is
+//!   refused too.
+//!
+//! Operators who restore the witness together with the database defeat it; they run
+//! `cryptflow-kms refuse-open-rounds` instead. `serve` refuses to start without a witness.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -19,20 +26,25 @@ use std::path::{Path, PathBuf};
 pub struct Seen {
     /// Every round registered.
     pub rounds: BTreeSet<String>,
+    /// The digests of the sets the node set out to record, by round (hex; concurrent
+    /// attempts may leave more than one — the database holds the one that won).
+    pub sets: std::collections::BTreeMap<String, BTreeSet<String>>,
     /// The audit log's length at the last note.
     pub audit_length: i64,
 }
 
 /// The witness journal.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Witness {
     path: PathBuf,
+    /// The audit length last noted (so a tick with nothing new writes nothing).
+    noted: std::sync::atomic::AtomicI64,
 }
 
 impl Witness {
     /// The journal at `path` (created on the first note).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self { path: path.into(), noted: std::sync::atomic::AtomicI64::new(-1) }
     }
 
     /// The journal's path.
@@ -52,9 +64,20 @@ impl Witness {
         self.append(&format!("round {round}"))
     }
 
-    /// Notes the audit log's length, durably.
+    /// Notes a round's contributor set (its digest), durably.
+    pub fn note_set(&self, round: &str, digest: &str) -> std::io::Result<()> {
+        self.append(&format!("set {round} {digest}"))
+    }
+
+    /// Notes the audit log's length, durably, if it grew since the last note.
     pub fn note_audit(&self, length: i64) -> std::io::Result<()> {
-        self.append(&format!("audit {length}"))
+        use std::sync::atomic::Ordering;
+        if self.noted.load(Ordering::Relaxed) >= length {
+            return Ok(());
+        }
+        self.append(&format!("audit {length}"))?;
+        self.noted.fetch_max(length, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reads the journal (an absent journal has seen nothing).
@@ -69,6 +92,15 @@ impl Witness {
             match line.split_once(' ') {
                 Some(("round", id)) => {
                     seen.rounds.insert(id.to_owned());
+                }
+                Some(("set", rest)) => {
+                    if let Some((id, digest)) = rest.split_once(' ') {
+                        seen.rounds.insert(id.to_owned());
+                        seen.sets
+                            .entry(id.to_owned())
+                            .or_default()
+                            .insert(digest.trim().to_owned());
+                    }
                 }
                 Some(("audit", n)) => {
                     if let Ok(n) = n.trim().parse::<i64>() {
@@ -96,9 +128,16 @@ mod tests {
         w.note_audit(7).unwrap();
         w.note_round("r2").unwrap();
         w.note_audit(5).unwrap();
+        w.note_set("r3", "abcd").unwrap();
         std::fs::OpenOptions::new().append(true).open(w.path()).unwrap().write_all(b"rou").unwrap();
         let seen = w.read().unwrap();
         assert_eq!(seen.audit_length, 7);
-        assert_eq!(seen.rounds.into_iter().collect::<Vec<_>>(), vec!["r1", "r2"]);
+        assert_eq!(seen.rounds.into_iter().collect::<Vec<_>>(), vec!["r1", "r2", "r3"]);
+        assert!(seen.sets["r3"].contains("abcd"));
+        // An audit length that did not grow is not written again.
+        let lines = std::fs::read_to_string(w.path()).unwrap().lines().count();
+        w.note_audit(7).unwrap();
+        w.note_audit(3).unwrap();
+        assert_eq!(std::fs::read_to_string(w.path()).unwrap().lines().count(), lines);
     }
 }

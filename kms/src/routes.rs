@@ -158,9 +158,12 @@ async fn register(
     // the same registration into a refusal.
     if let Some(existing) = s.store.round(&round).await.map_err(db)? {
         domain::same_registration(&existing, &spec)?;
+        note_round(&s, &round)?; // a crash may have come between the commit and the note
         return Ok((StatusCode::OK, Json(view(&s, existing).await?)).into_response());
     }
     domain::check_registration(&s.node, &round, &spec)?;
+    // The witness learns of the round before the database, so no crash can hide it.
+    note_round(&s, &round)?;
     let echo = s.node.echo(&spec);
     let at = s.clock.now();
     if !s
@@ -174,14 +177,18 @@ async fn register(
         domain::same_registration(&existing, &spec)?;
         return Ok((StatusCode::OK, Json(view(&s, existing).await?)).into_response());
     }
-    // The witness learns of the round before anyone sees this node's echo of it.
-    if let Some(w) = &s.witness {
-        w.note_round(round.as_str()).map_err(AppError::internal)?;
-    }
     s.metrics.rounds_registered.fetch_add(1, Ordering::Relaxed);
     tracing::info!(round = %round, spec_hash = %echo.spec_hash, "round registered");
     let row = registered(&s, &round).await?;
     Ok((StatusCode::CREATED, Json(view(&s, row).await?)).into_response())
+}
+
+/// Notes a round in the restore witness, durably.
+fn note_round(s: &AppState, round: &RoundId) -> Result<(), AppError> {
+    match &s.witness {
+        Some(w) => w.note_round(round.as_str()).map_err(AppError::internal),
+        None => Ok(()),
+    }
 }
 
 /// `GET /v1/rounds/{round}` — the round's members, readers, the aggregator, admins.
@@ -243,10 +250,12 @@ async fn put_deposit(
         Ok((deposit, checked))
     }
     .await;
-    let (deposit, checked) = match outcome {
+    let (mut deposit, checked) = match outcome {
         Ok(v) => v,
         Err(e) => return Err(refused(&s, &caller, "deposit", &round, e).await),
     };
+    // The share lives on in `checked` (zeroized on drop) until sealed.
+    zeroize::Zeroize::zeroize(&mut deposit.share.0);
     let receipt = DepositReceipt {
         round_id: round.clone(),
         client_id: client.clone(),
@@ -291,7 +300,8 @@ async fn put_deposit(
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
-/// `GET /v1/rounds/{round}/deposits` — aggregator, admin.
+/// `GET /v1/rounds/{round}/deposits` — aggregator, admin. 409 for a refused round and 410 for
+/// a shredded one: their rows must not steer the choice of a set.
 async fn list_deposits(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -299,7 +309,10 @@ async fn list_deposits(
 ) -> Result<Json<DepositList>, AppError> {
     caller.require(&[Role::Aggregator, Role::Admin])?;
     let round = round_param(round)?;
-    registered(&s, &round).await?;
+    let row = registered(&s, &round).await?;
+    if matches!(row.state, KmsRoundState::Refused | KmsRoundState::Destroyed) {
+        domain::require_state(&row, KmsRoundState::Open)?;
+    }
     let deposits = s
         .store
         .deposits(&round)
@@ -343,6 +356,11 @@ async fn record_contributors(
     };
     if !new {
         return Ok((StatusCode::OK, Json(ContributorSet { contributors: set })).into_response());
+    }
+    // The witness learns of the set before the database records it (see `crate::restore`).
+    if let Some(w) = &s.witness {
+        let digest = cryptflow_services::protocol::set_digest(&set);
+        w.note_set(round.as_str(), &digest.to_string()).map_err(AppError::internal)?;
     }
     if !s.store.record_set(&round, &set, s.clock.now(), &actor(&caller)).await.map_err(db)? {
         let row = registered(&s, &round).await?;

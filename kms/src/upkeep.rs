@@ -51,6 +51,33 @@ pub async fn tick(s: &AppState) {
 pub async fn restore_check(s: &AppState) -> Result<(), String> {
     let Some(witness) = &s.witness else { return Ok(()) };
     let seen = witness.read().map_err(|e| format!("{}: {e}", witness.path().display()))?;
+    // A set the node set out to record, for a round the database has open: refused whatever
+    // the audit length says (a snapshot taken between the two writes would not be "behind").
+    let system = Actor { subject: "kms", role: Role::Admin };
+    let mut unrecorded = 0;
+    for id in seen.sets.keys() {
+        let Ok(round) = RoundId::parse(id.clone()) else { continue };
+        let row = s.store.round(&round).await.map_err(|e| e.to_string())?;
+        if row.is_some_and(|r| r.state == KmsRoundState::Open) {
+            s.store
+                .shred(
+                    &round,
+                    KmsRoundState::Refused,
+                    s.clock.now(),
+                    &system,
+                    "round.refuse_after_restore",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            unrecorded += 1;
+        }
+    }
+    if unrecorded > 0 {
+        tracing::warn!(
+            rounds = unrecorded,
+            "the restore witness saw sets the database does not hold: those rounds are refused"
+        );
+    }
     let length = crate::audit::length(s.store.pool()).await.map_err(|e| e.to_string())?;
     if length < seen.audit_length {
         tracing::warn!(

@@ -51,8 +51,15 @@ fn update(i: usize) -> ModelUpdate {
     ))
 }
 
+/// Site `id`'s roster token for node 1 (every test below talks to node 1 with it, or shows
+/// what another node does with it).
 fn roster_token(stack: &LocalStack, id: &str) -> String {
-    stack.site_key(id).unwrap().roster_token(&ClientId::parse(id).unwrap(), Role::Client)
+    roster_token_for(stack, id, 1)
+}
+
+fn roster_token_for(stack: &LocalStack, id: &str, x: u8) -> String {
+    let audience = cryptflow_services::protocol::node_audience(stack.committee().node(x).unwrap());
+    stack.site_key(id).unwrap().roster_token(&ClientId::parse(id).unwrap(), Role::Client, &audience)
 }
 
 async fn deposits(stack: &LocalStack, x: u8, round: &str) -> Vec<Contribution> {
@@ -121,7 +128,7 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
         for (who, token) in [
             ("aggregator", agg.clone()),
             ("admin", admin.clone()),
-            ("site-3 (not in the set)", roster_token(&stack, "site-3")),
+            ("site-3 (not in the set)", roster_token_for(&stack, "site-3", 2)),
         ] {
             let (s, p) = call(Method::GET, &release(2), Some(&token), None).await;
             assert_eq!(s, StatusCode::FORBIDDEN, "{who}: {p}");
@@ -130,8 +137,14 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
         let issuer_token = stack.token("site-0", Role::Client, "kms");
         let (s, p) = call(Method::GET, &release(2), Some(&issuer_token), None).await;
         assert!(s == StatusCode::FORBIDDEN || s == StatusCode::UNAUTHORIZED, "{s} {p}");
-        let (s, v) =
+        // site-0's token for node 1, replayed at node 2 (by node 1, or whatever terminates TLS
+        // in front of it), is refused: roster tokens name their node.
+        let (s, p) =
             call(Method::GET, &release(2), Some(&roster_token(&stack, "site-0")), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{p}");
+        let (s, v) =
+            call(Method::GET, &release(2), Some(&roster_token_for(&stack, "site-0", 2)), None)
+                .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let r: ReleaseResponse = serde_json::from_value(v).unwrap();
         assert_eq!((r.share_index, r.contributors), (2, set.clone()));
@@ -274,8 +287,13 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
         assert!(s == StatusCode::CONFLICT || s == StatusCode::UNPROCESSABLE_ENTITY, "{s} {p}");
 
         // Only the aggregator's and an admin's credentials register and destroy rounds.
-        let (s, _) =
-            call(Method::DELETE, &format!("{}/v1/rounds/r2", node(3)), Some(&token2), None).await;
+        let (s, _) = call(
+            Method::DELETE,
+            &format!("{}/v1/rounds/r2", node(3)),
+            Some(&roster_token_for(&stack, "site-2", 3)),
+            None,
+        )
+        .await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         let (s, p) =
             call(Method::DELETE, &format!("{}/v1/rounds/r2", node(3)), Some(&admin), None).await;
@@ -283,7 +301,7 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
         let (s, _) = call(
             Method::GET,
             &format!("{}/v1/rounds/r2/release", node(3)),
-            Some(&roster_token(&stack, "site-0")),
+            Some(&roster_token_for(&stack, "site-0", 3)),
             None,
         )
         .await;
@@ -336,13 +354,12 @@ async fn a_split_set_never_reaches_the_threshold_twice() {
     }
     // site-0 (in both) gets S1 from two nodes and S2 from one: only S1's key sum can be
     // combined, and the SDK's cross-check sees the split.
-    let token = roster_token(&stack, "site-0");
     let mut sets = Vec::new();
     for x in 1..=3u8 {
         let (s, v) = call(
             Method::GET,
             &format!("{}/v1/rounds/split/release", stack.node_url(x).unwrap()),
-            Some(&token),
+            Some(&roster_token_for(&stack, "site-0", x)),
             None,
         )
         .await;
@@ -438,5 +455,79 @@ async fn the_openapi_document_describes_every_route() {
         "no endpoint serves a key: {:?}",
         paths.keys()
     );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_restored_from_a_backup_refuses_rounds_it_had_closed() {
+    // DESIGN §4: a node whose database goes back in time must not record a second set. The
+    // backup is taken with round r open and two deposits; after it, the set is recorded and
+    // released; then the database is restored and the node restarted.
+    // Processes, so that the node's files are what a killed process leaves on disk.
+    let mut stack =
+        LocalStack::builder().nodes(1, 1).sites(4).processes(true).start().await.unwrap();
+    stack.admin().create_round(&stack.round_request("r", 3000, 2, 4)).await.unwrap();
+    let round = RoundId::parse("r").unwrap();
+    for i in 0..3 {
+        stack
+            .client(&format!("site-{i}"))
+            .submit(&round, update(i), SubmitOptions::default())
+            .await
+            .unwrap();
+    }
+    stack.kill_node(1).await;
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(stack.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("kms1.db"))
+        .collect();
+    let backup: Vec<(std::path::PathBuf, Vec<u8>)> =
+        files.iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
+    stack.restart_node(1).await.unwrap();
+    let info = stack.admin().close_round(&round).await.unwrap();
+    let set = stack
+        .admin()
+        .wait_for_aggregate(&round, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .transcript
+        .unwrap()
+        .contributors;
+    assert_eq!(set.len(), 3, "{info:?}");
+    // The disk is lost; the backup comes back.
+    stack.kill_node(1).await;
+    for (p, bytes) in &backup {
+        std::fs::write(p, bytes).unwrap();
+    }
+    for e in std::fs::read_dir(stack.dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("kms1.db") && !files.contains(&p) {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    stack.restart_node(1).await.unwrap();
+    let admin = stack.token("ops", Role::Admin, "kms");
+    let agg = stack.token("aggregator", Role::Aggregator, "kms");
+    let node = stack.node_url(1).unwrap().to_owned();
+    let (s, v) = call(Method::GET, &format!("{node}/v1/rounds/r"), Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "refused", "{v}");
+    // The lying aggregator's second set — one member fewer — is refused.
+    let (s, p) = call(
+        Method::PUT,
+        &format!("{node}/v1/rounds/r/contributors"),
+        Some(&agg),
+        Some(json!({ "contributors": set[..2] })),
+    )
+    .await;
+    assert!(s == StatusCode::CONFLICT || s == StatusCode::GONE, "{s} {p}");
+    let (s, _) = call(
+        Method::GET,
+        &format!("{node}/v1/rounds/r/release"),
+        Some(&roster_token(&stack, "site-0")),
+        None,
+    )
+    .await;
+    assert!(s == StatusCode::CONFLICT || s == StatusCode::GONE, "{s}");
     stack.stop().await;
 }

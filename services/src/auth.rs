@@ -187,6 +187,8 @@ pub struct Verifier {
     /// Issuer keys limited to some roles.
     roles: HashMap<String, Vec<Role>>,
     roster: Option<HashMap<String, RosterKey>>,
+    /// Roster tokens' validation: this node's own audience.
+    roster_validation: Option<Validation>,
     validation: Validation,
 }
 
@@ -223,7 +225,13 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = leeway.as_secs();
-        Ok(Self { keys: map, roles: HashMap::new(), roster: None, validation })
+        Ok(Self {
+            keys: map,
+            roles: HashMap::new(),
+            roster: None,
+            roster_validation: None,
+            validation,
+        })
     }
 
     /// Accepts tokens signed with issuer key `kid` only for `roles`.
@@ -232,9 +240,13 @@ impl Verifier {
         self
     }
 
-    /// Also accepts roster members' own tokens — and, from then on, clients and readers
-    /// *only* that way.
-    pub fn with_roster(mut self, roster: &Roster) -> Self {
+    /// Also accepts roster members' own tokens addressed to `audience` (this node's
+    /// [`node_audience`](crate::protocol::node_audience)) — and, from then on, clients and
+    /// readers *only* that way.
+    pub fn with_roster(mut self, roster: &Roster, audience: &str) -> Self {
+        let mut v = self.validation.clone();
+        v.set_audience(&[audience]);
+        self.roster_validation = Some(v);
         let map = roster
             .members()
             .iter()
@@ -259,8 +271,10 @@ impl Verifier {
             return Err(AuthError::BadSignature);
         }
         let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
-        if let Some(member) = self.roster.as_ref().and_then(|r| r.get(kid)) {
-            let claims = self.decode(token, &member.key)?;
+        if let (Some(member), Some(validation)) =
+            (self.roster.as_ref().and_then(|r| r.get(kid)), self.roster_validation.as_ref())
+        {
+            let claims = decode(token, &member.key, validation)?;
             if claims.sub != member.id.as_str() {
                 return Err(AuthError::Roster("the subject is not the key's member"));
             }
@@ -271,6 +285,10 @@ impl Verifier {
             }
             if claims.exp.saturating_sub(claims.iat) > MAX_ROSTER_TOKEN_SECS {
                 return Err(AuthError::Roster("lifetime longer than ten minutes"));
+            }
+            // Minted now, not in the future: `iat` bounds `exp` only if `iat` is honest.
+            if claims.iat > now_secs().saturating_add(validation.leeway) {
+                return Err(AuthError::Roster("issued in the future"));
             }
             return Ok(Principal {
                 subject: member.id.clone(),
@@ -292,18 +310,27 @@ impl Verifier {
     }
 
     fn decode(&self, token: &str, key: &DecodingKey) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation).map(|d| d.claims).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                    AuthError::BadSignature
-                }
-                _ => AuthError::Malformed(e.to_string()),
-            },
-        )
+        decode(token, key, &self.validation)
     }
+}
+
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, AuthError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation).map(|d| d.claims).map_err(|e| {
+        match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
+            _ => AuthError::Malformed(e.to_string()),
+        }
+    })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The verified caller of a request, extracted from `Authorization: Bearer <jwt>` by any
@@ -398,13 +425,17 @@ mod tests {
             vec![roster_member(&a, &site, false), roster_member(&r, &reader, true)],
         )
         .unwrap();
-        let v = verifier("kms", "issuer", &issuer).with_roster(&roster);
-        let p = v.verify(&site.roster_token(&a, Role::Client)).unwrap();
+        const NODE_1: &str = "cryptflow-kms:1:node-one";
+        let v = verifier("kms", "issuer", &issuer).with_roster(&roster, NODE_1);
+        let p = v.verify(&site.roster_token(&a, Role::Client, NODE_1)).unwrap();
         assert_eq!((p.subject, p.role, p.signer), (a.clone(), Role::Client, Signer::Roster));
-        assert_eq!(v.verify(&reader.roster_token(&r, Role::Reader)).unwrap().role, Role::Reader);
+        assert_eq!(
+            v.verify(&reader.roster_token(&r, Role::Reader, NODE_1)).unwrap().role,
+            Role::Reader
+        );
         // A non-reader cannot claim to be a reader; a key speaks only for its member.
         assert!(matches!(
-            v.verify(&site.roster_token(&a, Role::Reader)),
+            v.verify(&site.roster_token(&a, Role::Reader, NODE_1)),
             Err(AuthError::Roster(_))
         ));
         let stolen_kid = site.mint(
@@ -412,7 +443,7 @@ mod tests {
             &Claims {
                 sub: r.to_string(),
                 role: Role::Reader,
-                aud: "kms".into(),
+                aud: NODE_1.into(),
                 exp: now() + 60,
                 iat: now(),
                 nbf: None,
@@ -438,13 +469,29 @@ mod tests {
             &Claims {
                 sub: a.to_string(),
                 role: Role::Client,
-                aud: "kms".into(),
+                aud: NODE_1.into(),
                 exp: now() + 86_400,
                 iat: now(),
                 nbf: None,
             },
         );
         assert!(matches!(v.verify(&long), Err(AuthError::Roster(_))));
+        // A token minted for another node is refused here (no replay across the committee),
+        // and so is one "issued" in the future to stretch its lifetime.
+        let elsewhere = site.roster_token(&a, Role::Client, "cryptflow-kms:2:node-two");
+        assert_eq!(v.verify(&elsewhere).unwrap_err(), AuthError::WrongAudience);
+        let future = site.mint(
+            &crate::protocol::roster_kid(&a),
+            &Claims {
+                sub: a.to_string(),
+                role: Role::Client,
+                aud: NODE_1.into(),
+                exp: now() + 86_400 * 365 + 300,
+                iat: now() + 86_400 * 365,
+                nbf: None,
+            },
+        );
+        assert_eq!(v.verify(&future).unwrap_err(), AuthError::Roster("issued in the future"));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! encoding.
 
 use crate::api::kms::SpecEcho;
-use crate::api::round::{Contribution, RoundSpec};
+use crate::api::round::{Contribution, Layout, RoundSpec};
 use crate::api::{PublicKeyHex, SignatureHex};
 use crate::ids::{ClientId, RoundId, Sha256Digest};
 use crate::role::Role;
@@ -324,6 +324,43 @@ pub fn members_digest(clients: &[ClientId]) -> Sha256Digest {
     c.digest()
 }
 
+/// The digest of a layout: flat, or every tensor's name and shape in order.
+pub fn layout_digest(layout: &Layout) -> Sha256Digest {
+    let c = Canon::new("cryptflow layout v2");
+    match layout {
+        Layout::Dimension(d) => c.u32(0).u64(*d).digest(),
+        Layout::Tensors(ts) => {
+            let mut c = c.u32(1).u64(ts.len() as u64);
+            for t in ts {
+                c = c.bytes(t.name.as_bytes()).u64(t.shape.len() as u64);
+                for dim in &t.shape {
+                    c = c.u64(*dim);
+                }
+            }
+            c.digest()
+        }
+    }
+}
+
+/// The audience of roster tokens for committee node `node`: its index and signing key. A
+/// token minted for one node is refused by every other, so a node (or whatever terminates
+/// TLS in front of it) cannot replay a member's token at its peers to collect their releases.
+pub fn node_audience(node: &CommitteeNode) -> String {
+    format!("cryptflow-kms:{}:{}", node.x, node.public_key)
+}
+
+/// The digest of a contributor set (canonical order: by client), as a node's restore witness
+/// records it.
+pub fn set_digest(set: &[Contribution]) -> Sha256Digest {
+    let mut sorted: Vec<&Contribution> = set.iter().collect();
+    sorted.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    let mut c = Canon::new("cryptflow contributor set v2").u64(sorted.len() as u64);
+    for m in sorted {
+        c = c.bytes(m.client_id.as_str().as_bytes()).fixed(&m.upload_sha256.0);
+    }
+    c.digest()
+}
+
 /// The hash a node signs for a round: the spec's every field (members by digest, the plan by
 /// its digest), bound to the committee, the roster and `m` of the node's configuration.
 pub fn spec_hash(
@@ -340,6 +377,7 @@ pub fn spec_hash(
         .u32(spec.max_clients)
         .fixed(&spec.mask_seed.0)
         .fixed(&spec.plan.digest())
+        .fixed(&spec.layout_sha256.0)
         .fixed(&committee.0)
         .fixed(&roster.0)
         .u32(min_set_size)
@@ -533,16 +571,16 @@ impl SiteKey {
         format!("{signing_input}.{}", b64.encode(sig))
     }
 
-    /// A short-lived token for the key managers, as roster member `id` with `role` (client or
-    /// reader), signed with this (roster) key.
-    pub fn roster_token(&self, id: &ClientId, role: Role) -> String {
+    /// A short-lived token for one key manager (`audience`: [`node_audience`] of that node),
+    /// as roster member `id` with `role` (client or reader), signed with this (roster) key.
+    pub fn roster_token(&self, id: &ClientId, role: Role, audience: &str) -> String {
         let now = unix_now();
         self.mint(
             &roster_kid(id),
             &Claims {
                 sub: id.to_string(),
                 role,
-                aud: "kms".into(),
+                aud: audience.into(),
                 exp: now + ROSTER_TOKEN_TTL_SECS,
                 iat: now,
                 nbf: None,
@@ -593,6 +631,7 @@ mod tests {
             max_clients: 3,
             mask_seed: MaskSeed([7; 16]),
             plan: p,
+            layout_sha256: layout_digest(&Layout::Dimension(100)),
         }
     }
 

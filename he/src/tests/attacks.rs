@@ -145,6 +145,16 @@ fn a_corrupted_release_is_detected_named_and_survived() {
             assert_eq!(culprit, named.then_some(2), "({n},{t}) {corruption}: {report:?}");
             assert!(!report.used.contains(&ShareIndex::try_new(2).unwrap()));
         }
+        // A release of the wrong length (a node answering with another ring's worth of
+        // values) is left out and named — never indexed past its end.
+        for len in [1024usize, 4096] {
+            let mut rel = releases(&r.keys, shape);
+            rel[1].values.resize(len, 1);
+            let (d, report) = decrypt_with_releases(&r.setup, &r.aggregate, shape, &rel).unwrap();
+            assert!(report.inconsistent, "({n},{t}) length {len}");
+            assert_eq!(d.sums(), honest.sums(), "({n},{t}) length {len}");
+            assert_eq!(report.culprit.map(ShareIndex::get), Some(2), "({n},{t}) length {len}");
+        }
     }
 }
 

@@ -43,6 +43,9 @@ fn world(m: u32) -> World {
         max_clients: 3,
         mask_seed: MaskSeed([1; 16]),
         plan: p,
+        layout_sha256: cryptflow_services::protocol::layout_digest(
+            &cryptflow_services::api::round::Layout::Dimension(10),
+        ),
     };
     let echo = node.echo(&spec);
     let row = RoundRow {

@@ -102,6 +102,10 @@ pub struct RoundSpec {
     pub mask_seed: MaskSeed,
     /// Encoding and transport width (re-derived from its request when parsed).
     pub plan: Plan,
+    /// Digest of the round's layout (tensor names and shapes,
+    /// `cryptflow_services::protocol::layout_digest`): the key managers sign it with the rest,
+    /// so the layout a client is shown cannot differ from the one registered.
+    pub layout_sha256: Sha256Digest,
 }
 
 /// Round lifecycle at the aggregator.
