@@ -23,7 +23,7 @@ impl BlobStore {
     /// crash. Returns how many it removed.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<(Self, usize)> {
         let root = root.into();
-        std::fs::create_dir_all(&root)?;
+        private_dir(&root)?;
         let mut removed = 0;
         for round in std::fs::read_dir(&root)? {
             let round = round?;
@@ -49,7 +49,8 @@ impl BlobStore {
     /// [`BlobWriter::finish`] succeeds.
     pub fn writer(&self, round: &str) -> std::io::Result<BlobWriter> {
         let dir = self.root.join(round);
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir)?;
+        // tempfile creates the file with mode 0600; the rename keeps it.
         let tmp = tempfile::Builder::new().prefix(TEMP).tempfile_in(&dir)?;
         Ok(BlobWriter { dir, tmp: Some(tmp) })
     }
@@ -153,6 +154,16 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Creates `dir` (and its parents) readable by this user only (mode 0700): blobs are
+/// ciphertexts, but whose they are and when is the operator's business only.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
 }
 
 #[cfg(test)]

@@ -76,8 +76,17 @@ pub struct AggregatorConfig {
     /// share index is parsed from the key).
     #[serde(with = "node_keyed")]
     pub kms_token_files: BTreeMap<u8, PathBuf>,
-    /// Uploads received at once; more get 429.
+    /// Uploads received at once. More wait (their bodies unread: TCP holds the senders back)
+    /// up to `upload_queue_secs`, then get 503 with `Retry-After`.
     pub max_concurrent_uploads: usize,
+    /// How long an upload waits for one of the `max_concurrent_uploads` slots.
+    pub upload_queue_secs: u64,
+    /// An upload that sends nothing for this long is dropped (408): a stalled client must not
+    /// hold a slot.
+    pub upload_idle_secs: u64,
+    /// An upload slower than this on average (after its first 30 s) is dropped (408): a
+    /// trickling client must not hold a slot either.
+    pub min_upload_bytes_per_sec: u64,
     /// After a round closes, how long to wait for its uploads' key-share deposits.
     pub deposit_grace_secs: u64,
     /// The uploads' blobs are deleted this long after publication (the aggregate is kept).
@@ -105,6 +114,9 @@ impl Default for AggregatorConfig {
             kms_token_file: PathBuf::from("aggregator-kms.jwt"),
             kms_token_files: BTreeMap::new(),
             max_concurrent_uploads: 16,
+            upload_queue_secs: 30,
+            upload_idle_secs: 30,
+            min_upload_bytes_per_sec: 16 << 10,
             deposit_grace_secs: 60,
             publish_timeout_secs: 86_400,
             upload_retention_secs: 0,
@@ -136,8 +148,15 @@ pub struct Metrics {
     pub submissions: AtomicU64,
     /// Bytes of admitted uploads.
     pub submission_bytes: AtomicU64,
-    /// Uploads refused with 429.
+    /// Uploads refused for want of a slot (429 or 503).
     pub uploads_throttled: AtomicU64,
+    /// Uploads that waited for a slot.
+    pub uploads_queued: AtomicU64,
+    /// Uploads dropped as stalled or too slow (408).
+    pub uploads_too_slow: AtomicU64,
+    /// Calls a key manager refused for the aggregator's own credentials (expired or wrong
+    /// token: an operator must renew it).
+    pub kms_credential_failures: AtomicU64,
     /// Time spent building aggregates, microseconds.
     pub fold_micros: AtomicU64,
     /// Rounds created.
@@ -160,8 +179,23 @@ impl Metrics {
             ),
             (
                 "cryptflow_aggregator_uploads_throttled_total",
-                "Uploads refused with 429.",
+                "Uploads refused for want of a slot (429 or 503).",
                 &self.uploads_throttled,
+            ),
+            (
+                "cryptflow_aggregator_uploads_queued_total",
+                "Uploads that waited for a slot.",
+                &self.uploads_queued,
+            ),
+            (
+                "cryptflow_aggregator_uploads_too_slow_total",
+                "Uploads dropped as stalled or too slow (408).",
+                &self.uploads_too_slow,
+            ),
+            (
+                "cryptflow_aggregator_kms_credential_failures_total",
+                "Key-manager calls refused for the aggregator's own token.",
+                &self.kms_credential_failures,
             ),
             (
                 "cryptflow_aggregator_fold_microseconds_total",
@@ -188,6 +222,12 @@ pub struct Tuning {
     pub upload_retention_secs: u64,
     /// See [`AggregatorConfig::publish_timeout_secs`].
     pub publish_timeout_secs: u64,
+    /// See [`AggregatorConfig::upload_queue_secs`].
+    pub upload_queue_secs: u64,
+    /// See [`AggregatorConfig::upload_idle_secs`].
+    pub upload_idle_secs: u64,
+    /// See [`AggregatorConfig::min_upload_bytes_per_sec`].
+    pub min_upload_bytes_per_sec: u64,
 }
 
 /// Shared state of the handlers and the background task. Cheap to clone.
@@ -200,6 +240,8 @@ pub struct AppState {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Clients with an upload in flight (one each: a client cannot take several slots).
+    uploading: Arc<std::sync::Mutex<std::collections::HashSet<cryptflow_services::ClientId>>>,
     publish_lock: Arc<tokio::sync::Mutex<()>>,
     tuning: Tuning,
 }
@@ -229,6 +271,7 @@ impl AppState {
             clock,
             metrics: Arc::default(),
             uploads: Arc::new(tokio::sync::Semaphore::new(max_concurrent_uploads.max(1))),
+            uploading: Arc::default(),
             publish_lock: Arc::default(),
             tuning,
         }
@@ -321,6 +364,9 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
             deposit_grace_secs: config.deposit_grace_secs,
             upload_retention_secs: config.upload_retention_secs,
             publish_timeout_secs: config.publish_timeout_secs,
+            upload_queue_secs: config.upload_queue_secs,
+            upload_idle_secs: config.upload_idle_secs,
+            min_upload_bytes_per_sec: config.min_upload_bytes_per_sec,
         },
     ))
 }

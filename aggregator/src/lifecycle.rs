@@ -65,6 +65,7 @@ pub async fn register_missing(
             Ok(echo) => echoes.push(echo),
             Err(e) => {
                 tracing::warn!(round = %row.spec.round_id, node = x, error = %e, "registration failed");
+                count_credentials(s, &e);
                 errors.push(e);
             }
         }
@@ -162,7 +163,10 @@ async fn choose_and_build(s: &AppState, row: &RoundRow) -> Result<bool, AppError
             Ok(d) => {
                 deposits.insert(x, d);
             }
-            Err(e) => tracing::warn!(round = %round, node = x, error = %e, "cannot list deposits"),
+            Err(e) => {
+                tracing::warn!(round = %round, node = x, error = %e, "cannot list deposits");
+                count_credentials(s, &e);
+            }
         }
     }
     let t = s.kms.committee().shape().threshold();
@@ -217,7 +221,8 @@ async fn report_set(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
                 refused.push(e.to_string());
             }
             Err(e) => {
-                tracing::warn!(round = %round, node = x, error = %e, "reporting the set failed; will retry")
+                tracing::warn!(round = %round, node = x, error = %e, "reporting the set failed; will retry");
+                count_credentials(s, &e);
             }
         }
     }
@@ -250,6 +255,14 @@ async fn report_set(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
         fail(s, round, &why).await?;
     }
     Ok(())
+}
+
+/// Counts a key manager's refusal of the aggregator's own token (`/metrics`: an operator
+/// must renew `kms_token_file`).
+fn count_credentials(s: &AppState, e: &KmsError) {
+    if matches!(e, KmsError::Credentials { .. }) {
+        s.metrics.kms_credential_failures.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 async fn fail(s: &AppState, round: &RoundId, why: &str) -> Result<(), AppError> {

@@ -212,8 +212,9 @@ async fn close_round(
 
 /// `PUT /v1/rounds/{round}/submissions/{client}` — the client itself, a member of the round.
 /// 201 admitted, 200 the same upload again, 409 another upload or a closed/full round, 413
-/// too large (with the limit), 400 truncated or malformed, 422 a header of another round
-/// (naming the field), 429 too many uploads in flight (with `Retry-After`).
+/// too large (with the limit), 400 truncated or malformed, 408 stalled or too slow, 422 a
+/// header of another round (naming the field), 429 this client's other upload is in flight,
+/// 503 no upload slot within `upload_queue_secs` (both with `Retry-After`).
 async fn submit(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -234,15 +235,9 @@ async fn submit(
         let (sent, _) = crate::upload::receive(&s, &row, &setup, expected, body, false).await?;
         return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sent))).await;
     }
-    let Ok(_permit) = s.uploads.clone().try_acquire_owned() else {
-        s.metrics.uploads_throttled.fetch_add(1, Ordering::Relaxed);
-        return Ok((
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "1")],
-            AppError::new(ErrorCode::TooManyRequests, "too many uploads in flight; retry")
-                .into_response(),
-        )
-            .into_response());
+    let _slot = match crate::upload::take_slot(&s, &client).await {
+        Ok(slot) => slot,
+        Err(busy) => return Ok(busy),
     };
     let (sha256, blob) = crate::upload::receive(&s, &row, &setup, expected, body, true).await?;
     let Some(blob) = blob else { return Err(AppError::internal("no blob writer")) };
@@ -339,8 +334,9 @@ async fn repeat_or_closed(
         Some((recorded, _)) => Err(AppError::new(
             ErrorCode::Conflict,
             format!(
-                "{client} already uploaded another update to this round (sha256 {recorded}); one update per \
-                 client and round — a retry of the same upload is answered 200"
+                "{client} already uploaded an update to this round (sha256 {recorded}); one upload per \
+                 client and round. A retry of those same bytes is answered 200, but a new encryption — even \
+                 of the same values — is a different upload (fresh key and noise) and is refused"
             ),
         )
         .with_field("client")),

@@ -35,12 +35,29 @@ pub(crate) async fn receive(
     // Chunks are gathered up to WRITE_BATCH and written off the async runtime.
     let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    let (idle, min_rate) = (
+        std::time::Duration::from_secs(s.tuning.upload_idle_secs.max(1)),
+        s.tuning.min_upload_bytes_per_sec,
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, stream.next()).await else {
+            s.metrics.uploads_too_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(too_slow(format!("no data for {} s", idle.as_secs())));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
             AppError::new(ErrorCode::BadRequest, format!("the upload broke off: {e}"))
                 .with_field("body")
         })?;
         received += chunk.len() as u64;
+        let secs = started.elapsed().as_secs();
+        if secs >= 30 && received < min_rate.saturating_mul(secs) {
+            s.metrics.uploads_too_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(too_slow(format!(
+                "{received} bytes in {secs} s, below {min_rate} bytes/s (min_upload_bytes_per_sec)"
+            )));
+        }
         if received > expected {
             return Err(AppError::new(
                 ErrorCode::PayloadTooLarge,
@@ -125,5 +142,74 @@ pub(crate) fn check_declared_length(headers: &HeaderMap, expected: u64) -> Resul
                 .with_limit(expected))
         }
         _ => Ok(()),
+    }
+}
+
+fn too_slow(detail: String) -> AppError {
+    AppError::new(ErrorCode::RequestTimeout, format!("the upload was dropped: {detail}"))
+        .with_field("body")
+}
+
+/// An upload slot, held while the body is received; frees the client's place when dropped.
+pub(crate) struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    client: cryptflow_services::ClientId,
+    uploading:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashSet<cryptflow_services::ClientId>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.uploading.lock() {
+            set.remove(&self.client);
+        }
+    }
+}
+
+/// Takes one of the `max_concurrent_uploads` slots for `client`, waiting up to
+/// `upload_queue_secs` (the body stays unread meanwhile, so the sender is held back by TCP,
+/// not buffered here). A client gets one slot at a time. The refusal is a response to return:
+/// 429 (this client's other upload is in flight) or 503, both with `Retry-After`.
+pub(crate) async fn take_slot(
+    s: &AppState,
+    client: &cryptflow_services::ClientId,
+) -> Result<Slot, axum::response::Response> {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering;
+    let busy = |code: ErrorCode, detail: &str| {
+        s.metrics.uploads_throttled.fetch_add(1, Ordering::Relaxed);
+        let mut r = AppError::new(code, detail.to_owned()).into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));
+        r
+    };
+    {
+        let Ok(mut set) = s.uploading.lock() else {
+            return Err(AppError::internal("upload registry poisoned").into_response());
+        };
+        if !set.insert(client.clone()) {
+            return Err(busy(
+                ErrorCode::TooManyRequests,
+                "another upload of this client is in flight",
+            ));
+        }
+    }
+    let release_place = || {
+        if let Ok(mut set) = s.uploading.lock() {
+            set.remove(client);
+        }
+    };
+    let slot =
+        |permit| Slot { _permit: permit, client: client.clone(), uploading: s.uploading.clone() };
+    if let Ok(permit) = s.uploads.clone().try_acquire_owned() {
+        return Ok(slot(permit));
+    }
+    s.metrics.uploads_queued.fetch_add(1, Ordering::Relaxed);
+    let wait = std::time::Duration::from_secs(s.tuning.upload_queue_secs);
+    match tokio::time::timeout(wait, s.uploads.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(slot(permit)),
+        _ => {
+            release_place();
+            Err(busy(ErrorCode::Unavailable, "every upload slot stayed busy; retry"))
+        }
     }
 }

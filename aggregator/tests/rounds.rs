@@ -368,7 +368,7 @@ async fn bad_requests_get_problem_documents_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_beyond_the_concurrency_limit_wait_their_turn() {
     // Back-pressure: at most 2 uploads in flight; 8 sites upload 300,000 values at once. The
-    // others get 429 with Retry-After, the SDK retries, and every upload is admitted once.
+    // others wait for a slot (their bodies unread), and every upload is admitted once.
     let stack = LocalStack::builder().sites(8).max_concurrent_uploads(2).start().await.unwrap();
     let d = 300_000;
     stack.admin().create_round(&stack.round_request("busy", d as u64, 8, 8)).await.unwrap();
@@ -386,22 +386,207 @@ async fn uploads_beyond_the_concurrency_limit_wait_their_turn() {
     }
     let info = stack.admin().wait_for_aggregate(&round, Duration::from_secs(120)).await.unwrap();
     assert_eq!((info.state, info.uploads), (RoundState::Published, 8));
-    // The aggregator's metrics say how many uploads were turned away for a while.
-    let cfg: toml::Value =
-        toml::from_str(&std::fs::read_to_string(stack.aggregator_config()).unwrap()).unwrap();
-    let metrics =
-        reqwest::get(format!("http://{}/metrics", cfg["metrics_listen"].as_str().unwrap()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-    let throttled: u64 = metrics
+    // The aggregator's metrics say how many uploads waited for a slot.
+    let metrics = metrics_of(&stack).await;
+    assert!(
+        counter(&metrics, "uploads_queued") > 0,
+        "8 concurrent uploads through 2 slots never waited"
+    );
+    assert_eq!(counter(&metrics, "uploads_throttled"), 0, "none was turned away: they waited");
+    stack.stop().await;
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    let full = format!("cryptflow_aggregator_{name}_total");
+    metrics
         .lines()
-        .find(|l| l.starts_with("cryptflow_aggregator_uploads_throttled_total"))
+        .find(|l| l.starts_with(&full))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no throttle counter in {metrics}"));
-    assert!(throttled > 0, "8 concurrent uploads through 2 slots were never throttled");
+        .unwrap_or_else(|| panic!("no {full} in {metrics}"))
+}
+
+async fn metrics_of(stack: &LocalStack) -> String {
+    let cfg: toml::Value =
+        toml::from_str(&std::fs::read_to_string(stack.aggregator_config()).unwrap()).unwrap();
+    reqwest::get(format!("http://{}/metrics", cfg["metrics_listen"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Starts an upload for `client` over a raw socket — headers and `sent` bytes of the body —
+/// and returns the socket, to stall with.
+async fn stalled_upload(
+    stack: &LocalStack,
+    round: &str,
+    client: &str,
+    len: u64,
+    sent: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = stack.aggregator_url().trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/rounds/{round}/submissions/{client} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/octet-stream\r\ncontent-length: {len}\r\n\r\n",
+        stack.token(client, Role::Client, "aggregator")
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&vec![0u8; sent]).await.unwrap();
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_client_is_dropped_and_cannot_hold_more_than_one_slot() {
+    // Issue #16: 16 connections from one client trickling bytes held every slot. Now a client
+    // holds at most one slot, and an upload that stalls is dropped (408), freeing its slot.
+    let stack = LocalStack::builder()
+        .sites(3)
+        .max_concurrent_uploads(1)
+        .configure_aggregator(|c| {
+            c.upload_idle_secs = 2;
+            c.upload_queue_secs = 20;
+        })
+        .start()
+        .await
+        .unwrap();
+    let info = stack.admin().create_round(&stack.round_request("slow", 1000, 2, 3)).await.unwrap();
+    let len = cryptflow_services::protocol::upload_len(&info.spec).unwrap();
+    let round = RoundId::parse("slow").unwrap();
+    // site-0 takes the only slot and stalls after 10 bytes.
+    let mut stalled = stalled_upload(&stack, "slow", "site-0", len, 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second upload of site-0 is refused at once (429), not queued behind its first.
+    let second = reqwest::Client::new()
+        .put(format!("{}/v1/rounds/slow/submissions/site-0", stack.aggregator_url()))
+        .bearer_auth(stack.token("site-0", Role::Client, "aggregator"))
+        .body(vec![0u8; len as usize])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(second.headers().contains_key("retry-after"));
+    // site-1 waits for the slot, gets it when the stalled upload is dropped, and succeeds.
+    let s = stack
+        .client("site-1")
+        .submit(&round, ModelUpdate::from(Array1::from(vector(1000, 1))), SubmitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(s.receipt.uploads, 1);
+    let mut answer = vec![0u8; 2048];
+    let n = tokio::io::AsyncReadExt::read(&mut stalled, &mut answer).await.unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let metrics = metrics_of(&stack).await;
+    assert!(counter(&metrics, "uploads_too_slow") >= 1);
+    assert!(counter(&metrics, "uploads_queued") >= 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn databases_and_blobs_are_private_to_the_service_user() {
+    // Issue #16: databases, blobs and written means were world-readable.
+    use std::os::unix::fs::PermissionsExt;
+    let stack = LocalStack::builder().sites(2).start().await.unwrap();
+    let round = RoundId::parse("private").unwrap();
+    stack.admin().create_round(&stack.round_request("private", 100, 2, 2)).await.unwrap();
+    for i in 0..2 {
+        stack
+            .client(&format!("site-{i}"))
+            .submit(
+                &round,
+                ModelUpdate::from(Array1::from(vector(100, i))),
+                SubmitOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for db in ["agg.db", "kms1.db"] {
+        assert_eq!(mode(&stack.dir().join(db)), 0o600, "{db}");
+    }
+    let blobs = stack.dir().join("blobs");
+    assert_eq!(mode(&blobs), 0o700);
+    assert_eq!(mode(&blobs.join("private")), 0o700);
+    for e in std::fs::read_dir(blobs.join("private")).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    assert_eq!(mode(&stack.dir().join("kms-1.witness")), 0o600);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_destroyed_at_the_key_managers_takes_no_more_uploads() {
+    // Issue #16: after an admin destroyed a round's key, uploads were still accepted. The SDK
+    // now checks that t key managers still take deposits before it uploads anything.
+    let stack = LocalStack::builder().sites(2).start().await.unwrap();
+    stack.admin().create_round(&stack.round_request("gone", 100, 2, 2)).await.unwrap();
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/v1/rounds/gone", stack.node_url(1).unwrap()))
+        .bearer_auth(stack.token("ops", Role::Admin, "kms"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let round = RoundId::parse("gone").unwrap();
+    let e = stack
+        .client("site-0")
+        .submit(&round, ModelUpdate::from(Array1::from(vector(100, 0))), SubmitOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::RoundState { state, .. } if state.contains("key managers")),
+        "{e}"
+    );
+    assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 0);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_of_the_largest_documented_size_can_be_created() {
+    // Issue #16: a round of 100,000 clients (the documented maximum) could not be created —
+    // its client list exceeded the key manager's body limit. Ids of 64 characters, the most
+    // an id may have, make it the largest request of that size.
+    let n = cryptflow_services::api::round::MAX_ROUND_CLIENTS;
+    let stack = LocalStack::builder().sites(n).long_site_ids(true).start().await.unwrap();
+    let mut req = stack.round_request("large", 1000, 2, n as u32);
+    req.clients = stack.site_ids();
+    req.max_abs_error = 1e-4; // 1e-6 over 10^5 contributions does not fit 64 bits (the planner says so)
+    let info = stack.admin().create_round(&req).await.unwrap();
+    assert_eq!(info.spec.clients.len(), n);
+    assert_eq!(info.echoes.len(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_aggregator_token_is_named_not_reported_as_an_outage() {
+    // Issue #16: with its key-manager token expired, `round create` failed as "dependency
+    // unavailable". The cause now reaches the operator: 502 naming `kms_token_file`, counted.
+    let stack = LocalStack::builder().sites(2).start().await.unwrap();
+    let (issuer, kid) = stack.issuer();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let expired = issuer.mint(
+        kid,
+        &cryptflow_services::protocol::Claims {
+            sub: "aggregator".into(),
+            role: Role::Aggregator,
+            aud: "kms".into(),
+            exp: now - 3600,
+            iat: now - 7200,
+            nbf: None,
+        },
+    );
+    std::fs::write(stack.dir().join("aggregator-kms.jwt"), expired).unwrap();
+    let body = serde_json::to_string(&stack.round_request("r", 100, 2, 2)).unwrap();
+    let (s, p) = post_round(&stack, body, "application/json").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["field"], "kms_token_file", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("expired"), "{p}");
+    assert!(counter(&metrics_of(&stack).await, "kms_credential_failures") >= 1);
     stack.stop().await;
 }

@@ -225,10 +225,11 @@ async fn rest_round(
     precision: f64,
     tag: usize,
 ) -> Result<(f64, Option<f64>), String> {
+    // The aggregator's default of 16 upload slots: with K > 16 the REST round includes its
+    // back-pressure (uploads wait for a slot).
     let stack = LocalStack::builder()
         .sites(k as usize)
         .processes(true)
-        .max_concurrent_uploads(k as usize)
         .start()
         .await
         .map_err(|e| e.to_string())?;

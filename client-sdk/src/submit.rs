@@ -71,6 +71,8 @@ pub struct VerifiedRound {
     pub spec_hash: Sha256Digest,
     /// The nodes whose echo verified (at least `t`).
     pub nodes: Vec<u8>,
+    /// Those of them still taking deposits for the round.
+    pub open: Vec<u8>,
     /// The key managers' minimum set size `m`.
     pub min_set_size: u32,
 }
@@ -101,6 +103,7 @@ impl Client {
             })
             .collect();
         let mut verified = Vec::new();
+        let mut open = Vec::new();
         let mut hashes = std::collections::BTreeSet::new();
         let mut m = 0;
         let mut unreachable = Vec::new();
@@ -126,6 +129,9 @@ impl Client {
                         .map_err(|e| ClientError::Committee(format!("key manager {x}: {e}")))?;
                     hashes.insert(hash);
                     m = m.max(reg.echo.min_set_size);
+                    if reg.state == cryptflow_services::api::kms::KmsRoundState::Open {
+                        open.push(x);
+                    }
                     verified.push(x);
                 }
                 // A node that does not hold the round (restored from a backup, restarted
@@ -149,7 +155,7 @@ impl Client {
         let spec_hash =
             hashes.into_iter().next().ok_or_else(|| ClientError::Committee("no echo".into()))?;
         let setup = protocol::setup(&info.spec).map_err(|e| aggregator_protocol(e.to_string()))?;
-        Ok(VerifiedRound { info, setup, spec_hash, nodes: verified, min_set_size: m })
+        Ok(VerifiedRound { info, setup, spec_hash, nodes: verified, open, min_set_size: m })
     }
 
     /// The client's policy, checked before anything is sent.
@@ -211,6 +217,19 @@ impl Client {
         }
         update.check_layout(&info.request.layout)?;
         let verified = self.verify_round(info).await?;
+        // Nothing is uploaded for a round fewer than t key managers still take deposits for
+        // (its key shares destroyed by an admin, or a set already recorded).
+        let t = self.committee()?.shape().threshold() as usize;
+        if verified.open.len() < t {
+            return Err(ClientError::RoundState {
+                round: round.to_string(),
+                state: "closed at the key managers".into(),
+                detail: format!(
+                    "only key managers {:?} still take deposits for it, {t} are needed",
+                    verified.open
+                ),
+            });
+        }
         self.check_policy(&verified, &me)?;
         let update = update.standard_layout();
         let progress = options.progress.as_ref();

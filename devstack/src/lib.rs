@@ -81,8 +81,11 @@ pub fn free_port() -> Result<u16, StackError> {
         .map_err(err)
 }
 
+/// A change to the aggregator's configuration before it starts.
+type ConfigureAggregator = std::sync::Arc<dyn Fn(&mut AggregatorConfig) + Send + Sync>;
+
 /// Builds a [`LocalStack`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Builder {
     nodes: u8,
     threshold: u8,
@@ -95,9 +98,38 @@ pub struct Builder {
     deposit_grace_secs: u64,
     tick_millis: u64,
     internal_listeners: bool,
+    configure_aggregator: Option<ConfigureAggregator>,
+    long_site_ids: bool,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("nodes", &self.nodes)
+            .field("threshold", &self.threshold)
+            .field("sites", &self.sites)
+            .field("database", &self.database)
+            .field("processes", &self.processes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Builder {
+    /// Sites named with the longest ids allowed (64 characters: `site-000…0042`) instead of
+    /// `site-42` — for tests of size limits.
+    pub fn long_site_ids(mut self, yes: bool) -> Self {
+        self.long_site_ids = yes;
+        self
+    }
+
+    /// Adjusts the aggregator's configuration (e.g. its upload timeouts) before it starts.
+    pub fn configure_aggregator(
+        mut self,
+        f: impl Fn(&mut AggregatorConfig) + Send + Sync + 'static,
+    ) -> Self {
+        self.configure_aggregator = Some(std::sync::Arc::new(f));
+        self
+    }
     /// `n` key managers, threshold `t` (default 1 of 1).
     pub fn nodes(mut self, n: u8, t: u8) -> Self {
         self.nodes = n;
@@ -200,6 +232,8 @@ impl LocalStack {
             deposit_grace_secs: 10,
             tick_millis: 100,
             internal_listeners: false,
+            configure_aggregator: None,
+            long_site_ids: false,
         }
     }
 
@@ -219,8 +253,9 @@ impl LocalStack {
         // The roster.
         let mut sites = Vec::new();
         let mut members = Vec::new();
+        let long = b.long_site_ids;
         let ids = (0..b.sites)
-            .map(|i| (format!("site-{i}"), false))
+            .map(|i| (if long { format!("site-{i:0>59}") } else { format!("site-{i}") }, false))
             .chain(b.readers.iter().map(|r| (r.clone(), true)));
         for (id, reader) in ids {
             let key = SiteKey::generate();
@@ -319,6 +354,10 @@ impl LocalStack {
             tick_millis: b.tick_millis,
             ..AggregatorConfig::default()
         };
+        let mut agg_cfg = agg_cfg;
+        if let Some(f) = &b.configure_aggregator {
+            f(&mut agg_cfg);
+        }
         let agg_path = write("aggregator.toml", &toml::to_string(&agg_cfg).map_err(err)?)?;
 
         let bin_dir = if b.processes { Some(binaries()?) } else { None };
@@ -687,8 +726,10 @@ fn binaries() -> Result<PathBuf, StackError> {
     if dir.ends_with("deps") {
         dir.pop();
     }
+    // Under cargo (tests, `cargo run`), always ask cargo: binaries left from an older build
+    // would silently run old code. Elsewhere (a copied binary), build only what is missing.
     let missing = ["cryptflow-kms", "cryptflow-aggregator"].iter().any(|b| !dir.join(b).exists());
-    if missing {
+    if missing || std::env::var_os("CARGO").is_some() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "cryptflow-kms", "-p", "cryptflow-aggregator", "--bins"]);

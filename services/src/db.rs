@@ -55,6 +55,9 @@ pub enum DbError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite database file cannot be created.
+    #[error("cannot create the database file {0}")]
+    Io(String),
     /// The database lacks migrations this build needs (`migrate` was not run).
     #[error("the database is not migrated (missing {missing:?}): run the `migrate` command, in Kubernetes the migration Job, first")]
     NotMigrated {
@@ -67,6 +70,9 @@ pub enum DbError {
 pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of(url)?;
+    if backend == Backend::Sqlite {
+        create_private_sqlite_file(url)?;
+    }
     let pool = AnyPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
@@ -84,6 +90,26 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError
         .connect(url)
         .await?;
     Ok(pool)
+}
+
+/// Creates a SQLite database file that does not exist yet with mode 0600, so that it — and
+/// the `-wal`/`-shm` files SQLite creates with its permissions — is readable by this user
+/// only (sqlx would create it 0644).
+fn create_private_sqlite_file(url: &str) -> Result<(), DbError> {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(()); // in-memory
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(DbError::Io(format!("{path}: {e}"))),
+    }
 }
 
 /// Runs the migrations for the URL's database.

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     NotFound,
     /// The resource does not take this method (405).
     MethodNotAllowed,
+    /// The request body stalled or came too slowly (408).
+    RequestTimeout,
     /// Conflicts with the resource's state (409).
     Conflict,
     /// The resource existed and was destroyed (410).
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::Conflict => 409,
             ErrorCode::Gone => 410,
             ErrorCode::PayloadTooLarge => 413,
@@ -68,6 +71,7 @@ impl ErrorCode {
             403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
             405 => ErrorCode::MethodNotAllowed,
+            408 => ErrorCode::RequestTimeout,
             409 => ErrorCode::Conflict,
             410 => ErrorCode::Gone,
             413 => ErrorCode::PayloadTooLarge,
@@ -89,6 +93,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "Forbidden",
             ErrorCode::NotFound => "Not found",
             ErrorCode::MethodNotAllowed => "Method not allowed",
+            ErrorCode::RequestTimeout => "Request timeout",
             ErrorCode::Conflict => "Conflict",
             ErrorCode::Gone => "Gone",
             ErrorCode::PayloadTooLarge => "Payload too large",

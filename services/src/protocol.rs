@@ -531,12 +531,14 @@ impl SiteKey {
             .map_err(|_| ProtocolError::Key("not a PKCS#8 PEM Ed25519 private key".into()))
     }
 
-    /// Standard PKCS#8 PEM (readable by OpenSSL 3 and Python's `cryptography`).
+    /// PKCS#8 v1 PEM (RFC 8410: the private key only), the form OpenSSL 3 and Python's
+    /// `cryptography` read — ed25519-dalek's default v2 (with the public key) is refused by
+    /// OpenSSL 3 as "unsupported".
     pub fn to_pem(&self) -> Result<Zeroizing<String>, ProtocolError> {
         use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-        use ed25519_dalek::pkcs8::EncodePrivateKey;
-        self.key
-            .to_pkcs8_pem(LineEnding::LF)
+        use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+        let v1 = KeypairBytes { secret_key: self.key.to_bytes(), public_key: None };
+        v1.to_pkcs8_pem(LineEnding::LF)
             .map(|p| Zeroizing::new(p.to_string()))
             .map_err(|e| ProtocolError::Key(e.to_string()))
     }

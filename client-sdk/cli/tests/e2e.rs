@@ -594,6 +594,22 @@ async fn keygen_and_token_mint_write_private_files() {
             );
         }
     }
+    // Standard PKCS#8 / SPKI PEM: OpenSSL reads every key the CLI writes (issue #16: the
+    // issuer key used to be unreadable by OpenSSL 3 and Python's `cryptography`).
+    for (file, public) in [(&key, false), (&private, false), (&public, true)] {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.arg("pkey").arg("-noout").arg("-in").arg(file);
+        if public {
+            cmd.arg("-pubin");
+        }
+        let out = cmd.output().expect("openssl is needed for this test");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // A key file is never overwritten by keygen.
     let o = cryptflow(args(&["keygen", "--id", "site-a", "--out", &p(&key)])).await;
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
