@@ -1,0 +1,574 @@
+"""CryptFlow: federated averaging of model updates that no server sees in the clear.
+
+Each site encrypts its model update under its own fresh round key and uploads it; an
+untrusted aggregator sums the uploads; a committee of key managers — run by different
+organisations — holds Shamir shares of the sites' keys and releases only the sum of the
+contributors' keys, which opens the (weighted) mean and nothing else.
+
+This package is the client: :class:`Client` submits updates (numpy arrays, or dicts of them
+such as a PyTorch ``state_dict`` converted with ``.numpy()``) and fetches means;
+:mod:`cryptflow.flwr` plugs it into a Flower app. The work is done by the Rust SDK
+(``cryptflow._native``); the GIL is released during encryption, uploads, downloads and
+decryption.
+
+Example::
+
+    import numpy as np, cryptflow
+    site = cryptflow.Client("https://aggregator.example", token_file="site-0.jwt",
+                            committee_file="committee.toml", client_id="site-0",
+                            key_file="site-0.key.pem", journal_file="site-0.journal")
+    site.submit("round-7", {"fc.weight": np.zeros((10, 64), np.float32)}, count=1200)
+    site.wait_for_aggregate("round-7", timeout=600)
+    mean = site.fetch_mean("round-7", like={"fc.weight": np.zeros((10, 64), np.float32)}).mean
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import operator
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _native
+
+__version__: str = _native.VERSION
+
+__all__ = [
+    "Aggregate",
+    "AlreadySubmittedError",
+    "Client",
+    "CommitteeError",
+    "ConfigError",
+    "CryptflowError",
+    "InputError",
+    "PolicyError",
+    "ProtocolError",
+    "RefusedError",
+    "RoundStateError",
+    "UnavailableError",
+    "Update",
+]
+
+#: An update: one array (a 1-D array is a flat vector), or named tensors in order.
+Update = Union[np.ndarray, Mapping[str, np.ndarray]]
+
+#: ``progress(event, done, total)``: ``encrypting`` (values), ``uploading`` (bytes),
+#: ``depositing`` (key managers), ``downloading`` (bytes), ``decrypting``.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+class CryptflowError(Exception):
+    """Base class of every CryptFlow error. ``problem`` is the server's RFC 7807 problem
+    document (a dict with ``status``, ``detail`` and, for bad input, ``field`` and ``limit``)
+    when a server refused the request, else ``None``."""
+
+    def __init__(self, message: str, problem: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problem = problem
+
+
+class InputError(CryptflowError, ValueError):
+    """The caller's update or arguments cannot be used (layout, dtype, non-finite value…)."""
+
+
+class ConfigError(CryptflowError, ValueError):
+    """The client is configured wrongly (URL, token, key, committee file)."""
+
+
+class RefusedError(CryptflowError):
+    """A server refused the request (HTTP 4xx); ``status`` and ``problem`` say why."""
+
+    @property
+    def status(self) -> Optional[int]:
+        return None if self.problem is None else self.problem.get("status")
+
+
+class UnavailableError(CryptflowError):
+    """A server could not be reached, or kept failing, for the whole retry budget."""
+
+
+class RoundStateError(CryptflowError):
+    """The round does not allow this now (not published yet, failed, closed), or waiting
+    for it timed out."""
+
+
+class ProtocolError(CryptflowError):
+    """A server answered something the protocol does not allow (wrong size, bad digest)."""
+
+
+class CommitteeError(ProtocolError):
+    """The key managers' signatures, echoes or releases do not verify against the pinned
+    committee file, or too few of them answered."""
+
+
+class PolicyError(CryptflowError):
+    """This client's policy refuses the round (too few contributors, an update already
+    submitted elsewhere)."""
+
+
+class AlreadySubmittedError(PolicyError):
+    """The journal says this exact update already went to this round: nothing was sent."""
+
+
+_KINDS = {
+    "input": InputError,
+    "config": ConfigError,
+    "refused": RefusedError,
+    "unavailable": UnavailableError,
+    "round_state": RoundStateError,
+    "protocol": ProtocolError,
+    "committee": CommitteeError,
+    "policy": PolicyError,
+    "already_submitted": AlreadySubmittedError,
+}
+
+
+def _call(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Calls the native client, turning its errors into the classes above."""
+    try:
+        return f(*args, **kwargs)
+    except _native.NativeError as e:
+        kind, message, problem = e.args
+        cls = _KINDS.get(kind, CryptflowError)
+        raise cls(message, json.loads(problem) if problem else None) from None
+
+
+def _read(path: Optional[Union[str, os.PathLike]], what: str) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{what} {os.fspath(path)}: {e.strerror}") from None
+
+
+# Relative rounding error of each output dtype (half an ulp): what writing the mean in it
+# adds to the bound, per unit of magnitude.
+_UNIT_ROUNDOFF = {"float64": 0.0, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def _dtype_name(a: np.ndarray) -> str:
+    return np.dtype(a.dtype).name
+
+
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def _native_float(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, aligned, native byte order; 0-d arrays stay 0-d."""
+    dt = a.dtype.newbyteorder("=")
+    return np.require(a, dtype=dt, requirements=["C", "A"])
+
+
+def _as_float(
+    name: str, a: Any, pass_integers: bool, dict_entry: bool = True
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(float32/float64 array to encrypt, or None) and (array passed through, or None).
+    Non-finite values are refused here, naming the tensor and the index."""
+    a = np.asarray(a)
+    kind = _dtype_name(a)
+    if kind in ("float32", "float64"):
+        f = _native_float(a)
+    elif kind in ("float16", "bfloat16"):
+        f = np.ascontiguousarray(a.astype(np.float32))
+    elif a.dtype.kind in "iub":
+        if pass_integers and dict_entry:
+            return None, a
+        if not dict_entry:
+            raise InputError(
+                f"`{name}` holds {kind} values; an update must be floating point (integer "
+                "tensors can only be passed through as entries of a dict, with pass_integers=True)"
+            )
+        raise InputError(
+            f"tensor `{name}` holds {kind} values; integer tensors are not averaged — pass "
+            "pass_integers=True to leave them out of the round (and copy them through)"
+        )
+    else:
+        raise InputError(f"tensor `{name}` has dtype {kind}; use float16, bfloat16, float32 or float64")
+    finite = np.isfinite(f)
+    if not finite.all():
+        at = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise InputError(f"tensor `{name}` holds a non-finite value ({f[at]}) at index {at}")
+    return f, None
+
+
+def _whole(value: Any, argument: str, low: int = 0, error: type = None) -> int:
+    """An integer argument (Python or numpy int, not a float or bool) at least `low`."""
+    error = error or InputError
+    if isinstance(value, bool):
+        raise error(f"{argument} = {value!r}: must be an integer")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise error(f"{argument} = {value!r}: must be an integer") from None
+    if v < low or v > 2**63 - 1:
+        raise error(f"{argument} = {v}: must be between {low} and {2**63 - 1}")
+    return v
+
+
+def _positive(value: Any, argument: str) -> float:
+    """A finite real argument above zero."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise InputError(f"{argument} = {value!r}: must be a finite number above zero")
+    return float(value)
+
+
+def _tensors(update: Update, pass_integers: bool) -> Tuple[List[Tuple[str, np.ndarray]], Dict[str, np.ndarray]]:
+    """An update as ``[(name, float array)]`` in its order, and its integer tensors."""
+    if isinstance(update, Mapping):
+        floats, ints = [], {}
+        for name, a in update.items():
+            if not isinstance(name, str):
+                raise InputError(f"tensor names must be strings, got {name!r}")
+            f, i = _as_float(name, a, pass_integers)
+            if f is not None:
+                floats.append((name, f))
+            if i is not None:
+                ints[name] = i
+        return floats, ints
+    f, _ = _as_float("update", update, False, dict_entry=False)
+    assert f is not None
+    return [("" if f.ndim == 1 else "array", f)], {}
+
+
+def _layout(update: Update, pass_integers: bool) -> Dict[str, Any]:
+    floats, _ = _tensors(update, pass_integers)
+    if len(floats) == 1 and floats[0][0] == "":
+        return {"dimension": int(floats[0][1].shape[0])}
+    return {"tensors": [{"name": n, "shape": [int(s) for s in a.shape]} for n, a in floats]}
+
+
+@dataclass
+class Aggregate:
+    """A round's mean and what came with it.
+
+    Attributes:
+        mean: the (weighted) mean, in the round's structure — a 1-D array, or a dict of
+            arrays by tensor name — in the dtypes asked for.
+        contributors: how many contributions it averages.
+        total_weight: the sum of their weights (sample counts; the count for uniform rounds).
+        max_abs_error: the largest absolute error of any value of ``mean`` as returned,
+            against the exact mean of the contributed values (after clipping to the round's
+            bound): the planner's bound plus the rounding of the output dtype (relative; a
+            float16 mean below 6e-5 in magnitude may be off by up to 2^-25 more).
+        nodes: per key manager, ``{"x": index, "problem": None or why its release was not used}``.
+        culprit: the key manager named as having released a wrong value, if one was.
+        info: everything else the native client reported (round, transcript, bytes).
+    """
+
+    mean: Update
+    contributors: int
+    total_weight: int
+    max_abs_error: float
+    nodes: List[Dict[str, Any]] = field(default_factory=list)
+    culprit: Optional[int] = None
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+class Client:
+    """One site's (or an operator's) handle on an aggregator and the key-manager committee.
+
+    Args:
+        aggregator: the aggregator's base URL (``https://…``).
+        token, token_file: the bearer token for the aggregator (role ``client`` for a site,
+            ``admin`` for an operator, ``reader`` for a roster reader), or the file holding it.
+        committee_file: the committee file this site pins (``committee.toml``); needed to
+            submit and to fetch.
+        client_id, key_file: this site's roster id and its roster key (``cryptflow keygen``,
+            PKCS#8 PEM); needed to submit and to fetch.
+        reader: fetch means as a roster reader rather than as a contributor.
+        journal_file: where this site records which update went to which round; an update is
+            never submitted to two rounds (their means would differ by it).
+        min_contributors: refuse rounds that declare fewer possible contributors (≥ 2).
+        retry_budget: seconds to keep retrying a server that is unreachable or busy.
+        ca_file: a PEM bundle of certificate authorities to trust for HTTPS, besides the
+            public ones.
+
+    Raises:
+        ConfigError: a bad URL, unreadable file, malformed committee file or key.
+    """
+
+    def __init__(
+        self,
+        aggregator: str,
+        *,
+        token: Optional[str] = None,
+        token_file: Optional[Union[str, os.PathLike]] = None,
+        committee_file: Optional[Union[str, os.PathLike]] = None,
+        client_id: Optional[str] = None,
+        key_file: Optional[Union[str, os.PathLike]] = None,
+        reader: bool = False,
+        journal_file: Optional[Union[str, os.PathLike]] = None,
+        min_contributors: int = 2,
+        retry_budget: float = 120.0,
+        ca_file: Optional[Union[str, os.PathLike]] = None,
+    ) -> None:
+        if token is not None and token_file is not None:
+            raise ConfigError("give token or token_file, not both")
+        token = token if token is not None else _read(token_file, "token_file")
+        min_contributors = _whole(min_contributors, "min_contributors", low=2, error=ConfigError)
+        if isinstance(retry_budget, bool) or not isinstance(retry_budget, numbers.Real):
+            raise ConfigError(f"retry_budget = {retry_budget!r}: must be a number of seconds")
+        #: The journal file, if any (``cryptflow.flwr`` requires one).
+        self.journal_file: Optional[str] = os.fspath(journal_file) if journal_file is not None else None
+        self._native = _call(
+            _native.NativeClient,
+            aggregator,
+            token=token.strip() if token else None,
+            committee_toml=_read(committee_file, "committee_file"),
+            client_id=client_id,
+            key_pem=_read(key_file, "key_file"),
+            reader=reader,
+            journal=self.journal_file,
+            min_contributors=min_contributors,
+            retry_budget_secs=float(retry_budget),
+            ca_pem=_read(ca_file, "ca_file"),
+        )
+
+    # -- rounds (operators) ---------------------------------------------------------------
+
+    def create_round(
+        self,
+        round_id: str,
+        *,
+        clients: Sequence[str],
+        like: Optional[Update] = None,
+        dim: Optional[int] = None,
+        min_clients: Optional[int] = None,
+        max_clients: Optional[int] = None,
+        deadline_in: int = 3600,
+        weighting: str = "uniform",
+        min_count: int = 1,
+        max_count: int = 1,
+        clip: float = 1.0,
+        max_abs_error: float = 1e-6,
+        pass_integers: bool = False,
+    ) -> Dict[str, Any]:
+        """Creates a round (admin token): the aggregator plans it and registers it with the key
+        managers.
+
+        Args:
+            round_id: the round's id (``[A-Za-z0-9_.-]``, at most 64 characters).
+            clients: the roster sites allowed to contribute.
+            like: an update whose layout (tensor names, shapes, order) the round takes; or
+            dim: a flat vector of this many values.
+            min_clients, max_clients: contributions needed to publish / at which the round
+                closes (default: all clients).
+            deadline_in: seconds until the deadline, on the aggregator's clock.
+            weighting: ``"uniform"``, or ``"samples"`` (FedAvg by each site's sample count,
+                between ``min_count`` and ``max_count``, encrypted with the values).
+            clip: values are clipped to ±clip.
+            max_abs_error: the largest acceptable absolute error of a value of the mean.
+            pass_integers: with ``like``, leave its integer tensors out of the round.
+
+        Returns:
+            The round as a dict (its ``spec`` holds the plan and the mask seed).
+
+        Raises:
+            RefusedError: with ``problem["field"]`` naming what is wrong (e.g. an infeasible
+                ``max_abs_error``, with the nearest feasible setting in the detail).
+        """
+        if (like is None) == (dim is None):
+            raise InputError("give exactly one of like= and dim=")
+        layout = {"dimension": _whole(dim, "dim", low=1)} if dim is not None else _layout(like, pass_integers)
+        if isinstance(clients, (str, bytes)) or not all(isinstance(c, str) for c in clients):
+            raise InputError(f"clients = {clients!r}: must be a list of client id strings")
+        n = len(clients)
+        if weighting == "uniform":
+            w: Any = "uniform"
+        elif weighting == "samples":
+            w = {"samples": {"min_count": _whole(min_count, "min_count", low=1),
+                             "max_count": _whole(max_count, "max_count", low=1)}}
+        else:
+            raise InputError(f"weighting {weighting!r}: use 'uniform' or 'samples'")
+        request = {
+            "round_id": round_id,
+            "layout": layout,
+            "clients": list(clients),
+            "min_clients": _whole(min_clients if min_clients is not None else n, "min_clients"),
+            "max_clients": _whole(max_clients if max_clients is not None else n, "max_clients"),
+            "deadline_in_secs": _whole(deadline_in, "deadline_in", low=1),
+            "weighting": w,
+            "clip_bound": _positive(clip, "clip"),
+            "max_abs_error": _positive(max_abs_error, "max_abs_error"),
+        }
+        return json.loads(_call(self._native.create_round, json.dumps(request)))
+
+    def round(self, round_id: str) -> Dict[str, Any]:
+        """The round: request, spec (plan, seed), state, uploads, key managers' echoes and,
+        once published, the transcript (contributors and their upload digests)."""
+        return json.loads(_call(self._native.round, round_id))
+
+    def close_round(self, round_id: str) -> Dict[str, Any]:
+        """Closes the round now (admin token) and starts publication."""
+        return json.loads(_call(self._native.close_round, round_id))
+
+    def wait_for_aggregate(self, round_id: str, timeout: float = 600.0) -> Dict[str, Any]:
+        """Waits (GIL released) until the round is published, through server outages.
+
+        Raises:
+            RoundStateError: the round failed, or ``timeout`` seconds passed.
+        """
+        return json.loads(_call(self._native.wait_for_aggregate, round_id, float(timeout)))
+
+    # -- sites ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        round_id: str,
+        update: Update,
+        *,
+        count: Optional[int] = None,
+        pass_integers: bool = False,
+        allow_resubmission: bool = False,
+        progress: Optional[ProgressCallback] = None,
+    ) -> Dict[str, Any]:
+        """Encrypts ``update`` for the round and uploads it as this site, then deposits the
+        shares of its key with the key managers (GIL released throughout).
+
+        Args:
+            round_id: the round (created by the operator; this site must be on its list).
+            update: a 1-D array (flat round), or a dict of arrays with the round's tensor
+                names and shapes (any order; float16, bfloat16 — ``ml_dtypes`` —, float32 or
+                float64). Values are clipped to the round's bound (reported).
+            count: this site's sample count (``samples`` rounds; an integer within the
+                round's ``min_count``..``max_count``).
+            pass_integers: leave integer tensors out (else they raise ``InputError``).
+            allow_resubmission: submit even if the journal says this update went to
+                another round.
+            progress: called as ``progress(event, done, total)``.
+
+        Returns:
+            ``{"receipt": {...}, "bytes", "clipped", "largest_magnitude", "deposited_with", ...}``.
+
+        Raises:
+            InputError: the update does not fit the round (the message names the tensor).
+            PolicyError: this client's policy refuses the round.
+            AlreadySubmittedError: this update already went to this round.
+            RefusedError, UnavailableError, RoundStateError, CommitteeError: see the classes.
+        """
+        if count is not None:
+            count = _whole(count, "count", low=1)
+        floats, _ = _tensors(update, pass_integers)
+        if not floats:
+            raise InputError("the update holds no floating-point tensor")
+        if not (len(floats) == 1 and floats[0][0] == ""):
+            layout = self.round(round_id)["request"]["layout"]
+            if "tensors" in layout:
+                by_name = dict(floats)
+                want = [t["name"] for t in layout["tensors"]]
+                missing = [n for n in want if n not in by_name]
+                extra = [n for n in by_name if n not in want]
+                if missing or extra:
+                    raise InputError(
+                        f"the update's tensors differ from round {round_id}'s: missing {missing}, "
+                        f"not in the round {extra}"
+                    )
+                floats = [(n, by_name[n]) for n in want]
+        receipt = _call(
+            self._native.submit,
+            round_id,
+            floats,
+            count=count,
+            allow_resubmission=allow_resubmission,
+            progress=progress,
+        )
+        return json.loads(receipt)
+
+    def fetch_mean(
+        self,
+        round_id: str,
+        *,
+        like: Optional[Update] = None,
+        dtype: Optional[Union[str, np.dtype]] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> Aggregate:
+        """Downloads the aggregate and the key managers' releases for its contributor set,
+        cross-checks them and decrypts the mean (GIL released). This site must be in the set,
+        or a roster reader.
+
+        Args:
+            like: an update whose structure and dtypes the mean takes (its integer tensors
+                are copied through); else
+            dtype: one dtype for every tensor (default float32).
+
+        Returns:
+            An :class:`Aggregate`; its ``max_abs_error`` holds for the mean as returned.
+
+        Raises:
+            InputError: ``like`` or ``dtype`` names a dtype a mean cannot be written in
+                (checked before anything is downloaded), or ``like`` has another structure.
+            RoundStateError: not published yet (``wait_for_aggregate`` first) or failed.
+            CommitteeError: the releases do not verify or fewer than t key managers answered.
+        """
+        default = _float_dtype(dtype, "dtype") if dtype is not None else np.dtype(np.float32)
+        dtypes: Dict[str, np.dtype] = {}
+        ints: Dict[str, np.ndarray] = {}
+        if isinstance(like, Mapping):
+            for name, a in like.items():
+                a = np.asarray(a)
+                if a.dtype.kind in "iub":
+                    ints[name] = a
+                else:
+                    dtypes[name] = _float_dtype(a.dtype, f"like[{name!r}]")
+        elif like is not None:
+            like = np.asarray(like)
+            default = _float_dtype(like.dtype, "like")
+        info_json, flat = _call(self._native.fetch_mean, round_id, progress=progress)
+        info = json.loads(info_json)
+        layout = info["round"]["request"]["layout"]
+        mean: Update
+        written: List[np.dtype] = []
+        if "dimension" in layout:
+            if isinstance(like, Mapping):
+                raise InputError(f"round {round_id} is a flat vector; `like` must be an array, not a dict")
+            mean = flat.astype(default)
+            written.append(default)
+        else:
+            out: Dict[str, np.ndarray] = {}
+            at = 0
+            for t in layout["tensors"]:
+                shape = tuple(t["shape"])
+                size = int(np.prod(shape)) if shape else 1
+                dt = dtypes.get(t["name"], default)
+                out[t["name"]] = flat[at : at + size].reshape(shape).astype(dt)
+                written.append(dt)
+                at += size
+            # Integer tensors of `like` the round left out are copied through (never over a
+            # tensor the round averaged).
+            for name, a in ints.items():
+                if name not in out:
+                    out[name] = a.copy()
+            if isinstance(like, Mapping):
+                out = {n: out[n] for n in like if n in out} | {n: a for n, a in out.items() if n not in like}
+            if isinstance(like, np.ndarray) and list(out) == ["array"]:
+                mean = out["array"]  # a multi-dimensional array round: the caller's array back
+            else:
+                mean = out
+        roundoff = max((_UNIT_ROUNDOFF[np.dtype(d).name] for d in written), default=0.0)
+        return Aggregate(
+            mean=mean,
+            contributors=info["contributors"],
+            total_weight=info["total_weight"],
+            max_abs_error=info["max_abs_error"] + info["largest"] * roundoff,
+            nodes=info["nodes"],
+            culprit=info["culprit"],
+            info=info,
+        )
+
+
+def _float_dtype(dtype: Any, argument: str) -> np.dtype:
+    """One of the dtypes a mean can be written in, else ``InputError`` naming the argument."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise InputError(f"{argument} = {dtype!r} is not a dtype") from None
+    if dt.name not in _FLOATS:
+        raise InputError(f"{argument}: a mean is written as float16, bfloat16, float32 or float64, not {dt.name}")
+    return dt

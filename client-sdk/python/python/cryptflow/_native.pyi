@@ -1,0 +1,42 @@
+"""Type stubs of the native module (see ``cryptflow`` for the documented interface)."""
+
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+VERSION: str
+
+class NativeError(Exception):
+    """args: (kind, message, problem JSON or None)."""
+
+class NativeClient:
+    def __init__(
+        self,
+        aggregator: str,
+        *,
+        token: Optional[str] = ...,
+        committee_toml: Optional[str] = ...,
+        client_id: Optional[str] = ...,
+        key_pem: Optional[str] = ...,
+        reader: bool = ...,
+        journal: Optional[str] = ...,
+        min_contributors: int = ...,
+        retry_budget_secs: float = ...,
+        ca_pem: Optional[str] = ...,
+    ) -> None: ...
+    def create_round(self, request: str) -> str: ...
+    def round(self, round: str) -> str: ...
+    def close_round(self, round: str) -> str: ...
+    def wait_for_aggregate(self, round: str, timeout_secs: float) -> str: ...
+    def submit(
+        self,
+        round: str,
+        tensors: List[Tuple[str, npt.NDArray[np.floating]]],
+        count: Optional[int] = ...,
+        allow_resubmission: bool = ...,
+        progress: Optional[Callable[[str, int, int], None]] = ...,
+    ) -> str: ...
+    def fetch_mean(
+        self, round: str, progress: Optional[Callable[[str, int, int], None]] = ...
+    ) -> Tuple[str, npt.NDArray[np.float64]]: ...

@@ -1,0 +1,60 @@
+"""A real local stack for the tests: `cryptflow-devstack` (key manager, aggregator, SQLite,
+loopback HTTP), started once per session. CRYPTFLOW_DEVSTACK names the binary (default: the
+workspace's release build)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def stack():
+    binary = os.environ.get("CRYPTFLOW_DEVSTACK", str(ROOT / "target" / "release" / "cryptflow-devstack"))
+    work = tempfile.mkdtemp(prefix="cryptflow-pytest-")
+    out = pathlib.Path(work) / "stack.json"
+    proc = subprocess.Popen(
+        [binary, "--nodes", "3", "--threshold", "2", "--sites", "4", "--readers", "server-app", "--out", str(out)],
+        stderr=subprocess.PIPE,
+    )
+    for _ in range(300):
+        if out.exists() and out.stat().st_size > 0:
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode())
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("the local stack did not start")
+    desc = json.loads(out.read_text())
+    yield desc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def site(stack, name, tmp_path=None, **kwargs):
+    """A `cryptflow.Client` for roster member `name` of the stack."""
+    import cryptflow
+
+    m = stack["members"][name]
+    return cryptflow.Client(
+        stack["aggregator"],
+        token=m["token"],
+        committee_file=stack["committee_file"],
+        client_id=name,
+        key_file=m["key_file"],
+        reader=m["reader"],
+        **{"retry_budget": 30, **kwargs},
+    )
+
+
+def admin(stack):
+    import cryptflow
+
+    return cryptflow.Client(stack["aggregator"], token=stack["tokens"]["admin_aggregator"], retry_budget=30)

@@ -1,0 +1,103 @@
+"""`cryptflow.flwr`'s mod as Flower calls it (real Flower `Message`s, no SuperLink): what it
+refuses so that no reply carries weights, and a train message through a real local stack."""
+
+import numpy as np
+import pytest
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from cryptflow.flwr import ROUND_KEY, SecureAggregationMod  # noqa: E402
+from conftest import admin, site  # noqa: E402
+
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+WEIGHTS = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "steps": np.array(3, dtype=np.int64)}
+
+
+def message(kind="train", round_id="r", weights=WEIGHTS):
+    config = ConfigRecord({ROUND_KEY: round_id} if round_id else {})
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}), "config": config})
+    return Message(content, dst_node_id=1, message_type=kind)
+
+
+def context():
+    return Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+
+
+def train(msg, ctx):
+    """A train function: every float weight + 0.25, 100 examples."""
+    new = {k: Array(v + 0.25 if v.dtype.kind == "f" else v) for k, v in ((k, a.numpy()) for k, a in msg.content["arrays"].items())}
+    return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": 100})}), reply_to=msg)
+
+
+class Sites:
+    """Counts how often the mod asked for a client (it must not when it refuses early)."""
+
+    def __init__(self, make):
+        self.make, self.calls = make, 0
+
+    def __call__(self, ctx):
+        self.calls += 1
+        return self.make()
+
+
+def no_client():
+    raise AssertionError("the mod must refuse before using a client")
+
+
+@pytest.mark.parametrize("kind", ["train", "train.default", "train.finetune"])
+def test_every_train_message_type_is_secured(kind):
+    # Without a round in the config the mod refuses rather than reply with the weights.
+    out = SecureAggregationMod(Sites(no_client))(message(kind, round_id=None), context(), train)
+    assert out.has_error() and "names no round" in out.error.reason
+
+
+@pytest.mark.parametrize("kind", ["evaluate", "evaluate.default", "query"])
+def test_no_reply_of_another_type_carries_arrays(kind):
+    out = SecureAggregationMod(Sites(no_client))(message(kind), context(), train)
+    assert out.has_error() and "must not carry arrays" in out.error.reason
+
+    def evaluate(msg, ctx):
+        return Message(RecordDict({"metrics": MetricRecord({"accuracy": 0.5})}), reply_to=msg)
+
+    ok = SecureAggregationMod(Sites(no_client))(message(kind), context(), evaluate)
+    assert not ok.has_error() and len(ok.content.array_records) == 0
+
+
+def test_a_client_without_a_journal_is_refused(stack):
+    out = SecureAggregationMod(lambda ctx: site(stack, "site-0"))(message(), context(), train)
+    assert out.has_error() and "journal_file" in out.error.reason
+
+
+def test_changed_shapes_are_refused():
+    def reshape(msg, ctx):
+        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(12, np.float32)),
+                                                          "steps": Array(WEIGHTS["steps"])}),
+                                   "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+
+    out = SecureAggregationMod(Sites(no_client))(message(), context(), reshape)
+    assert out.has_error() and "came back as (12,)" in out.error.reason
+
+
+def test_a_train_reply_carries_metrics_and_the_receipt_only(stack, tmp_path):
+    admin(stack).create_round("py-mod", clients=["site-0", "site-1"], like=WEIGHTS, pass_integers=True,
+                              weighting="samples", max_count=1000)
+    replies = []
+    for i in range(2):
+        mod = SecureAggregationMod(lambda ctx, i=i: site(stack, f"site-{i}", journal_file=tmp_path / f"{i}.journal"))
+        replies.append(mod(message(round_id="py-mod"), context(), train))
+    for r in replies:
+        assert not r.has_error(), r.error
+        assert len(r.content.array_records) == 0
+        assert r.content["metrics"]["cryptflow-clipped"] == 0
+        assert r.content["cryptflow"]["round"] == "py-mod"
+    reader = site(stack, "server-app")
+    reader.wait_for_aggregate("py-mod", timeout=60)
+    agg = reader.fetch_mean("py-mod", dtype=np.float64)
+    # Each site sent its update (+0.25 everywhere), not its weights; `steps` was left out.
+    assert list(agg.mean) == ["w"]
+    w = WEIGHTS["w"]
+    exact = (w + np.float32(0.25)).astype(np.float64) - w.astype(np.float64)  # float32 training
+    assert np.abs(agg.mean["w"] - exact).max() <= agg.max_abs_error
