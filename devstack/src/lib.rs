@@ -75,10 +75,18 @@ impl Database {
 
 /// A free TCP port on loopback (bound and released; the one place tests pick ports).
 pub fn free_port() -> Result<u16, StackError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(err)
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct free TCP ports on loopback: all are held until every one is chosen, so the
+/// services of one stack never share a port (a duplicate would leave the second service
+/// unable to bind while the first answered its readiness probe).
+pub fn free_ports(n: usize) -> Result<Vec<u16>, StackError> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(err)?;
+    held.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(err)).collect()
 }
 
 /// A change to the aggregator's configuration before it starts.
@@ -269,9 +277,12 @@ impl LocalStack {
         let mut node_keys = Vec::new();
         let mut committee_nodes = Vec::new();
         let mut ports = Vec::new();
+        // Every port of the stack at once: three per node, two for the aggregator.
+        let mut free = free_ports(3 * usize::from(b.nodes) + 2)?.into_iter();
+        let mut next_port = move || free.next().ok_or_else(|| err("ran out of ports"));
         for x in 1..=b.nodes {
             let key = SiteKey::generate();
-            let (public, internal, metrics) = (free_port()?, free_port()?, free_port()?);
+            let (public, internal, metrics) = (next_port()?, next_port()?, next_port()?);
             committee_nodes.push(CommitteeNode {
                 x,
                 url: format!("http://127.0.0.1:{public}"),
@@ -339,7 +350,7 @@ impl LocalStack {
         } else {
             committee_file.clone()
         };
-        let (agg_port, agg_metrics) = (free_port()?, free_port()?);
+        let (agg_port, agg_metrics) = (next_port()?, next_port()?);
         let agg_cfg = AggregatorConfig {
             listen: format!("127.0.0.1:{agg_port}"),
             metrics_listen: format!("127.0.0.1:{agg_metrics}"),
@@ -565,7 +576,7 @@ impl LocalStack {
             });
             Running::Task { stop, handle }
         };
-        wait_ready(&n.url).await
+        wait_ready(&n.url, "CryptFlow KMS").await
     }
 
     /// Stops the aggregator abruptly.
@@ -609,7 +620,7 @@ impl LocalStack {
             ));
             Running::Task { stop, handle }
         };
-        wait_ready(&a.url).await
+        wait_ready(&a.url, "CryptFlow aggregator").await
     }
 
     /// The process id of the aggregator, in process mode (for memory readings).
@@ -679,11 +690,26 @@ async fn bind(addr: &str) -> Result<TcpListener, StackError> {
     TcpListener::bind(addr).await.map_err(|e| err(format!("{addr}: {e}")))
 }
 
-async fn wait_ready(base: &str) -> Result<(), StackError> {
+/// Waits until `base` is ready and is the service expected (its OpenAPI title): a port taken
+/// by another service must not pass for this one.
+async fn wait_ready(base: &str, title: &str) -> Result<(), StackError> {
     let http = reqwest::Client::new();
     for _ in 0..400 {
         if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
+            let api: serde_json::Value = http
+                .get(format!("{base}/openapi.json"))
+                .send()
+                .await
+                .map_err(err)?
+                .json()
+                .await
+                .map_err(err)?;
+            let found = api["info"]["title"].as_str().unwrap_or_default();
+            return if found == title {
+                Ok(())
+            } else {
+                Err(err(format!("{base} answers as `{found}`, not `{title}` (its port was taken)")))
+            };
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -755,4 +781,28 @@ fn spawn(bin_dir: Option<&Path>, binary: &str, config: &Path) -> Result<Running,
         .spawn()
         .map_err(|e| err(format!("{binary}: {e}")))?;
     Ok(Running::Process(child))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ports_of_one_stack_are_distinct() {
+        let ports = free_ports(500).unwrap();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[tokio::test]
+    async fn readiness_names_a_service_that_is_not_the_one_expected() {
+        // What a port collision looked like: the aggregator's URL answered by a key manager.
+        let stack = LocalStack::builder().start().await.unwrap();
+        let kms = stack.node_url(1).unwrap().to_owned();
+        wait_ready(&kms, "CryptFlow KMS").await.unwrap();
+        let e = wait_ready(&kms, "CryptFlow aggregator").await.unwrap_err();
+        assert!(e.to_string().contains("answers as `CryptFlow KMS`"), "{e}");
+        wait_ready(stack.aggregator_url(), "CryptFlow aggregator").await.unwrap();
+        stack.stop().await;
+    }
 }
