@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 /// One measured configuration. Times are milliseconds; sizes are bytes per value of the
 /// model update (float32 is 4). `None` where a figure was not measured (with the reason in
 /// `note`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// `cryptflow` or a peer's name.
     pub system: String,
@@ -50,6 +50,23 @@ pub struct Row {
     /// Anything the reader needs (why a figure is missing, the machine's limits).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
+    /// Aggregation time without decoding the uploads from their wire bytes (peers whose
+    /// libraries separate the two; CryptFlow's aggregation works on the wire bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_no_deser_ms: Option<f64>,
+    /// Peak resident memory of the measuring process (MiB): a peer's whole run, K clients
+    /// included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_mib: Option<f64>,
+    /// The measured software and its version (peers), e.g. `flwr 1.42.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Times measured on `measured_d` values and extrapolated per ciphertext to `d`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub extrapolated: bool,
+    /// The dimension actually measured when `extrapolated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_d: Option<u64>,
 }
 
 impl Row {
@@ -89,7 +106,7 @@ fn dim(d: u64) -> String {
 ///     upload_bytes_per_value: 4.44, download_bytes_per_value: 5.0, key_bytes_per_value: 0.1,
 ///     encrypt_ms: 17.0, aggregate_ms: 6.0, decrypt_ms: 5.0, plaintext_fedavg_ms: 1.0,
 ///     max_error: 8e-7, rms_error: 3e-7, bound: Some(9.5e-7), e2e_round_ms: None,
-///     aggregator_peak_mib: None, note: String::new() };
+///     aggregator_peak_mib: None, ..Row::default() };
 /// let md = markdown(&[row]);
 /// assert!(md.contains("| cryptflow | 10^6 | 8 | 1e-6 | 4.44 (1.11×)"));
 /// ```
@@ -149,6 +166,71 @@ pub fn markdown(rows: &[Row]) -> String {
     s
 }
 
+/// The comparison with the peers: one line per row at the dimensions and client counts some
+/// peer was measured at, CryptFlow first, then each peer in the order given. Empty when
+/// there is no peer row.
+///
+/// ```
+/// use cryptflow_benches::{peer_table, Row};
+/// let ours = Row { system: "cryptflow".into(), d: 10_000, k: 8, upload_bytes_per_value: 3.9,
+///     plaintext_fedavg_ms: 1.0, aggregate_ms: 2.0, ..Row::default() };
+/// let peer = Row { system: "paillier-2048 (BatchCrypt)".into(), d: 10_000, k: 8,
+///     upload_bytes_per_value: 4.8, plaintext_fedavg_ms: 1.0, aggregate_ms: 50.0,
+///     extrapolated: true, measured_d: Some(2140), ..Row::default() };
+/// let md = peer_table(&[ours, peer]);
+/// assert!(md.contains("| paillier-2048 (BatchCrypt) | — | 10^4 | 8 | 4.80 (1.20×)"));
+/// assert!(md.contains("from 2140 values"));
+/// ```
+pub fn peer_table(rows: &[Row]) -> String {
+    let is_ours = |r: &Row| r.system.starts_with("cryptflow");
+    let points: Vec<(u64, u32)> = {
+        let mut p: Vec<(u64, u32)> =
+            rows.iter().filter(|r| !is_ours(r)).map(|r| (r.d, r.k)).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    };
+    if points.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "| system | version | d | K | upload B/value (× f32) | encrypt ms | aggregate ms (× FedAvg) | \
+         aggregate w/o deserialisation ms | decrypt ms | max error | peak MiB | measured |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut ordered: Vec<&Row> = rows.iter().filter(|r| is_ours(r)).collect();
+    ordered.extend(rows.iter().filter(|r| !is_ours(r)));
+    for &(d, k) in &points {
+        for r in ordered.iter().filter(|r| r.d == d && r.k == k) {
+            let system = match r.precision {
+                Some(p) => format!("{} (ε = {p:.0e})", r.system),
+                None => r.system.clone(),
+            };
+            let _ = writeln!(
+                s,
+                "| {system} | {} | {} | {k} | {:.2} ({:.2}×) | {:.1} | {:.1} ({:.1}×) | {} | {:.1} | {} | {} | {} |",
+                r.version.as_deref().unwrap_or("—"),
+                dim(d),
+                r.upload_bytes_per_value,
+                r.upload_ratio(),
+                r.encrypt_ms,
+                r.aggregate_ms,
+                r.aggregate_ratio(),
+                opt(r.aggregate_no_deser_ms, 1),
+                r.decrypt_ms,
+                sci(r.max_error),
+                opt(r.peak_mib.or(r.aggregator_peak_mib), 0),
+                match (r.extrapolated, r.measured_d) {
+                    (true, Some(m)) => format!("extrapolated from {m} values"),
+                    (true, None) => "extrapolated".to_owned(),
+                    _ => "measured".to_owned(),
+                },
+            );
+        }
+    }
+    s
+}
+
 /// JSON lines, one row each.
 pub fn json_lines(rows: &[Row]) -> String {
     rows.iter().filter_map(|r| serde_json::to_string(r).ok()).map(|l| l + "\n").collect()
@@ -163,8 +245,16 @@ pub fn parse_json_lines(text: &str) -> Result<Vec<Row>, String> {
         .collect()
 }
 
-const COLOURS: [&str; 8] =
-    ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+const COLOURS: [&str; 16] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+    "#393b79", "#bcbd22", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#636363",
+];
+
+/// Series `i`'s colour, and a dash pattern once the colours repeat.
+fn style(i: usize) -> (&'static str, &'static str) {
+    const DASHES: [&str; 3] = ["", " stroke-dasharray=\"6 3\"", " stroke-dasharray=\"2 2\""];
+    (COLOURS[i % COLOURS.len()], DASHES[(i / COLOURS.len()) % DASHES.len()])
+}
 
 /// An SVG with two panels against d (log–log): upload size relative to float32, and
 /// aggregation time relative to plaintext FedAvg; one line per (system, K, precision).
@@ -256,7 +346,7 @@ pub fn svg(rows: &[Row]) -> String {
             x0 + w - 15.0
         );
         for (i, (_, pts)) in series.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
+            let (colour, dash) = style(i);
             let coords: Vec<String> = pts
                 .iter()
                 .filter(|r| f(r) > 0.0)
@@ -264,7 +354,7 @@ pub fn svg(rows: &[Row]) -> String {
                 .collect();
             let _ = writeln!(
                 s,
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>",
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{dash}/>",
                 coords.join(" ")
             );
             for c in &coords {
@@ -275,10 +365,10 @@ pub fn svg(rows: &[Row]) -> String {
     }
     for (i, (name, _)) in series.iter().enumerate() {
         let y = h + 20.0 + 16.0 * i as f64;
-        let colour = COLOURS[i % COLOURS.len()];
+        let (colour, dash) = style(i);
         let _ = writeln!(
             s,
-            "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"{colour}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"{colour}\" stroke-width=\"2\"{dash}/><text x=\"{}\" y=\"{}\">{}</text>",
             pad + 24.0,
             pad + 30.0,
             y + 4.0,
@@ -312,6 +402,7 @@ mod tests {
             e2e_round_ms: Some(12.0),
             aggregator_peak_mib: None,
             note: "n".into(),
+            ..Row::default()
         }
     }
 
@@ -326,5 +417,27 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2); // one series, two panels
         assert!(parse_json_lines("{not json").is_err());
+        assert_eq!(peer_table(&rows), "", "no peer, no comparison");
+    }
+
+    #[test]
+    fn peer_rows_round_trip_and_line_up_with_ours() {
+        let mut peer = row("flower-secagg+", 100_000, 8, 8.3);
+        peer.precision = None;
+        peer.aggregate_no_deser_ms = Some(1.5);
+        peer.peak_mib = Some(300.0);
+        peer.version = Some("flwr 1.42.0".into());
+        let rows = vec![row("cryptflow", 100_000, 8, 4.5), row("cryptflow", 10_000, 64, 4.0), peer];
+        assert_eq!(parse_json_lines(&json_lines(&rows)).unwrap(), rows);
+        let t = peer_table(&rows);
+        // Only the peer's (d, K): CryptFlow's row there first, then the peer's.
+        let lines: Vec<&str> = t.lines().skip(2).collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        assert!(lines[0].starts_with("| cryptflow (ε = 1e-6) | — | 10^5 | 8 | 4.50"), "{t}");
+        assert!(lines[1].contains("| flwr 1.42.0 | 10^5 | 8 | 8.30 (2.08×)"), "{t}");
+        assert!(lines[1].contains("| 1.5 |") && lines[1].contains("| 300 | measured |"), "{t}");
+        // A peer row written by a script without the optional fields still parses.
+        let old = r#"{"system":"tenseal","d":10,"k":2,"precision":null,"upload_bytes_per_value":1.0,"download_bytes_per_value":1.0,"key_bytes_per_value":0.0,"encrypt_ms":1.0,"aggregate_ms":1.0,"decrypt_ms":1.0,"plaintext_fedavg_ms":1.0,"max_error":0.0,"rms_error":0.0,"bound":null,"e2e_round_ms":null,"aggregator_peak_mib":null}"#;
+        assert_eq!(parse_json_lines(old).unwrap()[0].version, None);
     }
 }

@@ -10,7 +10,7 @@
 //! of the local stack: a key manager and the aggregator as their own processes (so the
 //! aggregator's peak memory is its own), K concurrent SDK clients on loopback.
 use clap::Parser;
-use cryptflow_benches::{json_lines, markdown, parse_json_lines, svg, Row};
+use cryptflow_benches::{json_lines, markdown, parse_json_lines, peer_table, svg, Row};
 use cryptflow_client::{Layout, ModelUpdate, RoundRequest, SubmitOptions, Weighting};
 use cryptflow_devstack::LocalStack;
 use cryptflow_he::planner::{plan, Plan, PlanRequest};
@@ -61,7 +61,7 @@ struct Args {
     /// Output directory for overhead.md, overhead.jsonl and overhead.svg.
     #[arg(long, default_value = "target/overhead")]
     out: PathBuf,
-    /// Peer rows (JSON lines, e.g. from benches/peers/run.sh) to include in the report.
+    /// Peer rows (JSON lines, e.g. from benches/peers/run_all.sh) to include in the report.
     #[arg(long)]
     peers: Vec<PathBuf>,
 }
@@ -189,7 +189,8 @@ fn measure(d: usize, k: u32, precision: f64, seed: u64) -> Result<Row, String> {
         bound: Some(plan.max_abs_error()),
         e2e_round_ms: None,
         aggregator_peak_mib: None,
-        note: String::new(),
+        version: Some(format!("protocol v2, {}", env!("CARGO_PKG_VERSION"))),
+        ..Row::default()
     })
 }
 
@@ -426,6 +427,13 @@ async fn run(args: Args) -> Result<(), String> {
     }
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let mut md = format!("Machine: {}\n\n{}", machine(), markdown(&rows));
+    let peers = peer_table(&rows);
+    if !peers.is_empty() {
+        md.push_str(
+            "\nAgainst the peers, at the dimensions and client counts they were measured at:\n\n",
+        );
+        md.push_str(&peers);
+    }
     if !skipped.is_empty() {
         md.push_str("\nNot measured (the planner refused the configuration):\n");
         for s in &skipped {
