@@ -22,6 +22,7 @@ it with a CPython 3.10 (run_all.sh looks for one).
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 
 import numpy as np
@@ -29,7 +30,7 @@ import openfhe as fhe
 
 import workload
 
-VERSION = "openfhe 1.6.1.0.22.4 (OpenFHE 1.4.x)"
+VERSION = f"openfhe {importlib.metadata.version('openfhe')}"
 
 
 def context(which: str):
@@ -75,12 +76,13 @@ def measure_set(which: str, d: int, k: int) -> dict:
     start = time.perf_counter()
     decoded = [[fhe.DeserializeCiphertextString(w, fhe.BINARY) for w in client] for client in wires]
     deser = time.perf_counter() - start
+    # Adding the K uploads and serialising the aggregate for download (as for TenSEAL).
     start = time.perf_counter()
     total = decoded[0]
     for client in decoded[1:]:
         total = [cc.EvalAdd(a, b) for a, b in zip(total, client)]
-    add = time.perf_counter() - start
     published = [fhe.Serialize(c, fhe.BINARY) for c in total]
+    add = time.perf_counter() - start
     del decoded
 
     start = time.perf_counter()

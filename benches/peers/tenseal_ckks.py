@@ -40,10 +40,6 @@ def encrypt(ctx, x):
     return [ts.ckks_vector(ctx, x[i : i + SLOTS]) for i in range(0, len(x), SLOTS)]
 
 
-def size(chunks):
-    return sum(len(c.serialize()) for c in chunks)
-
-
 def measure(d, k, args):
     ctx = context()
     public = ctx.copy()
@@ -51,15 +47,13 @@ def measure(d, k, args):
     key_bytes = len(public.serialize())
     xs, exact, fedavg = workload.clients(d, k)
 
-    encrypted, enc = [], 0.0
+    # A client's encryption ends with its upload's bytes (as for OpenFHE).
+    wire, enc = [], 0.0
     for x in xs:
         start = time.perf_counter()
-        encrypted.append(encrypt(ctx, x.tolist()))
+        wire.append([c.serialize() for c in encrypt(ctx, x.tolist())])
         enc += time.perf_counter() - start
-    upload = size(encrypted[0])
-    # Uploads arrive serialised; the aggregator deserialises and adds them.
-    wire = [[c.serialize() for c in client] for client in encrypted]
-    del encrypted
+    upload = sum(len(c) for c in wire[0])
 
     start = time.perf_counter()
     decoded = [[ts.ckks_vector_from(public, c) for c in client] for client in wire]

@@ -74,11 +74,18 @@ impl Row {
     pub fn upload_ratio(&self) -> f64 {
         self.upload_bytes_per_value / 4.0
     }
+}
 
-    /// Aggregation time relative to plaintext FedAvg.
-    pub fn aggregate_ratio(&self) -> f64 {
-        self.aggregate_ms / self.plaintext_fedavg_ms.max(1e-9)
-    }
+/// Aggregation time of `r` relative to plaintext FedAvg at its (d, K): one baseline for every
+/// row there — the fastest plaintext FedAvg any of `rows` measured at that (d, K) (CryptFlow's
+/// loop in Rust, a peer's numpy sum) — so that systems are compared against the same number.
+pub fn aggregate_ratio(rows: &[Row], r: &Row) -> f64 {
+    let base = rows
+        .iter()
+        .filter(|o| o.d == r.d && o.k == r.k && o.plaintext_fedavg_ms > 0.0)
+        .map(|o| o.plaintext_fedavg_ms)
+        .fold(f64::INFINITY, f64::min);
+    r.aggregate_ms / if base.is_finite() { base } else { r.plaintext_fedavg_ms.max(1e-9) }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -132,7 +139,7 @@ pub fn markdown(rows: &[Row]) -> String {
             r.key_bytes_per_value,
             r.encrypt_ms,
             r.aggregate_ms,
-            r.aggregate_ratio(),
+            aggregate_ratio(rows, r),
             r.decrypt_ms,
             r.plaintext_fedavg_ms,
             sci(r.max_error),
@@ -215,7 +222,7 @@ pub fn peer_table(rows: &[Row]) -> String {
                 r.upload_ratio(),
                 r.encrypt_ms,
                 r.aggregate_ms,
-                r.aggregate_ratio(),
+                aggregate_ratio(rows, r),
                 opt(r.aggregate_no_deser_ms, 1),
                 r.decrypt_ms,
                 sci(r.max_error),
@@ -262,10 +269,11 @@ pub fn svg(rows: &[Row]) -> String {
     let mut series: Vec<(String, Vec<&Row>)> = Vec::new();
     for r in rows {
         let name = format!(
-            "{} K={}{}",
+            "{} K={}{}{}",
             r.system,
             r.k,
-            r.precision.map_or_else(String::new, |p| format!(" ε={p:.0e}"))
+            r.precision.map_or_else(String::new, |p| format!(" ε={p:.0e}")),
+            if r.extrapolated { " (extrapolated)" } else { "" }
         );
         match series.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) => v.push(r),
@@ -281,10 +289,10 @@ pub fn svg(rows: &[Row]) -> String {
         2.0 * w + 20.0,
         h + 40.0 + 16.0 * series.len() as f64
     );
-    type Metric = fn(&Row) -> f64;
-    let panels: [(&str, Metric); 2] = [
-        ("upload bytes / float32 bytes", Row::upload_ratio),
-        ("aggregation time / plaintext FedAvg time", Row::aggregate_ratio),
+    type Metric<'a> = Box<dyn Fn(&Row) -> f64 + 'a>;
+    let panels: [(&str, Metric<'_>); 2] = [
+        ("upload bytes / float32 bytes", Box::new(Row::upload_ratio)),
+        ("aggregation time / plaintext FedAvg time", Box::new(|r: &Row| aggregate_ratio(rows, r))),
     ];
     let (dmin, dmax) = rows.iter().fold((f64::MAX, f64::MIN), |(a, b), r| {
         let x = (r.d.max(1) as f64).log10();
@@ -436,6 +444,11 @@ mod tests {
         assert!(lines[0].starts_with("| cryptflow (ε = 1e-6) | — | 10^5 | 8 | 4.50"), "{t}");
         assert!(lines[1].contains("| flwr 1.42.0 | 10^5 | 8 | 8.30 (2.08×)"), "{t}");
         assert!(lines[1].contains("| 1.5 |") && lines[1].contains("| 300 | measured |"), "{t}");
+        // One FedAvg baseline per (d, K): the peer's slower numpy sum does not flatter it.
+        let mut slow = rows[2].clone();
+        slow.plaintext_fedavg_ms = 50.0;
+        slow.aggregate_ms = 10.0;
+        assert_eq!(aggregate_ratio(&[rows[0].clone(), slow.clone()], &slow), 20.0);
         // A peer row written by a script without the optional fields still parses.
         let old = r#"{"system":"tenseal","d":10,"k":2,"precision":null,"upload_bytes_per_value":1.0,"download_bytes_per_value":1.0,"key_bytes_per_value":0.0,"encrypt_ms":1.0,"aggregate_ms":1.0,"decrypt_ms":1.0,"plaintext_fedavg_ms":1.0,"max_error":0.0,"rms_error":0.0,"bound":null,"e2e_round_ms":null,"aggregator_peak_mib":null}"#;
         assert_eq!(parse_json_lines(old).unwrap()[0].version, None);

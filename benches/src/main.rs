@@ -430,7 +430,8 @@ async fn run(args: Args) -> Result<(), String> {
     let peers = peer_table(&rows);
     if !peers.is_empty() {
         md.push_str(
-            "\nAgainst the peers, at the dimensions and client counts they were measured at:\n\n",
+            "\nAgainst the peers, at the dimensions and client counts they were measured at \
+             (× FedAvg: one baseline per (d, K), the fastest plaintext FedAvg measured there):\n\n",
         );
         md.push_str(&peers);
     }
