@@ -6,6 +6,7 @@
 //! the store opens. Round ids and names are validated identifiers, so paths cannot escape the
 //! root. Reads can take a byte range, so the fold never holds a whole upload.
 
+use cryptflow_services::private_fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -23,7 +24,7 @@ impl BlobStore {
     /// crash. Returns how many it removed.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<(Self, usize)> {
         let root = root.into();
-        private_dir(&root)?;
+        private_fs::create_dir_all(&root)?;
         let mut removed = 0;
         for round in std::fs::read_dir(&root)? {
             let round = round?;
@@ -49,7 +50,7 @@ impl BlobStore {
     /// [`BlobWriter::finish`] succeeds.
     pub fn writer(&self, round: &str) -> std::io::Result<BlobWriter> {
         let dir = self.root.join(round);
-        private_dir(&dir)?;
+        private_fs::create_dir_all(&dir)?;
         // tempfile creates the file with mode 0600; the rename keeps it.
         let tmp = tempfile::Builder::new().prefix(TEMP).tempfile_in(&dir)?;
         Ok(BlobWriter { dir, tmp: Some(tmp) })
@@ -154,16 +155,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
-}
-
-/// Creates `dir` (and its parents) readable by this user only (mode 0700): blobs are
-/// ciphertexts, but whose they are and when is the operator's business only.
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
 }
 
 #[cfg(test)]

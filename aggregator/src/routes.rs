@@ -226,19 +226,21 @@ async fn submit(
     let setup = protocol::setup(&row.spec).map_err(AppError::internal)?;
     let expected = setup.upload_len();
     crate::upload::check_declared_length(&headers, expected)?;
-    if row.state != RoundState::Open {
-        // A closed round: a retry of the admitted upload still gets its receipt, which needs
-        // the body's digest (read and hashed, not stored); anything else is refused.
-        let Some(existing) = s.store.upload(&round, &client).await.map_err(db)? else {
-            return repeat_or_closed(&s, &row, &client, None).await;
-        };
-        let (sent, _) = crate::upload::receive(&s, &row, &setup, expected, body, false).await?;
-        return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sent))).await;
+    let existing = s.store.upload(&round, &client).await.map_err(db)?;
+    if row.state != RoundState::Open && existing.is_none() {
+        return repeat_or_closed(&s, &row, &client, None).await;
     }
+    // Every body read holds a slot, retries included: no client reads past the limit.
     let _slot = match crate::upload::take_slot(&s, &client).await {
         Ok(slot) => slot,
         Err(busy) => return Ok(busy),
     };
+    if let Some(existing) = existing {
+        // A retry of the admitted upload gets its receipt, which needs the body's digest:
+        // read and hashed, not stored.
+        let (sent, _) = crate::upload::receive(&s, &row, &setup, expected, body, false).await?;
+        return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sent))).await;
+    }
     let (sha256, blob) = crate::upload::receive(&s, &row, &setup, expected, body, true).await?;
     let Some(blob) = blob else { return Err(AppError::internal("no blob writer")) };
     if let Some(existing) = s.store.upload(&round, &client).await.map_err(db)? {

@@ -486,6 +486,40 @@ async fn a_stalled_client_is_dropped_and_cannot_hold_more_than_one_slot() {
     stack.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_of_an_admitted_upload_take_a_slot_too() {
+    // The one-slot-per-client rule covers every body read: retries of an admitted upload to
+    // a closed round (answered from its digest) were read without a slot, so one client
+    // could open any number of them.
+    let stack = LocalStack::builder()
+        .sites(2)
+        .max_concurrent_uploads(1)
+        .configure_aggregator(|c| c.upload_idle_secs = 2)
+        .start()
+        .await
+        .unwrap();
+    let info = stack.admin().create_round(&stack.round_request("retry", 1000, 2, 2)).await.unwrap();
+    let len = cryptflow_services::protocol::upload_len(&info.spec).unwrap();
+    let round = RoundId::parse("retry").unwrap();
+    stack
+        .client("site-0")
+        .submit(&round, ModelUpdate::from(Array1::from(vector(1000, 0))), SubmitOptions::default())
+        .await
+        .unwrap();
+    stack.admin().close_round(&round).await.unwrap();
+    let _stalled = stalled_upload(&stack, "retry", "site-0", len, 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = reqwest::Client::new()
+        .put(format!("{}/v1/rounds/retry/submissions/site-0", stack.aggregator_url()))
+        .bearer_auth(stack.token("site-0", Role::Client, "aggregator"))
+        .body(vec![0u8; len as usize])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn databases_and_blobs_are_private_to_the_service_user() {
     // Issue #16: databases, blobs and written means were world-readable.

@@ -200,11 +200,6 @@ impl Client {
         let update: Arc<ModelUpdate> = update.into();
         let (me, _) = self.site()?;
         let me = me.clone();
-        let journal = self.inner.journal.as_ref().map(Journal::new);
-        let fingerprint = match &journal {
-            Some(j) => Some(j.check(round, &update, options.allow_resubmission)?),
-            None => None,
-        };
         let info = self.round(round).await?;
         if &info.spec.round_id != round {
             return Err(aggregator_protocol(format!(
@@ -215,7 +210,15 @@ impl Client {
         if info.state != RoundState::Open {
             return Err(state_error(&info, "it no longer accepts uploads"));
         }
+        // Named tensors in any order are taken in the round's; the journal's fingerprint is
+        // of that order, so a reordering is the same update.
+        let update = ModelUpdate::in_layout_order(update, &info.request.layout)?;
         update.check_layout(&info.request.layout)?;
+        let journal = self.inner.journal.as_ref().map(Journal::new);
+        let fingerprint = match &journal {
+            Some(j) => Some(j.check(round, &update, options.allow_resubmission)?),
+            None => None,
+        };
         let verified = self.verify_round(info).await?;
         // Nothing is uploaded for a round fewer than t key managers still take deposits for
         // (its key shares destroyed by an admin, or a set already recorded).

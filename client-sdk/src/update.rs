@@ -137,6 +137,43 @@ impl ModelUpdate {
         }
     }
 
+    /// Named tensors given in another order than the round's layout, put in its order (by
+    /// name; moved, not copied, unless the update is shared). Anything else comes back as it
+    /// is, for [`ModelUpdate::check_layout`] to name what differs.
+    pub(crate) fn in_layout_order(
+        update: std::sync::Arc<Self>,
+        layout: &Layout,
+    ) -> Result<std::sync::Arc<Self>> {
+        let (ModelUpdate::Tensors(ts), Layout::Tensors(want)) = (update.as_ref(), layout) else {
+            return Ok(update);
+        };
+        if ts.len() != want.len() || ts.iter().zip(want).all(|(t, w)| t.name == w.name) {
+            return Ok(update);
+        }
+        let Some(order) = want
+            .iter()
+            .map(|w| ts.iter().position(|t| t.name == w.name))
+            .collect::<Option<Vec<usize>>>()
+        else {
+            return Ok(update);
+        };
+        let tensors = match std::sync::Arc::try_unwrap(update) {
+            Ok(ModelUpdate::Tensors(ts)) => ts,
+            Ok(other) => return Ok(std::sync::Arc::new(other)),
+            Err(shared) => match shared.as_ref() {
+                ModelUpdate::Tensors(ts) => ts.clone(),
+                ModelUpdate::Vector(_) => return Ok(shared),
+            },
+        };
+        let mut slots: Vec<Option<Tensor>> = tensors.into_iter().map(Some).collect();
+        let ordered = order
+            .iter()
+            .map(|&i| slots.get_mut(i).and_then(Option::take))
+            .collect::<Option<Vec<Tensor>>>()
+            .ok_or_else(|| ClientError::Input("the update names a tensor twice".into()))?;
+        Ok(std::sync::Arc::new(ModelUpdate::Tensors(ordered)))
+    }
+
     /// Checks the update against a round's layout; the error names the first difference or
     /// the first value that is not finite.
     pub fn check_layout(&self, layout: &Layout) -> Result<()> {
@@ -150,6 +187,20 @@ impl ModelUpdate {
                 }
             }
             (ModelUpdate::Tensors(ts), Layout::Tensors(want)) => {
+                let has = |name: &str, of: &[Tensor]| of.iter().any(|t| t.name == name);
+                let missing: Vec<&str> =
+                    want.iter().map(|w| w.name.as_str()).filter(|n| !has(n, ts)).collect();
+                let extra: Vec<&str> = ts
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .filter(|n| !want.iter().any(|w| w.name == *n))
+                    .collect();
+                if !missing.is_empty() || !extra.is_empty() {
+                    return Err(ClientError::Input(format!(
+                        "the update's tensors differ from the round's: missing {missing:?}, not in \
+                         the round {extra:?}"
+                    )));
+                }
                 if ts.len() != want.len() {
                     return Err(ClientError::Input(format!(
                         "the update has {} tensors; the round expects {}",
@@ -346,6 +397,28 @@ mod tests {
         assert!(u.check_layout(&want).is_err() && t.check_layout(&Layout::Dimension(4)).is_err());
         let nan = ModelUpdate::from(Array1::from(vec![0.0, f64::NAN]));
         assert!(nan.check_layout(&Layout::Dimension(2)).unwrap_err().to_string().contains('1'));
+    }
+
+    #[test]
+    fn named_tensors_are_taken_in_the_rounds_order_and_missing_ones_named() {
+        let t = |name: &str, n: usize| Tensor {
+            name: name.into(),
+            values: TensorValues::F32(ArrayD::zeros(IxDyn(&[n]))),
+        };
+        let want = Layout::Tensors(vec![
+            TensorLayout { name: "a".into(), shape: vec![1] },
+            TensorLayout { name: "b".into(), shape: vec![2] },
+        ]);
+        let shuffled = std::sync::Arc::new(ModelUpdate::Tensors(vec![t("b", 2), t("a", 1)]));
+        let ordered = ModelUpdate::in_layout_order(shuffled, &want).unwrap();
+        ordered.check_layout(&want).unwrap();
+        assert_eq!(ordered.layout(), want);
+        let short = ModelUpdate::Tensors(vec![t("a", 1), t("c", 2)]);
+        let e = short.check_layout(&want).unwrap_err().to_string();
+        assert!(e.contains(r#"missing ["b"], not in the round ["c"]"#), "{e}");
+        let twice = std::sync::Arc::new(ModelUpdate::Tensors(vec![t("b", 2), t("b", 2)]));
+        let twice = ModelUpdate::in_layout_order(twice, &want).unwrap();
+        assert!(twice.check_layout(&want).is_err());
     }
 
     #[test]

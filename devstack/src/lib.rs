@@ -745,7 +745,14 @@ async fn stop(r: &mut Running) {
 
 /// The directory of the servers' binaries: next to the running executable (where `cargo
 /// test --workspace` builds them), built on demand when missing.
+/// The directory of the server binaries, checked (and built if need be) once per process:
+/// every later stack reuses the answer.
 fn binaries() -> Result<PathBuf, StackError> {
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| find_or_build_binaries().map_err(|e| e.to_string())).clone().map_err(err)
+}
+
+fn find_or_build_binaries() -> Result<PathBuf, StackError> {
     let exe = std::env::current_exe().map_err(err)?;
     let mut dir =
         exe.parent().map(Path::to_path_buf).ok_or_else(|| err("no executable directory"))?;

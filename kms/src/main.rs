@@ -155,13 +155,8 @@ async fn run(command: Command) -> Result<ExitCode, String> {
 
 /// Writes a secret to a new file readable by its owner only.
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(contents).map_err(|e| format!("{}: {e}", path.display()))
+    cryptflow_services::private_fs::write_new(path, contents)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 async fn serve(cfg: KmsConfig) -> Result<(), String> {

@@ -53,11 +53,8 @@ impl Witness {
     }
 
     fn append(&self, line: &str) -> std::io::Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&self.path)?;
+        let mut f =
+            cryptflow_services::private_fs::options().create(true).append(true).open(&self.path)?;
         f.write_all(line.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()

@@ -101,11 +101,7 @@ fn create_private_sqlite_file(url: &str) -> Result<(), DbError> {
     if path.is_empty() || path.starts_with(':') {
         return Ok(()); // in-memory
     }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    match opts.open(path) {
+    match crate::private_fs::options().write(true).create_new(true).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(DbError::Io(format!("{path}: {e}"))),

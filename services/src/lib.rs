@@ -7,7 +7,8 @@
 //! - [`ids`]: typed, validated identifiers ([`RoundId`], [`ClientId`], [`Sha256Digest`]);
 //! - [`Role`]: who a token speaks for;
 //! - [`problem`]: the RFC 7807 problem document every error response carries, and the
-//!   stable [`ErrorCode`]s clients match on.
+//!   stable [`ErrorCode`]s clients match on;
+//! - [`private_fs`]: files (0600) and directories (0700) readable by their owner only.
 //!
 //! Behind the `server` feature, the plumbing the KMS and the aggregator share:
 //! - [`auth`]: JWT verification (EdDSA, `kid` rotation, per-service audience, clock-skew
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod ids;
+pub mod private_fs;
 pub mod problem;
 pub mod protocol;
 mod role;

@@ -119,15 +119,9 @@ pub fn emit(line: &str) {
 
 /// Writes a new file readable by its owner only (mode 0600); never overwrites.
 pub fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<(), CliError> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| {
+    cryptflow_services::private_fs::write_new(path, contents).map_err(|e| {
         CliError::input(format!("{}: {e} (existing files are not overwritten)", path.display()))
-    })?;
-    f.write_all(contents).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+    })
 }
 
 /// Writes (or replaces, atomically) a file readable by its owner only (mode 0600).

@@ -224,7 +224,7 @@ impl NativeClient {
         )
     }
 
-    /// `tensors`: `(name, float array)` pairs in the round's layout order; a single pair named
+    /// `tensors`: `(name, float array)` pairs, in any order (the SDK takes the round's); a single pair named
     /// `""` holding a 1-D array is a flat vector. Returns the submission as JSON.
     #[pyo3(signature = (round, tensors, count=None, allow_resubmission=false, progress=None))]
     fn submit(

@@ -58,3 +58,14 @@ def admin(stack):
     import cryptflow
 
     return cryptflow.Client(stack["aggregator"], token=stack["tokens"]["admin_aggregator"], retry_budget=30)
+
+
+def mean_of_two(stack, round_id, update):
+    """A round shaped like `update` in which site-0 and site-1 both submit it; the mean, as
+    site-0 fetches it in `update`'s structure and dtypes (an `Aggregate`)."""
+    admin(stack).create_round(round_id, clients=["site-0", "site-1"], like=update)
+    for i in range(2):
+        site(stack, f"site-{i}").submit(round_id, update)
+    reader = site(stack, "site-0")
+    reader.wait_for_aggregate(round_id, timeout=60)
+    return reader.fetch_mean(round_id, like=update)

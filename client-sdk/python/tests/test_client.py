@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cryptflow
-from conftest import admin, site
+from conftest import admin, mean_of_two, site
 
 
 def test_a_round_of_named_tensors_keeps_names_shapes_and_dtypes(stack):
@@ -64,12 +64,7 @@ def test_bfloat16_through_ml_dtypes(stack):
     ml_dtypes = pytest.importorskip("ml_dtypes")
     b = np.arange(-8, 8, dtype=np.float32).astype(ml_dtypes.bfloat16) / 8
     u = {"w": b}
-    admin(stack).create_round("py-bf16", clients=["site-0", "site-1"], like=u)
-    for i in range(2):
-        site(stack, f"site-{i}").submit("py-bf16", u)
-    r = site(stack, "site-1")
-    r.wait_for_aggregate("py-bf16", timeout=60)
-    agg = r.fetch_mean("py-bf16", like=u)
+    agg = mean_of_two(stack, "py-bf16", u)
     assert agg.mean["w"].dtype == b.dtype
     assert np.abs(agg.mean["w"].astype(np.float64) - b.astype(np.float64)).max() <= agg.max_abs_error
 
@@ -181,22 +176,13 @@ def test_odd_arrays_keep_their_shape_and_values(stack):
     big = np.arange(6, dtype=">f4").reshape(2, 3) / 8
     u = {"scalar": np.float32(0.5), "big": big, "t": np.arange(6, dtype=np.float64).reshape(2, 3).T / 8}
     u = {k: np.asarray(v) for k, v in u.items()}
-    admin(stack).create_round("py-odd", clients=["site-0", "site-1"], like=u)
-    for i in range(2):
-        site(stack, f"site-{i}").submit("py-odd", u)
-    r = site(stack, "site-0")
-    r.wait_for_aggregate("py-odd", timeout=60)
-    agg = r.fetch_mean("py-odd", like=u)
+    agg = mean_of_two(stack, "py-odd", u)
     for k, a in u.items():
         assert agg.mean[k].shape == a.shape, k
         assert np.abs(agg.mean[k].astype(np.float64) - a.astype(np.float64)).max() <= agg.max_abs_error, k
     # A multi-dimensional array round gives an array back, not a dict.
     m = np.arange(6, dtype=np.float32).reshape(2, 3) / 8
-    admin(stack).create_round("py-2d", clients=["site-0", "site-1"], like=m)
-    for i in range(2):
-        site(stack, f"site-{i}").submit("py-2d", m)
-    r.wait_for_aggregate("py-2d", timeout=60)
-    got = r.fetch_mean("py-2d", like=m).mean
+    got = mean_of_two(stack, "py-2d", m).mean
     assert isinstance(got, np.ndarray) and got.shape == (2, 3)
 
 
@@ -213,6 +199,9 @@ def test_bad_arguments_name_the_argument(stack):
     with pytest.raises(cryptflow.InputError, match="clients"):
         a.create_round("py-args-2", clients="site-0", dim=3)
     a.create_round("py-args-3", clients=["site-0", "site-1"], dim=3, clip=np.float32(2))  # numpy scalars are fine
+    a.create_round("py-args-named", clients=["site-0", "site-1"], like={"a": np.zeros(2), "b": np.zeros(3)})
+    with pytest.raises(cryptflow.InputError, match=r'missing \["b"\], not in the round \["c"\]'):
+        s0.submit("py-args-named", {"a": np.zeros(2), "c": np.zeros(3)})
     with pytest.raises(cryptflow.InputError, match="integer tensors can only be passed through"):
         s0.submit("py-args", np.arange(4))
     # Checked before anything is downloaded: the round is not even published.

@@ -458,19 +458,7 @@ class Client:
         floats, _ = _tensors(update, pass_integers)
         if not floats:
             raise InputError("the update holds no floating-point tensor")
-        if not (len(floats) == 1 and floats[0][0] == ""):
-            layout = self.round(round_id)["request"]["layout"]
-            if "tensors" in layout:
-                by_name = dict(floats)
-                want = [t["name"] for t in layout["tensors"]]
-                missing = [n for n in want if n not in by_name]
-                extra = [n for n in by_name if n not in want]
-                if missing or extra:
-                    raise InputError(
-                        f"the update's tensors differ from round {round_id}'s: missing {missing}, "
-                        f"not in the round {extra}"
-                    )
-                floats = [(n, by_name[n]) for n in want]
+        # Any order: the native client takes named tensors in the round's order.
         receipt = _call(
             self._native.submit,
             round_id,
