@@ -18,6 +18,7 @@
 pub mod blob;
 pub mod domain;
 pub mod fold;
+pub mod jobs;
 pub mod kms_client;
 pub mod lifecycle;
 pub mod routes;
@@ -61,8 +62,22 @@ pub struct AggregatorConfig {
     pub database_url: String,
     /// Pool size.
     pub max_connections: u32,
-    /// Directory of the blob store (uploads and aggregates).
+    /// Directory of the blob store (uploads, partial sums and aggregates) when `s3` is not
+    /// set: one replica.
     pub blob_dir: PathBuf,
+    /// An S3-compatible bucket for the blobs instead of `blob_dir`: any number of replicas
+    /// sharing one PostgreSQL database and this bucket.
+    pub s3: Option<blob::S3Config>,
+    /// Fold jobs this replica runs at once (each holds about `(fold_batch_uploads + 2)` ×
+    /// 0.5 MiB).
+    pub max_concurrent_jobs: usize,
+    /// How long a fold job's lease lasts without renewal: a replica that dies holding one
+    /// delays its job by at most this much.
+    pub job_lease_secs: u64,
+    /// Uploads summed by one fold job.
+    pub fold_batch_uploads: u64,
+    /// Blocks of `N` slots in one fold job's span (for rounds created from now on).
+    pub fold_span_blocks: u64,
     /// Audience tokens must name.
     pub audience: String,
     /// Trusted token issuers.
@@ -108,6 +123,11 @@ impl Default for AggregatorConfig {
             database_url: "sqlite://cryptflow-aggregator.db?mode=rwc".into(),
             max_connections: 8,
             blob_dir: PathBuf::from("blobs"),
+            s3: None,
+            max_concurrent_jobs: 2,
+            job_lease_secs: 60,
+            fold_batch_uploads: 16,
+            fold_span_blocks: fold::DEFAULT_SPAN_BLOCKS,
             audience: "aggregator".into(),
             jwt_keys: Vec::new(),
             committee_file: PathBuf::from("committee.toml"),
@@ -157,8 +177,12 @@ pub struct Metrics {
     /// Calls a key manager refused for the aggregator's own credentials (expired or wrong
     /// token: an operator must renew it).
     pub kms_credential_failures: AtomicU64,
-    /// Time spent building aggregates, microseconds.
+    /// Time spent in fold jobs, microseconds.
     pub fold_micros: AtomicU64,
+    /// Fold jobs this replica completed.
+    pub jobs_completed: AtomicU64,
+    /// Fold jobs that failed here (retried, or their round failed).
+    pub jobs_failed: AtomicU64,
     /// Rounds created.
     pub rounds_created: AtomicU64,
     /// Rounds published.
@@ -199,8 +223,18 @@ impl Metrics {
             ),
             (
                 "cryptflow_aggregator_fold_microseconds_total",
-                "Time spent building aggregates.",
+                "Time spent in fold jobs.",
                 &self.fold_micros,
+            ),
+            (
+                "cryptflow_aggregator_fold_jobs_completed_total",
+                "Fold jobs this replica completed.",
+                &self.jobs_completed,
+            ),
+            (
+                "cryptflow_aggregator_fold_jobs_failed_total",
+                "Fold jobs that failed on this replica.",
+                &self.jobs_failed,
             ),
             ("cryptflow_aggregator_rounds_created_total", "Rounds created.", &self.rounds_created),
             (
@@ -228,6 +262,14 @@ pub struct Tuning {
     pub upload_idle_secs: u64,
     /// See [`AggregatorConfig::min_upload_bytes_per_sec`].
     pub min_upload_bytes_per_sec: u64,
+    /// See [`AggregatorConfig::job_lease_secs`].
+    pub job_lease_secs: u64,
+    /// See [`AggregatorConfig::fold_batch_uploads`].
+    pub fold_batch_uploads: u64,
+    /// See [`AggregatorConfig::fold_span_blocks`].
+    pub fold_span_blocks: u64,
+    /// See [`AggregatorConfig::max_concurrent_jobs`].
+    pub max_concurrent_jobs: usize,
 }
 
 /// Shared state of the handlers and the background task. Cheap to clone.
@@ -244,6 +286,8 @@ pub struct AppState {
     uploading: Arc<std::sync::Mutex<std::collections::HashSet<cryptflow_services::ClientId>>>,
     publish_lock: Arc<tokio::sync::Mutex<()>>,
     tuning: Tuning,
+    /// This replica's name in job leases (`<host>-<pid>`).
+    replica: Arc<str>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Verifier> {
@@ -255,7 +299,7 @@ impl axum::extract::FromRef<AppState> for Arc<Verifier> {
 impl AppState {
     /// Assembles the state.
     pub fn new(
-        pool: sqlx::AnyPool,
+        store: Store,
         verifier: Verifier,
         kms: kms_client::KmsNodes,
         blobs: blob::BlobStore,
@@ -264,7 +308,7 @@ impl AppState {
         tuning: Tuning,
     ) -> Self {
         Self {
-            store: Store::new(pool),
+            store,
             verifier: Arc::new(verifier),
             kms,
             blobs,
@@ -274,7 +318,13 @@ impl AppState {
             uploading: Arc::default(),
             publish_lock: Arc::default(),
             tuning,
+            replica: replica_name().into(),
         }
+    }
+
+    /// This replica's name in job leases.
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     /// The counters.
@@ -285,6 +335,17 @@ impl AppState {
     pub fn store(&self) -> &Store {
         &self.store
     }
+}
+
+/// `<host>-<pid>`: the pod's name under Kubernetes (`HOSTNAME`), unique per process.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "aggregator".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// A map keyed by share index, written with string keys (as TOML and environment variables
@@ -343,18 +404,28 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
     let verifier = verifier_from_files(&config.audience, &config.jwt_keys)?;
     let pool = db::connect(&config.database_url, config.max_connections).await?;
     db::require_migrated(&pool, &config.database_url, &MIGRATIONS).await?;
-    let (blobs, removed) = blob::BlobStore::open(&config.blob_dir)
-        .map_err(|e| StartError::Io(format!("{}: {e}", config.blob_dir.display())))?;
-    if removed > 0 {
-        tracing::info!(removed, "removed temporary blobs left by a crash");
-    }
+    let backend = db::Backend::of(&config.database_url)?;
+    let blobs = match &config.s3 {
+        Some(s3) => {
+            blob::BlobStore::open_s3(s3).map_err(|e| StartError::Io(format!("[s3]: {e}")))?
+        }
+        None => {
+            let (blobs, removed) = blob::BlobStore::open_local(&config.blob_dir)
+                .map_err(|e| StartError::Io(format!("{}: {e}", config.blob_dir.display())))?;
+            if removed > 0 {
+                tracing::info!(removed, "removed temporary blobs left by a crash");
+            }
+            blobs
+        }
+    };
+    blobs.check().await.map_err(|e| StartError::Io(format!("{}: {e}", blobs.describe())))?;
     let kms = kms_client::KmsNodes::new(
         committee,
         config.kms_token_file.clone(),
         config.kms_token_files.clone(),
     );
     Ok(AppState::new(
-        pool,
+        Store::new(pool, backend),
         verifier,
         kms,
         blobs,
@@ -367,6 +438,10 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
             upload_queue_secs: config.upload_queue_secs,
             upload_idle_secs: config.upload_idle_secs,
             min_upload_bytes_per_sec: config.min_upload_bytes_per_sec,
+            job_lease_secs: config.job_lease_secs,
+            fold_batch_uploads: config.fold_batch_uploads.max(1),
+            fold_span_blocks: config.fold_span_blocks.max(1),
+            max_concurrent_jobs: config.max_concurrent_jobs,
         },
     ))
 }
@@ -387,6 +462,9 @@ pub async fn launch(
         move || counters.render(),
         stop_rx.clone(),
     );
+    let workers: Vec<_> = (0..state.tuning.max_concurrent_jobs)
+        .map(|_| tokio::spawn(jobs::worker(state.clone(), tick, stop_rx.clone())))
+        .collect();
     let ticker_state = state.clone();
     let mut rx = stop_rx;
     let ticker = tokio::spawn(async move {
@@ -406,6 +484,11 @@ pub async fn launch(
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
     let _ = ticker.await;
+    // A job in progress is abandoned: its lease expires and another replica re-runs it.
+    for w in workers {
+        w.abort();
+        let _ = w.await;
+    }
     result
 }
 

@@ -6,10 +6,12 @@
 //! - **Closing** happens at `max_clients` admitted uploads, at the deadline, or on an admin's
 //!   request.
 //! - **Publication** waits (up to `deposit_grace_secs` after closing) until the admitted uploads
-//!   hold deposits with matching digests at `t` nodes, fixes the contributor set `S` once, builds
-//!   the aggregate from the stored uploads of `S`, and reports `S` to every node. The round is
+//!   hold deposits with matching digests at `t` nodes, fixes the contributor set `S` once
+//!   together with its fold jobs, which any replica runs ([`crate::jobs`]) until the aggregate
+//!   is built from the stored uploads of `S`; then reports `S` to every node. The round is
 //!   shown `published` — fetchable — only once `t` nodes have recorded `S`; the others keep being
-//!   told. Every step is idempotent and resumed by [`tick`] after a crash.
+//!   told. Every step is idempotent, safe on several replicas at once, and resumed by [`tick`]
+//!   after a crash.
 //! - **Retention**: the uploads' blobs are deleted `upload_retention_secs` after publication
 //!   (or failure); the aggregate stays.
 
@@ -138,7 +140,7 @@ pub async fn advance(s: &AppState, round: &RoundId) -> Result<(), AppError> {
         return Ok(());
     }
     if row.set.is_none() {
-        if !choose_and_build(s, &row).await? {
+        if !choose_and_plan(s, &row).await? {
             return Ok(());
         }
         row = match s.store.round(round).await.map_err(AppError::internal)? {
@@ -146,11 +148,15 @@ pub async fn advance(s: &AppState, round: &RoundId) -> Result<(), AppError> {
             _ => return Ok(()),
         };
     }
+    if row.aggregate_sha256.is_none() {
+        // The fold jobs are running (on any replica); the publication job calls back here.
+        return Ok(());
+    }
     report_set(s, &row).await
 }
 
-/// Chooses `S` and builds the aggregate; `false` if the round must wait or failed.
-async fn choose_and_build(s: &AppState, row: &RoundRow) -> Result<bool, AppError> {
+/// Chooses `S` and plans its fold jobs; `false` if the round must wait or failed.
+async fn choose_and_plan(s: &AppState, row: &RoundRow) -> Result<bool, AppError> {
     let round = &row.spec.round_id;
     let uploads = s.store.uploads(round).await.map_err(AppError::internal)?;
     let calls = s.kms.committee().nodes().iter().map(|n| {
@@ -180,23 +186,19 @@ async fn choose_and_build(s: &AppState, row: &RoundRow) -> Result<bool, AppError
             fail(s, round, &why).await?;
             Ok(false)
         }
-        Step::Publish(set) => {
-            let members: Vec<UploadRow> = uploads
-                .into_iter()
-                .filter(|u| set.iter().any(|c| c.client_id == u.client_id))
-                .collect();
+        Step::Publish(mut set) => {
+            set.sort_by(|a, b| a.client_id.cmp(&b.client_id));
             let setup = protocol::setup(&row.spec).map_err(AppError::internal)?;
-            let (blobs, r) = (s.blobs.clone(), round.clone());
-            let start = std::time::Instant::now();
-            let (sha, _) = tokio::task::spawn_blocking(move || {
-                fold::build_aggregate(&blobs, &r, &setup, &members)
-            })
-            .await
-            .map_err(AppError::internal)?
-            .map_err(AppError::internal)?;
-            s.metrics.fold_micros.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-            s.store.fix_set(round, &set, &sha).await.map_err(AppError::internal)?;
-            tracing::info!(round = %round, contributors = set.len(), aggregate = %sha, "aggregate built");
+            let jobs = fold::plan(
+                round,
+                &setup,
+                row.span_blocks,
+                set.len() as u64,
+                s.tuning.fold_batch_uploads,
+            );
+            if s.store.fix_set(round, &set, &jobs).await.map_err(AppError::internal)? {
+                tracing::info!(round = %round, contributors = set.len(), jobs = jobs.len(), "contributor set fixed; fold jobs planned");
+            }
             Ok(true)
         }
     }
@@ -265,7 +267,8 @@ fn count_credentials(s: &AppState, e: &KmsError) {
     }
 }
 
-async fn fail(s: &AppState, round: &RoundId, why: &str) -> Result<(), AppError> {
+/// Fails a round not yet published (once; later calls change nothing).
+pub async fn fail(s: &AppState, round: &RoundId, why: &str) -> Result<(), AppError> {
     if s.store.fail(round, why).await.map_err(AppError::internal)? {
         s.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(round = %round, why, "round failed");
@@ -287,18 +290,15 @@ async fn expire_uploads(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
     if s.clock.now() < finished_at + s.tuning.upload_retention_secs as i64 {
         return Ok(());
     }
-    let (blobs, r) = (s.blobs.clone(), row.spec.round_id.to_string());
-    tokio::task::spawn_blocking(move || {
-        for name in blobs.list(&r)? {
-            if name.starts_with("upload.") {
-                blobs.delete(&r, &name)?;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await
-    .map_err(AppError::internal)?
-    .map_err(AppError::internal)?;
+    // The uploads, the partial sums, and temporary objects that crashed writes left (no
+    // write of a finished round is still wanted); the aggregate stays.
+    let r = row.spec.round_id.as_str();
+    let mut names = s.blobs.list(r, false).await.map_err(AppError::internal)?;
+    names.retain(|n| n.starts_with("upload.") || n.starts_with("partial."));
+    names.extend(s.blobs.list(r, true).await.map_err(AppError::internal)?);
+    for name in names {
+        s.blobs.delete(r, &name).await.map_err(AppError::internal)?;
+    }
     s.store.uploads_deleted(&row.spec.round_id).await.map_err(AppError::internal)
 }
 

@@ -20,7 +20,7 @@
 use crate::domain;
 use crate::fold::{aggregate_blob, upload_blob};
 use crate::lifecycle;
-use crate::store::RoundRow;
+use crate::store::{RoundRow, UploadRow};
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -143,8 +143,11 @@ async fn create_round(
             let deadline = domain::deadline(&request, now)?;
             let spec =
                 domain::round_spec(&request, MaskSeed::generate().map_err(AppError::internal)?)?;
-            let inserted =
-                s.store.insert_round(&request, &spec, deadline, now).await.map_err(db)?;
+            let inserted = s
+                .store
+                .insert_round(&request, &spec, deadline, now, s.tuning.fold_span_blocks)
+                .await
+                .map_err(db)?;
             let row = require_round(&s, &round).await?;
             if !inserted && row.request != request {
                 return Err(AppError::new(
@@ -238,23 +241,31 @@ async fn submit(
     if let Some(existing) = existing {
         // A retry of the admitted upload gets its receipt, which needs the body's digest:
         // read and hashed, not stored.
-        let (sent, _) = crate::upload::receive(&s, &row, &setup, expected, body, false).await?;
-        return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sent))).await;
+        let sent = crate::upload::receive(&s, &row, &setup, expected, body, false).await?;
+        return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sent.sha256))).await;
     }
-    let (sha256, blob) = crate::upload::receive(&s, &row, &setup, expected, body, true).await?;
-    let Some(blob) = blob else { return Err(AppError::internal("no blob writer")) };
+    let received = crate::upload::receive(&s, &row, &setup, expected, body, true).await?;
+    let sha256 = received.sha256;
+    let Some(blob) = received.blob else { return Err(AppError::internal("no blob writer")) };
     if let Some(existing) = s.store.upload(&round, &client).await.map_err(db)? {
         drop(blob);
         return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sha256))).await;
     }
-    let name = upload_blob(client.as_str(), &sha256);
-    tokio::task::spawn_blocking(move || blob.finish(&name))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(AppError::internal)?;
+    // Written (fsynced, or completed in the bucket) before the row that admits it.
+    blob.finish(&upload_blob(client.as_str(), &sha256)).await.map_err(AppError::internal)?;
     let admitted = s
         .store
-        .admit(&round, &client, &sha256, expected, row.spec.max_clients, s.clock.now())
+        .admit(
+            &round,
+            &UploadRow {
+                client_id: client.clone(),
+                sha256,
+                bytes: expected,
+                span_sha256: received.span_sha256,
+            },
+            row.spec.max_clients,
+            s.clock.now(),
+        )
         .await
         .map_err(db)?;
     let Some(uploads) = admitted else {
@@ -374,10 +385,9 @@ async fn aggregate(
             format!("{} is not in the round's contributor set", caller.subject),
         ));
     }
-    let file =
-        s.blobs.open_file(round.as_str(), &aggregate_blob(&sha)).map_err(AppError::internal)?;
-    let len = file.metadata().map_err(AppError::internal)?.len();
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    let (len, stream) =
+        s.blobs.stream(round.as_str(), &aggregate_blob(&sha)).await.map_err(AppError::internal)?;
+    let stream = futures_util::TryStreamExt::map_err(stream, std::io::Error::other);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

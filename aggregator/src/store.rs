@@ -4,6 +4,7 @@
 
 use cryptflow_services::api::kms::SpecEcho;
 use cryptflow_services::api::round::{Contribution, RoundRequest, RoundSpec, RoundState};
+use cryptflow_services::db::Backend;
 use cryptflow_services::{ClientId, RoundId, Sha256Digest};
 use sqlx::{AnyPool, Row};
 
@@ -77,6 +78,8 @@ pub struct RoundRow {
     pub uploads_deleted: bool,
     /// Why it failed.
     pub failure: Option<String>,
+    /// Blocks of one fold job's slot range (fixed at creation; see [`crate::fold`]).
+    pub span_blocks: u64,
 }
 
 /// An admitted upload.
@@ -88,17 +91,78 @@ pub struct UploadRow {
     pub sha256: Sha256Digest,
     /// Its size.
     pub bytes: u64,
+    /// Its SHA-256 per fold span (see [`crate::fold`]), computed while it was received; empty
+    /// for uploads admitted before fold jobs existed.
+    pub span_sha256: Vec<Sha256Digest>,
+}
+
+/// What a fold job does.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// Sums a batch of the contributor set's uploads over one span into a partial sum.
+    Fold,
+    /// Sums every partial sum into the aggregate (job 0, once every fold job is done).
+    Publish,
+}
+
+impl JobKind {
+    fn name(self) -> &'static str {
+        match self {
+            JobKind::Fold => "fold",
+            JobKind::Publish => "publish",
+        }
+    }
+    fn of(s: &str) -> Result<Self> {
+        match s {
+            "fold" => Ok(JobKind::Fold),
+            "publish" => Ok(JobKind::Publish),
+            other => Err(corrupt(format!("unknown job kind {other:?}"))),
+        }
+    }
+}
+
+/// A job of a round's fold, as planned or stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    /// The round.
+    pub round_id: RoundId,
+    /// Its number in the round (0 is the publication).
+    pub job: u64,
+    /// What it does.
+    pub kind: JobKind,
+    /// First member of the sorted contributor set it sums.
+    pub first_member: u64,
+    /// How many members it sums.
+    pub members: u64,
+    /// The span of slots it covers.
+    pub span: u64,
+    /// Whether it completed.
+    pub done: bool,
+    /// The SHA-256 of its output blob, once done.
+    pub output_sha256: Option<Sha256Digest>,
+    /// Times it was leased.
+    pub attempts: u32,
+}
+
+/// A lease on a job: its holder's token proves the lease in every later update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The job.
+    pub job: JobRow,
+    /// The holder's token (`<replica>/<random>`), unique per lease.
+    pub holder: String,
 }
 
 /// The aggregator's database.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
 }
 
 const ROUND_COLUMNS: &str =
     "request_json, spec_json, echoes_json, state, admitted, deadline, closed_at, set_json, \
-    aggregate_sha256, recorded_by, published_at, uploads_deleted, failure";
+    aggregate_sha256, recorded_by, published_at, uploads_deleted, failure, span_blocks";
 
 fn round_row(r: &sqlx::any::AnyRow) -> Result<RoundRow> {
     let set: Option<String> = r.try_get("set_json")?;
@@ -118,13 +182,14 @@ fn round_row(r: &sqlx::any::AnyRow) -> Result<RoundRow> {
         published_at: r.try_get("published_at")?,
         uploads_deleted: r.try_get::<i64, _>("uploads_deleted")? != 0,
         failure: r.try_get("failure")?,
+        span_blocks: u64::try_from(r.try_get::<i64, _>("span_blocks")?).map_err(corrupt)?,
     })
 }
 
 impl Store {
-    /// Wraps a migrated pool.
-    pub fn new(pool: AnyPool) -> Self {
-        Self { pool }
+    /// Wraps a migrated pool of `backend`.
+    pub fn new(pool: AnyPool, backend: Backend) -> Self {
+        Self { pool, backend }
     }
 
     /// The pool (probes).
@@ -148,17 +213,19 @@ impl Store {
         spec: &RoundSpec,
         deadline: i64,
         at: i64,
+        span_blocks: u64,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO rounds (round_id, request_json, spec_json, echoes_json, state, deadline, created_at) \
-             VALUES ($1, $2, $3, '[]', 'open', $4, $5) ON CONFLICT (round_id) DO NOTHING",
+            "INSERT INTO rounds (round_id, request_json, spec_json, echoes_json, state, deadline, created_at, span_blocks) \
+             VALUES ($1, $2, $3, '[]', 'open', $4, $5, $6) ON CONFLICT (round_id) DO NOTHING",
         )
         .bind(spec.round_id.as_str())
         .bind(json(request)?)
         .bind(json(spec)?)
         .bind(deadline)
         .bind(at)
+        .bind(i64::try_from(span_blocks).map_err(corrupt)?)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -200,7 +267,7 @@ impl Store {
     /// A client's upload, if admitted.
     pub async fn upload(&self, round: &RoundId, client: &ClientId) -> Result<Option<UploadRow>> {
         let row = sqlx::query(
-            "SELECT client_id, sha256, bytes FROM uploads WHERE round_id = $1 AND client_id = $2",
+            "SELECT client_id, sha256, bytes, span_sha256 FROM uploads WHERE round_id = $1 AND client_id = $2",
         )
         .bind(round.as_str())
         .bind(client.as_str())
@@ -212,7 +279,7 @@ impl Store {
     /// Every admitted upload, sorted by client.
     pub async fn uploads(&self, round: &RoundId) -> Result<Vec<UploadRow>> {
         let rows = sqlx::query(
-            "SELECT client_id, sha256, bytes FROM uploads WHERE round_id = $1 ORDER BY client_id",
+            "SELECT client_id, sha256, bytes, span_sha256 FROM uploads WHERE round_id = $1 ORDER BY client_id",
         )
         .bind(round.as_str())
         .fetch_all(&self.pool)
@@ -227,9 +294,7 @@ impl Store {
     pub async fn admit(
         &self,
         round: &RoundId,
-        client: &ClientId,
-        sha256: &Sha256Digest,
-        bytes: u64,
+        upload: &UploadRow,
         max_clients: u32,
         at: i64,
     ) -> Result<Option<u32>> {
@@ -247,14 +312,15 @@ impl Store {
             return Ok(None);
         }
         let inserted = sqlx::query(
-            "INSERT INTO uploads (round_id, client_id, sha256, bytes, received_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO uploads (round_id, client_id, sha256, bytes, received_at, span_sha256) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (round_id, client_id) DO NOTHING",
         )
         .bind(round.as_str())
-        .bind(client.as_str())
-        .bind(sha256.to_string())
-        .bind(bytes as i64)
+        .bind(upload.client_id.as_str())
+        .bind(upload.sha256.to_string())
+        .bind(i64::try_from(upload.bytes).map_err(corrupt)?)
         .bind(at)
+        .bind(upload.span_sha256.iter().map(|d| d.to_string()).collect::<String>())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -282,20 +348,158 @@ impl Store {
             == 1)
     }
 
-    /// Fixes the contributor set and the aggregate's digest, once: a later call with another
-    /// set changes nothing (the caller re-reads the row).
+    /// Fixes the contributor set once and plans its fold `jobs`, in one transaction: a later
+    /// call (another replica that chose concurrently) changes nothing — the caller re-reads
+    /// the row. Returns whether this call fixed it.
     pub async fn fix_set(
         &self,
         round: &RoundId,
         set: &[Contribution],
-        aggregate: &Sha256Digest,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE rounds SET set_json = $1, aggregate_sha256 = $2 WHERE round_id = $3 AND state = 'aggregating' AND set_json IS NULL",
+        jobs: &[JobRow],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let fixed = sqlx::query(
+            "UPDATE rounds SET set_json = $1 WHERE round_id = $2 AND state = 'aggregating' AND set_json IS NULL",
         )
         .bind(json(&set)?)
+        .bind(round.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if fixed != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for j in jobs {
+            sqlx::query(
+                "INSERT INTO fold_jobs (round_id, job, kind, first_member, members, span) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(round.as_str())
+            .bind(i64::try_from(j.job).map_err(corrupt)?)
+            .bind(j.kind.name())
+            .bind(i64::try_from(j.first_member).map_err(corrupt)?)
+            .bind(i64::try_from(j.members).map_err(corrupt)?)
+            .bind(i64::try_from(j.span).map_err(corrupt)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records the aggregate's digest, once (a re-run publication job writes the same).
+    pub async fn set_aggregate(&self, round: &RoundId, aggregate: &Sha256Digest) -> Result<()> {
+        sqlx::query(
+            "UPDATE rounds SET aggregate_sha256 = $1 WHERE round_id = $2 AND state = 'aggregating' AND aggregate_sha256 IS NULL",
+        )
         .bind(aggregate.to_string())
         .bind(round.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The fold jobs of a round, by number.
+    pub async fn jobs(&self, round: &RoundId) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM fold_jobs WHERE round_id = $1 ORDER BY job"
+        ))
+        .bind(round.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// Leases the next job to run, for `lease_secs` from `now`: a job not done whose lease is
+    /// absent or expired, of a round still aggregating; the publication job only once every
+    /// fold job of its round is done. On PostgreSQL the candidate row is taken with
+    /// `FOR UPDATE SKIP LOCKED`, so replicas leasing at once take different jobs without
+    /// waiting on each other (as Janus leases its aggregation jobs); SQLite has one writer.
+    pub async fn lease_job(
+        &self,
+        replica: &str,
+        now: i64,
+        lease_secs: u64,
+    ) -> Result<Option<Lease>> {
+        let mut token = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut token);
+        let holder = format!("{replica}/{}", hex::encode(token));
+        let skip_locked = match self.backend {
+            Backend::Postgres => "FOR UPDATE OF j SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE fold_jobs SET lease_holder = $1, lease_expiry = $2, attempts = attempts + 1 \
+             WHERE (round_id, job) = (\
+               SELECT j.round_id, j.job FROM fold_jobs j JOIN rounds r ON r.round_id = j.round_id \
+               WHERE j.done = 0 AND (j.lease_expiry IS NULL OR j.lease_expiry <= $3) \
+                 AND r.state = 'aggregating' \
+                 AND (j.kind = 'fold' OR NOT EXISTS (\
+                   SELECT 1 FROM fold_jobs f WHERE f.round_id = j.round_id AND f.kind = 'fold' AND f.done = 0)) \
+               ORDER BY j.round_id, j.job LIMIT 1 {skip_locked}) \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(&holder)
+        .bind(now.saturating_add(i64::try_from(lease_secs).map_err(corrupt)?))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(job_row).transpose()?.map(|job| Lease { job, holder }))
+    }
+
+    /// Extends a lease still held to `until`; false if it was lost (expired and taken).
+    pub async fn renew_lease(&self, lease: &Lease, until: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE fold_jobs SET lease_expiry = $1 WHERE round_id = $2 AND job = $3 AND lease_holder = $4 AND done = 0",
+        )
+        .bind(until)
+        .bind(lease.job.round_id.as_str())
+        .bind(i64::try_from(lease.job.job).map_err(corrupt)?)
+        .bind(&lease.holder)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Marks a leased job done with its output's digest; false if the lease was lost (a
+    /// re-run by another replica wrote the same output and completes it).
+    pub async fn complete_job(&self, lease: &Lease, output: &Sha256Digest) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE fold_jobs SET done = 1, output_sha256 = $1, lease_expiry = NULL \
+             WHERE round_id = $2 AND job = $3 AND lease_holder = $4 AND done = 0",
+        )
+        .bind(output.to_string())
+        .bind(lease.job.round_id.as_str())
+        .bind(i64::try_from(lease.job.job).map_err(corrupt)?)
+        .bind(&lease.holder)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Makes a completed job runnable again (its output was found corrupt).
+    pub async fn reset_job(&self, round: &RoundId, job: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE fold_jobs SET done = 0, output_sha256 = NULL, lease_expiry = NULL WHERE round_id = $1 AND job = $2",
+        )
+        .bind(round.as_str())
+        .bind(i64::try_from(job).map_err(corrupt)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Gives a lease back after a failure; the job may be leased again from `retry_at`.
+    pub async fn release_job(&self, lease: &Lease, retry_at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE fold_jobs SET lease_expiry = $1 WHERE round_id = $2 AND job = $3 AND lease_holder = $4 AND done = 0",
+        )
+        .bind(retry_at)
+        .bind(lease.job.round_id.as_str())
+        .bind(i64::try_from(lease.job.job).map_err(corrupt)?)
+        .bind(&lease.holder)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -383,8 +587,35 @@ impl Store {
     }
 }
 
+const JOB_COLUMNS: &str =
+    "round_id, job, kind, first_member, members, span, done, output_sha256, attempts";
+
+fn job_row(r: &sqlx::any::AnyRow) -> Result<JobRow> {
+    let n = |c: &str| -> Result<u64> { u64::try_from(r.try_get::<i64, _>(c)?).map_err(corrupt) };
+    let out: Option<String> = r.try_get("output_sha256")?;
+    Ok(JobRow {
+        round_id: RoundId::parse(r.try_get::<String, _>("round_id")?).map_err(corrupt)?,
+        job: n("job")?,
+        kind: JobKind::of(&r.try_get::<String, _>("kind")?)?,
+        first_member: n("first_member")?,
+        members: n("members")?,
+        span: n("span")?,
+        done: n("done")? != 0,
+        output_sha256: out.map(|s| s.parse()).transpose().map_err(corrupt)?,
+        attempts: u32::try_from(n("attempts")?).map_err(corrupt)?,
+    })
+}
+
 fn upload_row(r: &sqlx::any::AnyRow) -> Result<UploadRow> {
+    let spans: String = r.try_get("span_sha256")?;
+    if !spans.len().is_multiple_of(64) || !spans.is_ascii() {
+        return Err(corrupt("span digests are not a list of SHA-256 hex digests"));
+    }
     Ok(UploadRow {
+        span_sha256: (0..spans.len() / 64)
+            .map(|i| spans[i * 64..(i + 1) * 64].parse())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(corrupt)?,
         client_id: ClientId::parse(r.try_get::<String, _>("client_id")?).map_err(corrupt)?,
         sha256: r.try_get::<String, _>("sha256")?.parse().map_err(corrupt)?,
         bytes: u64::try_from(r.try_get::<i64, _>("bytes")?).map_err(corrupt)?,

@@ -1,6 +1,6 @@
 //! Receiving an upload: the body streamed, its 64-byte header checked against the round
-//! before the rest is read, the payload hashed on the way and (optionally) written to a blob
-//! off the async runtime — never held whole.
+//! before the rest is read, the payload hashed on the way (whole and per fold span) and
+//! (optionally) streamed to a blob — never held whole.
 
 use crate::store::RoundRow;
 use crate::AppState;
@@ -12,7 +12,14 @@ use cryptflow_services::http::AppError;
 use cryptflow_services::{ErrorCode, Sha256Digest};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use std::io::Write;
+
+/// An upload received: its digest, its digest per fold span, and (when stored) the blob
+/// writer holding it, unfinished.
+pub(crate) struct Received {
+    pub sha256: Sha256Digest,
+    pub span_sha256: Vec<Sha256Digest>,
+    pub blob: Option<crate::blob::BlobWriter>,
+}
 
 /// Streams the body, the header first, checked against the round, then the payload, hashed on
 /// the way; exactly `expected` bytes. With `store`, into a blob writer (returned unfinished).
@@ -23,17 +30,16 @@ pub(crate) async fn receive(
     expected: u64,
     body: Body,
     store: bool,
-) -> Result<(Sha256Digest, Option<crate::blob::BlobWriter>), AppError> {
+) -> Result<Received, AppError> {
     let mut writer = if store {
         Some(s.blobs.writer(row.spec.round_id.as_str()).map_err(AppError::internal)?)
     } else {
         None
     };
+    let mut spans = crate::fold::SpanHasher::new(setup, row.span_blocks);
     let mut digest = Sha256::new();
     let mut head: Vec<u8> = Vec::with_capacity(HEADER_LEN);
     let mut received = 0u64;
-    // Chunks are gathered up to WRITE_BATCH and written off the async runtime.
-    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     let mut stream = body.into_data_stream();
     let (idle, min_rate) = (
         std::time::Duration::from_secs(s.tuning.upload_idle_secs.max(1)),
@@ -66,26 +72,18 @@ pub(crate) async fn receive(
             .with_field("body")
             .with_limit(expected));
         }
+        let mut take = 0;
         if head.len() < HEADER_LEN {
-            let take = (HEADER_LEN - head.len()).min(chunk.len());
+            take = (HEADER_LEN - head.len()).min(chunk.len());
             head.extend_from_slice(&chunk[..take]);
             if head.len() == HEADER_LEN {
                 check_header(setup, &head)?;
             }
         }
         digest.update(&chunk);
-        if let Some(w) = writer.take() {
-            pending.extend_from_slice(&chunk);
-            writer = Some(if pending.len() >= WRITE_BATCH {
-                write_off_runtime(w, std::mem::take(&mut pending)).await?
-            } else {
-                w
-            });
-        }
-    }
-    if !pending.is_empty() {
-        if let Some(w) = writer.take() {
-            writer = Some(write_off_runtime(w, pending).await?);
+        spans.update(&chunk[take..]);
+        if let Some(w) = &mut writer {
+            w.write(chunk).await.map_err(AppError::internal)?;
         }
     }
     if received != expected {
@@ -96,20 +94,11 @@ pub(crate) async fn receive(
         .with_field("body")
         .with_limit(expected));
     }
-    Ok((Sha256Digest(digest.finalize().into()), writer))
-}
-
-/// Bytes gathered before a write to the blob.
-const WRITE_BATCH: usize = 1 << 20;
-
-async fn write_off_runtime(
-    mut writer: crate::blob::BlobWriter,
-    bytes: Vec<u8>,
-) -> Result<crate::blob::BlobWriter, AppError> {
-    tokio::task::spawn_blocking(move || writer.write_all(&bytes).map(|()| writer))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(AppError::internal)
+    Ok(Received {
+        sha256: Sha256Digest(digest.finalize().into()),
+        span_sha256: spans.finish(),
+        blob: writer,
+    })
 }
 
 fn check_header(setup: &cryptflow_he::RoundSetup, head: &[u8]) -> Result<(), AppError> {

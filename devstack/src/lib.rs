@@ -73,6 +73,32 @@ impl Database {
     }
 }
 
+/// Where the aggregator keeps its blobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blobs {
+    /// A directory in the stack's directory (the default).
+    Local,
+    /// The S3-compatible server and bucket named by `CRYPTFLOW_TEST_S3_ENDPOINT` and
+    /// `CRYPTFLOW_TEST_S3_BUCKET` (CI starts one), under a key prefix of this stack's own.
+    S3,
+}
+
+/// The variable naming a local S3-compatible server for tests (`http://127.0.0.1:PORT`).
+pub const TEST_S3_ENDPOINT_ENV: &str = "CRYPTFLOW_TEST_S3_ENDPOINT";
+/// The variable naming the bucket on it.
+pub const TEST_S3_BUCKET_ENV: &str = "CRYPTFLOW_TEST_S3_BUCKET";
+
+impl Blobs {
+    /// Whether the test S3 server is configured; says why not on stderr.
+    pub fn s3_configured() -> bool {
+        let set = std::env::var(TEST_S3_ENDPOINT_ENV).is_ok();
+        if !set {
+            eprintln!("skipping S3: {TEST_S3_ENDPOINT_ENV} is not set");
+        }
+        set
+    }
+}
+
 /// A free TCP port on loopback (bound and released; the one place tests pick ports).
 pub fn free_port() -> Result<u16, StackError> {
     Ok(free_ports(1)?[0])
@@ -108,6 +134,8 @@ pub struct Builder {
     internal_listeners: bool,
     configure_aggregator: Option<ConfigureAggregator>,
     long_site_ids: bool,
+    aggregator_replicas: usize,
+    blobs: Blobs,
 }
 
 impl std::fmt::Debug for Builder {
@@ -123,6 +151,20 @@ impl std::fmt::Debug for Builder {
 }
 
 impl Builder {
+    /// Aggregator replicas sharing one database and blob store (default 1); more than one
+    /// needs PostgreSQL ([`Database::Postgres`]). Replica 0 is the one [`LocalStack::aggregator_url`]
+    /// and the clients use.
+    pub fn aggregator_replicas(mut self, n: usize) -> Self {
+        self.aggregator_replicas = n.max(1);
+        self
+    }
+
+    /// Where the aggregator keeps its blobs (default [`Blobs::Local`]).
+    pub fn blobs(mut self, b: Blobs) -> Self {
+        self.blobs = b;
+        self
+    }
+
     /// Sites named with the longest ids allowed (64 characters: `site-000…0042`) instead of
     /// `site-42` — for tests of size limits.
     pub fn long_site_ids(mut self, yes: bool) -> Self {
@@ -216,7 +258,8 @@ pub struct LocalStack {
     sites: Vec<(ClientId, String)>,
     committee: Committee,
     nodes: Vec<Service>,
-    aggregator: Service,
+    /// Replicas of the aggregator (one by default).
+    aggregators: Vec<Service>,
     databases: Vec<String>,
     processes: bool,
     bin_dir: Option<PathBuf>,
@@ -242,6 +285,8 @@ impl LocalStack {
             internal_listeners: false,
             configure_aggregator: None,
             long_site_ids: false,
+            aggregator_replicas: 1,
+            blobs: Blobs::Local,
         }
     }
 
@@ -277,8 +322,14 @@ impl LocalStack {
         let mut node_keys = Vec::new();
         let mut committee_nodes = Vec::new();
         let mut ports = Vec::new();
-        // Every port of the stack at once: three per node, two for the aggregator.
-        let mut free = free_ports(3 * usize::from(b.nodes) + 2)?.into_iter();
+        if b.aggregator_replicas > 1 && b.database != Database::Postgres {
+            return Err(err(
+                "aggregator replicas share a PostgreSQL database: use Database::Postgres",
+            ));
+        }
+        // Every port of the stack at once: three per node, two per aggregator replica.
+        let mut free =
+            free_ports(3 * usize::from(b.nodes) + 2 * b.aggregator_replicas)?.into_iter();
         let mut next_port = move || free.next().ok_or_else(|| err("ran out of ports"));
         for x in 1..=b.nodes {
             let key = SiteKey::generate();
@@ -350,26 +401,59 @@ impl LocalStack {
         } else {
             committee_file.clone()
         };
-        let (agg_port, agg_metrics) = (next_port()?, next_port()?);
-        let agg_cfg = AggregatorConfig {
-            listen: format!("127.0.0.1:{agg_port}"),
-            metrics_listen: format!("127.0.0.1:{agg_metrics}"),
-            database_url: databases[b.nodes as usize].clone(),
-            max_connections: 8,
-            blob_dir: root.join("blobs"),
-            jwt_keys,
-            committee_file: agg_committee,
-            kms_token_file: write("aggregator-kms.jwt", &agg_token)?,
-            max_concurrent_uploads: b.max_concurrent_uploads,
-            deposit_grace_secs: b.deposit_grace_secs,
-            tick_millis: b.tick_millis,
-            ..AggregatorConfig::default()
+        let s3 = match b.blobs {
+            Blobs::Local => None,
+            Blobs::S3 => {
+                let endpoint = std::env::var(TEST_S3_ENDPOINT_ENV)
+                    .map_err(|_| err(format!("{TEST_S3_ENDPOINT_ENV} is not set")))?;
+                let bucket =
+                    std::env::var(TEST_S3_BUCKET_ENV).unwrap_or_else(|_| "cryptflow-test".into());
+                let prefix =
+                    root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                Some(cryptflow_aggregator::blob::S3Config {
+                    bucket,
+                    region: "us-east-1".into(),
+                    endpoint: Some(endpoint.clone()),
+                    allow_http: endpoint.starts_with("http://"),
+                    virtual_hosted_style: false,
+                    prefix,
+                })
+            }
         };
-        let mut agg_cfg = agg_cfg;
-        if let Some(f) = &b.configure_aggregator {
-            f(&mut agg_cfg);
+        let mut aggregators = Vec::new();
+        for i in 0..b.aggregator_replicas {
+            let (agg_port, agg_metrics) = (next_port()?, next_port()?);
+            let mut agg_cfg = AggregatorConfig {
+                listen: format!("127.0.0.1:{agg_port}"),
+                metrics_listen: format!("127.0.0.1:{agg_metrics}"),
+                database_url: databases[b.nodes as usize].clone(),
+                max_connections: 8,
+                blob_dir: root.join("blobs"),
+                s3: s3.clone(),
+                jwt_keys: jwt_keys.clone(),
+                committee_file: agg_committee.clone(),
+                kms_token_file: root.join("aggregator-kms.jwt"),
+                max_concurrent_uploads: b.max_concurrent_uploads,
+                deposit_grace_secs: b.deposit_grace_secs,
+                tick_millis: b.tick_millis,
+                ..AggregatorConfig::default()
+            };
+            if i == 0 {
+                write("aggregator-kms.jwt", &agg_token)?;
+            }
+            if let Some(f) = &b.configure_aggregator {
+                f(&mut agg_cfg);
+            }
+            let name =
+                if i == 0 { "aggregator.toml".to_owned() } else { format!("aggregator-{i}.toml") };
+            let agg_path = write(&name, &toml::to_string(&agg_cfg).map_err(err)?)?;
+            aggregators.push(Service {
+                binary: "cryptflow-aggregator",
+                config: agg_path,
+                url: format!("http://{}", agg_cfg.listen),
+                running: Running::Stopped,
+            });
         }
-        let agg_path = write("aggregator.toml", &toml::to_string(&agg_cfg).map_err(err)?)?;
 
         let bin_dir = if b.processes { Some(binaries()?) } else { None };
         let mut stack = Self {
@@ -386,12 +470,7 @@ impl LocalStack {
                     running: Running::Stopped,
                 })
                 .collect(),
-            aggregator: Service {
-                binary: "cryptflow-aggregator",
-                config: agg_path,
-                url: format!("http://{}", agg_cfg.listen),
-                running: Running::Stopped,
-            },
+            aggregators,
             databases: if b.database == Database::Postgres { databases } else { Vec::new() },
             processes: b.processes,
             bin_dir,
@@ -399,7 +478,10 @@ impl LocalStack {
         for x in 1..=b.nodes {
             stack.migrate_and_start_node(x).await?;
         }
-        stack.restart_aggregator_inner(true).await?;
+        stack.restart_replica(0, true).await?;
+        for i in 1..stack.aggregators.len() {
+            stack.restart_replica(i, false).await?;
+        }
         Ok(stack)
     }
 
@@ -409,7 +491,7 @@ impl LocalStack {
     }
     /// The aggregator's base URL.
     pub fn aggregator_url(&self) -> &str {
-        &self.aggregator.url
+        &self.aggregators[0].url
     }
     /// Key manager `x`'s base URL.
     pub fn node_url(&self, x: u8) -> Option<&str> {
@@ -429,7 +511,7 @@ impl LocalStack {
     }
     /// The aggregator's configuration file.
     pub fn aggregator_config(&self) -> &Path {
-        &self.aggregator.config
+        &self.aggregators[0].config
     }
     /// The roster's ids, sites first, readers after.
     pub fn site_ids(&self) -> Vec<ClientId> {
@@ -465,7 +547,17 @@ impl LocalStack {
 
     /// An SDK client acting as roster member `id` with `role` (client or reader) and `policy`.
     pub fn client_with(&self, id: &str, role: Role, policy: ClientPolicy) -> Client {
-        let mut b = Client::builder(&self.aggregator.url)
+        self.client_of(id, role, policy, 0)
+    }
+
+    /// An SDK client acting as roster site `id` that talks to aggregator replica `replica`.
+    pub fn client_via(&self, id: &str, replica: usize) -> Client {
+        self.client_of(id, Role::Client, ClientPolicy::default(), replica)
+    }
+
+    fn client_of(&self, id: &str, role: Role, policy: ClientPolicy, replica: usize) -> Client {
+        let url = self.aggregators.get(replica).unwrap_or(&self.aggregators[0]).url.as_str();
+        let mut b = Client::builder(url)
             .aggregator_token(Token::new(self.token(id, role, "aggregator")))
             .committee(self.committee.clone())
             .reader(role == Role::Reader)
@@ -500,7 +592,7 @@ impl LocalStack {
 
     /// An SDK client with an admin token.
     pub fn admin(&self) -> Client {
-        Client::builder(&self.aggregator.url)
+        Client::builder(&self.aggregators[0].url)
             .aggregator_token(Token::new(self.token("ops", Role::Admin, "aggregator")))
             .committee(self.committee.clone())
             .retry(RetryPolicy { budget: Duration::from_secs(60), ..RetryPolicy::default() })
@@ -579,18 +671,33 @@ impl LocalStack {
         wait_ready(&n.url, "CryptFlow KMS").await
     }
 
-    /// Stops the aggregator abruptly.
+    /// Stops the aggregator (replica 0) abruptly.
     pub async fn kill_aggregator(&mut self) {
-        kill(&mut self.aggregator.running).await;
+        self.kill_replica(0).await;
     }
 
-    /// Starts the aggregator again (same port, database, blobs).
+    /// Starts the aggregator (replica 0) again (same port, database, blobs).
     pub async fn restart_aggregator(&mut self) -> Result<(), StackError> {
-        self.restart_aggregator_inner(false).await
+        self.restart_replica(0, false).await
     }
 
-    async fn restart_aggregator_inner(&mut self, migrate: bool) -> Result<(), StackError> {
-        let a = &mut self.aggregator;
+    /// The base URLs of the aggregator's replicas.
+    pub fn aggregator_urls(&self) -> Vec<String> {
+        self.aggregators.iter().map(|a| a.url.clone()).collect()
+    }
+
+    /// Stops aggregator replica `i` abruptly (SIGKILL for a process).
+    pub async fn kill_replica(&mut self, i: usize) {
+        if let Some(a) = self.aggregators.get_mut(i) {
+            kill(&mut a.running).await;
+        }
+    }
+
+    /// Starts aggregator replica `i` again (same port, database, blobs).
+    pub async fn restart_replica(&mut self, i: usize, migrate: bool) -> Result<(), StackError> {
+        let processes = self.processes;
+        let bin_dir = self.bin_dir.clone();
+        let a = self.aggregators.get_mut(i).ok_or_else(|| err(format!("no replica {i}")))?;
         kill(&mut a.running).await;
         let cfg: AggregatorConfig =
             config::load(Some(&a.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
@@ -601,8 +708,8 @@ impl LocalStack {
                 .map_err(err)?;
             pool.close().await;
         }
-        a.running = if self.processes {
-            spawn(self.bin_dir.as_deref(), a.binary, &a.config)?
+        a.running = if processes {
+            spawn(bin_dir.as_deref(), a.binary, &a.config)?
         } else {
             let state = cryptflow_aggregator::state_from_config(&cfg).await.map_err(err)?;
             let listener = bind(&cfg.listen).await?;
@@ -623,17 +730,32 @@ impl LocalStack {
         wait_ready(&a.url, "CryptFlow aggregator").await
     }
 
-    /// The process id of the aggregator, in process mode (for memory readings).
+    /// The process id of the aggregator (replica 0), in process mode (for memory readings).
     pub fn aggregator_pid(&self) -> Option<u32> {
-        match &self.aggregator.running {
+        self.replica_pid(0)
+    }
+
+    /// The process id of aggregator replica `i`, in process mode.
+    pub fn replica_pid(&self, i: usize) -> Option<u32> {
+        match &self.aggregators.get(i)?.running {
             Running::Process(c) => Some(c.id()),
             _ => None,
         }
     }
 
+    /// The URL of the aggregator's database (PostgreSQL or SQLite), e.g. to watch its jobs.
+    pub fn aggregator_database_url(&self) -> Result<String, StackError> {
+        let cfg: AggregatorConfig =
+            config::load(Some(&self.aggregators[0].config), "CRYPTFLOW_DEVSTACK_UNUSED__")
+                .map_err(err)?;
+        Ok(cfg.database_url)
+    }
+
     /// Stops every service gracefully and drops the PostgreSQL databases.
     pub async fn stop(mut self) {
-        stop(&mut self.aggregator.running).await;
+        for a in &mut self.aggregators {
+            stop(&mut a.running).await;
+        }
         for n in &mut self.nodes {
             stop(&mut n.running).await;
         }
@@ -645,7 +767,10 @@ impl LocalStack {
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
-        for r in std::iter::once(&mut self.aggregator.running)
+        for r in self
+            .aggregators
+            .iter_mut()
+            .map(|a| &mut a.running)
             .chain(self.nodes.iter_mut().map(|n| &mut n.running))
         {
             match std::mem::replace(r, Running::Stopped) {
@@ -779,11 +904,21 @@ fn find_or_build_binaries() -> Result<PathBuf, StackError> {
 
 fn spawn(bin_dir: Option<&Path>, binary: &str, config: &Path) -> Result<Running, StackError> {
     let dir = bin_dir.ok_or_else(|| err("no binary directory"))?;
-    let child = Command::new(dir.join(binary))
+    let mut cmd = Command::new(dir.join(binary));
+    // An S3-compatible test server takes any credentials; a real one's come from the
+    // environment the tests run in.
+    for (k, v) in
+        [("AWS_ACCESS_KEY_ID", "cryptflow-test"), ("AWS_SECRET_ACCESS_KEY", "cryptflow-test")]
+    {
+        if std::env::var_os(k).is_none() && std::env::var_os(TEST_S3_ENDPOINT_ENV).is_some() {
+            cmd.env(k, v);
+        }
+    }
+    let child = cmd
         .arg("serve")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("CRYPTFLOW_DEVSTACK_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| err(format!("{binary}: {e}")))?;

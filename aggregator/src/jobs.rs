@@ -1,0 +1,176 @@
+//! Running the fold's jobs ([`crate::fold`]) on any replica.
+//!
+//! Each replica runs `max_concurrent_jobs` workers. A worker leases the next runnable job for
+//! `job_lease_secs` (`SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL, see
+//! [`Store::lease_job`](crate::store::Store::lease_job)), runs it, renews the lease while it
+//! runs (every third of its length) and completes it only if it still holds the lease. A
+//! replica that dies holding a lease simply stops renewing it: once it expires another
+//! replica re-runs the job, whose output replaces the first one's under the same name —
+//! nothing is lost and nothing is counted twice. A job that fails is retried after a pause;
+//! after [`MAX_ATTEMPTS`] leases, or at once when a stored upload does not match its digest,
+//! the round fails with the reason.
+
+use crate::fold::{self, FoldError};
+use crate::store::{JobKind, Lease, UploadRow};
+use crate::AppState;
+use cryptflow_services::protocol;
+use cryptflow_services::Sha256Digest;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Leases of one job before its round fails.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Seconds before a failed job may be leased again.
+const RETRY_SECS: i64 = 2;
+
+/// One worker: leases and runs jobs until `stop` turns true; idles `idle` when none is
+/// runnable.
+pub async fn worker(s: AppState, idle: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let ran = match run_one(&s).await {
+            Ok(ran) => ran,
+            Err(e) => {
+                tracing::warn!(error = %e, "leasing a fold job failed");
+                false
+            }
+        };
+        if !ran {
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Leases and runs one job; `false` if none was runnable.
+pub async fn run_one(s: &AppState) -> Result<bool, crate::store::StoreError> {
+    let lease_secs = s.tuning.job_lease_secs.max(1);
+    let Some(lease) = s.store.lease_job(&s.replica, s.clock.now(), lease_secs).await? else {
+        return Ok(false);
+    };
+    let round = lease.job.round_id.clone();
+    let started = Instant::now();
+    tracing::debug!(round = %round, job = lease.job.job, kind = ?lease.job.kind, holder = %lease.holder, "job leased");
+    match run(s, &lease).await {
+        Ok(()) => {
+            s.metrics
+                .fold_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            s.metrics.jobs_completed.fetch_add(1, Ordering::Relaxed);
+            if lease.job.kind == JobKind::Publish {
+                if let Err(e) = crate::lifecycle::advance(s, &round).await {
+                    tracing::warn!(round = %round, problem = ?e.problem(), "reporting the set failed; the background task retries");
+                }
+            }
+        }
+        Err(FoldError::LeaseLost) => {
+            tracing::warn!(round = %round, job = lease.job.job, "lost the lease of a job; another replica re-runs it");
+        }
+        Err(FoldError::CorruptPartial(job)) => {
+            // The partial sum's own job must run again; the publication waits for it.
+            tracing::warn!(round = %round, job, "a partial sum does not match its digest; re-running its job");
+            s.store.reset_job(&round, job).await?;
+            s.store.release_job(&lease, s.clock.now()).await?;
+        }
+        Err(FoldError::Corrupt(client)) => {
+            let why = format!(
+                "the stored upload of {client} does not match the digest it was admitted with"
+            );
+            let _ = crate::lifecycle::fail(s, &round, &why).await;
+        }
+        Err(e) => {
+            s.metrics.jobs_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(round = %round, job = lease.job.job, attempt = lease.job.attempts, error = %e, "fold job failed");
+            if lease.job.attempts >= MAX_ATTEMPTS {
+                let why = format!("fold job {} failed {MAX_ATTEMPTS} times: {e}", lease.job.job);
+                let _ = crate::lifecycle::fail(s, &round, &why).await;
+            } else {
+                s.store.release_job(&lease, s.clock.now() + RETRY_SECS).await?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+async fn run(s: &AppState, lease: &Lease) -> Result<(), FoldError> {
+    let job = &lease.job;
+    let internal = |e: &dyn std::fmt::Display| FoldError::Task(e.to_string());
+    let row = s
+        .store
+        .round(&job.round_id)
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| FoldError::Task(format!("round {} is gone", job.round_id)))?;
+    let set = row.set.clone().ok_or_else(|| FoldError::Task("no contributor set".into()))?;
+    let setup = protocol::setup(&row.spec).map_err(|e| internal(&e))?;
+    let lease_secs = s.tuning.job_lease_secs.max(1);
+    let renew_every = Duration::from_secs(lease_secs).div_f64(3.0);
+    let last = std::sync::Mutex::new(Instant::now());
+    let keep_alive = || {
+        let due = last.lock().map(|t| t.elapsed() >= renew_every).unwrap_or(true);
+        let until = s.clock.now().saturating_add(lease_secs as i64);
+        let last = &last;
+        async move {
+            if !due {
+                return true;
+            }
+            match s.store.renew_lease(lease, until).await {
+                Ok(held) => {
+                    if let Ok(mut t) = last.lock() {
+                        *t = Instant::now();
+                    }
+                    held
+                }
+                // A database hiccup: carry on; completion checks the lease again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing a job lease failed");
+                    true
+                }
+            }
+        }
+    };
+    let at = fold::RoundBlobs {
+        blobs: &s.blobs,
+        round: &job.round_id,
+        setup: &setup,
+        span_blocks: row.span_blocks,
+    };
+    let output: Sha256Digest = match job.kind {
+        JobKind::Fold => {
+            let mut uploads = s.store.uploads(&job.round_id).await.map_err(|e| internal(&e))?;
+            uploads.retain(|u| set.iter().any(|c| c.client_id == u.client_id));
+            let first = usize::try_from(job.first_member).unwrap_or(usize::MAX);
+            let members: Vec<UploadRow> = uploads
+                .into_iter()
+                .skip(first)
+                .take(usize::try_from(job.members).unwrap_or(usize::MAX))
+                .collect();
+            if members.len() as u64 != job.members {
+                return Err(FoldError::Task(format!(
+                    "job {} names members {}..{} of a set of {}",
+                    job.job,
+                    job.first_member,
+                    job.first_member + job.members,
+                    set.len()
+                )));
+            }
+            fold::run_fold(at, job.job, job.span, &members, keep_alive).await?
+        }
+        JobKind::Publish => {
+            let folds = s.store.jobs(&job.round_id).await.map_err(|e| internal(&e))?;
+            let contributors = u32::try_from(set.len()).map_err(|e| internal(&e))?;
+            let sha = fold::run_publish(at, contributors, &folds, keep_alive).await?;
+            s.store.set_aggregate(&job.round_id, &sha).await.map_err(|e| internal(&e))?;
+            tracing::info!(round = %job.round_id, contributors, aggregate = %sha, "aggregate built");
+            sha
+        }
+    };
+    if !s.store.complete_job(lease, &output).await.map_err(|e| internal(&e))? {
+        return Err(FoldError::LeaseLost);
+    }
+    Ok(())
+}
