@@ -12,8 +12,12 @@
    - every file the configuration (TOML, then the container's CRYPTFLOW_* variables) names
      is provided by a volume of the container: the committee and roster files by a
      ConfigMap, signing and master keys and tokens by a Secret documented in
-     k8s/README.md (name and key), the restore witness and the blob store on a writable
-     persistent volume;
+     k8s/README.md (name and key), the restore witness and a local blob store on a
+     writable persistent volume;
+   - an aggregator with more than one replica, or scaled by a HorizontalPodAutoscaler,
+     keeps its blobs in an S3 bucket (`[s3]`), with its credentials from a Secret
+     (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and its database not SQLite; every HPA
+     scales a workload of the render;
    - with those files written as the container would see them (the manifests' own
      ConfigMaps; realistic Secrets: fresh Ed25519 node keys put into the committee files,
      a master key, an issuer key, a token), `check-config` loads the configuration
@@ -75,6 +79,8 @@ SERVICES = {"cryptflow-kms": "kms", "cryptflow-aggregator": "aggregator"}
 ENV_PREFIX = {"cryptflow-kms": "CRYPTFLOW_KMS__", "cryptflow-aggregator": "CRYPTFLOW_AGGREGATOR__"}
 # Variables the binaries read besides their prefixed configuration.
 OTHER_ENV = {"CRYPTFLOW_LOG_FORMAT", "CRYPTFLOW_KMS_MASTER_KEY"}
+# The S3 credentials an aggregator with `[s3]` reads (object_store's AmazonS3Builder::from_env).
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 LISTENERS = {"listen": "http", "internal_listen": "internal", "metrics_listen": "metrics"}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 INGRESS_NAMESPACE = "ingress-nginx"
@@ -517,9 +523,26 @@ class Container:
                 continue
             if not documented(readme_rows, secret, key):
                 fail(f"{self.who}: Secret {secret} with key `{key}` ({setting}) is not documented in k8s/README.md")
+        s3 = self.cfg.get("s3")
+        replicas = self.w["spec"].get("replicas", 1) or 0
+        scaled = any(
+            h["spec"]["scaleTargetRef"]["kind"] == self.w["kind"]
+            and h["spec"]["scaleTargetRef"]["name"] == self.w["metadata"]["name"]
+            and ns_of(h) == self.ns
+            for h in self.r.of("HorizontalPodAutoscaler")
+        )
+        if self.name == "cryptflow-aggregator":
+            if (replicas > 1 or scaled) and not s3:
+                fail(f"{self.who}: several replicas share their blobs only through an S3 bucket: set [s3]")
+            if s3:
+                for n in S3_ENV:
+                    if n not in self.secret_env:
+                        fail(f"{self.who}: [s3] needs {n} from a Secret (credentials never in the file)")
+                if self.cfg.get("database_url", "").startswith("sqlite:"):
+                    fail(f"{self.who}: replicas coordinate through PostgreSQL, not SQLite")
         for setting in ("restore_witness_file", "blob_dir"):
             path = self.cfg.get(setting)
-            if path is None:
+            if path is None or (setting == "blob_dir" and s3):
                 continue
             directory = path if setting == "blob_dir" else str(Path(path).parent)
             m = mount_for(self.mounts, directory)
@@ -609,7 +632,10 @@ class Container:
         printed = json.loads(r.stdout)
         mine = effective_config(text, {**env, **{n: run_env[n] for n in self.secret_env}}, ENV_PREFIX[self.name])
         for k, v in mine.items():
-            if not k.endswith("_url") and printed.get(k) != v:
+            got = printed.get(k)
+            if isinstance(v, dict) and isinstance(got, dict):
+                got = {kk: got.get(kk) for kk in v}  # the binary prints the table's defaults too
+            if not k.endswith("_url") and got != v:
                 fail(f"{self.who}: {k}: check-config says {printed.get(k)!r}, the checker read {v!r}")
 
 
@@ -1247,6 +1273,10 @@ def serve(ct, root, keys, committee_urls=None):
             ports[key] = free_port()
             cfg[key] = f"127.0.0.1:{ports[key]}"
     cfg["database_url"] = f"sqlite://{root}/service.db?mode=rwc"
+    if cfg.pop("s3", None) is not None:
+        # The bucket is not reachable from here: the replica is served on a local directory
+        # (check-config above loaded the [s3] table itself).
+        cfg["blob_dir"] = str(root / "blobs")
     path = root / "serve.toml"
     path.write_text(dump_toml(cfg))
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTFLOW_")}
@@ -1375,6 +1405,12 @@ def check_target(r, bin_dir, tmp, readme):
         if not ct.is_job:
             probes[id(ct)] = check_ports(r, ct)
     check_namespaces(r)
+    for h in r.of("HorizontalPodAutoscaler"):
+        ref = h["spec"]["scaleTargetRef"]
+        if not any(w["kind"] == ref["kind"] and w["metadata"]["name"] == ref["name"] and ns_of(w) == ns_of(h)
+                   for w in r.workloads()):
+            fail(f"{r.target}: HorizontalPodAutoscaler {ns_of(h)}/{h['metadata']['name']} scales "
+                 f"{ref['kind']} {ref['name']}, which is not in the render")
     committee = check_committee(r, nodes, aggregators)
     check_committee_layout(r, nodes, aggregators, committee)
     check_databases(r, services, jobs)

@@ -7,8 +7,8 @@
 //! replica that dies holding a lease simply stops renewing it: once it expires another
 //! replica re-runs the job, whose output replaces the first one's under the same name —
 //! nothing is lost and nothing is counted twice. A job that fails is retried after a pause;
-//! after [`MAX_ATTEMPTS`] leases, or at once when a stored upload does not match its digest,
-//! the round fails with the reason.
+//! after [`MAX_ATTEMPTS`] leases (also leases that ended in a crash), or at once when a
+//! stored upload does not match its digest, the round fails with the reason.
 
 use crate::fold::{self, FoldError};
 use crate::store::{JobKind, Lease, UploadRow};
@@ -53,6 +53,16 @@ pub async fn run_one(s: &AppState) -> Result<bool, crate::store::StoreError> {
         return Ok(false);
     };
     let round = lease.job.round_id.clone();
+    if lease.job.attempts > MAX_ATTEMPTS {
+        // Leased again and again without completing or failing: the replicas running it die
+        // (out of memory, say). Stop feeding it replicas.
+        let why = format!(
+            "fold job {} was leased {} times without completing (do the replicas running it crash?)",
+            lease.job.job, lease.job.attempts
+        );
+        let _ = crate::lifecycle::fail(s, &round, &why).await;
+        return Ok(true);
+    }
     let started = Instant::now();
     tracing::debug!(round = %round, job = lease.job.job, kind = ?lease.job.kind, holder = %lease.holder, "job leased");
     match run(s, &lease).await {

@@ -7,10 +7,14 @@
 //! [`lifecycle`] for a round's life.
 //!
 //! Layout: [`routes`] (extract, authorise, map errors) → [`domain`] (the rules, pure) →
-//! [`store`] (all SQL); [`lifecycle`] drives the key managers ([`kms_client`]) and the fold
-//! ([`fold`]) over the [`blob`] store. Crash safety: an upload is acknowledged only after its
-//! blob is fsynced and its row committed; the aggregate is rebuilt from the stored uploads of the
-//! fixed set, so publication resumes after a crash at any point and counts nothing twice.
+//! [`store`] (all SQL); [`lifecycle`] drives the key managers ([`kms_client`]) and plans the
+//! fold, whose jobs ([`fold`]) any replica runs ([`jobs`]) over the [`blob`] store (a local
+//! directory, or an S3 bucket shared by every replica). Crash safety: an upload is
+//! acknowledged only after its blob is durable (fsynced, or its multipart write completed)
+//! and its row committed; the contributor set and its fold jobs are fixed in one transaction,
+//! each job's output is a function of its inputs written under a fixed name, so a job re-run
+//! after a crash or a lost lease replaces it atomically and nothing is counted twice.
+//! Several replicas may share one PostgreSQL database and one bucket (DESIGN §7).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -150,6 +150,13 @@ pub async fn advance(s: &AppState, round: &RoundId) -> Result<(), AppError> {
     }
     if row.aggregate_sha256.is_none() {
         // The fold jobs are running (on any replica); the publication job calls back here.
+        if s.clock.now() >= row.closed_at.unwrap_or(0) + s.tuning.publish_timeout_secs as i64 {
+            let why = format!(
+                "the fold did not complete within {} s (publish_timeout_secs)",
+                s.tuning.publish_timeout_secs
+            );
+            fail(s, round, &why).await?;
+        }
         return Ok(());
     }
     report_set(s, &row).await

@@ -252,7 +252,14 @@ async fn submit(
         return repeat_or_closed(&s, &row, &client, Some((existing.sha256, sha256))).await;
     }
     // Written (fsynced, or completed in the bucket) before the row that admits it.
-    blob.finish(&upload_blob(client.as_str(), &sha256)).await.map_err(AppError::internal)?;
+    if let Err(e) = blob.finish(&upload_blob(client.as_str(), &sha256)).await {
+        // A round that finished meanwhile cleans up its temporary objects: say so, not 500.
+        let row = require_round(&s, &round).await?;
+        if row.state != RoundState::Open {
+            return repeat_or_closed(&s, &row, &client, None).await;
+        }
+        return Err(AppError::internal(e));
+    }
     let admitted = s
         .store
         .admit(

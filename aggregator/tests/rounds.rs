@@ -624,3 +624,41 @@ async fn an_expired_aggregator_token_is_named_not_reported_as_an_outage() {
     assert!(counter(&metrics_of(&stack).await, "kms_credential_failures") >= 1);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stored_upload_that_was_altered_fails_its_round_naming_the_client() {
+    // Issue #15: a fold job reads one span of each upload; the span digests taken while the
+    // upload was received catch a blob changed afterwards (storage corruption, tampering).
+    let stack = LocalStack::builder().sites(3).start().await.unwrap();
+    let round = RoundId::parse("altered").unwrap();
+    stack.admin().create_round(&stack.round_request("altered", 50_000, 2, 3)).await.unwrap();
+    for i in 0..2 {
+        stack
+            .client(&format!("site-{i}"))
+            .submit(
+                &round,
+                ModelUpdate::from(Array1::from(vector(50_000, i))),
+                SubmitOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // The round is still open (max 3): flip one payload byte of site-1's stored upload.
+    let dir = stack.dir().join("blobs").join("altered");
+    let blob = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("upload.site-1."))
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&blob, bytes).unwrap();
+    stack.admin().close_round(&round).await.unwrap();
+    let e = stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap_err();
+    let info = stack.admin().round(&round).await.unwrap();
+    assert_eq!(info.state, RoundState::Failed, "{e}");
+    let why = info.failure.unwrap();
+    assert!(why.contains("site-1") && why.contains("does not match"), "{why}");
+    stack.stop().await;
+}

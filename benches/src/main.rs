@@ -64,6 +64,22 @@ struct Args {
     /// Peer rows (JSON lines, e.g. from benches/peers/run_all.sh) to include in the report.
     #[arg(long)]
     peers: Vec<PathBuf>,
+    /// Instead of the table: scale-out rounds (issue #15) at each --dims × --clients, through
+    /// one replica on local disk (SQLite) and through this many replicas sharing PostgreSQL
+    /// (`CRYPTFLOW_TEST_DATABASE_URL`) and an S3 bucket (`CRYPTFLOW_TEST_S3_ENDPOINT`);
+    /// reports the total round time and each replica's peak resident memory. Writes
+    /// scale-out.md and scale-out.jsonl.
+    #[arg(long)]
+    scale_out: Option<usize>,
+    /// With --scale-out: the replicated rounds only, on this blob store (`s3`, or `local`: one
+    /// directory shared by the replicas of this machine).
+    #[arg(long, value_parser = ["s3", "local"])]
+    replicated_only: Option<String>,
+    /// With --scale-out: do not fetch and decrypt the mean (for models too large for this
+    /// machine to hold the clients' updates and the mean at once); the round's contributor
+    /// count is still checked.
+    #[arg(long)]
+    no_fetch: bool,
 }
 
 /// Deterministic values uniform in [−1, 1] (SplitMix64).
@@ -234,12 +250,25 @@ async fn rest_round(
         .start()
         .await
         .map_err(|e| e.to_string())?;
+    let (elapsed, peaks) = round_on(&stack, d, k, precision, tag, true).await?;
+    stack.stop().await;
+    Ok((elapsed, peaks.first().copied().flatten()))
+}
+
+/// One round on `stack`, its K clients spread round-robin over the aggregator's replicas;
+/// the round's time (creation to the mean fetched, or to publication without `fetch`) and
+/// each replica's peak resident memory.
+async fn round_on(
+    stack: &LocalStack,
+    d: usize,
+    k: u32,
+    precision: f64,
+    tag: usize,
+    fetch: bool,
+) -> Result<(f64, Vec<Option<f64>>), String> {
     let ids = stack.site_ids();
+    let replicas = stack.aggregator_urls().len();
     let round = RoundId::parse(format!("bench-{tag}")).map_err(|e| e.to_string())?;
-    let updates: Vec<Arc<ModelUpdate>> = {
-        let mut values = Values(1000 + tag as u64);
-        (0..k).map(|_| Arc::new(ModelUpdate::from(Array1::from(values.vector(d))))).collect()
-    };
     let start = Instant::now();
     stack
         .admin()
@@ -257,12 +286,17 @@ async fn rest_round(
         })
         .await
         .map_err(|e| e.to_string())?;
+    // Each client makes its update when it starts and drops it after the upload, so the
+    // updates are not all held at once longer than the uploads overlap.
     let tasks: Vec<_> = ids
         .iter()
-        .zip(&updates)
-        .map(|(id, u)| {
-            let (c, u, round) = (stack.client(id.as_str()), u.clone(), round.clone());
+        .enumerate()
+        .map(|(i, id)| {
+            let (c, round) = (stack.client_via(id.as_str(), i % replicas), round.clone());
             tokio::spawn(async move {
+                let u = ModelUpdate::from(Array1::from(
+                    Values(1000 + (tag * 4096 + i) as u64).vector(d),
+                ));
                 c.submit(&round, u, SubmitOptions::default()).await.map_err(|e| e.to_string())
             })
         })
@@ -271,15 +305,108 @@ async fn rest_round(
         t.await.map_err(|e| e.to_string())??;
     }
     let reader = stack.client(ids[0].as_str());
-    reader.wait_for_aggregate(&round, Duration::from_secs(600)).await.map_err(|e| e.to_string())?;
-    let mean = reader.fetch_mean(&round, None).await.map_err(|e| e.to_string())?;
+    let info = reader
+        .wait_for_aggregate(&round, Duration::from_secs(3600))
+        .await
+        .map_err(|e| e.to_string())?;
+    let contributors = if fetch {
+        reader.fetch_mean(&round, None).await.map_err(|e| e.to_string())?.contributors
+    } else {
+        info.transcript.map_or(0, |t| t.contributors.len() as u32)
+    };
     let elapsed = ms(start.elapsed());
-    let peak = stack.aggregator_pid().and_then(peak_mib);
-    stack.stop().await;
-    if mean.contributors != k {
-        return Err(format!("{} of {k} contributions published", mean.contributors));
+    let peaks = (0..replicas).map(|i| stack.replica_pid(i).and_then(peak_mib)).collect();
+    if contributors != k {
+        return Err(format!("{contributors} of {k} contributions published"));
     }
-    Ok((elapsed, peak))
+    Ok((elapsed, peaks))
+}
+
+/// The scale-out rounds (see `--scale-out`): a Markdown table and JSON lines.
+async fn scale_out(args: &Args, replicas: usize) -> Result<(), String> {
+    use cryptflow_devstack::{Blobs, Database};
+    let dims = args.dims.clone().unwrap_or_else(|| vec![10_000_000]);
+    let clients = args.clients.clone().unwrap_or_else(|| vec![64]);
+    let precision = args.precisions.as_ref().and_then(|p| p.first().copied()).unwrap_or(1e-6);
+    let mut setups: Vec<(String, usize, Database, Blobs)> = Vec::new();
+    match args.replicated_only.as_deref() {
+        None => {
+            setups.push((
+                "1 replica, local disk, SQLite".into(),
+                1,
+                Database::Sqlite,
+                Blobs::Local,
+            ));
+            setups.push((
+                format!("{replicas} replicas, S3 (moto), PostgreSQL"),
+                replicas,
+                Database::Postgres,
+                Blobs::S3,
+            ));
+        }
+        Some("s3") => setups.push((
+            format!("{replicas} replicas, S3 (moto), PostgreSQL"),
+            replicas,
+            Database::Postgres,
+            Blobs::S3,
+        )),
+        Some(_) => setups.push((
+            format!("{replicas} replicas, one local directory, PostgreSQL"),
+            replicas,
+            Database::Postgres,
+            Blobs::Local,
+        )),
+    }
+    eprintln!("machine: {}", machine());
+    let mut md = format!(
+        "Machine: {}\n\n| setup | d | K | round (s) | peak RSS per replica (MiB) |\n|---|---|---|---|---|\n",
+        machine()
+    );
+    let mut jsonl = String::new();
+    let mut tag = 0;
+    for &d in &dims {
+        for &k in &clients {
+            for (name, n, database, blobs) in &setups {
+                tag += 1;
+                eprint!("{name}: d={d} K={k}: ");
+                let stack = LocalStack::builder()
+                    .sites(k as usize)
+                    .processes(true)
+                    .database(database.clone())
+                    .blobs(blobs.clone())
+                    .aggregator_replicas(*n)
+                    .start()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let du = usize::try_from(d).map_err(|e| e.to_string())?;
+                let outcome = round_on(&stack, du, k, precision, tag, !args.no_fetch).await;
+                stack.stop().await;
+                let (elapsed, peaks) = outcome?;
+                let peaks: Vec<String> =
+                    peaks.iter().map(|p| p.map_or("?".into(), |m| format!("{m:.0}"))).collect();
+                eprintln!("{:.1} s, peak RSS {} MiB", elapsed / 1000.0, peaks.join(", "));
+                md.push_str(&format!(
+                    "| {name} | {d} | {k} | {:.1} | {} |\n",
+                    elapsed / 1000.0,
+                    peaks.join(", ")
+                ));
+                jsonl.push_str(&format!(
+                    "{{\"setup\":{:?},\"d\":{d},\"k\":{k},\"round_ms\":{elapsed:.0},\"peak_mib\":[{}]}}\n",
+                    name,
+                    peaks.iter().map(|p| if p == "?" { "null".to_owned() } else { p.clone() }).collect::<Vec<_>>().join(",")
+                ));
+            }
+        }
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let write = |name: &str, text: &str| -> Result<(), String> {
+        let p: PathBuf = Path::new(&args.out).join(name);
+        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    write("scale-out.md", &md)?;
+    write("scale-out.jsonl", &jsonl)?;
+    println!("{md}");
+    Ok(())
 }
 
 fn machine() -> String {
@@ -359,6 +486,9 @@ async fn client_rss(d: u64) -> Result<(), String> {
 async fn run(args: Args) -> Result<(), String> {
     if let Some(d) = args.client_rss {
         return client_rss(d).await;
+    }
+    if let Some(n) = args.scale_out {
+        return scale_out(&args, n).await;
     }
     let dims = args.dims.clone().unwrap_or_else(|| {
         if args.quick {
