@@ -129,7 +129,7 @@ impl Default for AggregatorConfig {
             blob_dir: PathBuf::from("blobs"),
             s3: None,
             max_concurrent_jobs: 2,
-            job_lease_secs: 60,
+            job_lease_secs: 30,
             fold_batch_uploads: 16,
             fold_span_blocks: fold::DEFAULT_SPAN_BLOCKS,
             audience: "aggregator".into(),
@@ -428,8 +428,17 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
         config.kms_token_file.clone(),
         config.kms_token_files.clone(),
     );
+    let store = Store::new(pool, backend);
+    if backend == db::Backend::Sqlite {
+        // SQLite means one replica: its leases are its own previous run's (which a crash
+        // ended); waiting job_lease_secs for them would only delay its rounds.
+        let freed = store.release_all_leases().await.map_err(|e| StartError::Io(e.to_string()))?;
+        if freed > 0 {
+            tracing::info!(freed, "freed the fold-job leases of the previous run");
+        }
+    }
     Ok(AppState::new(
-        Store::new(pool, backend),
+        store,
         verifier,
         kms,
         blobs,

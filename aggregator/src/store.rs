@@ -491,6 +491,17 @@ impl Store {
         Ok(())
     }
 
+    /// Frees every lease: only for a database one replica uses (SQLite), at its start — the
+    /// leases can only be its own previous run's, which died with it.
+    pub async fn release_all_leases(&self) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE fold_jobs SET lease_expiry = NULL WHERE done = 0 AND lease_expiry IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Gives a lease back after a failure; the job may be leased again from `retry_at`.
     pub async fn release_job(&self, lease: &Lease, retry_at: i64) -> Result<()> {
         sqlx::query(

@@ -123,7 +123,8 @@ async fn rounds_survive_random_kills() {
     let mut temps = 0;
     for round in std::fs::read_dir(stack.dir().join("blobs")).unwrap() {
         for f in std::fs::read_dir(round.unwrap().path()).unwrap() {
-            temps += usize::from(f.unwrap().file_name().to_string_lossy().contains(".tmp"));
+            let name = f.unwrap().file_name().to_string_lossy().into_owned();
+            temps += usize::from(name.starts_with("incoming.") || name.contains('#'));
         }
     }
     assert_eq!(temps, 0, "temporary blobs left after a restart");
