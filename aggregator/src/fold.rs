@@ -18,7 +18,7 @@
 //! and is a function of its inputs only: a job re-run after a lost lease writes the same
 //! bytes, replacing the first output atomically, and nothing is counted twice.
 
-use crate::blob::{BlobError, BlobStore};
+use crate::blob::{BlobError, BlobStore, BlobWriter};
 use crate::store::{JobKind, JobRow, UploadRow};
 use bytes::Bytes;
 use cryptflow_he::wire::HEADER_LEN;
@@ -175,6 +175,45 @@ async fn sum_range(
     .map_err(|e| FoldError::Task(e.to_string()))?
 }
 
+/// Sums the blobs `names` over `slots` (one span), [`BLOCKS_PER_RANGE`] blocks at a time,
+/// appending the packed sums to `out` and `digest`; each blob holds the span's bytes from
+/// offset `skip`. Returns each blob's SHA-256 over the bytes read. `keep_alive` is awaited
+/// before each range.
+async fn sum_span<F, Fut>(
+    r: RoundBlobs<'_>,
+    names: &[String],
+    skip: u64,
+    slots: Range<u64>,
+    keep_alive: &mut F,
+    out: &mut BlobWriter,
+    digest: &mut Sha256,
+) -> Result<Vec<Sha256Digest>, FoldError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let base = r.setup.payload_range(slots.clone()).start;
+    let mut checks: Vec<Sha256> = names.iter().map(|_| Sha256::new()).collect();
+    for range in ranges(r.setup, slots) {
+        if !keep_alive().await {
+            return Err(FoldError::LeaseLost);
+        }
+        let bytes = r.setup.payload_range(range.clone());
+        let at = skip + bytes.start - base..skip + bytes.end - base;
+        let chunks = futures_util::future::try_join_all(
+            names.iter().map(|n| r.blobs.get_range(r.round.as_str(), n, at.clone())),
+        )
+        .await?;
+        for (check, chunk) in checks.iter_mut().zip(&chunks) {
+            check.update(chunk);
+        }
+        let packed = sum_range(r.setup, range, chunks).await?;
+        digest.update(&packed);
+        out.write(Bytes::from(packed)).await?;
+    }
+    Ok(checks.into_iter().map(|c| Sha256Digest(c.finalize().into())).collect())
+}
+
 /// The ranges of [`BLOCKS_PER_RANGE`] blocks that make up `span`.
 fn ranges(setup: &RoundSetup, span: Range<u64>) -> impl Iterator<Item = Range<u64>> {
     let step = BLOCKS_PER_RANGE * setup.ring_degree() as u64;
@@ -219,26 +258,11 @@ where
     let slots = span_slots(setup, span_blocks, span);
     let names: Vec<String> =
         members.iter().map(|u| upload_blob(u.client_id.as_str(), &u.sha256)).collect();
-    let mut checks: Vec<Sha256> = members.iter().map(|_| Sha256::new()).collect();
     let mut out = blobs.writer(round.as_str())?;
     let mut digest = Sha256::new();
-    for range in ranges(setup, slots) {
-        if !keep_alive().await {
-            return Err(FoldError::LeaseLost);
-        }
-        let bytes = setup.payload_range(range.clone());
-        let at = HEADER_LEN as u64 + bytes.start..HEADER_LEN as u64 + bytes.end;
-        let chunks = futures_util::future::try_join_all(
-            names.iter().map(|n| blobs.get_range(round.as_str(), n, at.clone())),
-        )
-        .await?;
-        for (check, chunk) in checks.iter_mut().zip(&chunks) {
-            check.update(chunk);
-        }
-        let packed = sum_range(setup, range, chunks).await?;
-        digest.update(&packed);
-        out.write(Bytes::from(packed)).await?;
-    }
+    // The span's bytes start after the header and the earlier spans' payload.
+    let skip = HEADER_LEN as u64 + setup.payload_range(slots.clone()).start;
+    let checks = sum_span(r, &names, skip, slots, &mut keep_alive, &mut out, &mut digest).await?;
     for (u, check) in members.iter().zip(checks) {
         // Uploads admitted before span digests existed carry none: they are summed unchecked.
         let Some(expected) = u.span_sha256.get(span as usize) else {
@@ -247,7 +271,7 @@ where
             }
             return Err(FoldError::Corrupt(u.client_id.to_string()));
         };
-        if Sha256Digest(check.finalize().into()) != *expected {
+        if check != *expected {
             return Err(FoldError::Corrupt(u.client_id.to_string()));
         }
     }
@@ -275,30 +299,13 @@ where
     out.write(Bytes::copy_from_slice(&header)).await?;
     for span in 0..spans(setup, span_blocks) {
         let slots = span_slots(setup, span_blocks, span);
-        let base = setup.payload_range(slots.clone()).start;
         let parts: Vec<&JobRow> =
             folds.iter().filter(|j| j.kind == JobKind::Fold && j.span == span).collect();
         let names: Vec<String> = parts.iter().map(|j| partial_blob(j.job)).collect();
-        let mut checks: Vec<Sha256> = parts.iter().map(|_| Sha256::new()).collect();
-        for range in ranges(setup, slots) {
-            if !keep_alive().await {
-                return Err(FoldError::LeaseLost);
-            }
-            let bytes = setup.payload_range(range.clone());
-            let at = bytes.start - base..bytes.end - base;
-            let chunks = futures_util::future::try_join_all(
-                names.iter().map(|n| blobs.get_range(round.as_str(), n, at.clone())),
-            )
-            .await?;
-            for (check, chunk) in checks.iter_mut().zip(&chunks) {
-                check.update(chunk);
-            }
-            let packed = sum_range(setup, range, chunks).await?;
-            digest.update(&packed);
-            out.write(Bytes::from(packed)).await?;
-        }
+        // A partial sum holds its span's bytes only.
+        let checks = sum_span(r, &names, 0, slots, &mut keep_alive, &mut out, &mut digest).await?;
         for (j, check) in parts.iter().zip(checks) {
-            if Some(Sha256Digest(check.finalize().into())) != j.output_sha256 {
+            if Some(check) != j.output_sha256 {
                 return Err(FoldError::CorruptPartial(j.job));
             }
         }

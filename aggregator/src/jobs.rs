@@ -84,7 +84,7 @@ pub async fn run_one(s: &AppState) -> Result<bool, crate::store::StoreError> {
             // The partial sum's own job must run again; the publication waits for it.
             tracing::warn!(round = %round, job, "a partial sum does not match its digest; re-running its job");
             s.store.reset_job(&round, job).await?;
-            s.store.release_job(&lease, s.clock.now()).await?;
+            s.store.set_lease_expiry(&lease, s.clock.now()).await?;
         }
         Err(FoldError::Corrupt(client)) => {
             let why = format!(
@@ -99,7 +99,7 @@ pub async fn run_one(s: &AppState) -> Result<bool, crate::store::StoreError> {
                 let why = format!("fold job {} failed {MAX_ATTEMPTS} times: {e}", lease.job.job);
                 let _ = crate::lifecycle::fail(s, &round, &why).await;
             } else {
-                s.store.release_job(&lease, s.clock.now() + RETRY_SECS).await?;
+                s.store.set_lease_expiry(&lease, s.clock.now() + RETRY_SECS).await?;
             }
         }
     }
@@ -128,7 +128,7 @@ async fn run(s: &AppState, lease: &Lease) -> Result<(), FoldError> {
             if !due {
                 return true;
             }
-            match s.store.renew_lease(lease, until).await {
+            match s.store.set_lease_expiry(lease, until).await {
                 Ok(held) => {
                     if let Ok(mut t) = last.lock() {
                         *t = Instant::now();

@@ -447,36 +447,23 @@ impl Store {
         Ok(row.as_ref().map(job_row).transpose()?.map(|job| Lease { job, holder }))
     }
 
-    /// Extends a lease still held to `until`; false if it was lost (expired and taken).
-    pub async fn renew_lease(&self, lease: &Lease, until: i64) -> Result<bool> {
-        Ok(sqlx::query(
-            "UPDATE fold_jobs SET lease_expiry = $1 WHERE round_id = $2 AND job = $3 AND lease_holder = $4 AND done = 0",
-        )
-        .bind(until)
-        .bind(lease.job.round_id.as_str())
-        .bind(i64::try_from(lease.job.job).map_err(corrupt)?)
-        .bind(&lease.holder)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+    /// Sets the expiry of a lease still held: later to renew it, soon to give it back after a
+    /// failure (the job may be leased again from `until`). False if the lease was lost
+    /// (expired and taken by another replica).
+    pub async fn set_lease_expiry(&self, lease: &Lease, until: i64) -> Result<bool> {
+        let sql = format!("UPDATE fold_jobs SET lease_expiry = $1 {HELD}");
+        let q = sqlx::query(&sql).bind(until);
+        Ok(bind_lease(q, lease)?.execute(&self.pool).await?.rows_affected() == 1)
     }
 
     /// Marks a leased job done with its output's digest; false if the lease was lost (a
     /// re-run by another replica wrote the same output and completes it).
     pub async fn complete_job(&self, lease: &Lease, output: &Sha256Digest) -> Result<bool> {
-        Ok(sqlx::query(
-            "UPDATE fold_jobs SET done = 1, output_sha256 = $1, lease_expiry = NULL \
-             WHERE round_id = $2 AND job = $3 AND lease_holder = $4 AND done = 0",
-        )
-        .bind(output.to_string())
-        .bind(lease.job.round_id.as_str())
-        .bind(i64::try_from(lease.job.job).map_err(corrupt)?)
-        .bind(&lease.holder)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        let sql = format!(
+            "UPDATE fold_jobs SET done = 1, output_sha256 = $1, lease_expiry = NULL {HELD}"
+        );
+        let q = sqlx::query(&sql).bind(output.to_string());
+        Ok(bind_lease(q, lease)?.execute(&self.pool).await?.rows_affected() == 1)
     }
 
     /// Makes a completed job runnable again (its output was found corrupt).
@@ -500,20 +487,6 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected())
-    }
-
-    /// Gives a lease back after a failure; the job may be leased again from `retry_at`.
-    pub async fn release_job(&self, lease: &Lease, retry_at: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE fold_jobs SET lease_expiry = $1 WHERE round_id = $2 AND job = $3 AND lease_holder = $4 AND done = 0",
-        )
-        .bind(retry_at)
-        .bind(lease.job.round_id.as_str())
-        .bind(i64::try_from(lease.job.job).map_err(corrupt)?)
-        .bind(&lease.holder)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Notes which nodes recorded the set; publishes once `threshold` have.
@@ -596,6 +569,18 @@ impl Store {
         .await?;
         rows.iter().map(round_row).collect()
     }
+}
+
+/// The condition of an update under a held lease: `$2` round, `$3` job, `$4` holder.
+const HELD: &str = "WHERE round_id = $2 AND job = $3 AND lease_holder = $4 AND done = 0";
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds a lease's round, job and holder to the placeholders of [`HELD`].
+fn bind_lease<'q>(q: AnyQuery<'q>, lease: &'q Lease) -> Result<AnyQuery<'q>> {
+    Ok(q.bind(lease.job.round_id.as_str())
+        .bind(i64::try_from(lease.job.job).map_err(corrupt)?)
+        .bind(lease.holder.as_str()))
 }
 
 const JOB_COLUMNS: &str =

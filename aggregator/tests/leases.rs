@@ -86,9 +86,9 @@ async fn leases_hand_each_job_to_one_replica_and_expired_ones_to_another() {
         let taken_over = b.lease_job("replica-b", now + 31, 30).await.unwrap().unwrap();
         assert_eq!((taken_over.job.job, taken_over.job.attempts), (stalled.job.job, 2));
         // The first holder lost it: it can neither renew nor complete.
-        assert!(!a.renew_lease(stalled, now + 100).await.unwrap());
+        assert!(!a.set_lease_expiry(stalled, now + 100).await.unwrap());
         assert!(!a.complete_job(stalled, &digest).await.unwrap());
-        assert!(b.renew_lease(&taken_over, now + 100).await.unwrap());
+        assert!(b.set_lease_expiry(&taken_over, now + 100).await.unwrap());
         assert!(b.complete_job(&taken_over, &digest).await.unwrap());
 
         // Now the publication job, once.
@@ -96,7 +96,7 @@ async fn leases_hand_each_job_to_one_replica_and_expired_ones_to_another() {
         assert_eq!(publish.job.kind, JobKind::Publish);
         assert!(b.lease_job("replica-b", now + 40, 30).await.unwrap().is_none());
         // A failure gives it back after a pause.
-        a.release_job(&publish, now + 45).await.unwrap();
+        assert!(a.set_lease_expiry(&publish, now + 45).await.unwrap());
         assert!(b.lease_job("replica-b", now + 44, 30).await.unwrap().is_none());
         let again = b.lease_job("replica-b", now + 45, 30).await.unwrap().unwrap();
         assert_eq!((again.job.job, again.job.attempts), (0, 2));
