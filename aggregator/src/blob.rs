@@ -7,11 +7,14 @@
 //! renamed to its final, content-addressed name: after a crash a blob is absent or complete,
 //! never torn, and a rewrite by another replica replaces it atomically. On a local directory
 //! the file and its directory are fsynced before the rename counts (object_store's local
-//! backend does not fsync). Temporary objects a crash left behind are removed when a local
-//! store opens (one replica owns it) and with the round's uploads at retention (a shared
-//! bucket: other replicas may be writing theirs). Round ids and names are validated
-//! identifiers, so names cannot escape the prefix. Reads take a byte range, so the fold never
-//! holds a whole upload.
+//! backend does not fsync). On S3 the rename is a server-side copy (CopyObject: at most
+//! [`S3_MAX_COPY_BYTES`], which is why a round whose uploads would be larger is refused on
+//! S3) and a delete. Temporary files a crash left behind are removed when a local store opens,
+//! and temporary objects with the round's uploads at retention; a multipart upload a crash
+//! interrupted is invisible to listings — on S3 give the bucket a lifecycle rule that aborts
+//! incomplete multipart uploads after a day. Round ids and names are validated identifiers,
+//! so names cannot escape the prefix. Reads take a byte range, so the fold never holds a
+//! whole upload; a blob being written holds one part buffered and one in flight (~10 MiB).
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -29,6 +32,10 @@ use tokio::io::AsyncWriteExt;
 /// Size of the parts of a multipart write (S3's minimum part size is 5 MiB): a blob being
 /// written holds at most this much, plus one part in flight.
 pub const PART_BYTES: usize = 5 << 20;
+
+/// The largest object S3 copies in one request (CopyObject): a blob renamed on S3 — an
+/// upload or an aggregate — must not be larger.
+pub const S3_MAX_COPY_BYTES: u64 = 5 << 30;
 
 /// The marker of temporary objects.
 const TEMP: &str = "incoming.";
@@ -89,8 +96,13 @@ pub struct BlobStore {
 
 impl BlobStore {
     /// Opens (creating if needed) a local store at `root`, removing temporary files a crash
-    /// left. Returns how many it removed.
-    pub fn open_local(root: impl Into<PathBuf>) -> Result<(Self, usize), BlobError> {
+    /// left that were last written more than `stale_after` ago (zero: all — for a directory
+    /// one replica owns; replicas sharing a directory must not remove each other's writes in
+    /// progress). Returns how many it removed.
+    pub fn open_local(
+        root: impl Into<PathBuf>,
+        stale_after: std::time::Duration,
+    ) -> Result<(Self, usize), BlobError> {
         let root = root.into();
         cryptflow_services::private_fs::create_dir_all(&root)?;
         let mut removed = 0;
@@ -103,7 +115,9 @@ impl BlobStore {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 // Ours, and object_store's own staging files (`<name>#<n>`).
-                if name.starts_with(TEMP) || name.contains('#') {
+                let stale = stale_after.is_zero()
+                    || entry.metadata()?.modified()?.elapsed().is_ok_and(|age| age > stale_after);
+                if (name.starts_with(TEMP) || name.contains('#')) && stale {
                     std::fs::remove_file(entry.path())?;
                     removed += 1;
                 }
@@ -133,6 +147,11 @@ impl BlobStore {
         };
         let describe = format!("s3://{}/{prefix}", cfg.bucket);
         Ok(Self { store, local: None, describe })
+    }
+
+    /// The largest blob this store can hold under its final name (S3: one copy), if bounded.
+    pub fn max_blob_bytes(&self) -> Option<u64> {
+        self.local.is_none().then_some(S3_MAX_COPY_BYTES)
     }
 
     /// What this store is (`dir …` or `s3://…`).
@@ -329,7 +348,8 @@ mod tests {
     #[tokio::test]
     async fn put_get_range_replace_and_no_leftovers() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = BlobStore::open_local(dir.path().join("blobs")).unwrap();
+        let (store, _) =
+            BlobStore::open_local(dir.path().join("blobs"), Default::default()).unwrap();
         store.put("r1", "alice", Bytes::from_static(b"one")).await.unwrap();
         assert_eq!(store.get("r1", "alice").await.unwrap(), &b"one"[..]);
         let mut w = store.writer("r1").unwrap();
@@ -354,7 +374,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_blob_is_written_in_parts_and_read_back_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = BlobStore::open_local(dir.path()).unwrap();
+        let (store, _) = BlobStore::open_local(dir.path(), Default::default()).unwrap();
         let data: Vec<u8> = (0..(2 * PART_BYTES + 123)).map(|i| (i * 31 % 251) as u8).collect();
         let mut w = store.writer("r1").unwrap();
         for chunk in data.chunks(1 << 20) {
@@ -376,7 +396,11 @@ mod tests {
         std::fs::write(root.join("r1").join("incoming.abc123"), b"torn").unwrap();
         std::fs::write(root.join("r1").join("upload.x#1"), b"staged").unwrap();
         std::fs::write(root.join("r1").join("kept"), b"ok").unwrap();
-        let (_, removed) = BlobStore::open_local(&root).unwrap();
+        // Shared with other replicas: fresh temporary files are theirs, in progress.
+        let (_, removed) =
+            BlobStore::open_local(&root, std::time::Duration::from_secs(600)).unwrap();
+        assert_eq!(removed, 0);
+        let (_, removed) = BlobStore::open_local(&root, Default::default()).unwrap();
         assert_eq!(removed, 2);
         assert!(root.join("r1").join("kept").exists());
     }

@@ -12,9 +12,10 @@
 //! - The **publication job** (job 0, once every fold job is done) sums the partial sums of
 //!   each span into the aggregate blob, checking each partial's digest on the way.
 //!
-//! Inside a job the span is walked [`BLOCKS_PER_RANGE`] blocks at a time and each input is
-//! read only for that range, so a job's memory is about `(members + 2) ×` a range's bytes
-//! (under 1 MiB each) whatever `d` and `K` are. A job's output is written under a fixed name
+//! Inside a job the span is walked [`BLOCKS_PER_RANGE`] blocks at a time, and the inputs
+//! (uploads, or partial sums for the publication) are read for that range `batch` at a time,
+//! so a job's memory is about `(batch + 2) ×` a range's bytes (under 1 MiB each) whatever
+//! `d` and `K` are. A job's output is written under a fixed name
 //! and is a function of its inputs only: a job re-run after a lost lease writes the same
 //! bytes, replacing the first output atomically, and nothing is counted twice.
 
@@ -158,30 +159,26 @@ impl SpanHasher {
     }
 }
 
-/// Sums `parts` (each covering `range`) on the blocking pool: the packed sum.
-async fn sum_range(
-    setup: &RoundSetup,
-    range: Range<u64>,
-    parts: Vec<Bytes>,
-) -> Result<Vec<u8>, FoldError> {
-    let setup = *setup;
+/// Adds `parts` (each covering the sum's slots) to `sum` on the blocking pool.
+async fn add_to(mut sum: RunningSum, parts: Vec<Bytes>) -> Result<RunningSum, FoldError> {
     tokio::task::spawn_blocking(move || {
-        let mut sum = RunningSum::zero(&setup, range)?;
         let slices: Vec<&[u8]> = parts.iter().map(|b| b.as_ref()).collect();
         sum.add_payloads(&slices)?;
-        Ok(sum.pack())
+        Ok(sum)
     })
     .await
     .map_err(|e| FoldError::Task(e.to_string()))?
 }
 
-/// Sums the blobs `names` over `slots` (one span), [`BLOCKS_PER_RANGE`] blocks at a time,
-/// appending the packed sums to `out` and `digest`; each blob holds the span's bytes from
-/// offset `skip`. Returns each blob's SHA-256 over the bytes read. `keep_alive` is awaited
-/// before each range.
+/// Sums the blobs `names` over `slots` (one span), [`BLOCKS_PER_RANGE`] blocks at a time and
+/// `r.batch` blobs at a time, appending the packed sums to `out` and `digest`; each blob holds
+/// the span's bytes from offset `skip`. Returns each blob's SHA-256 over the bytes read,
+/// continuing `seeds`. `keep_alive` is awaited before each range.
+#[allow(clippy::too_many_arguments)]
 async fn sum_span<F, Fut>(
     r: RoundBlobs<'_>,
     names: &[String],
+    seeds: Vec<Sha256>,
     skip: u64,
     slots: Range<u64>,
     keep_alive: &mut F,
@@ -193,21 +190,28 @@ where
     Fut: Future<Output = bool>,
 {
     let base = r.setup.payload_range(slots.clone()).start;
-    let mut checks: Vec<Sha256> = names.iter().map(|_| Sha256::new()).collect();
+    let batch = usize::try_from(r.batch.max(1)).unwrap_or(usize::MAX);
+    let mut checks = seeds;
     for range in ranges(r.setup, slots) {
         if !keep_alive().await {
             return Err(FoldError::LeaseLost);
         }
         let bytes = r.setup.payload_range(range.clone());
         let at = skip + bytes.start - base..skip + bytes.end - base;
-        let chunks = futures_util::future::try_join_all(
-            names.iter().map(|n| r.blobs.get_range(r.round.as_str(), n, at.clone())),
-        )
-        .await?;
-        for (check, chunk) in checks.iter_mut().zip(&chunks) {
-            check.update(chunk);
+        let mut sum = RunningSum::zero(r.setup, range)?;
+        for (group, group_checks) in names.chunks(batch).zip(checks.chunks_mut(batch)) {
+            let chunks = futures_util::future::try_join_all(
+                group.iter().map(|n| r.blobs.get_range(r.round.as_str(), n, at.clone())),
+            )
+            .await?;
+            for (check, chunk) in group_checks.iter_mut().zip(&chunks) {
+                check.update(chunk);
+            }
+            sum = add_to(sum, chunks).await?;
         }
-        let packed = sum_range(r.setup, range, chunks).await?;
+        let packed = tokio::task::spawn_blocking(move || sum.pack())
+            .await
+            .map_err(|e| FoldError::Task(e.to_string()))?;
         digest.update(&packed);
         out.write(Bytes::from(packed)).await?;
     }
@@ -238,6 +242,8 @@ pub struct RoundBlobs<'a> {
     pub setup: &'a RoundSetup,
     /// Its span, in blocks.
     pub span_blocks: u64,
+    /// Inputs read and summed together in a range (bounds a job's memory whatever K is).
+    pub batch: u64,
 }
 
 /// Runs fold job `job`: sums `members` (admitted uploads, in set order) over `span` into
@@ -254,22 +260,35 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let RoundBlobs { blobs, round, setup, span_blocks } = r;
+    let RoundBlobs { blobs, round, setup, span_blocks, .. } = r;
     let slots = span_slots(setup, span_blocks, span);
     let names: Vec<String> =
         members.iter().map(|u| upload_blob(u.client_id.as_str(), &u.sha256)).collect();
+    // Uploads admitted before span digests existed are checked whole against their admitted
+    // SHA-256: their rounds fold as one span (a migration set it), the header hashed first.
+    let whole = spans(setup, span_blocks) == 1;
+    let mut seeds = Vec::with_capacity(members.len());
+    for (u, name) in members.iter().zip(&names) {
+        let mut h = Sha256::new();
+        if u.span_sha256.is_empty() {
+            if !whole {
+                return Err(FoldError::Corrupt(u.client_id.to_string()));
+            }
+            h.update(blobs.get_range(round.as_str(), name, 0..HEADER_LEN as u64).await?);
+        }
+        seeds.push(h);
+    }
     let mut out = blobs.writer(round.as_str())?;
     let mut digest = Sha256::new();
     // The span's bytes start after the header and the earlier spans' payload.
     let skip = HEADER_LEN as u64 + setup.payload_range(slots.clone()).start;
-    let checks = sum_span(r, &names, skip, slots, &mut keep_alive, &mut out, &mut digest).await?;
+    let checks =
+        sum_span(r, &names, seeds, skip, slots, &mut keep_alive, &mut out, &mut digest).await?;
     for (u, check) in members.iter().zip(checks) {
-        // Uploads admitted before span digests existed carry none: they are summed unchecked.
-        let Some(expected) = u.span_sha256.get(span as usize) else {
-            if u.span_sha256.is_empty() {
-                continue;
-            }
-            return Err(FoldError::Corrupt(u.client_id.to_string()));
+        let expected = match u.span_sha256.get(span as usize) {
+            Some(d) => d,
+            None if u.span_sha256.is_empty() => &u.sha256,
+            None => return Err(FoldError::Corrupt(u.client_id.to_string())),
         };
         if check != *expected {
             return Err(FoldError::Corrupt(u.client_id.to_string()));
@@ -291,7 +310,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let RoundBlobs { blobs, round, setup, span_blocks } = r;
+    let RoundBlobs { blobs, round, setup, span_blocks, .. } = r;
     let header = setup.header(CiphertextKind::Aggregate, contributors).to_bytes();
     let mut out = blobs.writer(round.as_str())?;
     let mut digest = Sha256::new();
@@ -303,7 +322,9 @@ where
             folds.iter().filter(|j| j.kind == JobKind::Fold && j.span == span).collect();
         let names: Vec<String> = parts.iter().map(|j| partial_blob(j.job)).collect();
         // A partial sum holds its span's bytes only.
-        let checks = sum_span(r, &names, 0, slots, &mut keep_alive, &mut out, &mut digest).await?;
+        let seeds = names.iter().map(|_| Sha256::new()).collect();
+        let checks =
+            sum_span(r, &names, seeds, 0, slots, &mut keep_alive, &mut out, &mut digest).await?;
         for (j, check) in parts.iter().zip(checks) {
             if Some(check) != j.output_sha256 {
                 return Err(FoldError::CorruptPartial(j.job));

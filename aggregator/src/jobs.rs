@@ -2,8 +2,9 @@
 //!
 //! Each replica runs `max_concurrent_jobs` workers. A worker leases the next runnable job for
 //! `job_lease_secs` (`SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL, see
-//! [`Store::lease_job`](crate::store::Store::lease_job)), runs it, renews the lease while it
-//! runs (every third of its length) and completes it only if it still holds the lease. A
+//! [`Store::lease_job`](crate::store::Store::lease_job)), runs it while a heartbeat renews
+//! the lease (every third of its length, until the output is written), and completes it only
+//! if it still holds the lease; a job that learns it lost its lease stops at its next range. A
 //! replica that dies holding a lease simply stops renewing it: once it expires another
 //! replica re-runs the job, whose output replaces the first one's under the same name —
 //! nothing is lost and nothing is counted twice. A job that fails is retried after a pause;
@@ -11,11 +12,11 @@
 //! stored upload does not match its digest, the round fails with the reason.
 
 use crate::fold::{self, FoldError};
-use crate::store::{JobKind, Lease, UploadRow};
+use crate::store::{JobKind, Lease};
 use crate::AppState;
 use cryptflow_services::protocol;
-use cryptflow_services::Sha256Digest;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Leases of one job before its round fails.
@@ -83,8 +84,9 @@ pub async fn run_one(s: &AppState) -> Result<bool, crate::store::StoreError> {
         Err(FoldError::CorruptPartial(job)) => {
             // The partial sum's own job must run again; the publication waits for it.
             tracing::warn!(round = %round, job, "a partial sum does not match its digest; re-running its job");
-            s.store.reset_job(&round, job).await?;
-            s.store.set_lease_expiry(&lease, s.clock.now()).await?;
+            if s.store.reset_job(&lease, job).await? {
+                s.store.set_lease_expiry(&lease, s.clock.now()).await?;
+            }
         }
         Err(FoldError::Corrupt(client)) => {
             let why = format!(
@@ -106,7 +108,37 @@ pub async fn run_one(s: &AppState) -> Result<bool, crate::store::StoreError> {
     Ok(true)
 }
 
+/// Runs a leased job while a heartbeat renews its lease (every third of its length, for the
+/// whole job: the reads, the sums and the final write of its output).
 async fn run(s: &AppState, lease: &Lease) -> Result<(), FoldError> {
+    let lost = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let (store, clock, lease, lost) =
+            (s.store.clone(), s.clock.clone(), lease.clone(), lost.clone());
+        let lease_secs = s.tuning.job_lease_secs.max(1);
+        tokio::spawn(async move {
+            let every = Duration::from_secs(lease_secs).div_f64(3.0);
+            loop {
+                tokio::time::sleep(every).await;
+                let until = clock.now().saturating_add(lease_secs as i64);
+                match store.set_lease_expiry(&lease, until).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    // A database hiccup: try again; completion checks the lease anyway.
+                    Err(e) => tracing::warn!(error = %e, "renewing a job lease failed"),
+                }
+            }
+        })
+    };
+    let outcome = run_leased(s, lease, &lost).await;
+    heartbeat.abort();
+    outcome
+}
+
+async fn run_leased(s: &AppState, lease: &Lease, lost: &AtomicBool) -> Result<(), FoldError> {
     let job = &lease.job;
     let internal = |e: &dyn std::fmt::Display| FoldError::Task(e.to_string());
     let row = s
@@ -117,48 +149,21 @@ async fn run(s: &AppState, lease: &Lease) -> Result<(), FoldError> {
         .ok_or_else(|| FoldError::Task(format!("round {} is gone", job.round_id)))?;
     let set = row.set.clone().ok_or_else(|| FoldError::Task("no contributor set".into()))?;
     let setup = protocol::setup(&row.spec).map_err(|e| internal(&e))?;
-    let lease_secs = s.tuning.job_lease_secs.max(1);
-    let renew_every = Duration::from_secs(lease_secs).div_f64(3.0);
-    let last = std::sync::Mutex::new(Instant::now());
-    let keep_alive = || {
-        let due = last.lock().map(|t| t.elapsed() >= renew_every).unwrap_or(true);
-        let until = s.clock.now().saturating_add(lease_secs as i64);
-        let last = &last;
-        async move {
-            if !due {
-                return true;
-            }
-            match s.store.set_lease_expiry(lease, until).await {
-                Ok(held) => {
-                    if let Ok(mut t) = last.lock() {
-                        *t = Instant::now();
-                    }
-                    held
-                }
-                // A database hiccup: carry on; completion checks the lease again.
-                Err(e) => {
-                    tracing::warn!(error = %e, "renewing a job lease failed");
-                    true
-                }
-            }
-        }
-    };
+    let keep_alive = || std::future::ready(!lost.load(Ordering::Relaxed));
     let at = fold::RoundBlobs {
         blobs: &s.blobs,
         round: &job.round_id,
         setup: &setup,
         span_blocks: row.span_blocks,
+        batch: s.tuning.fold_batch_uploads,
     };
-    let output: Sha256Digest = match job.kind {
+    match job.kind {
         JobKind::Fold => {
-            let mut uploads = s.store.uploads(&job.round_id).await.map_err(|e| internal(&e))?;
-            uploads.retain(|u| set.iter().any(|c| c.client_id == u.client_id));
-            let first = usize::try_from(job.first_member).unwrap_or(usize::MAX);
-            let members: Vec<UploadRow> = uploads
-                .into_iter()
-                .skip(first)
-                .take(usize::try_from(job.members).unwrap_or(usize::MAX))
-                .collect();
+            let members = s
+                .store
+                .set_uploads(&job.round_id, job.first_member, job.members)
+                .await
+                .map_err(|e| internal(&e))?;
             if members.len() as u64 != job.members {
                 return Err(FoldError::Task(format!(
                     "job {} names members {}..{} of a set of {}",
@@ -168,19 +173,20 @@ async fn run(s: &AppState, lease: &Lease) -> Result<(), FoldError> {
                     set.len()
                 )));
             }
-            fold::run_fold(at, job.job, job.span, &members, keep_alive).await?
+            let output = fold::run_fold(at, job.job, job.span, &members, keep_alive).await?;
+            if !s.store.complete_job(lease, &output).await.map_err(|e| internal(&e))? {
+                return Err(FoldError::LeaseLost);
+            }
         }
         JobKind::Publish => {
             let folds = s.store.jobs(&job.round_id).await.map_err(|e| internal(&e))?;
             let contributors = u32::try_from(set.len()).map_err(|e| internal(&e))?;
             let sha = fold::run_publish(at, contributors, &folds, keep_alive).await?;
-            s.store.set_aggregate(&job.round_id, &sha).await.map_err(|e| internal(&e))?;
+            if !s.store.complete_publication(lease, &sha).await.map_err(|e| internal(&e))? {
+                return Err(FoldError::LeaseLost);
+            }
             tracing::info!(round = %job.round_id, contributors, aggregate = %sha, "aggregate built");
-            sha
         }
-    };
-    if !s.store.complete_job(lease, &output).await.map_err(|e| internal(&e))? {
-        return Err(FoldError::LeaseLost);
     }
     Ok(())
 }

@@ -54,6 +54,10 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
     sqlx::migrate!("../migrations/aggregator/postgres");
 
+/// Temporary blob files older than this are dead writes (a live upload writes at least
+/// every `upload_idle_secs`, a job every range).
+const STALE_TEMPORARY_SECS: u64 = 3600;
+
 /// Configuration (`--config FILE`, then `CRYPTFLOW_AGGREGATOR__…` environment variables).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -390,6 +394,17 @@ pub fn check_config(config: &AggregatorConfig) -> Result<Committee, StartError> 
             config.committee_file.display()
         )));
     }
+    for (name, value) in [
+        ("max_concurrent_jobs", config.max_concurrent_jobs as u64),
+        ("fold_batch_uploads", config.fold_batch_uploads),
+        ("fold_span_blocks", config.fold_span_blocks),
+        ("job_lease_secs", config.job_lease_secs),
+        ("max_concurrent_uploads", config.max_concurrent_uploads as u64),
+    ] {
+        if value == 0 {
+            return Err(StartError::Io(format!("{name} must be at least 1")));
+        }
+    }
     for f in std::iter::once(&config.kms_token_file).chain(config.kms_token_files.values()) {
         let token = std::fs::read_to_string(f)
             .map_err(|e| StartError::Io(format!("{}: {e}", f.display())))?;
@@ -414,7 +429,13 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
             blob::BlobStore::open_s3(s3).map_err(|e| StartError::Io(format!("[s3]: {e}")))?
         }
         None => {
-            let (blobs, removed) = blob::BlobStore::open_local(&config.blob_dir)
+            // SQLite: one replica owns the directory, and every temporary file in it is a dead
+            // write of its own. With PostgreSQL, replicas may share it: only stale ones.
+            let stale_after = match backend {
+                db::Backend::Sqlite => Duration::ZERO,
+                db::Backend::Postgres => Duration::from_secs(STALE_TEMPORARY_SECS),
+            };
+            let (blobs, removed) = blob::BlobStore::open_local(&config.blob_dir, stale_after)
                 .map_err(|e| StartError::Io(format!("{}: {e}", config.blob_dir.display())))?;
             if removed > 0 {
                 tracing::info!(removed, "removed temporary blobs left by a crash");

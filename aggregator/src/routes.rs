@@ -143,6 +143,21 @@ async fn create_round(
             let deadline = domain::deadline(&request, now)?;
             let spec =
                 domain::round_spec(&request, MaskSeed::generate().map_err(AppError::internal)?)?;
+            if let Some(max) = s.blobs.max_blob_bytes() {
+                let len = protocol::setup(&spec).map_err(AppError::internal)?.upload_len();
+                if len > max {
+                    return Err(AppError::new(
+                        ErrorCode::Unprocessable,
+                        format!(
+                            "an upload of this round would be {len} bytes; this aggregator's S3 \
+                             store holds blobs of at most {max} bytes (one CopyObject): split the \
+                             model over several rounds"
+                        ),
+                    )
+                    .with_field("layout")
+                    .with_limit(max));
+                }
+            }
             let inserted = s
                 .store
                 .insert_round(&request, &spec, deadline, now, s.tuning.fold_span_blocks)

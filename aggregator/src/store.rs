@@ -370,33 +370,89 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        for j in jobs {
-            sqlx::query(
-                "INSERT INTO fold_jobs (round_id, job, kind, first_member, members, span) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(round.as_str())
-            .bind(i64::try_from(j.job).map_err(corrupt)?)
-            .bind(j.kind.name())
-            .bind(i64::try_from(j.first_member).map_err(corrupt)?)
-            .bind(i64::try_from(j.members).map_err(corrupt)?)
-            .bind(i64::try_from(j.span).map_err(corrupt)?)
-            .execute(&mut *tx)
-            .await?;
+        // Many rows per statement: a round of 10^5 uploads and 60 spans plans ~4·10^5 jobs.
+        for (n, chunk) in set.chunks(ROWS_PER_INSERT).enumerate() {
+            let sql = format!(
+                "INSERT INTO set_members (round_id, ordinal, client_id) VALUES {}",
+                placeholders(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (i, c) in chunk.iter().enumerate() {
+                let ordinal = i64::try_from(n * ROWS_PER_INSERT + i).map_err(corrupt)?;
+                q = q.bind(round.as_str()).bind(ordinal).bind(c.client_id.as_str());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in jobs.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO fold_jobs (round_id, job, kind, first_member, members, span) VALUES {}",
+                placeholders(chunk.len(), 6)
+            );
+            let mut q = sqlx::query(&sql);
+            for j in chunk {
+                q = q
+                    .bind(round.as_str())
+                    .bind(i64::try_from(j.job).map_err(corrupt)?)
+                    .bind(j.kind.name())
+                    .bind(i64::try_from(j.first_member).map_err(corrupt)?)
+                    .bind(i64::try_from(j.members).map_err(corrupt)?)
+                    .bind(i64::try_from(j.span).map_err(corrupt)?);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(true)
     }
 
-    /// Records the aggregate's digest, once (a re-run publication job writes the same).
-    pub async fn set_aggregate(&self, round: &RoundId, aggregate: &Sha256Digest) -> Result<()> {
+    /// The admitted uploads of members `[first, first + count)` of the contributor set, in
+    /// set order.
+    pub async fn set_uploads(
+        &self,
+        round: &RoundId,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<UploadRow>> {
+        let rows = sqlx::query(
+            "SELECT u.client_id, u.sha256, u.bytes, u.span_sha256 FROM set_members m \
+             JOIN uploads u ON u.round_id = m.round_id AND u.client_id = m.client_id \
+             WHERE m.round_id = $1 AND m.ordinal >= $2 AND m.ordinal < $3 ORDER BY m.ordinal",
+        )
+        .bind(round.as_str())
+        .bind(i64::try_from(first).map_err(corrupt)?)
+        .bind(i64::try_from(first.saturating_add(count)).map_err(corrupt)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(upload_row).collect()
+    }
+
+    /// Completes the publication job under its lease and records the aggregate's digest, in
+    /// one transaction; false (nothing changed) if the lease was lost.
+    pub async fn complete_publication(
+        &self,
+        lease: &Lease,
+        aggregate: &Sha256Digest,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE fold_jobs SET done = 1, output_sha256 = $1, lease_expiry = NULL {HELD}"
+        );
+        let done = bind_lease(sqlx::query(&sql).bind(aggregate.to_string()), lease)?
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if done != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         sqlx::query(
             "UPDATE rounds SET aggregate_sha256 = $1 WHERE round_id = $2 AND state = 'aggregating' AND aggregate_sha256 IS NULL",
         )
         .bind(aggregate.to_string())
-        .bind(round.as_str())
-        .execute(&self.pool)
+        .bind(lease.job.round_id.as_str())
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The fold jobs of a round, by number.
@@ -466,16 +522,22 @@ impl Store {
         Ok(bind_lease(q, lease)?.execute(&self.pool).await?.rows_affected() == 1)
     }
 
-    /// Makes a completed job runnable again (its output was found corrupt).
-    pub async fn reset_job(&self, round: &RoundId, job: u64) -> Result<()> {
-        sqlx::query(
-            "UPDATE fold_jobs SET done = 0, output_sha256 = NULL, lease_expiry = NULL WHERE round_id = $1 AND job = $2",
+    /// Makes fold job `job` runnable again (its output was found corrupt), if `publication`
+    /// (the lease of the round's publication job, which found it) is still held.
+    pub async fn reset_job(&self, publication: &Lease, job: u64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE fold_jobs SET done = 0, output_sha256 = NULL, lease_expiry = NULL \
+             WHERE round_id = $1 AND job = $2 AND EXISTS (SELECT 1 FROM fold_jobs p \
+               WHERE p.round_id = $3 AND p.job = 0 AND p.lease_holder = $4 AND p.done = 0)",
         )
-        .bind(round.as_str())
+        .bind(publication.job.round_id.as_str())
         .bind(i64::try_from(job).map_err(corrupt)?)
+        .bind(publication.job.round_id.as_str())
+        .bind(publication.holder.as_str())
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected()
+            == 1)
     }
 
     /// Frees every lease: only for a database one replica uses (SQLite), at its start — the
@@ -569,6 +631,22 @@ impl Store {
         .await?;
         rows.iter().map(round_row).collect()
     }
+}
+
+/// Rows of one multi-row `INSERT` (at most 6 columns: 3,000 parameters, within SQLite's and
+/// PostgreSQL's limits).
+const ROWS_PER_INSERT: usize = 500;
+
+/// `($1, $2, $3), ($4, $5, $6), …` for `rows` rows of `columns` parameters.
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> =
+                (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The condition of an update under a held lease: `$2` round, `$3` job, `$4` holder.

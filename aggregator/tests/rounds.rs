@@ -662,3 +662,68 @@ async fn a_stored_upload_that_was_altered_fails_its_round_naming_the_client() {
     assert!(why.contains("site-1") && why.contains("does not match"), "{why}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_admitted_before_span_digests_are_checked_whole() {
+    // Issue #15 review: uploads admitted before the fold-jobs migration carry no span
+    // digests; their rounds fold as one span (the migration sets it) and each such upload is
+    // checked against its admitted SHA-256, header included — not summed unchecked.
+    let stack = LocalStack::builder().sites(3).start().await.unwrap();
+    let pool = cryptflow_services::db::connect(&stack.aggregator_database_url().unwrap(), 1)
+        .await
+        .unwrap();
+    for (name, tamper) in [("legacy-ok", false), ("legacy-bad", true)] {
+        let round = RoundId::parse(name).unwrap();
+        stack.admin().create_round(&stack.round_request(name, 50_000, 2, 3)).await.unwrap();
+        for i in 0..2 {
+            stack
+                .client(&format!("site-{i}"))
+                .submit(
+                    &round,
+                    ModelUpdate::from(Array1::from(vector(50_000, i))),
+                    SubmitOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+        // What the migration leaves for such a round.
+        sqlx::query("UPDATE uploads SET span_sha256 = '' WHERE round_id = $1")
+            .bind(name)
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE rounds SET span_blocks = 1099511627776 WHERE round_id = $1")
+            .bind(name)
+            .execute(&pool)
+            .await
+            .unwrap();
+        if tamper {
+            // One byte of site-0's header (its plan tag), which span digests never cover.
+            let blob = std::fs::read_dir(stack.dir().join("blobs").join(name))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("upload.site-0."))
+                .unwrap();
+            let mut bytes = std::fs::read(&blob).unwrap();
+            bytes[40] ^= 1;
+            std::fs::write(&blob, bytes).unwrap();
+        }
+        stack.admin().close_round(&round).await.unwrap();
+        let outcome = stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await;
+        let info = stack.admin().round(&round).await.unwrap();
+        if tamper {
+            assert!(outcome.is_err());
+            assert_eq!(info.state, RoundState::Failed);
+            assert!(info.failure.unwrap().contains("site-0"));
+        } else {
+            assert_eq!(info.state, RoundState::Published, "{:?}", info.failure);
+            let agg = stack.client("site-1").fetch_mean(&round, None).await.unwrap();
+            let want: Vec<f64> =
+                (0..50_000).map(|j| (vector(50_000, 0)[j] + vector(50_000, 1)[j]) / 2.0).collect();
+            let worst = agg.mean.iter().zip(&want).map(|(m, w)| (m - w).abs()).fold(0.0, f64::max);
+            assert!(worst <= agg.max_abs_error, "{worst}");
+        }
+    }
+    pool.close().await;
+    stack.stop().await;
+}
