@@ -106,20 +106,36 @@ impl BlobStore {
         let root = root.into();
         cryptflow_services::private_fs::create_dir_all(&root)?;
         let mut removed = 0;
+        // Other replicas may rename or remove files meanwhile: a file gone is skipped.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         for round in std::fs::read_dir(&root)? {
             let round = round?;
             if !round.file_type()?.is_dir() {
                 continue;
             }
-            for entry in std::fs::read_dir(round.path())? {
+            let entries = match std::fs::read_dir(round.path()) {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            };
+            for entry in entries {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 // Ours, and object_store's own staging files (`<name>#<n>`).
+                if !(name.starts_with(TEMP) || name.contains('#')) {
+                    continue;
+                }
                 let stale = stale_after.is_zero()
-                    || entry.metadata()?.modified()?.elapsed().is_ok_and(|age| age > stale_after);
-                if (name.starts_with(TEMP) || name.contains('#')) && stale {
-                    std::fs::remove_file(entry.path())?;
-                    removed += 1;
+                    || match entry.metadata().and_then(|m| m.modified()) {
+                        Ok(t) => t.elapsed().is_ok_and(|age| age > stale_after),
+                        Err(e) if gone(&e) => false,
+                        Err(e) => return Err(e.into()),
+                    };
+                if stale {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(e) if gone(&e) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
         }

@@ -264,14 +264,17 @@ where
     let slots = span_slots(setup, span_blocks, span);
     let names: Vec<String> =
         members.iter().map(|u| upload_blob(u.client_id.as_str(), &u.sha256)).collect();
-    // Uploads admitted before span digests existed are checked whole against their admitted
-    // SHA-256: their rounds fold as one span (a migration set it), the header hashed first.
-    let whole = spans(setup, span_blocks) == 1;
+    // An upload whose span digests do not fit the round's spans (admitted before span
+    // digests existed, or under another span) is checked whole against its admitted SHA-256,
+    // the header hashed first — possible when the round folds as one span (the migration makes
+    // such rounds so); otherwise it cannot be checked and stops the round.
+    let count = spans(setup, span_blocks);
+    let whole = |u: &UploadRow| u.span_sha256.len() as u64 != count;
     let mut seeds = Vec::with_capacity(members.len());
     for (u, name) in members.iter().zip(&names) {
         let mut h = Sha256::new();
-        if u.span_sha256.is_empty() {
-            if !whole {
+        if whole(u) {
+            if count != 1 {
                 return Err(FoldError::Corrupt(u.client_id.to_string()));
             }
             h.update(blobs.get_range(round.as_str(), name, 0..HEADER_LEN as u64).await?);
@@ -285,12 +288,8 @@ where
     let checks =
         sum_span(r, &names, seeds, skip, slots, &mut keep_alive, &mut out, &mut digest).await?;
     for (u, check) in members.iter().zip(checks) {
-        let expected = match u.span_sha256.get(span as usize) {
-            Some(d) => d,
-            None if u.span_sha256.is_empty() => &u.sha256,
-            None => return Err(FoldError::Corrupt(u.client_id.to_string())),
-        };
-        if check != *expected {
+        let expected = if whole(u) { Some(&u.sha256) } else { u.span_sha256.get(span as usize) };
+        if Some(&check) != expected {
             return Err(FoldError::Corrupt(u.client_id.to_string()));
         }
     }
@@ -298,17 +297,20 @@ where
     Ok(Sha256Digest(digest.finalize().into()))
 }
 
-/// Runs the publication job: sums the partial sums of `folds` (the round's fold jobs, all
-/// done) span by span into the aggregate blob of `contributors` uploads; returns its digest.
-pub async fn run_publish<F, Fut>(
+/// Runs the publication job: sums the partial sums of the round's fold jobs (all done;
+/// `parts_of(span)` lists those of one span) span by span into the aggregate blob of
+/// `contributors` uploads; returns its digest.
+pub async fn run_publish<F, Fut, P, PFut>(
     r: RoundBlobs<'_>,
     contributors: u32,
-    folds: &[JobRow],
+    mut parts_of: P,
     mut keep_alive: F,
 ) -> Result<Sha256Digest, FoldError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
+    P: FnMut(u64) -> PFut,
+    PFut: Future<Output = Result<Vec<JobRow>, FoldError>>,
 {
     let RoundBlobs { blobs, round, setup, span_blocks, .. } = r;
     let header = setup.header(CiphertextKind::Aggregate, contributors).to_bytes();
@@ -318,8 +320,10 @@ where
     out.write(Bytes::copy_from_slice(&header)).await?;
     for span in 0..spans(setup, span_blocks) {
         let slots = span_slots(setup, span_blocks, span);
-        let parts: Vec<&JobRow> =
-            folds.iter().filter(|j| j.kind == JobKind::Fold && j.span == span).collect();
+        let parts = parts_of(span).await?;
+        if parts.iter().any(|j| j.kind != JobKind::Fold || j.span != span || !j.done) {
+            return Err(FoldError::Task(format!("span {span}: a partial sum is not ready")));
+        }
         let names: Vec<String> = parts.iter().map(|j| partial_blob(j.job)).collect();
         // A partial sum holds its span's bytes only.
         let seeds = names.iter().map(|_| Sha256::new()).collect();

@@ -54,9 +54,17 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
     sqlx::migrate!("../migrations/aggregator/postgres");
 
-/// Temporary blob files older than this are dead writes (a live upload writes at least
-/// every `upload_idle_secs`, a job every range).
-const STALE_TEMPORARY_SECS: u64 = 3600;
+/// When a temporary blob file in a directory replicas may share is a dead write: a live
+/// upload writes one multipart part (5 MiB) at least every `PART_BYTES /
+/// min_upload_bytes_per_sec` seconds (dropped otherwise) and a job one per few ranges; twice
+/// that, and at least an hour (a day without a minimum rate).
+fn stale_temporary_after(config: &AggregatorConfig) -> Duration {
+    let part = match config.min_upload_bytes_per_sec {
+        0 => 86_400,
+        rate => 2 * blob::PART_BYTES as u64 / rate,
+    };
+    Duration::from_secs(part.max(3600))
+}
 
 /// Configuration (`--config FILE`, then `CRYPTFLOW_AGGREGATOR__…` environment variables).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -296,6 +304,10 @@ pub struct AppState {
     tuning: Tuning,
     /// This replica's name in job leases (`<host>-<pid>`).
     replica: Arc<str>,
+    /// What fold jobs need of their rounds (see [`jobs::FoldContext`]).
+    fold_contexts: Arc<
+        std::sync::Mutex<std::collections::HashMap<cryptflow_services::RoundId, jobs::FoldContext>>,
+    >,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Verifier> {
@@ -327,6 +339,7 @@ impl AppState {
             publish_lock: Arc::default(),
             tuning,
             replica: replica_name().into(),
+            fold_contexts: Arc::default(),
         }
     }
 
@@ -383,17 +396,6 @@ mod node_keyed {
 /// What [`state_from_config`] reads besides the database, checked: issuer keys, the committee
 /// (every node named in `kms_token_files` on it) and the token files. `check-config` runs it.
 pub fn check_config(config: &AggregatorConfig) -> Result<Committee, StartError> {
-    verifier_from_files(&config.audience, &config.jwt_keys)?;
-    let text = std::fs::read_to_string(&config.committee_file)
-        .map_err(|e| StartError::Io(format!("{}: {e}", config.committee_file.display())))?;
-    let committee = Committee::from_toml(&text)
-        .map_err(|e| StartError::Io(format!("{}: {e}", config.committee_file.display())))?;
-    if let Some(x) = config.kms_token_files.keys().find(|x| committee.node(**x).is_none()) {
-        return Err(StartError::Io(format!(
-            "kms_token_files names node {x}, which is not in {}",
-            config.committee_file.display()
-        )));
-    }
     for (name, value) in [
         ("max_concurrent_jobs", config.max_concurrent_jobs as u64),
         ("fold_batch_uploads", config.fold_batch_uploads),
@@ -404,6 +406,17 @@ pub fn check_config(config: &AggregatorConfig) -> Result<Committee, StartError> 
         if value == 0 {
             return Err(StartError::Io(format!("{name} must be at least 1")));
         }
+    }
+    verifier_from_files(&config.audience, &config.jwt_keys)?;
+    let text = std::fs::read_to_string(&config.committee_file)
+        .map_err(|e| StartError::Io(format!("{}: {e}", config.committee_file.display())))?;
+    let committee = Committee::from_toml(&text)
+        .map_err(|e| StartError::Io(format!("{}: {e}", config.committee_file.display())))?;
+    if let Some(x) = config.kms_token_files.keys().find(|x| committee.node(**x).is_none()) {
+        return Err(StartError::Io(format!(
+            "kms_token_files names node {x}, which is not in {}",
+            config.committee_file.display()
+        )));
     }
     for f in std::iter::once(&config.kms_token_file).chain(config.kms_token_files.values()) {
         let token = std::fs::read_to_string(f)
@@ -433,7 +446,7 @@ pub async fn state_from_config(config: &AggregatorConfig) -> Result<AppState, St
             // write of its own. With PostgreSQL, replicas may share it: only stale ones.
             let stale_after = match backend {
                 db::Backend::Sqlite => Duration::ZERO,
-                db::Backend::Postgres => Duration::from_secs(STALE_TEMPORARY_SECS),
+                db::Backend::Postgres => stale_temporary_after(config),
             };
             let (blobs, removed) = blob::BlobStore::open_local(&config.blob_dir, stale_after)
                 .map_err(|e| StartError::Io(format!("{}: {e}", config.blob_dir.display())))?;
@@ -529,6 +542,17 @@ pub async fn launch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_would_stop_the_fold_are_refused() {
+        for key in
+            ["max_concurrent_jobs", "fold_batch_uploads", "fold_span_blocks", "job_lease_secs"]
+        {
+            let cfg: AggregatorConfig = toml::from_str(&format!("{key} = 0")).unwrap();
+            let e = check_config(&cfg).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("at least 1"), "{e}");
+        }
+    }
 
     #[test]
     fn per_node_token_files_are_keyed_by_share_index() {

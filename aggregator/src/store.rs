@@ -233,12 +233,16 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        for c in &spec.clients {
-            sqlx::query("INSERT INTO round_members (round_id, client_id) VALUES ($1, $2)")
-                .bind(spec.round_id.as_str())
-                .bind(c.as_str())
-                .execute(&mut *tx)
-                .await?;
+        for chunk in spec.clients.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO round_members (round_id, client_id) VALUES {}",
+                placeholders(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for c in chunk {
+                q = q.bind(spec.round_id.as_str()).bind(c.as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -371,18 +375,7 @@ impl Store {
             return Ok(false);
         }
         // Many rows per statement: a round of 10^5 uploads and 60 spans plans ~4·10^5 jobs.
-        for (n, chunk) in set.chunks(ROWS_PER_INSERT).enumerate() {
-            let sql = format!(
-                "INSERT INTO set_members (round_id, ordinal, client_id) VALUES {}",
-                placeholders(chunk.len(), 3)
-            );
-            let mut q = sqlx::query(&sql);
-            for (i, c) in chunk.iter().enumerate() {
-                let ordinal = i64::try_from(n * ROWS_PER_INSERT + i).map_err(corrupt)?;
-                q = q.bind(round.as_str()).bind(ordinal).bind(c.client_id.as_str());
-            }
-            q.execute(&mut *tx).await?;
-        }
+        insert_set_members(&mut tx, round, set).await?;
         for chunk in jobs.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO fold_jobs (round_id, job, kind, first_member, members, span) VALUES {}",
@@ -453,6 +446,40 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The fold jobs of span `span` of a round, by number.
+    pub async fn fold_jobs_of_span(&self, round: &RoundId, span: u64) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM fold_jobs WHERE round_id = $1 AND kind = 'fold' AND span = $2 ORDER BY job"
+        ))
+        .bind(round.as_str())
+        .bind(i64::try_from(span).map_err(corrupt)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// Writes the members of a set fixed before `set_members` existed (no-op otherwise).
+    pub async fn ensure_set_members(&self, round: &RoundId, set: &[Contribution]) -> Result<()> {
+        let have: i64 = sqlx::query("SELECT COUNT(*) FROM set_members WHERE round_id = $1")
+            .bind(round.as_str())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        if have as usize == set.len() {
+            return Ok(());
+        }
+        let mut sorted = set.to_vec();
+        sorted.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM set_members WHERE round_id = $1")
+            .bind(round.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_set_members(&mut tx, round, &sorted).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The fold jobs of a round, by number.
@@ -544,7 +571,7 @@ impl Store {
     /// leases can only be its own previous run's, which died with it.
     pub async fn release_all_leases(&self) -> Result<u64> {
         Ok(sqlx::query(
-            "UPDATE fold_jobs SET lease_expiry = NULL WHERE done = 0 AND lease_expiry IS NOT NULL",
+            "UPDATE fold_jobs SET lease_expiry = NULL, lease_holder = NULL WHERE done = 0 AND lease_expiry IS NOT NULL",
         )
         .execute(&self.pool)
         .await?
@@ -575,16 +602,24 @@ impl Store {
     }
 
     /// Fails a round that is not yet published.
+    /// Its fold jobs not done are deleted with it (they can never run).
     pub async fn fail(&self, round: &RoundId, why: &str) -> Result<bool> {
-        Ok(sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let failed = sqlx::query(
             "UPDATE rounds SET state = 'failed', failure = $1 WHERE round_id = $2 AND state IN ('open', 'aggregating')",
         )
         .bind(why)
         .bind(round.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected()
-            == 1)
+            == 1;
+        sqlx::query("DELETE FROM fold_jobs WHERE round_id = $1 AND done = 0")
+            .bind(round.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(failed)
     }
 
     /// Deletes a round that no key manager registered and nobody uploaded to (every node
@@ -631,6 +666,27 @@ impl Store {
         .await?;
         rows.iter().map(round_row).collect()
     }
+}
+
+/// Inserts the members of `set` with their ordinals (its order), many rows per statement.
+async fn insert_set_members(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    round: &RoundId,
+    set: &[Contribution],
+) -> Result<()> {
+    for (n, chunk) in set.chunks(ROWS_PER_INSERT).enumerate() {
+        let sql = format!(
+            "INSERT INTO set_members (round_id, ordinal, client_id) VALUES {}",
+            placeholders(chunk.len(), 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for (i, c) in chunk.iter().enumerate() {
+            let ordinal = i64::try_from(n * ROWS_PER_INSERT + i).map_err(corrupt)?;
+            q = q.bind(round.as_str()).bind(ordinal).bind(c.client_id.as_str());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// Rows of one multi-row `INSERT` (at most 6 columns: 3,000 parameters, within SQLite's and

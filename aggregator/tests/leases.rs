@@ -5,8 +5,9 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use cryptflow_aggregator::store::{JobKind, JobRow, Store};
+use cryptflow_services::api::round::Contribution;
 use cryptflow_services::db::{self, Backend};
-use cryptflow_services::{RoundId, Sha256Digest};
+use cryptflow_services::{ClientId, RoundId, Sha256Digest};
 use std::collections::BTreeSet;
 
 async fn databases() -> Vec<(String, Option<tempfile::TempDir>)> {
@@ -100,15 +101,70 @@ async fn leases_hand_each_job_to_one_replica_and_expired_ones_to_another() {
         assert!(b.lease_job("replica-b", now + 44, 30).await.unwrap().is_none());
         let again = b.lease_job("replica-b", now + 45, 30).await.unwrap().unwrap();
         assert_eq!((again.job.job, again.job.attempts), (0, 2));
-        // A round that is no longer aggregating has no runnable job.
+        // A failed round has no runnable job: its pending ones are gone, the done ones kept.
         a.fail(&round, "test").await.unwrap();
         assert!(a.lease_job("replica-a", now + 1_000, 30).await.unwrap().is_none());
         let stored = a.jobs(&round).await.unwrap();
-        assert_eq!(stored.iter().filter(|j| j.done).count(), 8);
-        assert!(stored[1..].iter().all(|j| j.output_sha256 == Some(digest)));
+        assert_eq!(stored.len(), 8);
+        assert!(stored.iter().all(|j| j.done && j.output_sha256 == Some(digest)));
 
         pool_a.close().await;
         pool_b.close().await;
+        db::drop_test_database(&url).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_set_and_its_jobs_keep_their_order_across_insert_statements() {
+    // fix_set writes the set's members and its jobs many rows per statement (500): the
+    // ordinals and job numbers must run on across statements.
+    for (url, _dir) in databases().await {
+        let backend = Backend::of(&url).unwrap();
+        let pool = db::connect(&url, 2).await.unwrap();
+        db::migrate(&pool, &url, &cryptflow_aggregator::MIGRATIONS).await.unwrap();
+        let store = Store::new(pool.clone(), backend);
+        let round = RoundId::parse("large").unwrap();
+        sqlx::query(
+            "INSERT INTO rounds (round_id, request_json, spec_json, echoes_json, state, deadline, created_at, closed_at) \
+             VALUES ('large', '{}', '{}', '[]', 'aggregating', 0, 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let k = 1234;
+        let set: Vec<Contribution> = (0..k)
+            .map(|i| Contribution {
+                client_id: ClientId::parse(format!("site-{i:05}")).unwrap(),
+                upload_sha256: Sha256Digest::of(format!("{i}").as_bytes()),
+            })
+            .collect();
+        for c in &set {
+            sqlx::query(
+                "INSERT INTO uploads (round_id, client_id, sha256, bytes, received_at) VALUES ('large', $1, $2, 1, 0)",
+            )
+            .bind(c.client_id.as_str())
+            .bind(c.upload_sha256.to_string())
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        assert!(store.fix_set(&round, &set, &jobs(&round, 1300)).await.unwrap());
+        assert_eq!(store.jobs(&round).await.unwrap().len(), 1301);
+        for (first, count) in [(0u64, 10u64), (495, 10), (995, 20), (1224, 10)] {
+            let got: Vec<ClientId> = store
+                .set_uploads(&round, first, count)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|u| u.client_id)
+                .collect();
+            let want: Vec<ClientId> = set[first as usize..(first + count) as usize]
+                .iter()
+                .map(|c| c.client_id.clone())
+                .collect();
+            assert_eq!(got, want, "{url}: members {first}..");
+        }
+        pool.close().await;
         db::drop_test_database(&url).await.unwrap();
     }
 }

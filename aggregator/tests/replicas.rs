@@ -37,6 +37,17 @@ async fn leased_jobs(pool: &sqlx::AnyPool, round: &str) -> Vec<(i64, String, Str
     .collect()
 }
 
+/// Whether the round's aggregate is recorded.
+async fn published(pool: &sqlx::AnyPool, round: &str) -> bool {
+    sqlx::query("SELECT aggregate_sha256 FROM rounds WHERE round_id = $1")
+        .bind(round)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get::<Option<String>, _>(0)
+        .is_some()
+}
+
 /// Kills the live replica (other than those in `spared`) that holds a lease on a job of
 /// `kind`, while it holds it; returns the replica, its process id and the job — `None` if the
 /// publication completed in the instant between seeing its lease and the kill. Waits up to
@@ -51,6 +62,10 @@ async fn kill_while_holding(
 ) -> Option<(usize, u32, i64)> {
     let started = Instant::now();
     while started.elapsed() < within {
+        if kind == "publish" && published(pool, round).await {
+            // The publication ran to its end between two looks: it runs once.
+            return None;
+        }
         for (job, k, holder) in leased_jobs(pool, round).await {
             if k != kind {
                 continue;
@@ -230,5 +245,30 @@ async fn three_replicas_on_s3_lose_nothing_when_killed_mid_fold_and_mid_publicat
     let again = stack.client_via("site-1", folder).fetch_mean(&round, None).await.unwrap();
     assert_eq!(again.mean.iter().collect::<Vec<_>>(), agg.mean.iter().collect::<Vec<_>>());
     pool.close().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_whose_uploads_exceed_one_s3_copy_is_refused_naming_the_layout() {
+    // S3 renames by CopyObject, at most 5 GiB: an S3 aggregator refuses a round whose uploads
+    // would be larger when it is created, not when its first upload fails.
+    if !Blobs::s3_configured() {
+        return;
+    }
+    let stack = LocalStack::builder().sites(2).blobs(Blobs::S3).start().await.unwrap();
+    let req = stack.round_request("huge", cryptflow_services::api::round::MAX_DIMENSION, 2, 2);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/rounds", stack.aggregator_url()))
+        .bearer_auth(stack.token("ops", Role::Admin, "aggregator"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["field"], "layout", "{problem}");
+    assert_eq!(problem["limit"], 5u64 << 30, "{problem}");
+    // Within the limit it is created.
+    stack.admin().create_round(&stack.round_request("fits", 1_000_000, 2, 2)).await.unwrap();
     stack.stop().await;
 }
