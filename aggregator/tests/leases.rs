@@ -37,8 +37,8 @@ fn jobs(round: &RoundId, folds: u64) -> Vec<JobRow> {
 }
 
 /// A round in state `aggregating` with its set fixed and `folds` fold jobs planned.
-async fn round_with_jobs(pool: &sqlx::AnyPool, store: &Store, id: &str, folds: u64) -> RoundId {
-    let round = RoundId::parse(id).unwrap();
+/// A closed round (state `aggregating`) with only what the job queries read.
+async fn aggregating_round(pool: &sqlx::AnyPool, id: &str) -> RoundId {
     sqlx::query(
         "INSERT INTO rounds (round_id, request_json, spec_json, echoes_json, state, deadline, created_at, closed_at) \
          VALUES ($1, '{}', '{}', '[]', 'aggregating', 0, 0, 0)",
@@ -47,6 +47,11 @@ async fn round_with_jobs(pool: &sqlx::AnyPool, store: &Store, id: &str, folds: u
     .execute(pool)
     .await
     .unwrap();
+    RoundId::parse(id).unwrap()
+}
+
+async fn round_with_jobs(pool: &sqlx::AnyPool, store: &Store, id: &str, folds: u64) -> RoundId {
+    let round = aggregating_round(pool, id).await;
     assert!(store.fix_set(&round, &[], &jobs(&round, folds)).await.unwrap());
     // Fixed once: a second replica's plan changes nothing.
     assert!(!store.fix_set(&round, &[], &jobs(&round, folds + 5)).await.unwrap());
@@ -123,14 +128,7 @@ async fn a_large_set_and_its_jobs_keep_their_order_across_insert_statements() {
         let pool = db::connect(&url, 2).await.unwrap();
         db::migrate(&pool, &url, &cryptflow_aggregator::MIGRATIONS).await.unwrap();
         let store = Store::new(pool.clone(), backend);
-        let round = RoundId::parse("large").unwrap();
-        sqlx::query(
-            "INSERT INTO rounds (round_id, request_json, spec_json, echoes_json, state, deadline, created_at, closed_at) \
-             VALUES ('large', '{}', '{}', '[]', 'aggregating', 0, 0, 0)",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        let round = aggregating_round(&pool, "large").await;
         let k = 1234;
         let set: Vec<Contribution> = (0..k)
             .map(|i| Contribution {

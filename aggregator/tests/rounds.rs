@@ -19,6 +19,17 @@ fn vector(d: usize, seed: usize) -> Vec<f64> {
     (0..d).map(|j| (((seed * 7919 + j * 104_729) % 2001) as f64 / 1000.0) - 1.0).collect()
 }
 
+/// Sites `site-0` … `site-{n-1}` each submit `vector(d, i)` to `round`.
+async fn submit_sites(stack: &LocalStack, round: &RoundId, d: usize, n: usize) {
+    for i in 0..n {
+        stack
+            .client(&format!("site-{i}"))
+            .submit(round, ModelUpdate::from(Array1::from(vector(d, i))), SubmitOptions::default())
+            .await
+            .unwrap();
+    }
+}
+
 fn count(n: u64) -> SubmitOptions {
     SubmitOptions { count: Some(n), ..SubmitOptions::default() }
 }
@@ -527,17 +538,7 @@ async fn databases_and_blobs_are_private_to_the_service_user() {
     let stack = LocalStack::builder().sites(2).start().await.unwrap();
     let round = RoundId::parse("private").unwrap();
     stack.admin().create_round(&stack.round_request("private", 100, 2, 2)).await.unwrap();
-    for i in 0..2 {
-        stack
-            .client(&format!("site-{i}"))
-            .submit(
-                &round,
-                ModelUpdate::from(Array1::from(vector(100, i))),
-                SubmitOptions::default(),
-            )
-            .await
-            .unwrap();
-    }
+    submit_sites(&stack, &round, 100, 2).await;
     stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     for db in ["agg.db", "kms1.db"] {
@@ -632,17 +633,7 @@ async fn a_stored_upload_that_was_altered_fails_its_round_naming_the_client() {
     let stack = LocalStack::builder().sites(3).start().await.unwrap();
     let round = RoundId::parse("altered").unwrap();
     stack.admin().create_round(&stack.round_request("altered", 50_000, 2, 3)).await.unwrap();
-    for i in 0..2 {
-        stack
-            .client(&format!("site-{i}"))
-            .submit(
-                &round,
-                ModelUpdate::from(Array1::from(vector(50_000, i))),
-                SubmitOptions::default(),
-            )
-            .await
-            .unwrap();
-    }
+    submit_sites(&stack, &round, 50_000, 2).await;
     // The round is still open (max 3): flip one payload byte of site-1's stored upload.
     let dir = stack.dir().join("blobs").join("altered");
     let blob = std::fs::read_dir(&dir)
@@ -675,17 +666,7 @@ async fn uploads_admitted_before_span_digests_are_checked_whole() {
     for (name, tamper) in [("legacy-ok", false), ("legacy-bad", true)] {
         let round = RoundId::parse(name).unwrap();
         stack.admin().create_round(&stack.round_request(name, 50_000, 2, 3)).await.unwrap();
-        for i in 0..2 {
-            stack
-                .client(&format!("site-{i}"))
-                .submit(
-                    &round,
-                    ModelUpdate::from(Array1::from(vector(50_000, i))),
-                    SubmitOptions::default(),
-                )
-                .await
-                .unwrap();
-        }
+        submit_sites(&stack, &round, 50_000, 2).await;
         // What the migration leaves for such a round.
         sqlx::query("UPDATE uploads SET span_sha256 = '' WHERE round_id = $1")
             .bind(name)
