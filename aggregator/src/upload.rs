@@ -36,7 +36,8 @@ pub(crate) async fn receive(
     } else {
         None
     };
-    let mut spans = crate::fold::SpanHasher::new(setup, row.span_blocks);
+    // Span digests only for an upload that is stored: a retry is hashed for its receipt only.
+    let mut spans = store.then(|| crate::fold::SpanHasher::new(setup, row.span_blocks));
     let mut digest = Sha256::new();
     let mut head: Vec<u8> = Vec::with_capacity(HEADER_LEN);
     let mut received = 0u64;
@@ -81,7 +82,9 @@ pub(crate) async fn receive(
             }
         }
         digest.update(&chunk);
-        spans.update(&chunk[take..]);
+        if let Some(spans) = &mut spans {
+            spans.update(&chunk[take..]);
+        }
         if let Some(w) = &mut writer {
             w.write(chunk).await.map_err(AppError::internal)?;
         }
@@ -96,7 +99,7 @@ pub(crate) async fn receive(
     }
     Ok(Received {
         sha256: Sha256Digest(digest.finalize().into()),
-        span_sha256: spans.finish(),
+        span_sha256: spans.map(crate::fold::SpanHasher::finish).unwrap_or_default(),
         blob: writer,
     })
 }
