@@ -31,7 +31,8 @@ use std::ops::Range;
 ///     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
 /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 1_000_000).unwrap();
 /// assert_eq!(setup.blocks(), 489); // ⌈10^6 / 2048⌉
-/// assert_eq!(setup.upload_len(), 64 + 3_500_000); // 28 bits per value, 64-byte header
+/// // 28 bits per value and per clipping slot, a 64-byte header:
+/// assert_eq!(setup.upload_len(), 64 + (1_000_000 + 2) * 28 / 8);
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct RoundSetup {

@@ -37,6 +37,34 @@ pub struct Decrypted {
     total_weight: i64,
     contributors: u32,
     step: f64,
+    clipping: Clipping,
+}
+
+/// How much clipping shaped a mean, from the [clipping slots](crate::planner::CLIPPING_SLOTS)
+/// summed under encryption with the values: every reader of the mean learns it, not only the
+/// contributors that clipped.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Clipping {
+    /// Contributions of which at least one value was clipped.
+    pub contributions: u32,
+    /// Clipped values over all contributions, at least (equal to `values_at_most` when the
+    /// round counts exactly: `d ≤ M`, see [`Plan::clipping_unit`](crate::planner::Plan::clipping_unit)).
+    pub values_at_least: u64,
+    /// Clipped values over all contributions, at most.
+    pub values_at_most: u64,
+    /// Values contributed in all (`contributors · d`).
+    pub of_values: u64,
+}
+
+impl Clipping {
+    /// Whether any value of any contribution was clipped.
+    pub fn any(&self) -> bool {
+        self.contributions > 0
+    }
+    /// The largest fraction of contributed values that may have been clipped.
+    pub fn fraction_at_most(&self) -> f64 {
+        self.values_at_most as f64 / self.of_values.max(1) as f64
+    }
 }
 
 impl Decrypted {
@@ -56,6 +84,11 @@ impl Decrypted {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.sums.is_empty()
+    }
+    /// What clipping did to the contributions (their error bound is against the clipped
+    /// values: see [`Self::error_bound`]).
+    pub fn clipping(&self) -> Clipping {
+        self.clipping
     }
     /// The exact sums `Σ m` of the quantised (count-weighted) values.
     pub fn sums(&self) -> &[i64] {
@@ -201,7 +234,8 @@ fn check_aggregate(setup: &RoundSetup, aggregate: &PackedCiphertext) -> Result<u
     Ok(contributors)
 }
 
-/// Splits the count slot off and checks the counts' sum lies in the round's range.
+/// Splits the count slot and the clipping slots off and checks each sum lies in the range its
+/// contributors can produce.
 fn finish(setup: &RoundSetup, mut sums: Vec<i64>, contributors: u32) -> Result<Decrypted, Error> {
     let total_weight = match setup.plan().weighting() {
         Weighting::Uniform => contributors as i64,
@@ -215,7 +249,25 @@ fn finish(setup: &RoundSetup, mut sums: Vec<i64>, contributors: u32) -> Result<D
             total
         }
     };
-    Ok(Decrypted { sums, total_weight, contributors, step: setup.plan().step() })
+    let units = sums.pop().ok_or(Error::Internal("no clipping slot"))?;
+    let clients = sums.pop().ok_or(Error::Internal("no clipping slot"))?;
+    let unit = setup.plan().clipping_unit(setup.values());
+    let per_contribution = setup.values().div_ceil(unit) as i128;
+    if !(0..=contributors as i64).contains(&clients)
+        || !(0..=contributors as i128 * per_contribution).contains(&(units as i128))
+        || (clients == 0) != (units == 0)
+    {
+        return Err(Error::CountOutOfRange);
+    }
+    let (clients, units) = (clients as u64, units as u64);
+    // Each clipping contribution sent ⌈c_i / unit⌉ ≥ 1: c_i ∈ [(q_i − 1)·unit + 1, q_i·unit].
+    let clipping = Clipping {
+        contributions: clients as u32,
+        values_at_least: (units - clients) * unit + clients,
+        values_at_most: (units * unit).min(clients * setup.values()),
+        of_values: contributors as u64 * setup.values(),
+    };
+    Ok(Decrypted { sums, total_weight, contributors, step: setup.plan().step(), clipping })
 }
 
 /// The key sum's transform and the plan, shared by the blocks.
@@ -319,7 +371,7 @@ pub struct ReleaseReport {
 /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 1000).unwrap();
 /// let shape = CommitteeShape::try_new(3, 2).unwrap();
 /// let keys = [ClientKey::generate(&params).unwrap(), ClientKey::generate(&params).unwrap()];
-/// let mut sum = RunningSum::zero(&setup, 0..1000).unwrap();
+/// let mut sum = RunningSum::zero(&setup, 0..setup.slots()).unwrap();
 /// for k in &keys {
 ///     sum.add_upload(&k.encryptor(&setup, None).unwrap().encrypt(&vec![0.5; 1000][..]).unwrap().ciphertext).unwrap();
 /// }

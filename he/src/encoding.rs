@@ -2,8 +2,10 @@
 //!
 //! A value `x` is clipped to `[−B, B]`, multiplied by the contribution's count `c` (1 in
 //! unweighted rounds) and quantised to `m = round(c·x / s)` — `round` half away from zero, as
-//! Rust's `f64::round` — and the slot holds `Δ·m` in two's complement. In `samples` rounds the
-//! count `c` itself goes in the last slot at step 1 (`Δ·c`). The [planner](crate::planner)
+//! Rust's `f64::round` — and the slot holds `Δ·m` in two's complement. After the `d` model
+//! values come the two [clipping slots](crate::planner::CLIPPING_SLOTS) — whether any value was
+//! clipped, and how many in units — and, in `samples` rounds, the count `c` itself in the last
+//! slot at step 1 (`Δ·c`). The [planner](crate::planner)
 //! picks `s` and `Δ` so that sums never wrap and the mean is within `ε` of the exact one.
 
 use crate::error::InputError;
@@ -132,52 +134,65 @@ impl ClipReport {
     }
 }
 
-/// Encodes the values of one contribution: the plan's step and scale, and its count.
+/// Encodes the values of one contribution: the plan's step and scale, the clipping slots and
+/// its count.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Encoder {
     clip: f64,
     count: f64,
     step: f64,
     delta_log: u32,
-    /// The slot holding the count (`samples` rounds), if any.
-    count_slot: Option<u64>,
-    count_word: u64,
+    /// `d`: the first slot after the model values (the clipping slots, then the count).
+    values: u64,
+    /// Clipped values per unit of the clipped-values slot.
+    clipping_unit: u64,
+    /// The declared count (`samples` rounds), if any.
+    declared: Option<u64>,
 }
 
 impl Encoder {
     /// For a contribution of `values` values with `count` (required in `samples` rounds,
     /// refused otherwise).
     pub(crate) fn new(plan: &Plan, values: u64, count: Option<u64>) -> Result<Self, InputError> {
-        let (c, count_slot) = match (plan.weighting(), count) {
-            (Weighting::Uniform, None) => (1, None),
+        let c = match (plan.weighting(), count) {
+            (Weighting::Uniform, None) => None,
             (Weighting::Uniform, Some(_)) => return Err(InputError::CountNotExpected),
             (Weighting::Samples { .. }, None) => return Err(InputError::CountRequired),
             (Weighting::Samples { min_count, max_count }, Some(c)) => {
                 if !(min_count..=max_count).contains(&c) {
                     return Err(InputError::Count { count: c, min: min_count, max: max_count });
                 }
-                (c, Some(values))
+                Some(c)
             }
         };
         let delta_log = plan.delta().get();
         Ok(Self {
             clip: plan.clip_bound(),
-            count: c as f64,
+            count: c.unwrap_or(1) as f64,
             step: plan.step(),
             delta_log,
-            count_slot,
-            count_word: c.wrapping_shl(delta_log),
+            values,
+            clipping_unit: plan.clipping_unit(values),
+            declared: c,
         })
     }
 
-    /// Encodes values `first .. first + out.len()` of the update (`values` holds those that
-    /// are model values; the count slot, if in range, is appended by the encoder) into slot
-    /// words, counting clipped values. Errors on a non-finite value, naming its index.
+    /// Whether `value` is beyond the clip bound (what [`Self::encode`] counts).
+    pub(crate) fn clips(&self, value: f64) -> bool {
+        value > self.clip || value < -self.clip
+    }
+
+    /// Encodes values `first .. first + out.len()` of the update into slot words, counting
+    /// clipped values. `values` holds those that are model values; the slots after them —
+    /// clipping, then the count — are filled from `whole`, the clipping of the whole update,
+    /// which must be given when `out` reaches them. Errors on a non-finite value, naming its
+    /// index.
     pub(crate) fn encode(
         &self,
         values: &[f64],
         first: u64,
         out: &mut [u64],
+        whole: Option<&ClipReport>,
     ) -> Result<ClipReport, InputError> {
         let mut report = ClipReport::default();
         let b = self.clip;
@@ -186,25 +201,35 @@ impl Encoder {
             if !v.is_finite() {
                 return Err(InputError::NonFinite { index: first + i as u64 });
             }
-            if v > b || v < -b {
+            if self.clips(v) {
                 report.clipped += 1;
                 report.largest_magnitude = report.largest_magnitude.max(v.abs());
             }
             let m = (self.count * v.clamp(-b, b) / self.step).round() as i64;
             *o = (m as u64).wrapping_shl(self.delta_log);
         }
-        if let Some(slot) = self.count_slot {
-            let at = slot.wrapping_sub(first);
-            if at < out.len() as u64 && at >= values.len() as u64 {
-                out[at as usize] = self.count_word;
-            }
+        for (at, o) in out.iter_mut().enumerate().skip(values.len()) {
+            let slot = first + at as u64;
+            // A slot past the values without the whole update's report is the caller's bug.
+            let m = match (slot.checked_sub(self.values), whole, self.declared) {
+                (Some(0), Some(w), _) => u64::from(w.clipped > 0),
+                (Some(1), Some(w), _) => w.clipped.div_ceil(self.clipping_unit),
+                (Some(2), _, Some(c)) => c,
+                _ => return Err(InputError::SlotRange { start: slot, end: slot + 1 }),
+            };
+            *o = m.wrapping_shl(self.delta_log);
         }
         Ok(report)
     }
 
+    /// `d`: the index of the first slot after the model values.
+    pub(crate) fn values(&self) -> u64 {
+        self.values
+    }
+
     /// The slot of the count, if any.
     pub(crate) fn count_slot(&self) -> Option<u64> {
-        self.count_slot
+        self.declared.map(|_| self.values + crate::planner::CLIPPING_SLOTS)
     }
 }
 
@@ -236,12 +261,17 @@ mod tests {
         // of 50 with count 1 must encode as 1.5 (the bound), and be reported.
         let plan = p(Weighting::Samples { min_count: 1, max_count: 100 });
         let e = Encoder::new(&plan, 4, Some(1)).unwrap();
-        let mut out = [0u64; 5];
-        let r = e.encode(&[0.5, 50.0, -3.0, 1.5], 0, &mut out).unwrap();
-        assert_eq!((r.clipped, r.largest_magnitude), (2, 50.0));
+        let mut out = [0u64; 7];
+        let values = [0.5, 50.0, -3.0, 1.5];
+        let whole = ClipReport { clipped: 2, largest_magnitude: 50.0 };
+        let r = e.encode(&values, 0, &mut out, Some(&whole)).unwrap();
+        assert_eq!(r, whole);
         let m = |w: u64| (w as i64) >> plan.delta().get();
         assert_eq!(m(out[1]), (1.5 / plan.step()).round() as i64);
-        assert_eq!(m(out[4]), 1, "the count slot");
+        assert_eq!((m(out[4]), m(out[5])), (1, 2), "clipped indicator, clipped values");
+        assert_eq!(m(out[6]), 1, "the count slot");
+        // The clipping slots cannot be filled without the whole update's report.
+        assert!(e.encode(&values, 0, &mut out, None).is_err());
     }
 
     #[test]
@@ -257,9 +287,9 @@ mod tests {
     #[test]
     fn non_finite_values_are_rejected_with_their_index() {
         let plan = p(Weighting::Uniform);
-        let e = Encoder::new(&plan, 3, None).unwrap();
+        let e = Encoder::new(&plan, 30, None).unwrap();
         let mut out = [0u64; 3];
-        let err = e.encode(&[0.0, f64::NAN, 1.0], 10, &mut out).unwrap_err();
+        let err = e.encode(&[0.0, f64::NAN, 1.0], 10, &mut out, None).unwrap_err();
         assert_eq!(err, InputError::NonFinite { index: 11 });
     }
 

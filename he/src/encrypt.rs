@@ -45,6 +45,10 @@ pub struct Encryptor {
     noise: NoiseSeed,
     encoder: Encoder,
     digests: Vec<OnceLock<[u8; 32]>>,
+    /// The clipping of the whole update, for the clipping slots: taken once, when a block
+    /// holding them is first encrypted (a retry of that block then re-derives the same words,
+    /// or the digest check refuses it).
+    whole: OnceLock<ClipReport>,
 }
 
 impl Drop for Encryptor {
@@ -138,6 +142,7 @@ impl ClientKey {
             noise,
             encoder,
             digests: (0..blocks).map(|_| OnceLock::new()).collect(),
+            whole: OnceLock::new(),
         })
     }
 }
@@ -166,7 +171,7 @@ impl Encryptor {
     /// let x: Vec<f32> = (0..100_000).map(|i| (i as f32 * 1e-3).sin() * 1.5).collect();
     /// let up = key.encryptor(&setup, None).unwrap().encrypt(&x[..]).unwrap();
     /// assert!(up.clipping.clipped > 30_000); // |1.5·sin| > 1 about a third of the time
-    /// assert_eq!(up.ciphertext.payload().len(), 350_000); // 3.5 bytes per value
+    /// assert_eq!(up.ciphertext.payload().len(), 350_007); // 3.5 bytes per value and clipping slot
     /// ```
     pub fn encrypt(
         &self,
@@ -236,8 +241,13 @@ impl Encryptor {
         let slots = self.setup.block_slots(b);
         let r = (slots.end - slots.start) as usize;
         let model = (self.setup.values().min(slots.end).saturating_sub(slots.start)) as usize;
-        values.read(slots.start as usize, &mut s.input[..model]);
-        let report = self.encoder.encode(&s.input[..model], slots.start, &mut s.messages[..r])?;
+        let whole = (slots.end > self.encoder.values()).then(|| self.whole_clipping(values, s));
+        if model > 0 {
+            // (A last block may hold only the slots after the values, starting past the end.)
+            values.read(slots.start as usize, &mut s.input[..model]);
+        }
+        let report =
+            self.encoder.encode(&s.input[..model], slots.start, &mut s.messages[..r], whole)?;
         expand_mask(self.setup.seed(), b, &mut s.mask)?;
         self.plan.mul(&s.mask, &self.key, &mut s.ntt, &mut s.product);
         let mut stream = self.noise.block_stream(b);
@@ -253,6 +263,25 @@ impl Encryptor {
             return Err(Error::ChangedInput { block: b });
         }
         Ok(report)
+    }
+
+    /// How many values of the whole update clipping changes (one pass over the input, once).
+    fn whole_clipping(&self, values: &(impl Values + ?Sized), s: &mut Scratch) -> &ClipReport {
+        self.whole.get_or_init(|| {
+            let mut report = ClipReport::default();
+            let n = s.input.len();
+            for start in (0..values.len()).step_by(n) {
+                let len = n.min(values.len() - start);
+                values.read(start, &mut s.input[..len]);
+                for &v in &s.input[..len] {
+                    if self.encoder.clips(v) {
+                        report.clipped += 1;
+                        report.largest_magnitude = report.largest_magnitude.max(v.abs());
+                    }
+                }
+            }
+            report
+        })
     }
 
     /// The block holding the count, in `samples` rounds.

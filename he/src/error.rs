@@ -47,8 +47,9 @@ pub enum Error {
     /// release, or an aggregate that is not the sum of the set's uploads).
     #[error("the key sum does not decrypt this aggregate")]
     WrongAggregateKey,
-    /// The decrypted sum of the counts lies outside what the contributors may declare.
-    #[error("the decrypted sample counts lie outside the round's range")]
+    /// The decrypted sum of the counts, or of the clipping slots, lies outside what the
+    /// contributors can declare.
+    #[error("the decrypted sample counts or clipping counts lie outside the round's range")]
     CountOutOfRange,
     /// Fewer releases than the threshold.
     #[error("{have} releases, {need} needed")]

@@ -136,7 +136,7 @@ pub mod wire;
 mod tests;
 
 pub use ciphertext::{CiphertextHeader, CiphertextKind, PackedCiphertext, RoundSetup, RunningSum};
-pub use decrypt::{decrypt_with_releases, Decrypted, ReleaseReport};
+pub use decrypt::{decrypt_with_releases, Clipping, Decrypted, ReleaseReport};
 pub use encoding::{ClipReport, Element, Segments, Values, MAX_VALUES};
 pub use encrypt::{Encrypted, Encryptor};
 pub use error::{DecodeError, Error, InputError, InvalidParameter, Mismatch, PlanError};

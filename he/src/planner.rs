@@ -49,6 +49,11 @@ pub const MAX_CLIENTS: u32 = 100_000;
 pub const MAX_CLIP_BOUND: f64 = 1e12;
 /// Largest sample count of a `samples` round.
 pub const MAX_COUNT: u64 = 1 << 40;
+/// Slots after the model values that report clipping under encryption, in every round: slot
+/// `d` holds 1 if any value of the contribution was clipped (else 0), slot `d + 1` the number
+/// of clipped values in [units](Plan::clipping_unit), rounded up. Their sums tell every reader
+/// of the mean how many contributions clipping changed and how many values.
+pub const CLIPPING_SLOTS: u64 = 2;
 
 /// How contributions are weighted. Weights live in the plaintext, never in the ciphertexts or
 /// keys (DESIGN §3: per-client weights on keys expose individual keys).
@@ -69,14 +74,6 @@ pub enum Weighting {
 }
 
 impl Weighting {
-    /// Slots an update of `values` values takes: one more for the count in `samples` rounds.
-    pub fn slots(&self, values: u64) -> Option<u64> {
-        match self {
-            Weighting::Uniform => Some(values),
-            Weighting::Samples { .. } => values.checked_add(1),
-        }
-    }
-
     fn bounds(&self) -> (u64, u64) {
         match *self {
             Weighting::Uniform => (1, 1),
@@ -197,9 +194,31 @@ impl Plan {
     pub fn bytes_per_value(&self) -> f64 {
         self.transport.get() as f64 / 8.0
     }
-    /// Slots of an update of `values` values.
+    /// Slots of an update of `values` values: the values, the [`CLIPPING_SLOTS`], and the
+    /// count last in `samples` rounds.
     pub fn slots(&self, values: u64) -> Option<u64> {
-        self.request.weighting.slots(values)
+        let count = match self.request.weighting {
+            Weighting::Uniform => 0,
+            Weighting::Samples { .. } => 1,
+        };
+        values.checked_add(CLIPPING_SLOTS)?.checked_add(count)
+    }
+
+    /// How many clipped values one unit of the clipped-values slot stands for, in a round of
+    /// `values` model values: `max(1, ⌈d / M⌉)` with `M` the bound on one contribution's
+    /// `|m|` ([`Self::max_message`]), so that a contribution's `⌈clipped / unit⌉ ≤ M` fits the
+    /// no-wrap bound like any value. 1 — an exact count — whenever `d ≤ M`.
+    ///
+    /// ```
+    /// use cryptflow_he::planner::{plan, PlanRequest, Weighting};
+    /// use cryptflow_he::ParameterSet;
+    /// let p = plan(&ParameterSet::default_128(), &PlanRequest { max_clients: 8, clip_bound: 1.0,
+    ///     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
+    /// assert_eq!(p.clipping_unit(100_000), 1); // counted exactly
+    /// assert!(p.clipping_unit(1 << 30) > 1); // counted in units of a few thousand values
+    /// ```
+    pub fn clipping_unit(&self, values: u64) -> u64 {
+        values.div_ceil(self.max_message()).max(1)
     }
 
     /// The canonical bytes of the plan (`docs/wire-format.md`, "plan digest").
@@ -229,11 +248,11 @@ impl Plan {
         Sha256::digest(self.canonical_bytes()).into()
     }
 
-    /// Bound on one contribution's `|m|`: `⌈c_max·B/s⌉ + 1`.
-    #[cfg(test)]
-    pub(crate) fn max_message(&self) -> f64 {
+    /// Bound `M` on one contribution's `|m|` in any slot: `⌈c_max·B/s⌉ + 1` (saturating).
+    pub fn max_message(&self) -> u64 {
         let (_, c_max) = self.request.weighting.bounds();
-        (c_max as f64 * self.request.clip_bound / self.step).ceil() + 1.0
+        // `as` saturates: a bound beyond u64 (never feasible anyway) reads as u64::MAX.
+        ((c_max as f64 * self.request.clip_bound / self.step).ceil() + 1.0) as u64
     }
 }
 
@@ -357,7 +376,40 @@ fn infeasible(params: &ParameterSet, request: &PlanRequest, b: &Budget) -> PlanE
             break;
         }
         if feasible(&PlanRequest { max_abs_error: e, ..*request }) {
-            nearest.push(format!("max_abs_error ≥ {e:.2e}"));
+            // Stated a little above the bound found, so that its rounding for print stays
+            // feasible (±0.5 % at three digits).
+            nearest.push(format!("max_abs_error ≥ {:.2e}", e * 1.01));
+            break;
+        }
+    }
+    // The settings the operator controls come first: a lower largest count or clip bound
+    // (always acceptable to the sites), then the rest.
+    if let Weighting::Samples { min_count, max_count } = request.weighting {
+        let with_max = |m: u64| PlanRequest {
+            weighting: Weighting::Samples { min_count, max_count: m },
+            ..*request
+        };
+        if min_count < max_count && feasible(&with_max(min_count)) {
+            let (mut lo, mut hi) = (min_count, max_count);
+            while lo + 1 < hi {
+                let mid = lo + (hi - lo) / 2;
+                if feasible(&with_max(mid)) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            nearest.push(format!("max_count ≤ {lo}"));
+        }
+    }
+    let mut clip = request.clip_bound;
+    for _ in 0..200 {
+        clip /= 1.1;
+        if clip < request.max_abs_error {
+            break;
+        }
+        if feasible(&PlanRequest { clip_bound: clip, ..*request }) {
+            nearest.push(format!("clip_bound ≤ {:.3e}", clip * 0.999));
             break;
         }
     }
@@ -383,9 +435,10 @@ fn infeasible(params: &ParameterSet, request: &PlanRequest, b: &Budget) -> PlanE
             nearest.push(format!("min_count ≥ {hi}"));
         }
     }
-    let mut lo = 1u32;
+    // A round of one contribution is an update, not a mean: never suggested.
+    let mut lo = 2u32;
     let mut hi = request.max_clients;
-    if feasible(&PlanRequest { max_clients: 1, ..*request }) {
+    if hi > 2 && feasible(&PlanRequest { max_clients: 2, ..*request }) {
         while lo + 1 < hi {
             let mid = lo + (hi - lo) / 2;
             if feasible(&PlanRequest { max_clients: mid, ..*request }) {
@@ -448,7 +501,7 @@ mod tests {
                     let Ok(p) = plan(&params, &r) else { continue };
                     let delta = p.delta().delta() as f64;
                     let cf = c as f64;
-                    assert!((cf * p.max_message() + 0.5) * delta <= 2f64.powi(63), "{r:?}");
+                    assert!((cf * p.max_message() as f64 + 0.5) * delta <= 2f64.powi(63), "{r:?}");
                     let sigma = crate::noise::aggregate_variance(&params, p.transport(), c).sqrt();
                     assert!(TAIL_Z * sigma < delta / 2.0, "{r:?}");
                     assert!(2.0 * TAIL_Z * params.key_std() * cf.sqrt() < delta, "{r:?}");
@@ -477,6 +530,34 @@ mod tests {
         let err = plan(&params, &wide).unwrap_err().to_string();
         assert!(err.contains("min_count ≥ 4"), "{err}");
         assert!(err.contains("max_abs_error ≥"), "{err}");
+    }
+
+    #[test]
+    fn refusals_offer_settings_the_operator_controls() {
+        // A FedAvg round as a Flower strategy creates it: counts from 1 (a site's sample count
+        // is whatever it holds), a wide count range, an error of 1e-7. Before, the refusal
+        // offered only `min_count ≥ …` (sites cannot promise it) and `max_clients ≤ 1`.
+        let params = ParameterSet::default_128();
+        let r = PlanRequest {
+            max_clients: 3,
+            clip_bound: 1.0,
+            max_abs_error: 1e-7,
+            weighting: Weighting::Samples { min_count: 1, max_count: 100_000_000 },
+        };
+        let err = plan(&params, &r).unwrap_err().to_string();
+        assert!(err.contains("max_count ≤ "), "{err}");
+        assert!(err.contains("clip_bound ≤ "), "{err}");
+        assert!(!err.contains("max_clients ≤ 1"), "{err}");
+        // Each suggestion is feasible as stated.
+        let at = |key: &str| -> f64 {
+            let rest = &err[err.find(key).unwrap() + key.len()..];
+            rest.split(|c: char| c == ',' || c == ' ' || c == ')').next().unwrap().parse().unwrap()
+        };
+        let max_count = at("max_count ≤ ") as u64;
+        let with = PlanRequest { weighting: Weighting::Samples { min_count: 1, max_count }, ..r };
+        assert!(plan(&params, &with).is_ok(), "{err}");
+        let with = PlanRequest { clip_bound: at("clip_bound ≤ "), ..r };
+        assert!(plan(&params, &with).is_ok(), "{err}");
     }
 
     #[test]

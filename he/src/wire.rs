@@ -16,7 +16,7 @@ use crate::sharing::{KeyShare, Release, ShareIndex, SHARE_PRIME};
 /// The four magic bytes that open every object.
 pub const MAGIC: [u8; 4] = *b"CFHE";
 /// The format version this build writes and reads.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Length of a ciphertext header.
 pub const HEADER_LEN: usize = 64;
 /// Length of a key-share or release header.
@@ -66,7 +66,7 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_slots: MAX_VALUES + 1 }
+        Self { max_slots: MAX_VALUES + crate::planner::CLIPPING_SLOTS + 1 }
     }
 }
 

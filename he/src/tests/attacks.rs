@@ -113,10 +113,15 @@ fn a_release_shifting_the_key_by_a_multiple_of_delta_is_caught_by_the_range_chec
     let naive = AggregateKey::from_coefficients(shifted);
     let contributors = r.aggregate.header().contributors();
     assert!(naive.check_range(&r.setup, contributors).is_err());
-    let prepared = naive.decrypt_without_range_check(&r.setup, &r.aggregate);
     let honest = AggregateKey::sum_of(&r.keys).decrypt(&r.setup, &r.aggregate).unwrap();
-    let wrong = prepared.expect("the residual self-check alone does not see the shift");
-    assert_ne!(wrong.sums(), honest.sums());
+    match naive.decrypt_without_range_check(&r.setup, &r.aggregate) {
+        Ok(wrong) => assert_ne!(wrong.sums(), honest.sums()),
+        // The shift moves every slot by a pseudorandom number of steps, the clipping slots
+        // too, whose sums then usually leave their range: a second, incidental safeguard.
+        // What matters is that the residual self-check passed.
+        Err(Error::CountOutOfRange) => {}
+        Err(e) => panic!("the residual self-check alone does not see the shift, yet: {e}"),
+    }
 }
 
 /// Committees: a corrupted release (random or shifted by Δ) is detected; with n − t ≥ 2 the

@@ -3,6 +3,7 @@
 //! defeat, golden wire hashes and rejection paths.
 
 mod attacks;
+mod clipping;
 mod golden;
 mod interop;
 mod noise;
