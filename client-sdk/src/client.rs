@@ -404,11 +404,54 @@ impl Client {
                 Err(e) => return Err(e),
             }
             if Instant::now() + pause > until {
-                return Err(ClientError::Timeout(round.to_string()));
+                let waits = match self.round(round).await {
+                    Ok(info) => waiting_for(&info),
+                    Err(e) => format!("(its state could not be read: {e})"),
+                };
+                return Err(ClientError::Timeout(format!("`{round}` {waits}")));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+/// What a round that is not published yet waits for, in words: its uploads against its
+/// bounds, and what publishes it.
+pub(crate) fn waiting_for(info: &RoundInfo) -> String {
+    let s = &info.spec;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let left = info.deadline - now;
+    let deadline = if left >= 0 {
+        format!("its deadline in {} (by this machine's clock)", human_duration(left))
+    } else {
+        format!("its deadline, passed {} ago (by this machine's clock)", human_duration(-left))
+    };
+    match info.state {
+        RoundState::Open => format!(
+            "(open: {} of {}–{} uploads; it publishes once {} sites have uploaded, at {deadline}              with at least {}, or when an operator closes it)",
+            info.uploads, s.min_clients, s.max_clients, s.max_clients, s.min_clients
+        ),
+        RoundState::Aggregating => format!(
+            "(aggregating {} uploads: summing them and waiting for the key managers to record              the contributor set, i.e. for every contributor's key shares to be deposited)",
+            info.uploads
+        ),
+        RoundState::Published => "(published)".into(),
+        RoundState::Failed => {
+            format!("(failed: {})", info.failure.as_deref().unwrap_or("no reason given"))
+        }
+    }
+}
+
+/// `90 s`, `12 min`, `3.5 h`.
+fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s => format!("{:.1} h", s as f64 / 3600.0),
     }
 }
 

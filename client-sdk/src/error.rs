@@ -35,7 +35,7 @@ pub enum ClientError {
         attempts: u32,
     },
     /// The server could not be reached (or the connection broke) after every retry.
-    #[error("cannot reach {service} after {attempts} attempts: {source}")]
+    #[error("cannot reach {service} after {attempts} attempts: {source}{}", causes(source))]
     Transport {
         /// `aggregator` or `kms-<x>`.
         service: String,
@@ -80,8 +80,9 @@ pub enum ClientError {
         /// What was attempted.
         detail: String,
     },
-    /// Waiting for the round ran out of time.
-    #[error("timed out waiting for round `{0}`")]
+    /// Waiting for the round ran out of time; the message says what the round still waits for
+    /// (uploads, its deadline, an operator's close).
+    #[error("timed out waiting for round {0}")]
     Timeout(String),
     /// Encryption or decryption failed in the encryption core.
     #[error("encryption core: {0}")]
@@ -112,3 +113,19 @@ impl ClientError {
 
 /// Shorthand.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// The chain of causes below an HTTP error (`: connection refused`, a certificate problem…):
+/// reqwest's own message names only the request.
+fn causes(e: &reqwest::Error) -> String {
+    let mut out = String::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}

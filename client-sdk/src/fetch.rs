@@ -9,7 +9,7 @@ use crate::http::{decode, protocol, read_body, send, with_retries, Service};
 use crate::progress::{report, Progress, ProgressFn};
 use crate::update::ModelUpdate;
 use cryptflow_he::sharing::Release;
-use cryptflow_he::{decrypt_with_releases, DecodeLimits, PackedCiphertext, Wire};
+use cryptflow_he::{decrypt_with_releases, Clipping, DecodeLimits, PackedCiphertext, Wire};
 use cryptflow_services::api::kms::ReleaseResponse;
 use cryptflow_services::api::round::{RoundInfo, RoundState, Transcript};
 use cryptflow_services::{RoundId, Sha256Digest};
@@ -66,6 +66,10 @@ pub struct Aggregate {
     pub max_abs_error: f64,
     /// The largest `|mean|`, for output-rounding bounds.
     pub largest: f64,
+    /// How many contributions clipping changed, and how many values: decrypted with the mean,
+    /// so every reader learns it. `max_abs_error` is against the *clipped* contributions; a mean
+    /// that clipping shaped can be much further from the mean of the raw updates.
+    pub clipping: Clipping,
     /// What each key manager did.
     pub nodes: Vec<NodeOutcome>,
     /// The releases did not all agree (a node sent a wrong one).
@@ -160,6 +164,7 @@ impl Client {
         let mean: Vec<f64> = decrypted.mean::<f64>();
         let largest = mean.iter().fold(0f64, |m, v| m.max(v.abs()));
         let (contributors, total_weight) = (decrypted.contributors(), decrypted.total_weight());
+        let clipping = decrypted.clipping();
         drop(decrypted);
         Ok(Aggregate {
             mean: ModelUpdate::from_flat(&info.request.layout, mean)?,
@@ -167,6 +172,7 @@ impl Client {
             total_weight,
             max_abs_error,
             largest,
+            clipping,
             nodes,
             inconsistent: checked.inconsistent,
             culprit,
@@ -248,12 +254,10 @@ impl Client {
         let mut releases = Vec::new();
         let mut nodes = Vec::new();
         for (x, outcome) in crate::quorum::gather(calls, t, self.inner.grace).await {
-            let checked = match outcome {
-                None => Err(crate::quorum::no_answer(self.inner.grace)),
-                Some(o) => o
-                    .and_then(|r| check_release(x, r, round, transcript, ring_degree))
-                    .map_err(|e| e.to_string()),
-            };
+            let checked = outcome.and_then(|o| {
+                o.and_then(|r| check_release(x, r, round, transcript, ring_degree))
+                    .map_err(|e| e.to_string())
+            });
             match checked {
                 Ok(r) => {
                     releases.push(r);

@@ -55,6 +55,7 @@ where
             Ok(v) => return Ok(v),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry(e, after)) => {
+                crate::quorum::note_failure(&e);
                 let pause = policy.backoff(n, after);
                 if start.elapsed() + pause > policy.budget {
                     return Err(with_attempts(e, service, n));

@@ -25,10 +25,17 @@ pub(crate) struct Journal {
     path: PathBuf,
 }
 
-/// The fingerprint of an update's values.
-pub(crate) fn fingerprint(update: &ModelUpdate) -> Sha256Digest {
+/// The fingerprint of an update's values, within an experiment (see
+/// [`SubmitOptions::experiment`](crate::SubmitOptions::experiment)).
+pub(crate) fn fingerprint(update: &ModelUpdate, experiment: Option<&str>) -> Sha256Digest {
     let values = update.values();
     let mut h = Sha256::new();
+    if let Some(label) = experiment {
+        // Length-prefixed, so that no label and values run into another's.
+        h.update(b"cryptflow journal experiment\0");
+        h.update((label.len() as u64).to_le_bytes());
+        h.update(label.as_bytes());
+    }
     let mut buf = vec![0f64; 1 << 14];
     let mut at = 0;
     while at < values.len() {
@@ -65,9 +72,10 @@ impl Journal {
         &self,
         round: &RoundId,
         update: &ModelUpdate,
+        experiment: Option<&str>,
         allow: bool,
     ) -> Result<Sha256Digest> {
-        let f = fingerprint(update);
+        let f = fingerprint(update, experiment);
         if self.entries()?.iter().any(|e| e.update_sha256 == f && &e.round == round) {
             return Err(ClientError::AlreadySubmitted(round.to_string()));
         }
@@ -77,7 +85,8 @@ impl Journal {
             {
                 return Err(ClientError::Policy(format!(
                     "this exact update was already submitted to round {}; submitting it to round {round} too \
-                     would let whoever reads both means learn it (pass allow_resubmission to override)",
+                     would let whoever reads both means learn it (a re-run of an experiment: name a new experiment; \
+                     else allow resubmission: `--allow-resubmission`, `allow_resubmission=True`)",
                     e.round
                 )));
             }

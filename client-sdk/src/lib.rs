@@ -48,6 +48,7 @@ pub use update::{ModelUpdate, Tensor, TensorValues};
 
 // Re-exported so that SDK users need no direct dependency for the types in its signatures.
 pub use cryptflow_he::planner::Weighting;
+pub use cryptflow_he::Clipping;
 pub use cryptflow_services::api::round::{
     Layout, RoundInfo, RoundRequest, RoundSpec, RoundState, SubmissionReceipt, TensorLayout,
     Transcript,

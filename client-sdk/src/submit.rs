@@ -40,6 +40,11 @@ pub struct SubmitOptions {
     pub progress: Option<ProgressFn>,
     /// Submit even if the journal says this update went to another round already.
     pub allow_resubmission: bool,
+    /// The experiment this submission belongs to, for the journal: the same update is refused
+    /// in a second round of one experiment, but a deterministic re-run under a new name is not
+    /// a resubmission. Naming a new experiment for the *same* rounds' updates gives up the
+    /// journal's protection for them — only for genuine re-runs.
+    pub experiment: Option<String>,
 }
 
 /// The outcome of [`Client::submit`].
@@ -108,9 +113,12 @@ impl Client {
         let mut m = 0;
         let mut unreachable = Vec::new();
         for (x, outcome) in quorum::gather(calls, t, self.inner.grace).await {
-            let Some(outcome) = outcome else {
-                unreachable.push(format!("{x} ({})", quorum::no_answer(self.inner.grace)));
-                continue;
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(why) => {
+                    unreachable.push(format!("{x} ({why})"));
+                    continue;
+                }
             };
             match outcome {
                 Ok(reg) => {
@@ -216,7 +224,12 @@ impl Client {
         update.check_layout(&info.request.layout)?;
         let journal = self.inner.journal.as_ref().map(Journal::new);
         let fingerprint = match &journal {
-            Some(j) => Some(j.check(round, &update, options.allow_resubmission)?),
+            Some(j) => Some(j.check(
+                round,
+                &update,
+                options.experiment.as_deref(),
+                options.allow_resubmission,
+            )?),
             None => None,
         };
         let verified = self.verify_round(info).await?;
@@ -356,13 +369,13 @@ impl Client {
         let mut failed = Vec::new();
         for (x, outcome) in quorum::gather(calls, t, self.inner.grace).await {
             match outcome {
-                Some(Ok(r)) if r.upload_sha256 == *upload && r.share_index == x => {
+                Ok(Ok(r)) if r.upload_sha256 == *upload && r.share_index == x => {
                     done.push(x);
                     report(progress, Progress::Depositing { done: done.len() as u8, nodes });
                 }
-                Some(Ok(_)) => failed.push(format!("{x} (its receipt names another upload)")),
-                Some(Err(e)) => failed.push(format!("{x} ({e})")),
-                None => failed.push(format!("{x} ({})", quorum::no_answer(self.inner.grace))),
+                Ok(Ok(_)) => failed.push(format!("{x} (its receipt names another upload)")),
+                Ok(Err(e)) => failed.push(format!("{x} ({e})")),
+                Err(why) => failed.push(format!("{x} ({why})")),
             }
         }
         if done.len() < t {

@@ -90,16 +90,19 @@ def start_superlink(work: pathlib.Path, env: dict) -> subprocess.Popen:
     return proc
 
 
-def flwr_run(env: dict, work: pathlib.Path, name: str, secure: bool, rounds: int, stack: pathlib.Path) -> dict:
+def flwr_run(env: dict, work: pathlib.Path, name: str, secure: bool, rounds: int, stack: pathlib.Path,
+             app: pathlib.Path = HERE, extra: str = "") -> dict:
+    """Runs the Flower app `app` once; returns what its ServerApp wrote to the result file."""
     result = work / f"{name}.json"
     run_config = (
         f"secure={'true' if secure else 'false'} num-server-rounds={rounds} "
-        f"stack-file='{stack}' data-file='{ROOT / 'demo' / 'data' / 'digits.csv.gz'}' result-file='{result}'"
+        f"stack-file='{stack}' data-file='{ROOT / 'demo' / 'data' / 'digits.csv.gz'}' result-file='{result}' {extra}"
     )
-    cmd = [str(BIN / "flwr"), "run", str(HERE), "local", "--stream",
-           "--federation-config", "num-supernodes=3", "--run-config", run_config]
+    cmd = [str(BIN / "flwr"), "run", str(app), "local", "--stream",
+           "--federation-config", "num-supernodes=3", "--run-config", run_config.strip()]
     print(f"== {name}: {' '.join(cmd)}", flush=True)
-    # `--stream` returns when the run finishes; the result file says it completed.
+    # `--stream` returns when the run finishes; the result file says it completed (Flower's
+    # exit status does not say whether the ServerApp failed).
     subprocess.run(cmd, env=env, check=True, timeout=900)
     deadline = time.monotonic() + 60
     while not result.exists() and time.monotonic() < deadline:

@@ -11,8 +11,8 @@ use cryptflow_client::{ClientError, Layout, RoundInfo, RoundRequest, SubmitOptio
 use cryptflow_services::protocol::{Claims, SiteKey};
 use cryptflow_services::{ClientId, Role, RoundId};
 use files::{DType, Integers};
-use output::{emit, human_bytes, progress_bar, write_private, CliError};
-use profile::Conn;
+use output::{emit, human_bytes, progress_bar, warn, write_private, CliError};
+use profile::{Conn, Site};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -178,12 +178,14 @@ struct CreateArgs {
     /// Weighting: uniform, or samples (FedAvg by each site's sample count, encrypted).
     #[arg(long, value_enum, default_value_t = WeightingArg::Uniform)]
     weighting: WeightingArg,
-    /// Smallest sample count a site may declare (samples weighting).
-    #[arg(long, default_value_t = 1)]
-    min_count: u64,
-    /// Largest sample count a site may declare (samples weighting).
-    #[arg(long, default_value_t = 1)]
-    max_count: u64,
+    /// Smallest sample count a site may declare (with `--weighting samples`; default 1).
+    #[arg(long)]
+    min_count: Option<u64>,
+    /// Largest sample count a site may declare (required with `--weighting samples`). The
+    /// wider min_count..max_count, the more bits per value; a site with more samples cannot
+    /// contribute (its submit is refused, naming the range).
+    #[arg(long, required_if_eq("weighting", "samples"))]
+    max_count: Option<u64>,
     /// Values are clipped to ±this.
     #[arg(long, default_value_t = 1.0, value_parser = positive_finite)]
     clip: f64,
@@ -195,14 +197,15 @@ struct CreateArgs {
 #[derive(Debug, Args)]
 struct SubmitArgs {
     #[command(flatten)]
-    conn: Conn,
+    site: Site,
     /// The round.
     #[arg(long)]
     round: String,
     /// The update: a .npy or .safetensors file.
     #[arg(long)]
     update: PathBuf,
-    /// Sample count (samples rounds).
+    /// This site's sample count, in `samples` rounds only: an integer between the round's
+    /// min_count and max_count (`round status` shows them).
     #[arg(long)]
     count: Option<u64>,
     /// Leave integer tensors out (they must be left out of the round too).
@@ -211,12 +214,16 @@ struct SubmitArgs {
     /// Submit even if the journal says this update went to another round already.
     #[arg(long)]
     allow_resubmission: bool,
+    /// The experiment this update belongs to, for the journal: a deterministic re-run under a
+    /// new name is not refused as a resubmission.
+    #[arg(long)]
+    experiment: Option<String>,
 }
 
 #[derive(Debug, Args)]
 struct FetchArgs {
     #[command(flatten)]
-    conn: Conn,
+    site: Site,
     /// The round.
     #[arg(long)]
     round: String,
@@ -248,7 +255,12 @@ fn main() -> ExitCode {
             emit(e.to_string().trim_end());
             return ExitCode::SUCCESS;
         }
-        Err(e) => return CliError::usage(e.to_string().trim().to_owned()).report(json),
+        // clap's message starts with its own `error: `; the report adds one.
+        Err(e) => {
+            let message = e.to_string();
+            let message = message.trim().trim_start_matches("error:").trim_start();
+            return CliError::usage(message.to_owned()).report(json);
+        }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -399,10 +411,18 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
         args.clients.iter().map(|c| client_id(c.trim(), "--clients")).collect::<Result<_, _>>()?;
     let n = u32::try_from(clients.len()).map_err(|_| CliError::usage("too many clients"))?;
     let weighting = match args.weighting {
-        WeightingArg::Uniform => Weighting::Uniform,
-        WeightingArg::Samples => {
-            Weighting::Samples { min_count: args.min_count, max_count: args.max_count }
+        WeightingArg::Uniform if args.min_count.is_some() || args.max_count.is_some() => {
+            return Err(CliError::usage(
+                "--min-count and --max-count apply to --weighting samples only",
+            ))
         }
+        WeightingArg::Uniform => Weighting::Uniform,
+        WeightingArg::Samples => Weighting::Samples {
+            min_count: args.min_count.unwrap_or(1),
+            max_count: args
+                .max_count
+                .ok_or_else(|| CliError::usage("--weighting samples needs --max-count"))?,
+        },
     };
     let (deadline, deadline_in_secs) = match args.deadline {
         Some(d) => (Some(d), None),
@@ -432,6 +452,32 @@ fn state_name(info: &RoundInfo) -> String {
         .unwrap_or_default()
 }
 
+/// Unix seconds as this machine's local time, with the offset and how far away it is.
+fn local_time(unix: i64) -> String {
+    use chrono::{Local, TimeZone};
+    match Local.timestamp_opt(unix, 0).single() {
+        Some(t) => {
+            let left = unix - Local::now().timestamp();
+            let when = match left {
+                l if l >= 0 => format!("in {}", human_duration(l)),
+                l => format!("{} ago", human_duration(-l)),
+            };
+            format!("{} ({when})", t.format("%Y-%m-%d %H:%M:%S %:z"))
+        }
+        None => format!("{unix} (Unix seconds)"),
+    }
+}
+
+/// `90 s`, `12 min`, `3.5 h`, `2.0 days`.
+fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{:.1} h", s as f64 / 3600.0),
+        s => format!("{:.1} days", s as f64 / 86_400.0),
+    }
+}
+
 fn print_round(info: &RoundInfo, json: bool) {
     if json {
         emit(&serde_json::to_string(info).unwrap_or_default());
@@ -450,7 +496,7 @@ fn print_round(info: &RoundInfo, json: bool) {
         info.uploads,
         s.min_clients,
         s.max_clients,
-        info.deadline
+        local_time(info.deadline)
     ));
     let upload = cryptflow_services::protocol::upload_len(s).unwrap_or(0);
     emit(&format!(
@@ -459,6 +505,18 @@ fn print_round(info: &RoundInfo, json: bool) {
         human_bytes(upload),
         upload as f64 / s.values.max(1) as f64,
         info.echoes.iter().map(|e| e.share_index).collect::<Vec<_>>()
+    ));
+    emit(&format!(
+        "  values clipped to ±{}; {}",
+        s.plan.clip_bound(),
+        match s.plan.weighting() {
+            Weighting::Uniform => "uniform weighting".to_owned(),
+            Weighting::Samples { min_count, max_count } => {
+                format!(
+                    "weighted by sample counts, each site's --count in {min_count}..={max_count}"
+                )
+            }
+        }
     ));
     if let Some(t) = &info.transcript {
         emit(&format!(
@@ -477,13 +535,14 @@ fn print_round(info: &RoundInfo, json: bool) {
 async fn submit(args: SubmitArgs, json: bool) -> Result<(), CliError> {
     let integers = if args.pass_integers { Integers::PassThrough } else { Integers::Refuse };
     let loaded = files::read(&args.update, integers)?;
-    let client = args.conn.client()?;
+    let client = args.site.client()?;
     let values = loaded.update.len();
     let (bar, progress) = progress_bar(json);
     let options = SubmitOptions {
         count: args.count,
         progress: Some(progress),
         allow_resubmission: args.allow_resubmission,
+        experiment: args.experiment,
     };
     let result = client.submit(&round_id(&args.round)?, Arc::new(loaded.update), options).await;
     bar.finish_and_clear();
@@ -545,7 +604,7 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
         (None, Some(d)) => (vec![d], Vec::new()),
         (None, None) => (vec![DType::F32], Vec::new()),
     };
-    let client = args.conn.client()?;
+    let client = args.site.client()?;
     let round = round_id(&args.round)?;
     if args.wait > 0 {
         client.wait_for_aggregate(&round, Duration::from_secs(args.wait)).await?;
@@ -559,6 +618,12 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
     let bound =
         dtypes.iter().map(|d| agg.max_abs_error_as(d.output())).fold(agg.max_abs_error, f64::max);
     let answered: Vec<u8> = agg.nodes.iter().filter(|n| n.problem.is_none()).map(|n| n.x).collect();
+    let c = agg.clipping;
+    let clipped_values = if c.values_at_least == c.values_at_most {
+        format!("{}", c.values_at_most)
+    } else {
+        format!("{}–{}", c.values_at_least, c.values_at_most)
+    };
     if json {
         emit(
             &serde_json::json!({
@@ -567,6 +632,12 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
                 "contributors": agg.contributors,
                 "total_weight": agg.total_weight,
                 "max_abs_error": bound,
+                "clipping": {
+                    "contributions": c.contributions,
+                    "values_at_least": c.values_at_least,
+                    "values_at_most": c.values_at_most,
+                    "of_values": c.of_values,
+                },
                 "bytes": agg.bytes,
                 "key_managers_answered": answered,
                 "culprit": agg.culprit,
@@ -584,6 +655,22 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
             bound,
             answered
         ));
+        if c.any() {
+            // The bound above is against the clipped contributions, not the raw updates.
+            warn(&format!(
+                "warning: clipping shaped this mean: {} of {} contributions had values beyond the round's \
+                 clip bound ±{}, {clipped_values} of {} values ({:.2} % at most) were clipped; the error bound \
+                 is against the clipped values and the mean may be much further from the mean of the raw \
+                 updates (raise --clip on round create)",
+                c.contributions,
+                agg.contributors,
+                agg.round.spec.plan.clip_bound(),
+                c.of_values,
+                100.0 * c.fraction_at_most()
+            ));
+        } else {
+            emit("  no value of any contribution was clipped");
+        }
         for n in agg.nodes.iter().filter(|n| n.problem.is_some()) {
             emit(&format!("  key manager {}: {}", n.x, n.problem.as_deref().unwrap_or("")));
         }

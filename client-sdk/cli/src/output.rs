@@ -117,6 +117,11 @@ pub fn emit(line: &str) {
     }
 }
 
+/// Prints a warning on stderr (a result that holds, but not as a reader would assume).
+pub fn warn(line: &str) {
+    eprintln!("{line}");
+}
+
 /// Writes a new file readable by its owner only (mode 0600); never overwrites.
 pub fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<(), CliError> {
     cryptflow_services::private_fs::write_new(path, contents).map_err(|e| {

@@ -15,7 +15,7 @@
 
 use crate::output::CliError;
 use clap::Args;
-use cryptflow_client::{Client, ClientPolicy, RetryPolicy, Token};
+use cryptflow_client::{Client, ClientBuilder, ClientPolicy, RetryPolicy, Token};
 use cryptflow_services::protocol::{Committee, SiteKey};
 use cryptflow_services::ClientId;
 use serde::Deserialize;
@@ -35,13 +35,26 @@ pub struct Conn {
     /// File holding the aggregator token.
     #[arg(long, env = "CRYPTFLOW_AGGREGATOR_TOKEN_FILE")]
     aggregator_token_file: Option<PathBuf>,
-    /// The key-manager committee file this site pins (needed by submit and fetch).
+    /// Also trust this PEM bundle of certificate authorities for HTTPS.
+    #[arg(long, env = "CRYPTFLOW_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Keep retrying unreachable or failing servers for this many seconds (0: one attempt).
+    #[arg(long, env = "CRYPTFLOW_RETRY_BUDGET", default_value_t = 120)]
+    retry_budget: u64,
+}
+
+/// The flags of a site's commands (submit, fetch): who it is and what it trusts.
+#[derive(Debug, Args)]
+pub struct Site {
+    #[command(flatten)]
+    conn: Conn,
+    /// The key-manager committee file this site pins.
     #[arg(long, env = "CRYPTFLOW_COMMITTEE_FILE")]
     committee_file: Option<PathBuf>,
-    /// This site's client id (needed by submit and fetch).
+    /// This site's client id.
     #[arg(long, env = "CRYPTFLOW_CLIENT_ID")]
     client_id: Option<String>,
-    /// This site's roster key (`cryptflow keygen`; needed by submit and fetch).
+    /// This site's roster key (`cryptflow keygen`).
     #[arg(long, env = "CRYPTFLOW_KEY_FILE")]
     key_file: Option<PathBuf>,
     /// Fetch as a roster reader rather than a contributor.
@@ -53,12 +66,6 @@ pub struct Conn {
     /// Refuse rounds that allow fewer contributors than this (at least 2).
     #[arg(long, env = "CRYPTFLOW_MIN_CONTRIBUTORS", value_parser = clap::value_parser!(u32).range(2..))]
     min_contributors: Option<u32>,
-    /// Also trust this PEM bundle of certificate authorities for HTTPS.
-    #[arg(long, env = "CRYPTFLOW_CA_FILE")]
-    ca_file: Option<PathBuf>,
-    /// Keep retrying unreachable or failing servers for this many seconds (0: one attempt).
-    #[arg(long, env = "CRYPTFLOW_RETRY_BUDGET", default_value_t = 120)]
-    retry_budget: u64,
 }
 
 /// The profile file's contents.
@@ -84,8 +91,14 @@ fn read(path: &Path, what: &str) -> Result<Zeroizing<String>, CliError> {
 }
 
 impl Conn {
-    /// Resolves the settings (flags and variables over the profile) and builds a client.
+    /// Resolves the settings (flags and variables over the profile) and builds a client of the
+    /// aggregator alone (an operator's or a reader's commands that need no committee).
     pub fn client(&self) -> Result<Client, CliError> {
+        let (builder, _, _) = self.builder()?;
+        builder.build().map_err(CliError::from)
+    }
+
+    fn builder(&self) -> Result<(ClientBuilder, Profile, PathBuf), CliError> {
         let (profile, dir) = match &self.profile {
             Some(p) => {
                 let text = read(p, "--profile")?;
@@ -95,30 +108,47 @@ impl Conn {
             }
             None => (Profile::default(), PathBuf::new()),
         };
-        let rel = |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { dir.join(p) });
-        let aggregator = self.aggregator.clone().or(profile.aggregator).ok_or_else(|| {
-            CliError::usage(
+        let aggregator =
+            self.aggregator.clone().or(profile.aggregator.clone()).ok_or_else(|| {
+                CliError::usage(
                 "no aggregator: pass --aggregator URL, set CRYPTFLOW_AGGREGATOR, or use --profile",
             )
-        })?;
-        let token_file = self.aggregator_token_file.clone().or(rel(profile.aggregator_token_file));
-        let committee_file = self.committee_file.clone().or(rel(profile.committee_file));
-        let client_id = self.client_id.clone().or(profile.client_id);
-        let key_file = self.key_file.clone().or(rel(profile.key_file));
-        let journal = self.journal_file.clone().or(rel(profile.journal_file));
-        let min_contributors = self.min_contributors.or(profile.min_contributors);
-        let ca_file = self.ca_file.clone().or(rel(profile.ca_file));
-
+            })?;
+        let token_file = self
+            .aggregator_token_file
+            .clone()
+            .or(relative(&dir, profile.aggregator_token_file.clone()));
+        let ca_file = self.ca_file.clone().or(relative(&dir, profile.ca_file.clone()));
         let retry = RetryPolicy {
             budget: Duration::from_secs(self.retry_budget),
             ..RetryPolicy::default()
         };
-        let mut builder =
-            Client::builder(aggregator).reader(self.reader || profile.reader).retry(retry);
+        let mut builder = Client::builder(aggregator).retry(retry);
         if let Some(f) = token_file {
             builder =
                 builder.aggregator_token(Token::new(read(&f, "--aggregator-token-file")?.as_str()));
         }
+        if let Some(f) = ca_file {
+            builder = builder.root_certificates_pem(read(&f, "--ca-file")?.as_bytes());
+        }
+        Ok((builder, profile, dir))
+    }
+}
+
+fn relative(dir: &Path, p: Option<PathBuf>) -> Option<PathBuf> {
+    p.map(|p| if p.is_absolute() { p } else { dir.join(p) })
+}
+
+impl Site {
+    /// Resolves the settings (flags and variables over the profile) and builds a site's client.
+    pub fn client(&self) -> Result<Client, CliError> {
+        let (mut builder, profile, dir) = self.conn.builder()?;
+        let committee_file = self.committee_file.clone().or(relative(&dir, profile.committee_file));
+        let client_id = self.client_id.clone().or(profile.client_id);
+        let key_file = self.key_file.clone().or(relative(&dir, profile.key_file));
+        let journal = self.journal_file.clone().or(relative(&dir, profile.journal_file));
+        let min_contributors = self.min_contributors.or(profile.min_contributors);
+        builder = builder.reader(self.reader || profile.reader);
         if let Some(f) = committee_file {
             let text = read(&f, "--committee-file")?;
             let committee = Committee::from_toml(&text)
@@ -139,9 +169,6 @@ impl Conn {
                 return Err(CliError::usage("--client-id needs --key-file (the site's roster key)"))
             }
             (None, Some(_)) => return Err(CliError::usage("--key-file needs --client-id")),
-        }
-        if let Some(f) = ca_file {
-            builder = builder.root_certificates_pem(read(&f, "--ca-file")?.as_bytes());
         }
         if let Some(j) = journal {
             builder = builder.journal(j);

@@ -226,7 +226,7 @@ impl NativeClient {
 
     /// `tensors`: `(name, float array)` pairs, in any order (the SDK takes the round's); a single pair named
     /// `""` holding a 1-D array is a flat vector. Returns the submission as JSON.
-    #[pyo3(signature = (round, tensors, count=None, allow_resubmission=false, progress=None))]
+    #[pyo3(signature = (round, tensors, count=None, allow_resubmission=false, experiment=None, progress=None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -234,6 +234,7 @@ impl NativeClient {
         tensors: Vec<(String, Bound<'_, PyAny>)>,
         count: Option<u64>,
         allow_resubmission: bool,
+        experiment: Option<String>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<String> {
         let round = round_id(round)?;
@@ -256,7 +257,12 @@ impl NativeClient {
                     .collect::<PyResult<_>>()?,
             ),
         };
-        let options = SubmitOptions { count, progress: progress_fn(progress), allow_resubmission };
+        let options = SubmitOptions {
+            count,
+            progress: progress_fn(progress),
+            allow_resubmission,
+            experiment,
+        };
         let update = Arc::new(update);
         let s = py
             .detach(|| self.runtime.block_on(self.client.submit(&round, update, options)))
@@ -299,6 +305,12 @@ impl NativeClient {
                         "total_weight": a.total_weight,
                         "max_abs_error": a.max_abs_error,
                         "largest": a.largest,
+                        "clipping": {
+                            "contributions": a.clipping.contributions,
+                            "values_at_least": a.clipping.values_at_least,
+                            "values_at_most": a.clipping.values_at_most,
+                            "of_values": a.clipping.of_values,
+                        },
                         "nodes": nodes,
                         "inconsistent": a.inconsistent,
                         "culprit": a.culprit,

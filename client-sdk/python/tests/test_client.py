@@ -217,3 +217,86 @@ def test_bad_arguments_name_the_argument(stack):
 
     with pytest.raises(native.NativeError, match="retry_budget"):
         native.NativeClient(stack["aggregator"], retry_budget_secs=1e20)
+
+
+def test_every_tensor_a_model_has_round_trips_in_shape_and_dtype(stack):
+    # The shapes a real model's state dict holds: 0-d (BatchNorm's num_batches_tracked, a
+    # scalar temperature), empty (a pruned layer), 1-d, large, every float dtype. Before, a
+    # float16 0-d tensor came back as shape (1,).
+    import ml_dtypes
+
+    u = {
+        "temperature": np.array(0.25, np.float32),
+        "half_scalar": np.array(0.5, np.float16),
+        "pruned": np.zeros((0,), np.float32),
+        "pruned_2d": np.zeros((3, 0), np.float64),
+        "bias": np.linspace(-1, 1, 7, dtype=np.float64),
+        "weight": np.linspace(-0.5, 0.5, 3000, dtype=np.float32).reshape(30, 100),
+        "half": np.linspace(-1, 1, 5).astype(np.float16),
+        "brain": np.linspace(-1, 1, 6).astype(ml_dtypes.bfloat16).reshape(2, 3),
+        "bn.num_batches_tracked": np.array(7, np.int64),
+    }
+    admin(stack).create_round("py-shapes", clients=["site-0", "site-1"], like=u, pass_integers=True)
+    for i in range(2):
+        site(stack, f"site-{i}").submit("py-shapes", u, pass_integers=True)
+    reader = site(stack, "site-0")
+    reader.wait_for_aggregate("py-shapes", timeout=60)
+    agg = reader.fetch_mean("py-shapes", like=u)
+    assert list(agg.mean) == list(u)
+    for name, a in u.items():
+        got = agg.mean[name]
+        assert (got.shape, got.dtype) == (a.shape, a.dtype), name
+        assert np.abs(got.astype(np.float64) - a.astype(np.float64)).max(initial=0) <= agg.max_abs_error, name
+
+
+def test_every_reader_learns_how_much_clipping_shaped_the_mean(stack):
+    admin(stack).create_round("py-clip", clients=["site-0", "site-1"], dim=1000, clip=1.0)
+    wild = np.zeros(1000)
+    wild[:90] = 5.0  # 90 values beyond the bound at one site
+    r = site(stack, "site-0").submit("py-clip", wild)
+    assert r["clipped"] == 90  # the site knew; before, only the site knew
+    site(stack, "site-1").submit("py-clip", np.full(1000, 0.5))
+    reader = site(stack, "server-app")  # a roster reader, not a contributor
+    reader.wait_for_aggregate("py-clip", timeout=60)
+    agg = reader.fetch_mean("py-clip", dtype=np.float64)
+    c = agg.clipping
+    assert (c.contributions, c.values_at_least, c.values_at_most, c.of_values) == (1, 90, 90, 2000)
+    assert c.any and c.fraction_at_most == 90 / 2000
+    # The error bound is about the clipped values: the mean of the raw updates is 2.0 away.
+    assert abs(agg.mean[0] - (5.0 + 0.5) / 2) > 1.0 > agg.max_abs_error
+
+
+def test_samples_rounds_need_a_max_count(stack):
+    a = admin(stack)
+    with pytest.raises(cryptflow.InputError, match="max_count: required with weighting='samples'"):
+        a.create_round("py-samples-nomax", clients=["site-0", "site-1"], dim=10, weighting="samples")
+    with pytest.raises(cryptflow.InputError, match="max_count: applies to weighting='samples' only"):
+        a.create_round("py-samples-nomax", clients=["site-0", "site-1"], dim=10, max_count=5)
+    a.create_round("py-samples", clients=["site-0", "site-1"], dim=10, weighting="samples", max_count=1000)
+    site(stack, "site-0").submit("py-samples", np.zeros(10), count=100)
+    with pytest.raises(cryptflow.InputError, match="1000"):
+        site(stack, "site-1").submit("py-samples", np.zeros(10), count=1001)
+
+
+def test_a_rerun_under_a_new_experiment_is_not_a_resubmission(stack, tmp_path):
+    a = admin(stack)
+    for r in ("py-exp-1", "py-exp-2", "py-exp-3"):
+        a.create_round(r, clients=["site-2", "site-3"], dim=50)
+    s = site(stack, "site-3", journal_file=tmp_path / "site-3.journal")
+    x = np.linspace(-1, 1, 50)
+    s.submit("py-exp-1", x, experiment="run-1")
+    with pytest.raises(cryptflow.PolicyError, match="name a new experiment"):
+        s.submit("py-exp-2", x, experiment="run-1")
+    s.submit("py-exp-2", x, experiment="run-2")  # the deterministic re-run
+    with pytest.raises(cryptflow.PolicyError, match="py-exp-2"):
+        s.submit("py-exp-3", x, experiment="run-2")
+
+
+def test_a_wait_that_times_out_says_what_the_round_waits_for(stack):
+    admin(stack).create_round("py-waits", clients=["site-0", "site-1", "site-2"], dim=10, min_clients=2)
+    site(stack, "site-0").submit("py-waits", np.zeros(10))
+    with pytest.raises(cryptflow.RoundStateError) as e:
+        site(stack, "site-0").wait_for_aggregate("py-waits", timeout=0.5)
+    # Before: "timed out waiting for round `py-waits`" and nothing else.
+    assert "1 of 2–3 uploads" in str(e.value) and "deadline in" in str(e.value), e.value
+    assert "closes it" in str(e.value), e.value

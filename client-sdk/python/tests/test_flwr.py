@@ -9,15 +9,20 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from cryptflow.flwr import ROUND_KEY, SecureAggregationMod  # noqa: E402
+import cryptflow  # noqa: E402
+from cryptflow.flwr import (  # noqa: E402
+    INTEGERS_KEY, ROUND_KEY, AdaptiveClip, CryptflowFedAvg, RoundFailedError, SecureAggregationMod,
+)
 from conftest import admin, site  # noqa: E402
 
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
 WEIGHTS = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "steps": np.array(3, dtype=np.int64)}
 
 
-def message(kind="train", round_id="r", weights=WEIGHTS):
+def message(kind="train", round_id="r", weights=WEIGHTS, integers=None):
     config = ConfigRecord({ROUND_KEY: round_id} if round_id else {})
+    if integers:
+        config[INTEGERS_KEY] = integers
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}), "config": config})
     return Message(content, dst_node_id=1, message_type=kind)
 
@@ -101,3 +106,61 @@ def test_a_train_reply_carries_metrics_and_the_receipt_only(stack, tmp_path):
     w = WEIGHTS["w"]
     exact = (w + np.float32(0.25)).astype(np.float64) - w.astype(np.float64)  # float32 training
     assert np.abs(agg.mean["w"] - exact).max() <= agg.max_abs_error
+
+
+def test_the_mean_integer_policy_averages_integer_buffers(stack, tmp_path):
+    # `steps` (an int64 0-d buffer) goes into the round as a float update and comes back as
+    # the mean of the sites' increments.
+    like = {"w": np.zeros((3, 4)), "steps": np.zeros(())}
+    admin(stack).create_round("py-mod-ints", clients=["site-2", "site-3"], like=like, weighting="samples",
+                              max_count=1000, clip=4.0)
+
+    def train_steps(msg, ctx):
+        new = {k: Array(np.asarray(a + 0.25 if a.dtype.kind == "f" else a + 3))
+               for k, a in ((k, v.numpy()) for k, v in msg.content["arrays"].items())}
+        return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": 10})}),
+                       reply_to=msg)
+
+    for i in (2, 3):
+        mod = SecureAggregationMod(lambda ctx, i=i: site(stack, f"site-{i}", journal_file=tmp_path / f"{i}.j"))
+        out = mod(message(round_id="py-mod-ints", integers="mean"), context(), train_steps)
+        assert not out.has_error(), out.error
+    reader = site(stack, "server-app")
+    reader.wait_for_aggregate("py-mod-ints", timeout=60)
+    agg = reader.fetch_mean("py-mod-ints", like=like)
+    assert agg.mean["steps"].shape == ()
+    assert abs(float(agg.mean["steps"]) - 3.0) <= agg.max_abs_error
+
+
+def test_a_refused_site_or_a_failed_round_fails_the_run(stack):
+    from flwr.app import Error
+
+    strategy = CryptflowFedAvg(admin(stack), site(stack, "server-app"), ["site-0", "site-1"],
+                               round_prefix="py-strategy", clip=1.0)
+    strategy._current = {"w": WEIGHTS["w"]}
+    strategy._round = ("py-strategy-1", 2)
+    asked = message(round_id="py-strategy-1")
+    refused = Message(Error(code=0, reason="CryptFlow: InputError: count 5000 is beyond max_count 1000"),
+                      reply_to=asked)
+    # Before: a warning line and an unchanged model — the run went on and exited 0.
+    with pytest.raises(RoundFailedError, match="max_count 1000"):
+        strategy.aggregate_train(1, [refused])
+    # A CryptFlow round that never publishes (nobody uploaded to it) fails the run too.
+    admin(stack).create_round("py-strategy-2", clients=["site-0", "site-1"], dim=12)
+    strategy._current, strategy._round, strategy.wait = {"w": WEIGHTS["w"]}, ("py-strategy-2", 2), 1.0
+    ok = Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}), reply_to=asked)
+    with pytest.raises(RoundFailedError, match="py-strategy-2"):
+        strategy.aggregate_train(2, [ok, ok])
+    assert issubclass(RoundFailedError, cryptflow.CryptflowError)
+
+
+def test_adaptive_clipping_follows_andrew_et_al():
+    a = AdaptiveClip(initial=1.0, target_unclipped_quantile=0.9, learning_rate=0.5)
+    # clip · exp(−η (b − γ)): grows while contributions clip, shrinks while none does.
+    assert a.next(1.0, 0.0) == pytest.approx(np.exp(0.45))
+    assert a.next(2.0, 1.0) == pytest.approx(2.0 * np.exp(-0.05))
+    assert a.next(1.0, 0.9) == pytest.approx(1.0)
+    assert AdaptiveClip(max_clip=1.5).next(1.0, 0.0) == 1.5
+    for bad in ({"initial": 0}, {"target_unclipped_quantile": 0}, {"learning_rate": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            AdaptiveClip(**bad)

@@ -9,7 +9,8 @@ use crate::{AggregateKey, ClientKey, PackedCiphertext, ParameterSet, RoundSetup,
 /// Encrypts `inputs` (one per client, with `counts` in `samples` rounds), sums, decrypts.
 fn decrypt(setup: &RoundSetup, inputs: &[Vec<f64>], counts: &[Option<u64>]) -> crate::Decrypted {
     let params = ParameterSet::default_128();
-    let keys: Vec<ClientKey> = inputs.iter().map(|_| ClientKey::generate(&params).unwrap()).collect();
+    let keys: Vec<ClientKey> =
+        inputs.iter().map(|_| ClientKey::generate(&params).unwrap()).collect();
     let mut sum = RunningSum::zero(setup, 0..setup.slots()).unwrap();
     for ((k, x), c) in keys.iter().zip(inputs).zip(counts) {
         let e = k.encryptor(setup, *c).unwrap();

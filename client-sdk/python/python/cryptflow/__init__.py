@@ -5,8 +5,8 @@ untrusted aggregator sums the uploads; a committee of key managers — run by di
 organisations — holds Shamir shares of the sites' keys and releases only the sum of the
 contributors' keys, which opens the (weighted) mean and nothing else.
 
-This package is the client: :class:`Client` submits updates (numpy arrays, or dicts of them
-such as a PyTorch ``state_dict`` converted with ``.numpy()``) and fetches means;
+This package is the client: :class:`Client` submits updates (numpy arrays or PyTorch CPU
+tensors, or dicts of them such as a model's ``state_dict()``) and fetches means;
 :mod:`cryptflow.flwr` plugs it into a Flower app. The work is done by the Rust SDK
 (``cryptflow._native``); the GIL is released during encryption, uploads, downloads and
 decryption.
@@ -39,6 +39,7 @@ __version__: str = _native.VERSION
 
 __all__ = [
     "Aggregate",
+    "Clipping",
     "AlreadySubmittedError",
     "Client",
     "CommitteeError",
@@ -53,8 +54,9 @@ __all__ = [
     "Update",
 ]
 
-#: An update: one array (a 1-D array is a flat vector), or named tensors in order.
-Update = Union[np.ndarray, Mapping[str, np.ndarray]]
+#: An update: one array (a 1-D array is a flat vector), or named tensors in order. Arrays are
+#: numpy arrays or PyTorch tensors on the CPU (``cryptflow[torch]``).
+Update = Union[np.ndarray, Mapping[str, Any], Any]
 
 #: ``progress(event, done, total)``: ``encrypting`` (values), ``uploading`` (bytes),
 #: ``depositing`` (key managers), ``downloading`` (bytes), ``decrypting``.
@@ -166,17 +168,45 @@ def _native_float(a: np.ndarray) -> np.ndarray:
     return np.require(a, dtype=dt, requirements=["C", "A"])
 
 
+def _is_torch(a: Any) -> bool:
+    """Whether `a` is a PyTorch tensor (without importing torch when it is not)."""
+    return type(a).__module__.split(".", 1)[0] == "torch" and hasattr(a, "detach")
+
+
+def _numpy(a: Any, name: str) -> np.ndarray:
+    """`a` as a numpy array with its shape (0-d stays 0-d): numpy arrays and scalars as they
+    are, PyTorch tensors on the CPU without copying where numpy has their dtype (bfloat16 is
+    widened to float32, exactly). A tensor on another device raises ``InputError``."""
+    if _is_torch(a):
+        if a.device.type != "cpu":
+            raise InputError(
+                f"tensor `{name}` is on {a.device}; move the update to the CPU first "
+                "(e.g. `{k: v.cpu() for k, v in state_dict.items()}`)"
+            )
+        t = a.detach()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    return np.asarray(a)
+
+
+def _c_contiguous(a: np.ndarray) -> np.ndarray:
+    """`a` in C order, same shape — unlike ``np.ascontiguousarray``, which turns 0-d arrays
+    into shape ``(1,)``."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _as_float(
     name: str, a: Any, pass_integers: bool, dict_entry: bool = True
 ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """(float32/float64 array to encrypt, or None) and (array passed through, or None).
     Non-finite values are refused here, naming the tensor and the index."""
-    a = np.asarray(a)
+    a = _numpy(a, name)
     kind = _dtype_name(a)
     if kind in ("float32", "float64"):
         f = _native_float(a)
     elif kind in ("float16", "bfloat16"):
-        f = np.ascontiguousarray(a.astype(np.float32))
+        f = _c_contiguous(a.astype(np.float32))
     elif a.dtype.kind in "iub":
         if pass_integers and dict_entry:
             return None, a
@@ -244,6 +274,36 @@ def _layout(update: Update, pass_integers: bool) -> Dict[str, Any]:
     return {"tensors": [{"name": n, "shape": [int(s) for s in a.shape]} for n, a in floats]}
 
 
+@dataclass(frozen=True)
+class Clipping:
+    """How much clipping shaped a mean — decrypted with it, so every reader learns it, not only
+    the sites that clipped.
+
+    Attributes:
+        contributions: contributions of which at least one value was beyond the round's clip
+            bound (and clipped to it).
+        values_at_least, values_at_most: clipped values over all contributions (equal when the
+            round counts them exactly, i.e. whenever a contribution has at most about
+            ``clip / (2·max_abs_error)`` values; else counted in units and given as a range).
+        of_values: values contributed in all (contributors × values per update).
+    """
+
+    contributions: int
+    values_at_least: int
+    values_at_most: int
+    of_values: int
+
+    @property
+    def any(self) -> bool:
+        """Whether any value of any contribution was clipped."""
+        return self.contributions > 0
+
+    @property
+    def fraction_at_most(self) -> float:
+        """The largest fraction of contributed values that may have been clipped."""
+        return self.values_at_most / max(self.of_values, 1)
+
+
 @dataclass
 class Aggregate:
     """A round's mean and what came with it.
@@ -254,9 +314,11 @@ class Aggregate:
         contributors: how many contributions it averages.
         total_weight: the sum of their weights (sample counts; the count for uniform rounds).
         max_abs_error: the largest absolute error of any value of ``mean`` as returned,
-            against the exact mean of the contributed values (after clipping to the round's
-            bound): the planner's bound plus the rounding of the output dtype (relative; a
-            float16 mean below 6e-5 in magnitude may be off by up to 2^-25 more).
+            against the exact mean of the contributed values **after clipping** to the round's
+            bound: the planner's bound plus the rounding of the output dtype (relative; a
+            float16 mean below 6e-5 in magnitude may be off by up to 2^-25 more). When
+            ``clipping.any``, the mean of the raw updates may be much further away.
+        clipping: how many contributions and values clipping changed (:class:`Clipping`).
         nodes: per key manager, ``{"x": index, "problem": None or why its release was not used}``.
         culprit: the key manager named as having released a wrong value, if one was.
         info: everything else the native client reported (round, transcript, bytes).
@@ -266,6 +328,7 @@ class Aggregate:
     contributors: int
     total_weight: int
     max_abs_error: float
+    clipping: Clipping = field(default_factory=lambda: Clipping(0, 0, 0, 0))
     nodes: List[Dict[str, Any]] = field(default_factory=list)
     culprit: Optional[int] = None
     info: Dict[str, Any] = field(default_factory=dict)
@@ -345,7 +408,7 @@ class Client:
         deadline_in: int = 3600,
         weighting: str = "uniform",
         min_count: int = 1,
-        max_count: int = 1,
+        max_count: Optional[int] = None,
         clip: float = 1.0,
         max_abs_error: float = 1e-6,
         pass_integers: bool = False,
@@ -362,7 +425,9 @@ class Client:
                 closes (default: all clients).
             deadline_in: seconds until the deadline, on the aggregator's clock.
             weighting: ``"uniform"``, or ``"samples"`` (FedAvg by each site's sample count,
-                between ``min_count`` and ``max_count``, encrypted with the values).
+                between ``min_count`` and ``max_count`` — required: a site with more samples
+                cannot contribute —, encrypted with the values; the wider the range, the more
+                bits per value).
             clip: values are clipped to ±clip.
             max_abs_error: the largest acceptable absolute error of a value of the mean.
             pass_integers: with ``like``, leave its integer tensors out of the round.
@@ -383,10 +448,17 @@ class Client:
         if weighting == "uniform":
             w: Any = "uniform"
         elif weighting == "samples":
+            if max_count is None:
+                raise InputError(
+                    "max_count: required with weighting='samples' (the largest sample count a site "
+                    "may declare; a site with more cannot contribute)"
+                )
             w = {"samples": {"min_count": _whole(min_count, "min_count", low=1),
                              "max_count": _whole(max_count, "max_count", low=1)}}
         else:
             raise InputError(f"weighting {weighting!r}: use 'uniform' or 'samples'")
+        if weighting == "uniform" and max_count is not None:
+            raise InputError("max_count: applies to weighting='samples' only")
         request = {
             "round_id": round_id,
             "layout": layout,
@@ -427,6 +499,7 @@ class Client:
         count: Optional[int] = None,
         pass_integers: bool = False,
         allow_resubmission: bool = False,
+        experiment: Optional[str] = None,
         progress: Optional[ProgressCallback] = None,
     ) -> Dict[str, Any]:
         """Encrypts ``update`` for the round and uploads it as this site, then deposits the
@@ -436,12 +509,17 @@ class Client:
             round_id: the round (created by the operator; this site must be on its list).
             update: a 1-D array (flat round), or a dict of arrays with the round's tensor
                 names and shapes (any order; float16, bfloat16 — ``ml_dtypes`` —, float32 or
-                float64). Values are clipped to the round's bound (reported).
+                float64): numpy arrays, or PyTorch tensors on the CPU (a model's
+                ``state_dict()``; a tensor on a GPU raises ``InputError``). Values are
+                clipped to the round's bound (reported here, and to every reader of the mean).
             count: this site's sample count (``samples`` rounds; an integer within the
                 round's ``min_count``..``max_count``).
             pass_integers: leave integer tensors out (else they raise ``InputError``).
             allow_resubmission: submit even if the journal says this update went to
                 another round.
+            experiment: the experiment this update belongs to, for the journal: a
+                deterministic re-run under a new name is not refused as a resubmission (the
+                journal's protection holds within one experiment).
             progress: called as ``progress(event, done, total)``.
 
         Returns:
@@ -465,6 +543,7 @@ class Client:
             floats,
             count=count,
             allow_resubmission=allow_resubmission,
+            experiment=experiment,
             progress=progress,
         )
         return json.loads(receipt)
@@ -497,58 +576,92 @@ class Client:
         """
         default = _float_dtype(dtype, "dtype") if dtype is not None else np.dtype(np.float32)
         dtypes: Dict[str, np.dtype] = {}
-        ints: Dict[str, np.ndarray] = {}
+        ints: Dict[str, Any] = {}
+        # Tensors of `like` that are PyTorch tensors come back as tensors of their dtype.
+        torch_dtypes: Dict[str, Any] = {}
         if isinstance(like, Mapping):
             for name, a in like.items():
-                a = np.asarray(a)
+                if _is_torch(a):
+                    torch_dtypes[name] = a.dtype
+                    if not a.is_floating_point():
+                        ints[name] = a
+                        continue
+                a = _numpy(a, f"like[{name!r}]")
                 if a.dtype.kind in "iub":
                     ints[name] = a
                 else:
                     dtypes[name] = _float_dtype(a.dtype, f"like[{name!r}]")
         elif like is not None:
-            like = np.asarray(like)
-            default = _float_dtype(like.dtype, "like")
+            if _is_torch(like):
+                torch_dtypes[""] = like.dtype
+            default = _float_dtype(_numpy(like, "like").dtype, "like")
+            like = _numpy(like, "like")
         info_json, flat = _call(self._native.fetch_mean, round_id, progress=progress)
         info = json.loads(info_json)
         layout = info["round"]["request"]["layout"]
         mean: Update
-        written: List[np.dtype] = []
+        written: List[str] = []
         if "dimension" in layout:
             if isinstance(like, Mapping):
                 raise InputError(f"round {round_id} is a flat vector; `like` must be an array, not a dict")
             mean = flat.astype(default)
-            written.append(default)
+            written.append(np.dtype(default).name)
         else:
-            out: Dict[str, np.ndarray] = {}
+            out: Dict[str, Any] = {}
             at = 0
             for t in layout["tensors"]:
                 shape = tuple(t["shape"])
                 size = int(np.prod(shape)) if shape else 1
                 dt = dtypes.get(t["name"], default)
                 out[t["name"]] = flat[at : at + size].reshape(shape).astype(dt)
-                written.append(dt)
+                written.append(np.dtype(dt).name)
                 at += size
             # Integer tensors of `like` the round left out are copied through (never over a
             # tensor the round averaged).
             for name, a in ints.items():
                 if name not in out:
-                    out[name] = a.copy()
+                    out[name] = a.clone() if _is_torch(a) else a.copy()
             if isinstance(like, Mapping):
                 out = {n: out[n] for n in like if n in out} | {n: a for n, a in out.items() if n not in like}
             if isinstance(like, np.ndarray) and list(out) == ["array"]:
-                mean = out["array"]  # a multi-dimensional array round: the caller's array back
-            else:
-                mean = out
-        roundoff = max((_UNIT_ROUNDOFF[np.dtype(d).name] for d in written), default=0.0)
+                out = {"": out["array"]}  # a multi-dimensional array round: the caller's array back
+            mean = out
+        if torch_dtypes:
+            mean, narrowed = _to_torch(mean, torch_dtypes)
+            written += narrowed
+        if isinstance(mean, dict) and list(mean) == [""]:
+            mean = mean[""]
+        roundoff = max((_UNIT_ROUNDOFF[d] for d in written), default=0.0)
+        c = info["clipping"]
         return Aggregate(
             mean=mean,
             contributors=info["contributors"],
             total_weight=info["total_weight"],
             max_abs_error=info["max_abs_error"] + info["largest"] * roundoff,
+            clipping=Clipping(c["contributions"], c["values_at_least"], c["values_at_most"], c["of_values"]),
             nodes=info["nodes"],
             culprit=info["culprit"],
             info=info,
         )
+
+
+def _to_torch(mean: Any, dtypes: Dict[str, Any]) -> Tuple[Any, List[str]]:
+    """The arrays of `mean` named in `dtypes` (``""``: `mean` itself) as PyTorch tensors of
+    those dtypes; also the names of the float types the values were narrowed to on the way."""
+    import torch
+
+    narrowed: List[str] = []
+
+    def one(a: Any, dt: Any) -> Any:
+        if _is_torch(a):
+            return a
+        if dt.is_floating_point and dt not in (torch.float32, torch.float64):
+            narrowed.append("bfloat16" if dt == torch.bfloat16 else "float16")
+        return torch.from_numpy(_c_contiguous(a)).to(dt)
+
+    if isinstance(mean, dict):
+        return {n: one(a, dtypes[n]) if n in dtypes else a for n, a in mean.items()}, narrowed
+    return one(mean, dtypes[""]), narrowed
 
 
 def _float_dtype(dtype: Any, argument: str) -> np.dtype:

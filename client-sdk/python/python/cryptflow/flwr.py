@@ -13,25 +13,47 @@ Two pieces replace plaintext FedAvg without changing the user's train function:
   updates); the new global model is the old one plus that mean.
 
 The ServerApp therefore learns the mean — what FedAvg publishes anyway — and nothing about any
-single client's update; the aggregator learns nothing at all. Clipping: each client's update
-is clipped to ``clip`` per value; the clipping count comes back in the reply's metrics
-(``cryptflow-clipped``).
+single client's update; the aggregator learns nothing at all. **What the ServerApp does see in
+the clear**: the train function's reply metrics (``num-examples``, losses, anything it puts in
+its ``MetricRecord``), the site's own clipping count (``cryptflow-clipped``) and the upload
+receipt.
+
+Models: the arrays are whatever the app sends — numpy arrays or a PyTorch model's
+``state_dict()`` (``ArrayRecord(model.state_dict())``). Every tensor keeps its shape and dtype
+through a round, 0-d and empty ones included (float16, bfloat16, float32, float64; integer
+buffers by the ``integers`` policy below).
+
+Clipping: each value of an update is clipped to the round's bound. How many contributions and
+values clipping changed is summed under encryption with the update, so the strategy learns it
+with the mean (its metrics ``cryptflow-clipped-contributions`` and
+``cryptflow-clipped-values``; a warning when any value was clipped). By default the bound
+adapts round by round (:class:`AdaptiveClip`, Andrew et al., NeurIPS 2021), so a user need not
+guess it.
+
+Integer tensors (e.g. BatchNorm's ``num_batches_tracked``): ``integers="keep"`` (default)
+keeps the server's values; ``"mean"`` averages them like the float tensors (their updates are
+clipped like any value) and rounds to the nearest integer; ``"refuse"`` refuses a model that
+has any.
+
+Failures are loud: a server round whose CryptFlow round does not publish, or in which a site's
+mod refused (a count beyond ``max_count``, a policy, a journal refusal), raises
+:class:`RoundFailedError` out of ``strategy.start`` — the Flower run fails rather than keep
+an unchanged model.
 
 Two rules the mod enforces because the ServerApp may be the adversary: no reply of any
 message type (``train``, ``train.<action>``, ``evaluate``, ``query``) carries arrays, and each
 site's client must keep a journal (``journal_file``), so the same update is never submitted to
 two rounds — a ServerApp that could create rounds {A, B} and {B, C} over the same update
-would otherwise learn A's update from the difference of their means.
-
-Integer tensors (e.g. BatchNorm's ``num_batches_tracked``) are not averaged: the mod leaves
-them out of the update and the strategy keeps the server's values.
+would otherwise learn A's update from the difference of their means. A deterministic re-run
+of an experiment names a new ``experiment`` on the mod.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -39,12 +61,62 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from . import Client, CryptflowError
+from . import Aggregate, Client, CryptflowError, _c_contiguous
 
-__all__ = ["ROUND_KEY", "CryptflowFedAvg", "SecureAggregationMod"]
+__all__ = ["INTEGERS_KEY", "ROUND_KEY", "AdaptiveClip", "CryptflowFedAvg", "RoundFailedError", "SecureAggregationMod"]
 
 #: The train-config key naming the CryptFlow round a ClientApp submits to.
 ROUND_KEY = "cryptflow-round"
+#: The train-config key carrying the strategy's integer-tensor policy to the mod.
+INTEGERS_KEY = "cryptflow-integers"
+_INTEGER_POLICIES = ("keep", "mean", "refuse")
+
+
+class RoundFailedError(CryptflowError):
+    """A server round did not aggregate: its CryptFlow round failed or timed out, or sites
+    refused (their reasons are in the message). Raised out of ``strategy.start`` so that the
+    Flower run fails instead of carrying on with an unchanged model."""
+
+
+@dataclass
+class AdaptiveClip:
+    """A clip bound that follows the updates (Andrew, Thakkar, McMahan, Ramaswamy,
+    "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021, eq. 2 — the
+    geometric update): after each round,
+
+        clip ← clip · exp(−learning_rate · (b − target_unclipped_quantile))
+
+    where ``b`` is the fraction of contributions no value of which was clipped, decrypted with
+    the mean (CryptFlow clips per value, so ``b`` estimates the quantile of the updates'
+    largest magnitudes). The bound grows quickly while sites clip and shrinks slowly while none
+    does (fewer bits per value).
+
+    Args:
+        initial: the first round's bound (> 0).
+        target_unclipped_quantile: the fraction of contributions that should clip nothing, in
+            (0, 1]; 1 never shrinks the bound.
+        learning_rate: ``η`` (> 0).
+        max_clip: the bound never grows beyond this.
+    """
+
+    initial: float = 1.0
+    target_unclipped_quantile: float = 0.95
+    learning_rate: float = 1.0
+    max_clip: float = 1e6
+
+    def __post_init__(self) -> None:
+        for name in ("initial", "learning_rate", "max_clip"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"AdaptiveClip({name}={v!r}): must be a finite number above zero")
+        q = self.target_unclipped_quantile
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
+            raise ValueError(f"AdaptiveClip(target_unclipped_quantile={q!r}): must be in (0, 1]")
+
+    def next(self, clip: float, unclipped_fraction: float) -> float:
+        """The bound after a round that used ``clip``."""
+        factor = math.exp(-self.learning_rate * (unclipped_fraction - self.target_unclipped_quantile))
+        return min(clip * factor, self.max_clip)
 
 log = logging.getLogger("cryptflow.flwr")
 
@@ -69,17 +141,26 @@ class SecureAggregationMod:
 
     Args:
         client: ``client(context) -> cryptflow.Client`` for this node's site (its token, roster
-            key and committee file), e.g. built from ``context.node_config``.
+            key, committee file and journal), e.g. built from ``context.node_config``.
         count_key: the train reply's metric holding the sample count (FedAvg's
-            ``num-examples``).
+            ``num-examples``); it reaches the ServerApp in the clear, like every reply metric.
+        experiment: a name for this run in the site's journal. The journal refuses the same
+            update in two rounds of one experiment; a deterministic re-run of an experiment
+            (same seeds, same updates) names a new one.
 
     The train message must carry :data:`ROUND_KEY` in its config (``CryptflowFedAvg`` puts it
     there); without it the mod replies with an error rather than send weights in the clear.
     """
 
-    def __init__(self, client: Callable[[Context], Client], *, count_key: str = "num-examples") -> None:
+    def __init__(
+        self, client: Callable[[Context], Client], *, count_key: str = "num-examples",
+        experiment: Optional[str] = None,
+    ) -> None:
+        if experiment is not None and (not isinstance(experiment, str) or not experiment):
+            raise ValueError(f"experiment = {experiment!r}: must be a non-empty string")
         self._client = client
         self._count_key = count_key
+        self._experiment = experiment
 
     def __call__(self, msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if not _is_train(msg):
@@ -91,6 +172,9 @@ class SecureAggregationMod:
         round_id = next((str(c[ROUND_KEY]) for c in configs if ROUND_KEY in c), None)
         if round_id is None:
             return _error_reply(msg, f"CryptFlow: the train config names no round ({ROUND_KEY}); nothing sent")
+        integers = next((str(c[INTEGERS_KEY]) for c in configs if INTEGERS_KEY in c), "keep")
+        if integers not in _INTEGER_POLICIES:
+            return _error_reply(msg, f"CryptFlow: unknown integer-tensor policy {integers!r} in the train config")
         if len(msg.content.array_records) != 1:
             return _error_reply(msg, "CryptFlow: the train message must carry exactly one ArrayRecord")
         received = _arrays(next(iter(msg.content.array_records.values())))
@@ -107,17 +191,15 @@ class SecureAggregationMod:
             return _error_reply(msg, f"CryptFlow: the train reply has no `{self._count_key}` metric")
         count = int(metrics[self._count_key])
         for name in received:
-            if trained[name].shape != received[name].shape:
+            if trained[name].shape != received[name].shape or trained[name].dtype != received[name].dtype:
                 return _error_reply(
-                    msg, f"CryptFlow: `{name}` came back as {trained[name].shape}, was {received[name].shape}"
+                    msg, f"CryptFlow: `{name}` came back as {trained[name].shape} {trained[name].dtype}, "
+                    f"was {received[name].shape} {received[name].dtype}"
                 )
-        # Integer tensors are not averaged (pass_integers): only float tensors form the update.
-        update = {
-            name: (trained[name].astype(np.float64) - received[name].astype(np.float64))
-            if received[name].dtype.kind == "f"
-            else received[name]
-            for name in received
-        }
+        try:
+            update = _update(received, trained, integers)
+        except ValueError as e:
+            return _error_reply(msg, f"CryptFlow: {e}")
         try:
             client = self._client(ctx)
             if client.journal_file is None:
@@ -125,7 +207,8 @@ class SecureAggregationMod:
                     msg, "CryptFlow: this site's cryptflow.Client has no journal_file; without one the same "
                     "update could be submitted to two rounds (refused)"
                 )
-            result = client.submit(round_id, update, count=count, pass_integers=True)
+            result = client.submit(round_id, update, count=count, pass_integers=integers == "keep",
+                                   experiment=self._experiment)
         except CryptflowError as e:
             return _error_reply(msg, f"CryptFlow: {type(e).__name__}: {e}")
         reply_metrics = MetricRecord(dict(metrics))
@@ -134,6 +217,20 @@ class SecureAggregationMod:
             {"round": round_id, "upload-sha256": str(result["receipt"]["upload_sha256"])}
         )
         return Message(RecordDict({"metrics": reply_metrics, "cryptflow": receipt}), reply_to=msg)
+
+
+def _update(received: Dict[str, np.ndarray], trained: Dict[str, np.ndarray], integers: str) -> Dict[str, np.ndarray]:
+    """New weights minus received ones, in float64; integer tensors by the policy (left as
+    they are for ``keep``, which ``submit(pass_integers=True)`` leaves out)."""
+    update = {}
+    for name, r in received.items():
+        if r.dtype.kind == "f" or (integers == "mean" and r.dtype.kind in "iub"):
+            update[name] = trained[name].astype(np.float64) - r.astype(np.float64)
+        elif integers == "refuse":
+            raise ValueError(f"`{name}` is an integer tensor ({r.dtype}) and the round's policy refuses them")
+        else:
+            update[name] = r
+    return update
 
 
 class CryptflowFedAvg(FedAvg):
@@ -146,15 +243,30 @@ class CryptflowFedAvg(FedAvg):
         round_prefix: CryptFlow round ids are ``f"{round_prefix}-{server_round}"`` (unique per
             run: a round id is never reused).
         min_contributors: uploads a CryptFlow round needs to publish (≥ 2, at most the nodes
-            sampled). A server round with fewer leaves the model unchanged.
-        max_count: the largest ``num-examples`` a site may report (sample-count weighting).
-        clip: each value of an update is clipped to ±clip.
-        max_abs_error: the largest acceptable error of a value of the mean update.
+            sampled).
+        max_count: the largest ``num-examples`` a site may report (sample-count weighting); a
+            site with more is refused by its mod, which fails the run.
+        clip: each value of an update is clipped to ±clip: a number (fixed), or an
+            :class:`AdaptiveClip` (the default) that follows the updates round by round.
+        max_abs_error: the largest acceptable error of a value of the mean (against the
+            clipped updates).
+        integers: integer tensors (BatchNorm's ``num_batches_tracked``): ``"keep"`` the
+            server's values (default), ``"mean"`` average them too (rounded), ``"refuse"``.
+        clip_warning: log a warning when more than this fraction of the values were clipped
+            (default 0: any clipping).
+        tolerate_failed_sites: carry on with the sites that succeeded when others' mods fail
+            (their reasons are logged); by default a failed site fails the run.
         wait: seconds to wait for a round to be published.
         **kwargs: FedAvg's own (``fraction_train``, ``min_train_nodes``, …).
 
-    ``received`` lists, per server round, the keys of every reply's records — what the
-    ServerApp actually got — so an app (or a test) can check no arrays arrived.
+    Each round's metrics carry ``cryptflow-contributors``, ``cryptflow-max-abs-error``,
+    ``cryptflow-clip`` (the bound used), ``cryptflow-clipped-contributions`` and
+    ``cryptflow-clipped-values`` (at most). ``received`` lists, per server round, the keys of
+    every reply's records — what the ServerApp actually got — so an app (or a test) can check no
+    arrays arrived.
+
+    Raises:
+        RoundFailedError: out of ``start``, when a server round does not aggregate.
     """
 
     def __init__(
@@ -166,8 +278,11 @@ class CryptflowFedAvg(FedAvg):
         round_prefix: str,
         min_contributors: int = 2,
         max_count: int = 100_000,
-        clip: float = 1.0,
+        clip: Union[float, AdaptiveClip, None] = None,
         max_abs_error: float = 1e-6,
+        integers: str = "keep",
+        clip_warning: float = 0.0,
+        tolerate_failed_sites: bool = False,
         wait: float = 600.0,
         **kwargs,
     ) -> None:
@@ -175,11 +290,29 @@ class CryptflowFedAvg(FedAvg):
         self.operator, self.reader, self.sites = operator, reader, list(sites)
         if min_contributors < 2:
             raise ValueError(f"min_contributors = {min_contributors}: a mean of fewer than 2 updates is an update")
+        if integers not in _INTEGER_POLICIES:
+            raise ValueError(f"integers = {integers!r}: use one of {', '.join(_INTEGER_POLICIES)}")
+        clip = AdaptiveClip() if clip is None else clip
+        if isinstance(clip, AdaptiveClip):
+            self.adaptive: Optional[AdaptiveClip] = clip
+            self.clip = float(clip.initial)
+        elif isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
+            raise ValueError(f"clip = {clip!r}: a finite number above zero, or an AdaptiveClip")
+        else:
+            self.adaptive, self.clip = None, float(clip)
         self.round_prefix, self.max_count, self.min_contributors = round_prefix, max_count, min_contributors
-        self.clip, self.max_abs_error, self.wait = clip, max_abs_error, wait
+        self.max_abs_error, self.wait, self.integers = max_abs_error, wait, integers
+        self.clip_warning, self.tolerate_failed_sites = clip_warning, tolerate_failed_sites
         self._current: Optional[Dict[str, np.ndarray]] = None
         self._round: Optional[Tuple[str, int]] = None
         self.received: List[List[Dict[str, List[str]]]] = []
+
+    def _averaged(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The tensors the round averages, as the mod sends them (float64 updates)."""
+        return {
+            k: np.zeros(v.shape, np.float64) for k, v in arrays.items()
+            if v.dtype.kind == "f" or (self.integers == "mean" and v.dtype.kind in "iub")
+        }
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -190,27 +323,39 @@ class CryptflowFedAvg(FedAvg):
             return messages
         round_id = f"{self.round_prefix}-{server_round}"
         self._current = _arrays(arrays)
+        ints = [k for k, v in self._current.items() if v.dtype.kind in "iub"]
+        if ints and self.integers == "refuse":
+            raise RoundFailedError(f"the model has integer tensors {ints} and integers='refuse'")
+        if ints and server_round == 1:
+            log.info("integer tensors %s: %s", ints, {"keep": "the server's values are kept",
+                                                      "mean": "averaged and rounded"}[self.integers])
         n = len(messages)
         if n < self.min_contributors:
-            raise ValueError(
+            raise RoundFailedError(
                 f"server round {server_round}: {n} nodes sampled, but a CryptFlow round needs "
                 f"min_contributors = {self.min_contributors}"
             )
-        self.operator.create_round(
-            round_id,
-            clients=self.sites,
-            like=self._current,
-            pass_integers=True,
-            min_clients=self.min_contributors,
-            max_clients=n,
-            weighting="samples",
-            min_count=1,
-            max_count=self.max_count,
-            clip=self.clip,
-            max_abs_error=self.max_abs_error,
-        )
+        averaged = self._averaged(self._current)
+        if not averaged:
+            raise RoundFailedError("the model has no tensor to average (no floating-point tensor)")
+        try:
+            self.operator.create_round(
+                round_id,
+                clients=self.sites,
+                like=averaged,
+                min_clients=self.min_contributors,
+                max_clients=n,
+                weighting="samples",
+                min_count=1,
+                max_count=self.max_count,
+                clip=self.clip,
+                max_abs_error=self.max_abs_error,
+            )
+        except CryptflowError as e:
+            raise RoundFailedError(f"server round {server_round}: creating CryptFlow round {round_id}: {e}") from e
         for m in messages:
             m.content[self.configrecord_key][ROUND_KEY] = round_id
+            m.content[self.configrecord_key][INTEGERS_KEY] = self.integers
         self._round = (round_id, n)
         return messages
 
@@ -227,34 +372,66 @@ class CryptflowFedAvg(FedAvg):
             ]
         )
         valid = [m for m in replies if not m.has_error()]
-        for m in replies:
-            if m.has_error():
-                log.warning("round %s: node %s failed: %s", server_round, m.metadata.src_node_id, m.error.reason)
+        failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
         if self._round is None or self._current is None:
             return None, None
         (round_id, expected), self._round = self._round, None
-        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key) if valid else None
+        if failures:
+            log.warning("server round %s: %d of %d sites failed: %s", server_round, len(failures),
+                        len(replies), "; ".join(failures))
+            if not self.tolerate_failed_sites:
+                raise RoundFailedError(
+                    f"server round {server_round}: {len(failures)} of {len(replies)} sites failed "
+                    f"(tolerate_failed_sites=False): {'; '.join(failures)}"
+                )
         if len(valid) < self.min_contributors:
-            log.warning("round %s: %d replies, %d needed: the model is unchanged", server_round,
-                        len(valid), self.min_contributors)
-            return None, metrics
+            raise RoundFailedError(
+                f"server round {server_round}: {len(valid)} sites replied, {self.min_contributors} needed: "
+                + ("; ".join(failures) or "no replies")
+            )
+        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         try:
             if len(valid) < expected:
                 # Those that failed will not upload: publish with those that did.
                 self.operator.close_round(round_id)
             self.reader.wait_for_aggregate(round_id, timeout=self.wait)
-            floats = {k: v.astype(np.float64) for k, v in self._current.items() if v.dtype.kind == "f"}
-            agg = self.reader.fetch_mean(round_id, like=floats)
+            averaged = self._averaged(self._current)
+            agg = self.reader.fetch_mean(round_id, like=averaged)
         except CryptflowError as e:
-            log.warning("round %s: CryptFlow round %s: %s: %s; the model is unchanged", server_round,
-                        round_id, type(e).__name__, e)
-            return None, metrics
+            raise RoundFailedError(
+                f"server round {server_round}: CryptFlow round {round_id}: {type(e).__name__}: {e}"
+            ) from e
         assert isinstance(agg.mean, dict)
-        new = {
-            name: (a.astype(np.float64) + agg.mean[name]).astype(a.dtype) if name in floats else a
-            for name, a in self._current.items()
-        }
-        if metrics is not None:
-            metrics["cryptflow-contributors"] = agg.contributors
-            metrics["cryptflow-max-abs-error"] = float(agg.max_abs_error)
-        return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in new.items()}), metrics
+        new = {}
+        for name, a in self._current.items():
+            if name not in averaged:
+                new[name] = a
+            elif a.dtype.kind == "f":
+                new[name] = (a.astype(np.float64) + agg.mean[name]).astype(a.dtype)
+            else:
+                new[name] = np.rint(a.astype(np.float64) + agg.mean[name]).astype(a.dtype)
+        self._report_clipping(server_round, agg)
+        if metrics is None:
+            metrics = MetricRecord()
+        metrics["cryptflow-contributors"] = agg.contributors
+        metrics["cryptflow-max-abs-error"] = float(agg.max_abs_error)
+        metrics["cryptflow-clip"] = self.clip
+        metrics["cryptflow-clipped-contributions"] = agg.clipping.contributions
+        metrics["cryptflow-clipped-values"] = agg.clipping.values_at_most
+        if self.adaptive is not None:
+            unclipped = 1.0 - agg.clipping.contributions / max(agg.contributors, 1)
+            self.clip = self.adaptive.next(self.clip, unclipped)
+        return ArrayRecord({name: Array(_c_contiguous(a)) for name, a in new.items()}), metrics
+
+    def _report_clipping(self, server_round: int, agg: Aggregate) -> None:
+        c = agg.clipping
+        if c.any and c.fraction_at_most > self.clip_warning:
+            counted = str(c.values_at_most) if c.values_at_least == c.values_at_most else \
+                f"{c.values_at_least}–{c.values_at_most}"
+            log.warning(
+                "server round %s: clipping shaped the mean: %d of %d contributions had values beyond ±%g, "
+                "%s of %d values (%.3g %%) were clipped; the model moved less than FedAvg's would%s",
+                server_round, c.contributions, agg.contributors, self.clip, counted, c.of_values,
+                100 * c.fraction_at_most,
+                " (the adaptive bound grows)" if self.adaptive else "; raise `clip` or use AdaptiveClip()",
+            )
