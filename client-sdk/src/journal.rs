@@ -122,15 +122,36 @@ mod tests {
         let u = ModelUpdate::from(ndarray::Array1::from(vec![0.5f32, -0.25]));
         let r1 = RoundId::parse("r1").unwrap();
         let r2 = RoundId::parse("r2").unwrap();
-        let f = j.check(&r1, &u, false).unwrap();
+        let f = j.check(&r1, &u, None, false).unwrap();
         j.record(&r1, &f).unwrap();
         assert!(
-            matches!(j.check(&r1, &u, false), Err(ClientError::AlreadySubmitted(_))),
+            matches!(j.check(&r1, &u, None, false), Err(ClientError::AlreadySubmitted(_))),
             "nothing to resend"
         );
-        assert!(matches!(j.check(&r2, &u, false), Err(ClientError::Policy(_))));
-        assert!(j.check(&r2, &u, true).is_ok());
+        assert!(matches!(j.check(&r2, &u, None, false), Err(ClientError::Policy(_))));
+        assert!(j.check(&r2, &u, None, true).is_ok());
         let other = ModelUpdate::from(ndarray::Array1::from(vec![0.5f32, -0.5]));
-        assert!(j.check(&r2, &other, false).is_ok());
+        assert!(j.check(&r2, &other, None, false).is_ok());
+    }
+
+    #[test]
+    fn a_new_experiment_is_a_new_namespace_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path().join("journal.jsonl"));
+        let u = ModelUpdate::from(ndarray::Array1::from(vec![0.5f32, -0.25]));
+        let (r1, r2, r3) = (
+            RoundId::parse("r1").unwrap(),
+            RoundId::parse("r2").unwrap(),
+            RoundId::parse("r3").unwrap(),
+        );
+        let f = j.check(&r1, &u, Some("run-1"), false).unwrap();
+        j.record(&r1, &f).unwrap();
+        assert!(matches!(j.check(&r2, &u, Some("run-1"), false), Err(ClientError::Policy(_))));
+        let g = j.check(&r2, &u, Some("run-2"), false).unwrap();
+        assert_ne!(f, g);
+        j.record(&r2, &g).unwrap();
+        assert!(matches!(j.check(&r3, &u, Some("run-2"), false), Err(ClientError::Policy(_))));
+        // No label and a label are different namespaces; labels cannot run into the values.
+        assert_ne!(fingerprint(&u, None), fingerprint(&u, Some("")));
     }
 }

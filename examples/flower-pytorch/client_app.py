@@ -39,7 +39,9 @@ class _Mods:
     unconditionally: `ClientApp(mods=[SecureAggregationMod(site_client)])`."""
 
     def __init__(self) -> None:
-        self.secure = SecureAggregationMod(site_client)
+        # The run config's `experiment` names the run in the sites' journals (a re-run of the
+        # same seeds is otherwise refused as a resubmission of the same updates).
+        self.secure = SecureAggregationMod(site_client, experiment=lambda ctx: str(ctx.run_config["experiment"]))
 
     def __call__(self, msg: Message, ctx: Context, call_next):
         if ctx.run_config["secure"]:

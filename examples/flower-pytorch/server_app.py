@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -36,8 +37,11 @@ def main(grid: Grid, context: Context) -> None:
         )
     else:
         strategy = FedAvg(**common)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(task.initial()),
-                            num_rounds=int(cfg["num-server-rounds"]))
+    rounds = int(cfg["num-server-rounds"])
+    start = time.monotonic()
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(task.initial(int(cfg["hidden"]))),
+                            num_rounds=rounds)
+    seconds = time.monotonic() - start
     if cfg["result-file"]:
         state = result.arrays.to_torch_state_dict()
         out = {
@@ -46,6 +50,7 @@ def main(grid: Grid, context: Context) -> None:
             "shapes": {k: list(v.shape) for k, v in state.items()},
             "metrics": {str(r): dict(m) for r, m in result.train_metrics_clientapp.items()},
             "received": getattr(strategy, "received", None),
+            "seconds_per_round": seconds / rounds,
         }
         with open(str(cfg["result-file"]), "w", encoding="utf-8") as f:
             json.dump(out, f)

@@ -11,16 +11,22 @@ import torch
 
 class Net(torch.nn.Module):
     """Conv → BatchNorm → ReLU → Linear: float weights, BatchNorm's running statistics (float
-    buffers) and its `num_batches_tracked` (a 0-d int64 buffer)."""
+    buffers) and its `num_batches_tracked` (a 0-d int64 buffer). With `hidden > 0`, a hidden
+    layer of that width before the output (`hidden = 3340`: about 10^6 parameters)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 0) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 8, 3)
         self.bn = torch.nn.BatchNorm2d(8)
-        self.fc = torch.nn.Linear(8 * 6 * 6, 10)
+        width = 8 * 6 * 6
+        self.hidden = torch.nn.Linear(width, hidden) if hidden else None
+        self.fc = torch.nn.Linear(hidden or width, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+        h = torch.relu(self.bn(self.conv(x))).flatten(1)
+        if self.hidden is not None:
+            h = torch.relu(self.hidden(h))
+        return self.fc(h)
 
 
 def load(data_file: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,16 +48,16 @@ def shard(x: torch.Tensor, y: torch.Tensor, site: int, sites: int) -> tuple[torc
     return x[idx], y[idx]
 
 
-def initial() -> dict[str, torch.Tensor]:
+def initial(hidden: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(42)
-    return Net().state_dict()
+    return Net(hidden).state_dict()
 
 
 def train(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, seed: int,
           epochs: int = 1, batch: int = 64, lr: float = 0.05) -> dict[str, torch.Tensor]:
     """Mini-batch SGD from `state`, batches in an order fixed by `seed`; the new state dict."""
     torch.manual_seed(seed)
-    net = Net()
+    net = Net(width_of(state))
     net.load_state_dict(state)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr)
@@ -63,8 +69,13 @@ def train(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, seed
     return net.state_dict()
 
 
+def width_of(state: dict[str, torch.Tensor]) -> int:
+    """The hidden width of the model a state dict is of (0: none)."""
+    return int(state["hidden.weight"].shape[0]) if "hidden.weight" in state else 0
+
+
 def accuracy(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
-    net = Net()
+    net = Net(width_of(state))
     net.load_state_dict(state)
     net.eval()
     with torch.no_grad():

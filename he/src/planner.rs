@@ -551,7 +551,7 @@ mod tests {
         // Each suggestion is feasible as stated.
         let at = |key: &str| -> f64 {
             let rest = &err[err.find(key).unwrap() + key.len()..];
-            rest.split(|c: char| c == ',' || c == ' ' || c == ')').next().unwrap().parse().unwrap()
+            rest.split([',', ' ', ')']).next().unwrap().parse().unwrap()
         };
         let max_count = at("max_count ≤ ") as u64;
         let with = PlanRequest { weighting: Weighting::Samples { min_count: 1, max_count }, ..r };

@@ -144,9 +144,10 @@ class SecureAggregationMod:
             key, committee file and journal), e.g. built from ``context.node_config``.
         count_key: the train reply's metric holding the sample count (FedAvg's
             ``num-examples``); it reaches the ServerApp in the clear, like every reply metric.
-        experiment: a name for this run in the site's journal. The journal refuses the same
-            update in two rounds of one experiment; a deterministic re-run of an experiment
-            (same seeds, same updates) names a new one.
+        experiment: a name for this run in the site's journal — a string, or
+            ``experiment(context) -> str`` (e.g. from the run config). The journal refuses the
+            same update in two rounds of one experiment; a deterministic re-run of an
+            experiment (same seeds, same updates) names a new one.
 
     The train message must carry :data:`ROUND_KEY` in its config (``CryptflowFedAvg`` puts it
     there); without it the mod replies with an error rather than send weights in the clear.
@@ -154,10 +155,10 @@ class SecureAggregationMod:
 
     def __init__(
         self, client: Callable[[Context], Client], *, count_key: str = "num-examples",
-        experiment: Optional[str] = None,
+        experiment: Union[str, Callable[[Context], str], None] = None,
     ) -> None:
-        if experiment is not None and (not isinstance(experiment, str) or not experiment):
-            raise ValueError(f"experiment = {experiment!r}: must be a non-empty string")
+        if experiment is not None and not callable(experiment) and (not isinstance(experiment, str) or not experiment):
+            raise ValueError(f"experiment = {experiment!r}: must be a non-empty string or a function of the context")
         self._client = client
         self._count_key = count_key
         self._experiment = experiment
@@ -207,8 +208,9 @@ class SecureAggregationMod:
                     msg, "CryptFlow: this site's cryptflow.Client has no journal_file; without one the same "
                     "update could be submitted to two rounds (refused)"
                 )
+            experiment = self._experiment(ctx) if callable(self._experiment) else self._experiment
             result = client.submit(round_id, update, count=count, pass_integers=integers == "keep",
-                                   experiment=self._experiment)
+                                   experiment=experiment or None)
         except CryptflowError as e:
             return _error_reply(msg, f"CryptFlow: {type(e).__name__}: {e}")
         reply_metrics = MetricRecord(dict(metrics))
