@@ -299,8 +299,19 @@ async fn rounds_survive_key_managers_down_up_to_n_minus_t() {
         }
         let info = stack.admin().wait_for_aggregate(&round, Duration::from_secs(60)).await.unwrap();
         assert_eq!(info.transcript.as_ref().unwrap().recorded_by.len(), 2, "{:?}", info.transcript);
+        // Node 2 is still down: it refuses connections, so once two releases are in it is not
+        // waited for (before: the 5 s grace, twice, and "no answer within 5.0 s"), and it is
+        // named with the cause.
+        let start = std::time::Instant::now();
         let agg = stack.client("site-1").fetch_mean(&round, None).await.unwrap();
         assert_eq!(agg.contributors, 3);
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        let node2 = agg.nodes.iter().find(|n| n.x == 2).and_then(|n| n.problem.clone());
+        let node2 = node2.unwrap_or_default();
+        assert!(
+            node2.contains("kms-2") && node2.contains("not waited for") && node2.contains("onnect"),
+            "{node2}"
+        );
 
         // Two of three down: no mean, and the error says which nodes and why.
         stack.kill_node(3).await;

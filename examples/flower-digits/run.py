@@ -159,17 +159,23 @@ def main() -> int:
         print("OK: the same model as plaintext FedAvg; the ServerApp received no client's update" if ok else "MISMATCH")
         return 0 if ok else 1
     finally:
-        for proc in (superlink, stack):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        if args.keep:
-            print(f"logs kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        stop([superlink, stack], work, args.keep)
+
+
+def stop(procs: list, work: pathlib.Path, keep: bool) -> None:
+    """Stops the processes a run started (those not None), then removes its directory unless
+    `keep`."""
+    for proc in procs:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if keep:
+        print(f"logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ def main() -> int:
             "arrays_in_client_replies": arrays_received,
             "seconds_per_round_cryptflow": secure["seconds_per_round"],
             "seconds_per_round_plaintext": plain["seconds_per_round"],
+            "last_round_seconds": {k: last.get(f"cryptflow-seconds-{k}") for k in ("create", "publish", "fetch")},
             "last_round_clip": last.get("cryptflow-clip"),
             "last_round_clipped_values": last.get("cryptflow-clipped-values"),
         }
@@ -144,17 +145,7 @@ def main() -> int:
               "update" if ok else "MISMATCH")
         return 0 if ok else 1
     finally:
-        for proc in (superlink, stack):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        if args.keep:
-            print(f"logs kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        common.stop([superlink, stack], work, args.keep)
 
 
 if __name__ == "__main__":

@@ -364,6 +364,44 @@ pub fn plan(params: &ParameterSet, request: &PlanRequest) -> Result<Plan, PlanEr
     Err(infeasible(params, request, &b))
 }
 
+/// The largest clip bound with which `request` (its other fields as they are) can be planned,
+/// to three significant digits and on the feasible side; `None` if not even a bound equal to
+/// its `max_abs_error` fits. An adaptive clip bound is held below it.
+///
+/// ```
+/// use cryptflow_he::planner::{largest_clip_bound, plan, PlanRequest, Weighting};
+/// use cryptflow_he::ParameterSet;
+/// let params = ParameterSet::default_128();
+/// let r = PlanRequest { max_clients: 3, clip_bound: 1.0, max_abs_error: 1e-6,
+///     weighting: Weighting::Samples { min_count: 1, max_count: 100_000 } };
+/// let b = largest_clip_bound(&params, &r).unwrap();
+/// assert!(plan(&params, &PlanRequest { clip_bound: b, ..r }).is_ok());
+/// assert!(plan(&params, &PlanRequest { clip_bound: b * 1.01, ..r }).is_err());
+/// ```
+pub fn largest_clip_bound(params: &ParameterSet, request: &PlanRequest) -> Option<f64> {
+    let fits = |b: f64| {
+        let r = PlanRequest { clip_bound: b, ..*request };
+        check_request(&r).is_ok() && plan_quiet(params, &r)
+    };
+    let (mut lo, mut hi) = (request.max_abs_error, MAX_CLIP_BOUND);
+    if !fits(lo) {
+        return None;
+    }
+    if fits(hi) {
+        return Some(hi);
+    }
+    // Bisection on the log scale down to a relative width of 2^-12, then the feasible end.
+    while hi / lo > 1.0 + 1.0 / 4096.0 {
+        let mid = (lo * hi).sqrt();
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
 /// The refusal: which bound, how many bits, and the nearest settings that would fit.
 fn infeasible(params: &ParameterSet, request: &PlanRequest, b: &Budget) -> PlanError {
     let feasible = |r: &PlanRequest| check_request(r).is_ok() && plan_quiet(params, r);

@@ -727,3 +727,118 @@ async fn fetch_reports_an_error_the_written_file_meets() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_learns_how_much_clipping_shaped_the_mean() {
+    // Issue #25: a reader's `fetch` printed `error ≤ 1.06e-6` while the mean was far from the
+    // mean of the files — the bound is about the clipped inputs, and only the submitting site
+    // knew it had clipped. Now every reader is told, next to the bound.
+    let stack = LocalStack::builder().sites(2).start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = |p: &Path| p.display().to_string();
+    let ops = profile(&stack, dir, "ops", Role::Admin);
+    let sites: Vec<PathBuf> =
+        (0..2).map(|i| profile(&stack, dir, &format!("site-{i}"), Role::Client)).collect();
+    let create = |round: &str, clip: &str| {
+        args(&[
+            "round",
+            "create",
+            "--profile",
+            &p(&ops),
+            "--round",
+            round,
+            "--dim",
+            "100",
+            "--clients",
+            "site-0,site-1",
+            "--clip",
+            clip,
+        ])
+    };
+    let status = cryptflow(create("clipped", "1")).await;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    // Deadlines in local time, with how far away they are (before: raw Unix seconds).
+    assert!(
+        text.contains("deadline 20")
+            && (text.contains("(in 59 min)") || text.contains("(in 60 min)")),
+        "{text}"
+    );
+    assert!(text.contains("values clipped to ±1; uniform weighting"), "{text}");
+    assert!(cryptflow(create("clean", "8")).await.status.success());
+    for (i, site) in sites.iter().enumerate() {
+        let mut x = vec![0.25f32 * i as f32; 100];
+        if i == 0 {
+            x[..30].iter_mut().for_each(|v| *v = 4.0); // 30 values beyond ±1
+        }
+        let file = dir.join(format!("clip-{i}.npy"));
+        Array1::from(x).write_npy(std::fs::File::create(&file).unwrap()).unwrap();
+        for round in ["clipped", "clean"] {
+            let o = cryptflow(args(&[
+                "submit",
+                "--profile",
+                &p(site),
+                "--round",
+                round,
+                "--update",
+                &p(&file),
+                "--experiment",
+                round,
+            ]))
+            .await;
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    // Site 1 never clipped anything, and still learns that the mean was shaped by clipping.
+    let fetch = |round: &str, json: bool| {
+        let out = dir.join(format!("{round}-{json}.npy"));
+        let mut a = args(&["fetch", "--profile", &p(&sites[1]), "--round", round, "--wait", "60"]);
+        a.extend(args(&["--out", &p(&out)]));
+        if json {
+            a.push("--json".into());
+        }
+        a
+    };
+    let o = cryptflow(fetch("clipped", false)).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let warning = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        warning.contains("clipping shaped this mean: 1 of 2 contributions")
+            && warning.contains("30 of 200 values"),
+        "{warning}"
+    );
+    let v = stdout_json(&cryptflow(fetch("clipped", true)).await);
+    assert_eq!(v["clipping"]["contributions"], 1);
+    assert_eq!(v["clipping"]["values_at_most"], 30);
+    let o = cryptflow(fetch("clean", false)).await;
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no value of any contribution was clipped"));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"));
+}
+
+#[tokio::test]
+async fn usage_errors_name_the_flag_once() {
+    // `--weighting samples` without `--max-count` (before: a default of 1, and every
+    // `submit --count 100` refused); clap's own prefix is not doubled (`error: error:`).
+    let create = |extra: &[&str]| {
+        let mut a = args(&["round", "create", "--aggregator", "http://127.0.0.1:9", "--round"]);
+        a.extend(args(&["r", "--dim", "3", "--clients", "a,b"]));
+        a.extend(args(extra));
+        a
+    };
+    let o = cryptflow(create(&["--weighting", "samples"])).await;
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--max-count") && !err.contains("error: error"), "{err}");
+    let o = cryptflow(create(&["--max-count", "10"])).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("apply to --weighting samples only"));
+    // An operator's command lists no site-only flags; a site's lists them.
+    let help = cryptflow(args(&["round", "create", "--help"])).await;
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.contains("--key-file") && !help.contains("--journal-file"), "{help}");
+    let help = cryptflow(args(&["submit", "--help"])).await;
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--key-file") && help.contains("min_count and max_count"), "{help}");
+}

@@ -324,10 +324,32 @@ impl NativeClient {
     }
 }
 
+/// The largest clip bound a round of `max_clients` contributions at `max_abs_error` (and
+/// sample counts in `min_count..=max_count`, if given) can be planned with; `None` if none.
+#[pyfunction]
+#[pyo3(signature = (max_clients, max_abs_error, min_count=None, max_count=None))]
+fn largest_clip_bound(
+    max_clients: u32,
+    max_abs_error: f64,
+    min_count: Option<u64>,
+    max_count: Option<u64>,
+) -> PyResult<Option<f64>> {
+    use cryptflow_he::planner::{PlanRequest, Weighting};
+    let weighting = match (min_count, max_count) {
+        (None, None) => Weighting::Uniform,
+        (min, Some(max)) => Weighting::Samples { min_count: min.unwrap_or(1), max_count: max },
+        (Some(_), None) => return Err(input("min_count needs max_count")),
+    };
+    let request = PlanRequest { max_clients, clip_bound: max_abs_error, max_abs_error, weighting };
+    let params = cryptflow_he::ParameterSet::default_128();
+    Ok(cryptflow_he::planner::largest_clip_bound(&params, &request))
+}
+
 /// The module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
+    m.add_function(wrap_pyfunction!(largest_clip_bound, m)?)?;
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     Ok(())

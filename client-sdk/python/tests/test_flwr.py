@@ -108,18 +108,20 @@ def test_a_train_reply_carries_metrics_and_the_receipt_only(stack, tmp_path):
     assert np.abs(agg.mean["w"] - exact).max() <= agg.max_abs_error
 
 
+def train_steps(msg, ctx):
+    """A train function: float weights + 0.25, integer buffers + 3 (steps taken), 10 examples."""
+    new = {k: Array(np.asarray(a + 0.25 if a.dtype.kind == "f" else a + 3))
+           for k, a in ((k, v.numpy()) for k, v in msg.content["arrays"].items())}
+    return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": 10})}),
+                   reply_to=msg)
+
+
 def test_the_mean_integer_policy_averages_integer_buffers(stack, tmp_path):
     # `steps` (an int64 0-d buffer) goes into the round as a float update and comes back as
     # the mean of the sites' increments.
     like = {"w": np.zeros((3, 4)), "steps": np.zeros(())}
     admin(stack).create_round("py-mod-ints", clients=["site-2", "site-3"], like=like, weighting="samples",
                               max_count=1000, clip=4.0)
-
-    def train_steps(msg, ctx):
-        new = {k: Array(np.asarray(a + 0.25 if a.dtype.kind == "f" else a + 3))
-               for k, a in ((k, v.numpy()) for k, v in msg.content["arrays"].items())}
-        return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": 10})}),
-                       reply_to=msg)
 
     for i in (2, 3):
         mod = SecureAggregationMod(lambda ctx, i=i: site(stack, f"site-{i}", journal_file=tmp_path / f"{i}.j"))
@@ -164,3 +166,42 @@ def test_adaptive_clipping_follows_andrew_et_al():
     for bad in ({"initial": 0}, {"target_unclipped_quantile": 0}, {"learning_rate": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             AdaptiveClip(**bad)
+
+
+def test_the_strategy_keeps_0d_tensors_0d_and_rounds_integer_means(stack, tmp_path):
+    # Before: 0-d tensors came back from the strategy as shape (1,) (BatchNorm models froze
+    # from round 2 on), and with integers="mean" a 0-d buffer became a numpy scalar that
+    # Flower's Array refused.
+    current = {"w": np.zeros((3, 4), np.float32), "temperature": np.array(1.0, np.float32),
+               "bn.num_batches_tracked": np.array(3, np.int64)}
+    strategy = CryptflowFedAvg(admin(stack), site(stack, "server-app"), ["site-0", "site-1"],
+                               round_prefix="py-strategy-0d", clip=8.0, integers="mean")
+    round_id = "py-strategy-0d-1"
+    # What configure_train creates for this model.
+    admin(stack).create_round(round_id, clients=["site-0", "site-1"], like=strategy._averaged(current),
+                              weighting="samples", max_count=1000, clip=8.0)
+    asked = message(round_id=round_id, weights=current, integers="mean")
+    for i in (0, 1):
+        mod = SecureAggregationMod(lambda ctx, i=i: site(stack, f"site-{i}", journal_file=tmp_path / f"{i}.j"))
+        assert not mod(asked, context(), train_steps).has_error()
+    strategy._current, strategy._round = current, (round_id, 2)
+    ok = Message(RecordDict({"metrics": MetricRecord({"num-examples": 10})}), reply_to=asked)
+    arrays, metrics = strategy.aggregate_train(1, [ok, ok])
+    got = {k: arrays[k].numpy() for k in arrays.keys()}
+    for name, a in current.items():
+        assert (got[name].shape, got[name].dtype) == (a.shape, a.dtype), name
+    assert abs(float(got["temperature"]) - 1.25) <= 1e-6
+    assert int(got["bn.num_batches_tracked"]) == 6
+    assert metrics["cryptflow-clipped-contributions"] == 0 and metrics["cryptflow-contributors"] == 2
+
+
+def test_the_adaptive_bound_stays_within_what_a_round_can_carry():
+    from cryptflow import _native
+
+    # With the defaults (1e-6, counts up to 100,000) a round of 3 carries a clip of about 7.3.
+    limit = _native.largest_clip_bound(3, 1e-6, 1, 100_000)
+    assert 7.0 < limit < 7.5
+    assert _native.largest_clip_bound(3, 1e-6, 1, 1000) > 10 * limit  # a lower max_count: more room
+    strategy = CryptflowFedAvg(None, None, ["a", "b", "c"], round_prefix="x", clip=AdaptiveClip(initial=50.0))
+    strategy._cap_clip(3)
+    assert strategy.clip == limit

@@ -31,9 +31,10 @@ adapts round by round (:class:`AdaptiveClip`, Andrew et al., NeurIPS 2021), so a
 guess it.
 
 Integer tensors (e.g. BatchNorm's ``num_batches_tracked``): ``integers="keep"`` (default)
-keeps the server's values; ``"mean"`` averages them like the float tensors (their updates are
-clipped like any value) and rounds to the nearest integer; ``"refuse"`` refuses a model that
-has any.
+keeps the server's values; ``"mean"`` averages their increments like the float tensors and
+rounds to the nearest integer — the increments are clipped like any value (a counter that
+grows by the number of local batches needs a clip at least that large, and the clipping is
+reported); ``"refuse"`` refuses a model that has any.
 
 Failures are loud: a server round whose CryptFlow round does not publish, or in which a site's
 mod refused (a count beyond ``max_count``, a policy, a journal refusal), raises
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -61,7 +63,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from . import Aggregate, Client, CryptflowError, _c_contiguous
+from . import Aggregate, Client, CryptflowError, PolicyError, _c_contiguous
 
 __all__ = ["INTEGERS_KEY", "ROUND_KEY", "AdaptiveClip", "CryptflowFedAvg", "RoundFailedError", "SecureAggregationMod"]
 
@@ -211,6 +213,10 @@ class SecureAggregationMod:
             experiment = self._experiment(ctx) if callable(self._experiment) else self._experiment
             result = client.submit(round_id, update, count=count, pass_integers=integers == "keep",
                                    experiment=experiment or None)
+        except PolicyError as e:
+            hint = " — for a re-run of an experiment, give SecureAggregationMod a new `experiment`" \
+                if "already submitted" in str(e) else ""
+            return _error_reply(msg, f"CryptFlow: {type(e).__name__}: {e}{hint}")
         except CryptflowError as e:
             return _error_reply(msg, f"CryptFlow: {type(e).__name__}: {e}")
         reply_metrics = MetricRecord(dict(metrics))
@@ -262,8 +268,10 @@ class CryptflowFedAvg(FedAvg):
         **kwargs: FedAvg's own (``fraction_train``, ``min_train_nodes``, …).
 
     Each round's metrics carry ``cryptflow-contributors``, ``cryptflow-max-abs-error``,
-    ``cryptflow-clip`` (the bound used), ``cryptflow-clipped-contributions`` and
-    ``cryptflow-clipped-values`` (at most). ``received`` lists, per server round, the keys of
+    ``cryptflow-clip`` (the bound used), ``cryptflow-clipped-contributions``,
+    ``cryptflow-clipped-values`` (at most) and where the ServerApp's time went
+    (``cryptflow-seconds-create``, ``-publish`` — from the last reply to publication — and
+    ``-fetch``). ``received`` lists, per server round, the keys of
     every reply's records — what the ServerApp actually got — so an app (or a test) can check no
     arrays arrived.
 
@@ -307,6 +315,7 @@ class CryptflowFedAvg(FedAvg):
         self.clip_warning, self.tolerate_failed_sites = clip_warning, tolerate_failed_sites
         self._current: Optional[Dict[str, np.ndarray]] = None
         self._round: Optional[Tuple[str, int]] = None
+        self._create_seconds = 0.0
         self.received: List[List[Dict[str, List[str]]]] = []
 
     def _averaged(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -340,6 +349,9 @@ class CryptflowFedAvg(FedAvg):
         averaged = self._averaged(self._current)
         if not averaged:
             raise RoundFailedError("the model has no tensor to average (no floating-point tensor)")
+        if self.adaptive is not None:
+            self._cap_clip(n)
+        started = time.monotonic()
         try:
             self.operator.create_round(
                 round_id,
@@ -355,6 +367,7 @@ class CryptflowFedAvg(FedAvg):
             )
         except CryptflowError as e:
             raise RoundFailedError(f"server round {server_round}: creating CryptFlow round {round_id}: {e}") from e
+        self._create_seconds = time.monotonic() - started
         for m in messages:
             m.content[self.configrecord_key][ROUND_KEY] = round_id
             m.content[self.configrecord_key][INTEGERS_KEY] = self.integers
@@ -392,11 +405,13 @@ class CryptflowFedAvg(FedAvg):
                 + ("; ".join(failures) or "no replies")
             )
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        started = time.monotonic()
         try:
             if len(valid) < expected:
                 # Those that failed will not upload: publish with those that did.
                 self.operator.close_round(round_id)
             self.reader.wait_for_aggregate(round_id, timeout=self.wait)
+            published = time.monotonic()
             averaged = self._averaged(self._current)
             agg = self.reader.fetch_mean(round_id, like=averaged)
         except CryptflowError as e:
@@ -408,10 +423,11 @@ class CryptflowFedAvg(FedAvg):
         for name, a in self._current.items():
             if name not in averaged:
                 new[name] = a
-            elif a.dtype.kind == "f":
-                new[name] = (a.astype(np.float64) + agg.mean[name]).astype(a.dtype)
-            else:
-                new[name] = np.rint(a.astype(np.float64) + agg.mean[name]).astype(a.dtype)
+                continue
+            # np.asarray: arithmetic on 0-d arrays gives numpy scalars, which Flower's Array
+            # refuses (and which would lose the tensor's shape).
+            moved = np.asarray(a, np.float64) + agg.mean[name]
+            new[name] = np.asarray(moved if a.dtype.kind == "f" else np.rint(moved)).astype(a.dtype)
         self._report_clipping(server_round, agg)
         if metrics is None:
             metrics = MetricRecord()
@@ -420,10 +436,31 @@ class CryptflowFedAvg(FedAvg):
         metrics["cryptflow-clip"] = self.clip
         metrics["cryptflow-clipped-contributions"] = agg.clipping.contributions
         metrics["cryptflow-clipped-values"] = agg.clipping.values_at_most
+        # Where the ServerApp's time went (seconds): creating the round (planning, the key
+        # managers' registration), from the last reply to publication, fetching and decrypting.
+        metrics["cryptflow-seconds-create"] = self._create_seconds
+        metrics["cryptflow-seconds-publish"] = published - started
+        metrics["cryptflow-seconds-fetch"] = time.monotonic() - published
         if self.adaptive is not None:
             unclipped = 1.0 - agg.clipping.contributions / max(agg.contributors, 1)
             self.clip = self.adaptive.next(self.clip, unclipped)
         return ArrayRecord({name: Array(_c_contiguous(a)) for name, a in new.items()}), metrics
+
+    def _cap_clip(self, max_clients: int) -> None:
+        """Holds the adaptive bound below the largest one the round's precision allows (the
+        clip, ``max_count`` and ``max_abs_error`` share 64 bits): a round that cannot be
+        planned would fail the run."""
+        from . import _native
+
+        limit = _native.largest_clip_bound(max_clients, float(self.max_abs_error), 1, int(self.max_count))
+        if limit is not None and self.clip > limit:
+            log.warning(
+                "the adaptive clip bound %g is capped at %g, the largest a round of %d sites at "
+                "max_abs_error=%g and max_count=%d can carry; values beyond it stay clipped (lower "
+                "max_count or raise max_abs_error to allow more)",
+                self.clip, limit, max_clients, self.max_abs_error, self.max_count,
+            )
+            self.clip = limit
 
     def _report_clipping(self, server_round: int, agg: Aggregate) -> None:
         c = agg.clipping
