@@ -390,24 +390,24 @@ impl Client {
         let until = Instant::now() + timeout;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.round(round).await {
+            // What the round looks like, for the timeout's message.
+            let waits = match self.round(round).await {
                 Ok(info) => match info.state {
                     RoundState::Published => return Ok(info),
                     RoundState::Failed => {
                         return Err(state_error(&info, "no aggregate will be published"))
                     }
-                    RoundState::Open | RoundState::Aggregating => {}
+                    RoundState::Open | RoundState::Aggregating => waiting_for(&info),
                 },
                 // An outage while waiting is waited through.
-                Err(ClientError::Server { .. } | ClientError::Transport { .. })
-                    if Instant::now() < until => {}
+                Err(e @ (ClientError::Server { .. } | ClientError::Transport { .. }))
+                    if Instant::now() < until =>
+                {
+                    format!("(its state could not be read: {e})")
+                }
                 Err(e) => return Err(e),
-            }
+            };
             if Instant::now() + pause > until {
-                let waits = match self.round(round).await {
-                    Ok(info) => waiting_for(&info),
-                    Err(e) => format!("(its state could not be read: {e})"),
-                };
                 return Err(ClientError::Timeout(format!("`{round}` {waits}")));
             }
             tokio::time::sleep(pause).await;
@@ -432,11 +432,13 @@ pub(crate) fn waiting_for(info: &RoundInfo) -> String {
     };
     match info.state {
         RoundState::Open => format!(
-            "(open: {} of {}–{} uploads; it publishes once {} sites have uploaded, at {deadline}              with at least {}, or when an operator closes it)",
+            "(open: {} of {}–{} uploads; it publishes once {} sites have uploaded, at {deadline} \
+             with at least {}, or when an operator closes it)",
             info.uploads, s.min_clients, s.max_clients, s.max_clients, s.min_clients
         ),
         RoundState::Aggregating => format!(
-            "(aggregating {} uploads: summing them and waiting for the key managers to record              the contributor set, i.e. for every contributor's key shares to be deposited)",
+            "(aggregating {} uploads: summing them and waiting for the key managers to record \
+             the contributor set, i.e. for every contributor's key shares to be deposited)",
             info.uploads
         ),
         RoundState::Published => "(published)".into(),

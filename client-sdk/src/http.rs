@@ -55,10 +55,11 @@ where
             Ok(v) => return Ok(v),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry(e, after)) => {
+                let e = with_attempts(e, service, n);
                 crate::quorum::note_failure(&e);
                 let pause = policy.backoff(n, after);
                 if start.elapsed() + pause > policy.budget {
-                    return Err(with_attempts(e, service, n));
+                    return Err(e);
                 }
                 tokio::time::sleep(pause).await;
                 n += 1;

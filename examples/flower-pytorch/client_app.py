@@ -21,7 +21,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     x, y = task.shard(xtr, ytr, pid, sites)
     state = msg.content["arrays"].to_torch_state_dict()
     server_round = int(msg.content["config"]["server-round"])
-    new = task.train(state, x, y, seed=1000 * server_round + pid)
+    new = task.train(state, x, y, seed=1000 * server_round + pid + 100_000 * int(context.run_config["seed"]))
     return Message(
         RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": len(x)})}),
         reply_to=msg,
@@ -39,9 +39,7 @@ class _Mods:
     unconditionally: `ClientApp(mods=[SecureAggregationMod(site_client)])`."""
 
     def __init__(self) -> None:
-        # The run config's `experiment` names the run in the sites' journals (a re-run of the
-        # same seeds is otherwise refused as a resubmission of the same updates).
-        self.secure = SecureAggregationMod(site_client, experiment=lambda ctx: str(ctx.run_config["experiment"]))
+        self.secure = SecureAggregationMod(site_client)
 
     def __call__(self, msg: Message, ctx: Context, call_next):
         if ctx.run_config["secure"]:

@@ -13,8 +13,9 @@ aggregation, once with Flower's plaintext FedAvg, same seeds — and checks that
 - no client reply the ServerApp received carried arrays.
 
 With `--check-failure` it also runs a configuration that cannot aggregate (`max-count` below
-the sites' sample counts) and checks the Flower run *fails* with the reason in its log, rather
-than finish with an unchanged model. Exits 1 on any mismatch. Everything it writes goes to a
+the sites' sample counts; another `seed`, so that no site is asked to send an update it
+already sent — its journal would refuse that first) and checks the Flower run *fails* with the
+reason in its log, rather than finish with an unchanged model. Exits 1 on any mismatch. Everything it writes goes to a
 temporary directory.
 """
 
@@ -127,7 +128,7 @@ def main() -> int:
             failing = work / "failing.json"
             cmd = [str(common.BIN / "flwr"), "run", str(HERE), "local", "--stream",
                    "--federation-config", "num-supernodes=3", "--run-config",
-                   f"secure=true num-server-rounds=1 max-count=10 experiment='failing' stack-file='{stack_file}' "
+                   f"secure=true num-server-rounds=1 max-count=10 seed=1 stack-file='{stack_file}' "
                    f"data-file='{ROOT / 'demo' / 'data' / 'digits.csv.gz'}' result-file='{failing}'"]
             print(f"== failing: {' '.join(cmd)}", flush=True)
             log = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

@@ -2,8 +2,9 @@
 //! ([`PackedCiphertext`]: an upload or the aggregate), and the aggregator's running sum
 //! ([`RunningSum`]).
 //!
-//! An update of `d` values occupies `slots` slots (`d`, plus the count in `samples` rounds),
-//! cut into blocks of `N`; block `j` holds slots `j·N ..`, the last one possibly partial.
+//! An update of `d` values occupies `slots` slots (`d`, the two clipping slots, and the count
+//! in `samples` rounds), cut into blocks of `N`; block `j` holds slots `j·N ..`, the last one
+//! possibly partial.
 //! Slot `t` of block `j` of client `i` carries the body word `B_ij[t] = (A_j·k_i)[t] + e + Δ·m`
 //! — with the mask `A_j` expanded from the round's seed, `(A_j, B_ij)` is a GLWE ciphertext of
 //! dimension 1 under `k_i` in TFHE-rs's convention — rounded from `2^64` to `2^w` and
@@ -75,7 +76,8 @@ impl RoundSetup {
     pub fn values(&self) -> u64 {
         self.values
     }
-    /// Slots: `d`, plus one for the count in `samples` rounds (the last slot).
+    /// Slots: `d`, the two [clipping slots](crate::planner::CLIPPING_SLOTS), and the count in
+    /// `samples` rounds (the last slot).
     pub fn slots(&self) -> u64 {
         self.slots
     }

@@ -253,9 +253,10 @@ fn finish(setup: &RoundSetup, mut sums: Vec<i64>, contributors: u32) -> Result<D
     let clients = sums.pop().ok_or(Error::Internal("no clipping slot"))?;
     let unit = setup.plan().clipping_unit(setup.values());
     let per_contribution = setup.values().div_ceil(unit) as i128;
+    // Each contribution sends (0, 0) or (1, q) with 1 ≤ q ≤ ⌈d/u⌉: the sums satisfy
+    // 0 ≤ K ≤ n and K ≤ U ≤ K·⌈d/u⌉ — anything else is a contributor's malformed slot.
     if !(0..=contributors as i64).contains(&clients)
-        || !(0..=contributors as i128 * per_contribution).contains(&(units as i128))
-        || (clients == 0) != (units == 0)
+        || !(clients as i128..=clients as i128 * per_contribution).contains(&(units as i128))
     {
         return Err(Error::CountOutOfRange);
     }
@@ -513,7 +514,25 @@ pub(crate) fn raw_phases(key: &AggregateKey, setup: &RoundSetup, words: &[u64]) 
 
 #[cfg(test)]
 mod tests {
-    use super::subsets;
+    use super::{finish, subsets};
+    use crate::tests::{gaussian_plan, setup_for};
+    use crate::{Error, ParameterSet};
+
+    #[test]
+    fn clipping_sums_no_set_of_contributions_can_produce_are_refused() {
+        // d = 10, two contributions, exact counts: each sends (0, 0) or (1, q), 1 ≤ q ≤ 10.
+        let setup = setup_for(gaussian_plan(&ParameterSet::default_128(), 2, 1e-6), 10, 1);
+        let sums = |k: i64, u: i64| [vec![0; 10], vec![k, u]].concat();
+        let ok = |k, u| finish(&setup, sums(k, u), 2).map(|d| d.clipping());
+        let c = ok(2, 5).unwrap();
+        assert_eq!((c.contributions, c.values_at_least, c.values_at_most), (2, 5, 5));
+        assert!(!ok(0, 0).unwrap().any());
+        // (1, 0) from one and (1, 1) from another: K = 2 > U = 1. Before, this passed the
+        // check and `U − K` underflowed (a panic in debug builds, 1.8e19 clipped values else).
+        for (k, u) in [(2, 1), (1, 0), (0, 1), (3, 3), (1, 11), (2, 21), (-1, 0), (1, -1)] {
+            assert_eq!(ok(k, u).unwrap_err(), Error::CountOutOfRange, "K = {k}, U = {u}");
+        }
+    }
 
     #[test]
     fn subsets_enumerate_all() {

@@ -241,13 +241,21 @@ impl Encryptor {
         let slots = self.setup.block_slots(b);
         let r = (slots.end - slots.start) as usize;
         let model = (self.setup.values().min(slots.end).saturating_sub(slots.start)) as usize;
-        let whole = (slots.end > self.encoder.values()).then(|| self.whole_clipping(values, s));
+        let whole = if slots.end > self.encoder.values() {
+            Some(self.whole_clipping(values, s)?)
+        } else {
+            None
+        };
         if model > 0 {
             // (A last block may hold only the slots after the values, starting past the end.)
             values.read(slots.start as usize, &mut s.input[..model]);
         }
-        let report =
-            self.encoder.encode(&s.input[..model], slots.start, &mut s.messages[..r], whole)?;
+        let report = self.encoder.encode(
+            &s.input[..model],
+            slots.start,
+            &mut s.messages[..r],
+            whole.as_ref(),
+        )?;
         expand_mask(self.setup.seed(), b, &mut s.mask)?;
         self.plan.mul(&s.mask, &self.key, &mut s.ntt, &mut s.product);
         let mut stream = self.noise.block_stream(b);
@@ -265,23 +273,34 @@ impl Encryptor {
         Ok(report)
     }
 
-    /// How many values of the whole update clipping changes (one pass over the input, once).
-    fn whole_clipping(&self, values: &(impl Values + ?Sized), s: &mut Scratch) -> &ClipReport {
-        self.whole.get_or_init(|| {
-            let mut report = ClipReport::default();
-            let n = s.input.len();
-            for start in (0..values.len()).step_by(n) {
-                let len = n.min(values.len() - start);
-                values.read(start, &mut s.input[..len]);
-                for &v in &s.input[..len] {
-                    if self.encoder.clips(v) {
-                        report.clipped += 1;
-                        report.largest_magnitude = report.largest_magnitude.max(v.abs());
-                    }
+    /// How many values of the whole update clipping changes (one pass over the input, kept
+    /// once taken). An update with a non-finite value is refused here, naming its index, and
+    /// nothing is kept — a corrected input is counted afresh.
+    fn whole_clipping(
+        &self,
+        values: &(impl Values + ?Sized),
+        s: &mut Scratch,
+    ) -> Result<ClipReport, InputError> {
+        if let Some(w) = self.whole.get() {
+            return Ok(*w);
+        }
+        let mut report = ClipReport::default();
+        let n = s.input.len();
+        for start in (0..values.len()).step_by(n) {
+            let len = n.min(values.len() - start);
+            values.read(start, &mut s.input[..len]);
+            for (i, &v) in s.input[..len].iter().enumerate() {
+                if !v.is_finite() {
+                    return Err(InputError::NonFinite { index: (start + i) as u64 });
+                }
+                if self.encoder.clips(v) {
+                    report.clipped += 1;
+                    report.largest_magnitude = report.largest_magnitude.max(v.abs());
                 }
             }
-            report
-        })
+        }
+        // Threads racing here computed the same report from the same input.
+        Ok(*self.whole.get_or_init(|| report))
     }
 
     /// The block holding the count, in `samples` rounds.

@@ -96,7 +96,9 @@ def test_a_train_reply_carries_metrics_and_the_receipt_only(stack, tmp_path):
     for r in replies:
         assert not r.has_error(), r.error
         assert len(r.content.array_records) == 0
-        assert r.content["metrics"]["cryptflow-clipped"] == 0
+        # No per-site clipping count: that is per-site information (the count over all
+        # sites comes with the mean).
+        assert list(r.content["metrics"].keys()) == ["num-examples"]
         assert r.content["cryptflow"]["round"] == "py-mod"
     reader = site(stack, "server-app")
     reader.wait_for_aggregate("py-mod", timeout=60)

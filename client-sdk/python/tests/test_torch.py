@@ -67,3 +67,20 @@ def test_tensors_that_are_not_on_the_cpu_are_refused_by_name(stack):
     # Tensors that require gradients are taken as they are (no `.detach().numpy()` dance).
     p = torch.nn.Parameter(torch.full((3,), 0.5))
     site(stack, "site-0").submit("py-torch-device", {"w": p})
+
+
+def test_an_integer_tensor_the_round_averaged_comes_back_rounded_not_truncated(stack):
+    # A round that averaged an integer buffer (the strategy's integers="mean" sends its
+    # increments as floats); read back with an int64 `like`, the mean is rounded to the nearest
+    # integer in that dtype — before, PyTorch's `.to(int64)` truncated 2.9999998 to 2.
+    admin(stack).create_round("py-torch-int", clients=["site-2", "site-3"],
+                              like={"w": np.zeros(4, np.float32), "steps": np.zeros((), np.float64)}, clip=8.0)
+    for i, steps in ((2, 3.0), (3, 4.0)):
+        site(stack, f"site-{i}").submit("py-torch-int", {"w": np.zeros(4, np.float32), "steps": np.array(steps)})
+    reader = site(stack, "server-app")
+    reader.wait_for_aggregate("py-torch-int", timeout=60)
+    for like_steps in (torch.tensor(0, dtype=torch.int64), np.array(0, np.int64)):
+        got = reader.fetch_mean("py-torch-int", like={"w": torch.zeros(4), "steps": like_steps}).mean["steps"]
+        as_int = int(got)
+        assert as_int == 4 and tuple(got.shape) == (), got  # rint(3.5) = 4 (half to even)
+        assert got.dtype in (torch.int64, np.int64), got.dtype

@@ -119,7 +119,9 @@ async fn run(args: Args) -> Result<(), String> {
     let text = serde_json::to_string_pretty(&description).map_err(|e| e.to_string())?;
     std::fs::write(&args.out, text).map_err(|e| format!("{}: {e}", args.out.display()))?;
     eprintln!(
-        "local stack up; described in {} (its tokens last as long as the stack; stop it with Ctrl-C)",
+        "local stack up; described in {} (its aggregator tokens last 12 h; the nodes' \
+         `roster_tokens`, for calling key managers by hand, 5 minutes — clients mint their own); \
+         stop it with Ctrl-C",
         args.out.display()
     );
     wait_for_signal().await;

@@ -1,6 +1,7 @@
 //! The clipping slots: every reader of a mean learns how many contributions clipping changed
 //! and how many values, exactly when the update is small enough and as a range otherwise —
-//! in uniform and in `samples` rounds, across block boundaries, and for retried blocks.
+//! in uniform and in `samples` rounds, across block boundaries, for retried blocks, and
+//! after a refused non-finite value.
 
 use super::{gaussian_plan, setup_for};
 use crate::planner::{plan, PlanRequest, Weighting};
@@ -85,4 +86,62 @@ fn clipping_in_samples_rounds_and_large_updates_is_a_range() {
     assert!(c.values_at_least <= 2507 && 2507 <= c.values_at_most, "{c:?}");
     assert!(c.values_at_most - c.values_at_least <= 2 * (unit - 1), "{c:?}");
     assert_eq!(out.total_weight(), 5, "the count slot is still the last");
+}
+
+#[test]
+fn a_retried_block_re_derives_its_clipping_slots_and_a_changed_input_is_refused() {
+    let params = ParameterSet::default_128();
+    let n = params.ring_degree().get();
+    let d = n + 10; // the slots in the second, last block
+    let setup = setup_for(gaussian_plan(&params, 2, 1e-6), d as u64, 3);
+    let key = ClientKey::generate(&params).unwrap();
+    let e = key.encryptor(&setup, None).unwrap();
+    let last = setup.blocks() - 1;
+    let r = setup.payload_range(setup.block_slots(last));
+    let len = (r.end - r.start) as usize;
+    let mut x = vec![0.5; d];
+    x[3] = 2.0; // in the first block: the last block's slots still count it
+    let (mut first, mut again) = (vec![0u8; len], vec![0u8; len]);
+    e.encrypt_blocks(&x[..], last..last + 1, &mut first).unwrap();
+    e.encrypt_blocks(&x[..], last..last + 1, &mut again).unwrap();
+    assert_eq!(first, again, "a retry sends the same bytes");
+    // The count is taken once: a retry of the slots' block after the input changed elsewhere
+    // re-sends the bytes first sent (never a second encryption of that block with other
+    // slot values). (The SDK encrypts an immutable update; a block whose own values changed is
+    // refused by its digest, as before.)
+    x[4] = -3.0;
+    match e.encrypt_blocks(&x[..], last..last + 1, &mut again) {
+        Ok(_) => assert_eq!(again, first),
+        Err(err) => assert!(matches!(err, crate::Error::ChangedInput { .. }), "{err}"),
+    }
+    x[d - 1] = 7.0; // in the slots' block itself
+    let err = e.encrypt_blocks(&x[..], last..last + 1, &mut again).unwrap_err();
+    assert!(matches!(err, crate::Error::ChangedInput { .. }), "{err}");
+}
+
+#[test]
+fn a_non_finite_value_is_refused_and_a_corrected_input_counted_afresh() {
+    let params = ParameterSet::default_128();
+    let d = 100;
+    let setup = setup_for(gaussian_plan(&params, 2, 1e-6), d as u64, 4);
+    let key = ClientKey::generate(&params).unwrap();
+    let e = key.encryptor(&setup, None).unwrap();
+    let mut x = vec![0.5; d];
+    x[7] = f64::NAN;
+    let mut out = vec![0u8; setup.payload_len() as usize];
+    assert!(e.encrypt_blocks(&x[..], 0..1, &mut out).is_err());
+    // Corrected, with a clipped value: counted (before, the count taken with the NaN was kept).
+    x[7] = 9.0;
+    let mut sum = RunningSum::zero(&setup, 0..setup.slots()).unwrap();
+    let report = e.encrypt_blocks(&x[..], 0..1, &mut out).unwrap();
+    assert_eq!(report.clipped, 1);
+    let header = setup.header(crate::CiphertextKind::Upload, 1);
+    sum.add_upload(&PackedCiphertext { header, payload: out }).unwrap();
+    let other = ClientKey::generate(&params).unwrap();
+    let y = vec![0.0; d];
+    sum.add_upload(&other.encryptor(&setup, None).unwrap().encrypt(&y[..]).unwrap().ciphertext)
+        .unwrap();
+    let agg = PackedCiphertext::aggregate(&setup, 2, sum.pack()).unwrap();
+    let c = AggregateKey::sum_of([&key, &other]).decrypt(&setup, &agg).unwrap().clipping();
+    assert_eq!((c.contributions, c.values_at_most), (1, 1));
 }

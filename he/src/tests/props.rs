@@ -68,6 +68,14 @@ proptest! {
         let d = AggregateKey::sum_of(&keys).decrypt(&setup, &agg).unwrap();
         prop_assert_eq!(d.sums(), &expected[..]);
         prop_assert_eq!(d.total_weight(), weight_total);
+        // The clipping slots: exact here (d ≤ M), and as many contributions as clipped.
+        let c_report = d.clipping();
+        prop_assert_eq!((c_report.values_at_least, c_report.values_at_most), (clipped, clipped));
+        let clipping_clients = (0..c)
+            .filter(|i| data[i * values..(i + 1) * values].iter().any(|v| v.abs() > 1.0))
+            .count() as u32;
+        prop_assert_eq!(c_report.contributions, clipping_clients);
+        prop_assert_eq!(c_report.of_values, (c * values) as u64);
         let bound = d.error_bound();
         prop_assert!(bound <= setup.plan().max_abs_error());
         for (got, m) in d.mean::<f64>().iter().zip(&exact_mean) {

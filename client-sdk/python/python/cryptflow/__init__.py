@@ -277,14 +277,16 @@ def _layout(update: Update, pass_integers: bool) -> Dict[str, Any]:
 @dataclass(frozen=True)
 class Clipping:
     """How much clipping shaped a mean — decrypted with it, so every reader learns it, not only
-    the sites that clipped.
+    the sites that clipped. Each site reports its own clipping, as it sends its own values: a
+    dishonest site can misreport it, within what one contribution can say.
 
     Attributes:
         contributions: contributions of which at least one value was beyond the round's clip
             bound (and clipped to it).
         values_at_least, values_at_most: clipped values over all contributions (equal when the
             round counts them exactly, i.e. whenever a contribution has at most about
-            ``clip / (2·max_abs_error)`` values; else counted in units and given as a range).
+            ``clip·max_count / (2·max_abs_error·min_count)`` values — ``max_count/min_count``
+            is 1 in uniform rounds; else counted in units and given as a range).
         of_values: values contributed in all (contributors × values per update).
     """
 
@@ -561,8 +563,9 @@ class Client:
         or a roster reader.
 
         Args:
-            like: an update whose structure and dtypes the mean takes (its integer tensors
-                are copied through); else
+            like: an update whose structure and dtypes the mean takes — numpy arrays, or
+                PyTorch tensors (returned as tensors). Its integer tensors are copied through,
+                or, if the round averaged them, rounded to the nearest integer. Else
             dtype: one dtype for every tensor (default float32).
 
         Returns:
@@ -612,10 +615,18 @@ class Client:
             for t in layout["tensors"]:
                 shape = tuple(t["shape"])
                 size = int(np.prod(shape)) if shape else 1
-                dt = dtypes.get(t["name"], default)
-                out[t["name"]] = flat[at : at + size].reshape(shape).astype(dt)
-                written.append(np.dtype(dt).name)
+                values = flat[at : at + size].reshape(shape)
                 at += size
+                if t["name"] in ints:
+                    # An integer tensor of `like` that the round averaged: rounded to the
+                    # nearest integer, in its dtype (0.5 more error than the bound says).
+                    a = ints.pop(t["name"])
+                    dt = _numpy(a, f"like[{t['name']!r}]").dtype
+                    out[t["name"]] = np.asarray(np.rint(values)).astype(dt)
+                    continue
+                dt = dtypes.get(t["name"], default)
+                out[t["name"]] = values.astype(dt)
+                written.append(np.dtype(dt).name)
             # Integer tensors of `like` the round left out are copied through (never over a
             # tensor the round averaged).
             for name, a in ints.items():

@@ -15,20 +15,21 @@ Two pieces replace plaintext FedAvg without changing the user's train function:
 The ServerApp therefore learns the mean — what FedAvg publishes anyway — and nothing about any
 single client's update; the aggregator learns nothing at all. **What the ServerApp does see in
 the clear**: the train function's reply metrics (``num-examples``, losses, anything it puts in
-its ``MetricRecord``), the site's own clipping count (``cryptflow-clipped``) and the upload
-receipt.
+its ``MetricRecord``) and the upload receipt.
 
 Models: the arrays are whatever the app sends — numpy arrays or a PyTorch model's
 ``state_dict()`` (``ArrayRecord(model.state_dict())``). Every tensor keeps its shape and dtype
-through a round, 0-d and empty ones included (float16, bfloat16, float32, float64; integer
-buffers by the ``integers`` policy below).
+through a round, 0-d and empty ones included (float16, float32, float64; integer buffers by the
+``integers`` policy below; Flower's ``Array`` carries no bfloat16).
 
 Clipping: each value of an update is clipped to the round's bound. How many contributions and
 values clipping changed is summed under encryption with the update, so the strategy learns it
 with the mean (its metrics ``cryptflow-clipped-contributions`` and
 ``cryptflow-clipped-values``; a warning when any value was clipped). By default the bound
 adapts round by round (:class:`AdaptiveClip`, Andrew et al., NeurIPS 2021), so a user need not
-guess it.
+guess it. Each site reports its own clipping, as it sends its own values: a dishonest site can
+misreport it (and so steer the adaptive bound within a round's range), as it can send any
+update within the bound — poisoning is out of scope.
 
 Integer tensors (e.g. BatchNorm's ``num_batches_tracked``): ``integers="keep"`` (default)
 keeps the server's values; ``"mean"`` averages their increments like the float tensors and
@@ -91,7 +92,8 @@ class AdaptiveClip:
     where ``b`` is the fraction of contributions no value of which was clipped, decrypted with
     the mean (CryptFlow clips per value, so ``b`` estimates the quantile of the updates'
     largest magnitudes). The bound grows quickly while sites clip and shrinks slowly while none
-    does (fewer bits per value).
+    does (fewer bits per value). ``b`` is what the sites report of themselves: one dishonest
+    site moves it by at most 1/contributors per round.
 
     Args:
         initial: the first round's bound (> 0).
@@ -146,10 +148,12 @@ class SecureAggregationMod:
             key, committee file and journal), e.g. built from ``context.node_config``.
         count_key: the train reply's metric holding the sample count (FedAvg's
             ``num-examples``); it reaches the ServerApp in the clear, like every reply metric.
-        experiment: a name for this run in the site's journal — a string, or
-            ``experiment(context) -> str`` (e.g. from the run config). The journal refuses the
-            same update in two rounds of one experiment; a deterministic re-run of an
-            experiment (same seeds, same updates) names a new one.
+        experiment: a name for this run in the site's journal. The journal refuses the same
+            update in two rounds of one experiment; a deterministic re-run of an experiment
+            (same seeds, same updates) names a new one. It is the *site's* setting (a constant,
+            the site's own configuration or ``node_config``) — never take it from the run
+            config, which the ServerApp's side sets: a ServerApp that could rename experiments
+            could have the same updates sent to new rounds and difference their means.
 
     The train message must carry :data:`ROUND_KEY` in its config (``CryptflowFedAvg`` puts it
     there); without it the mod replies with an error rather than send weights in the clear.
@@ -157,10 +161,10 @@ class SecureAggregationMod:
 
     def __init__(
         self, client: Callable[[Context], Client], *, count_key: str = "num-examples",
-        experiment: Union[str, Callable[[Context], str], None] = None,
+        experiment: Optional[str] = None,
     ) -> None:
-        if experiment is not None and not callable(experiment) and (not isinstance(experiment, str) or not experiment):
-            raise ValueError(f"experiment = {experiment!r}: must be a non-empty string or a function of the context")
+        if experiment is not None and (not isinstance(experiment, str) or not experiment):
+            raise ValueError(f"experiment = {experiment!r}: must be a non-empty string")
         self._client = client
         self._count_key = count_key
         self._experiment = experiment
@@ -210,21 +214,18 @@ class SecureAggregationMod:
                     msg, "CryptFlow: this site's cryptflow.Client has no journal_file; without one the same "
                     "update could be submitted to two rounds (refused)"
                 )
-            experiment = self._experiment(ctx) if callable(self._experiment) else self._experiment
             result = client.submit(round_id, update, count=count, pass_integers=integers == "keep",
-                                   experiment=experiment or None)
+                                   experiment=self._experiment)
         except PolicyError as e:
             hint = " — for a re-run of an experiment, give SecureAggregationMod a new `experiment`" \
                 if "already submitted" in str(e) else ""
             return _error_reply(msg, f"CryptFlow: {type(e).__name__}: {e}{hint}")
         except CryptflowError as e:
             return _error_reply(msg, f"CryptFlow: {type(e).__name__}: {e}")
-        reply_metrics = MetricRecord(dict(metrics))
-        reply_metrics["cryptflow-clipped"] = int(result["clipped"])
-        receipt = ConfigRecord(
-            {"round": round_id, "upload-sha256": str(result["receipt"]["upload_sha256"])}
-        )
-        return Message(RecordDict({"metrics": reply_metrics, "cryptflow": receipt}), reply_to=msg)
+        # No clipping count of this site's own: per-site information is what secure aggregation
+        # hides; the count over all sites comes with the mean.
+        receipt = ConfigRecord({"round": round_id, "upload-sha256": str(result["receipt"]["upload_sha256"])})
+        return Message(RecordDict({"metrics": MetricRecord(dict(metrics)), "cryptflow": receipt}), reply_to=msg)
 
 
 def _update(received: Dict[str, np.ndarray], trained: Dict[str, np.ndarray], integers: str) -> Dict[str, np.ndarray]:
