@@ -207,3 +207,14 @@ def test_the_adaptive_bound_stays_within_what_a_round_can_carry():
     strategy = CryptflowFedAvg(None, None, ["a", "b", "c"], round_prefix="x", clip=AdaptiveClip(initial=50.0))
     strategy._cap_clip(3)
     assert strategy.clip == limit
+
+
+def test_a_tensor_flower_cannot_carry_as_a_float_is_refused_not_sent_raw():
+    # Flower's Array turns an ml_dtypes bfloat16 array into raw bytes (dtype V2). Before, the
+    # mod treated anything not of kind "f" as an integer buffer to keep — and would have sent
+    # nothing for it, or, if it were a float, the weights themselves rather than an update.
+    import ml_dtypes
+
+    weights = {"w": np.linspace(-1, 1, 4).astype(ml_dtypes.bfloat16)}
+    out = SecureAggregationMod(Sites(no_client))(message(weights=weights), context(), train)
+    assert out.has_error() and "which a round cannot carry" in out.error.reason, out.error.reason

@@ -228,13 +228,20 @@ class SecureAggregationMod:
         return Message(RecordDict({"metrics": MetricRecord(dict(metrics)), "cryptflow": receipt}), reply_to=msg)
 
 
+def _is_float(a: np.ndarray) -> bool:
+    """Floating point, bfloat16 (``ml_dtypes``, numpy kind ``V``) included."""
+    return a.dtype.kind == "f" or a.dtype.name == "bfloat16"
+
+
 def _update(received: Dict[str, np.ndarray], trained: Dict[str, np.ndarray], integers: str) -> Dict[str, np.ndarray]:
     """New weights minus received ones, in float64; integer tensors by the policy (left as
     they are for ``keep``, which ``submit(pass_integers=True)`` leaves out)."""
     update = {}
     for name, r in received.items():
-        if r.dtype.kind == "f" or (integers == "mean" and r.dtype.kind in "iub"):
+        if _is_float(r) or (integers == "mean" and r.dtype.kind in "iub"):
             update[name] = trained[name].astype(np.float64) - r.astype(np.float64)
+        elif r.dtype.kind not in "iub":
+            raise ValueError(f"`{name}` has dtype {r.dtype}, which a round cannot carry")
         elif integers == "refuse":
             raise ValueError(f"`{name}` is an integer tensor ({r.dtype}) and the round's policy refuses them")
         else:
@@ -323,7 +330,7 @@ class CryptflowFedAvg(FedAvg):
         """The tensors the round averages, as the mod sends them (float64 updates)."""
         return {
             k: np.zeros(v.shape, np.float64) for k, v in arrays.items()
-            if v.dtype.kind == "f" or (self.integers == "mean" and v.dtype.kind in "iub")
+            if _is_float(v) or (self.integers == "mean" and v.dtype.kind in "iub")
         }
 
     def configure_train(
@@ -336,6 +343,9 @@ class CryptflowFedAvg(FedAvg):
         round_id = f"{self.round_prefix}-{server_round}"
         self._current = _arrays(arrays)
         ints = [k for k, v in self._current.items() if v.dtype.kind in "iub"]
+        odd = [f"{k} ({v.dtype})" for k, v in self._current.items() if not _is_float(v) and v.dtype.kind not in "iub"]
+        if odd:
+            raise RoundFailedError(f"the model has tensors of dtypes a round cannot carry: {odd}")
         if ints and self.integers == "refuse":
             raise RoundFailedError(f"the model has integer tensors {ints} and integers='refuse'")
         if ints and server_round == 1:
@@ -428,7 +438,7 @@ class CryptflowFedAvg(FedAvg):
             # np.asarray: arithmetic on 0-d arrays gives numpy scalars, which Flower's Array
             # refuses (and which would lose the tensor's shape).
             moved = np.asarray(a, np.float64) + agg.mean[name]
-            new[name] = np.asarray(moved if a.dtype.kind == "f" else np.rint(moved)).astype(a.dtype)
+            new[name] = np.asarray(moved if _is_float(a) else np.rint(moved)).astype(a.dtype)
         self._report_clipping(server_round, agg)
         if metrics is None:
             metrics = MetricRecord()
