@@ -20,7 +20,7 @@
 use crate::domain;
 use crate::fold::{aggregate_blob, upload_blob};
 use crate::lifecycle;
-use crate::store::{RoundRow, UploadRow};
+use crate::store::{Admission, RoundRow, UploadRow};
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -229,7 +229,8 @@ async fn close_round(
 }
 
 /// `PUT /v1/rounds/{round}/submissions/{client}` — the client itself, a member of the round.
-/// 201 admitted, 200 the same upload again, 409 another upload or a closed/full round, 413
+/// 201 admitted, 200 the same upload again, 409 another upload, a copy of another member's
+/// upload, or a closed/full round, 413
 /// too large (with the limit), 400 truncated or malformed, 408 stalled or too slow, 422 a
 /// header of another round (naming the field), 429 this client's other upload is in flight,
 /// 503 no upload slot within `upload_queue_secs` (both with `Retry-After`).
@@ -290,11 +291,25 @@ async fn submit(
         )
         .await
         .map_err(db)?;
-    let Some(uploads) = admitted else {
-        // A concurrent identical upload won, or the round closed or filled meanwhile.
-        let existing = s.store.upload(&round, &client).await.map_err(db)?;
-        let row = require_round(&s, &round).await?;
-        return repeat_or_closed(&s, &row, &client, existing.map(|e| (e.sha256, sha256))).await;
+    let uploads = match admitted {
+        Admission::Admitted(uploads) => uploads,
+        Admission::CopyOf(original) => {
+            // Its blob stays unreferenced under this client's name; retention removes it.
+            return Err(AppError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "this upload is byte for byte {original}'s upload to round {round}: an upload is a fresh \
+                     encryption under the uploading client's own key, so a copy is never one"
+                ),
+            )
+            .with_field("body"));
+        }
+        Admission::Refused => {
+            // A concurrent identical upload won, or the round closed or filled meanwhile.
+            let existing = s.store.upload(&round, &client).await.map_err(db)?;
+            let row = require_round(&s, &round).await?;
+            return repeat_or_closed(&s, &row, &client, existing.map(|e| (e.sha256, sha256))).await;
+        }
     };
     s.metrics.submissions.fetch_add(1, Ordering::Relaxed);
     s.metrics.submission_bytes.fetch_add(expected, Ordering::Relaxed);

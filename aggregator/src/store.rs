@@ -82,6 +82,17 @@ pub struct RoundRow {
     pub span_blocks: u64,
 }
 
+/// What [`Store::admit`] did with an upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted: the round's uploads, this one included.
+    Admitted(u32),
+    /// The round is closed or full, or this client's upload was admitted meanwhile.
+    Refused,
+    /// Byte for byte another member's upload in this round (named).
+    CopyOf(ClientId),
+}
+
 /// An admitted upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadRow {
@@ -301,7 +312,7 @@ impl Store {
         upload: &UploadRow,
         max_clients: u32,
         at: i64,
-    ) -> Result<Option<u32>> {
+    ) -> Result<Admission> {
         let mut tx = self.pool.begin().await?;
         let counted = sqlx::query(
             "UPDATE rounds SET admitted = admitted + 1 WHERE round_id = $1 AND state = 'open' AND admitted < $2",
@@ -313,7 +324,21 @@ impl Store {
         .rows_affected();
         if counted != 1 {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(Admission::Refused);
+        }
+        // A byte-identical copy of another member's upload (checked under the round row's
+        // lock, which the update above holds: concurrent admissions of one round take turns).
+        let copied: Option<String> = sqlx::query_scalar(
+            "SELECT client_id FROM uploads WHERE round_id = $1 AND sha256 = $2 AND client_id <> $3 LIMIT 1",
+        )
+        .bind(round.as_str())
+        .bind(upload.sha256.to_string())
+        .bind(upload.client_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(original) = copied {
+            tx.rollback().await?;
+            return Ok(Admission::CopyOf(ClientId::parse(&original).map_err(corrupt)?));
         }
         let inserted = sqlx::query(
             "INSERT INTO uploads (round_id, client_id, sha256, bytes, received_at, span_sha256) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -330,7 +355,7 @@ impl Store {
         .rows_affected();
         if inserted != 1 {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(Admission::Refused);
         }
         let admitted: i64 = sqlx::query("SELECT admitted FROM rounds WHERE round_id = $1")
             .bind(round.as_str())
@@ -338,7 +363,7 @@ impl Store {
             .await?
             .try_get(0)?;
         tx.commit().await?;
-        Ok(Some(u32::try_from(admitted).map_err(corrupt)?))
+        Ok(Admission::Admitted(u32::try_from(admitted).map_err(corrupt)?))
     }
 
     /// Closes an open round (open → aggregating); returns whether this call did.

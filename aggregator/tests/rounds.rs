@@ -708,3 +708,39 @@ async fn uploads_admitted_before_span_digests_are_checked_whole() {
     pool.close().await;
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_copy_of_another_members_upload_is_refused_naming_it() {
+    // Issue #30 (6): site-1 PUT a byte-identical copy of site-0's ciphertext into the same
+    // round and got 201 and a receipt (it stayed out of the mean only because it never
+    // deposited; had it deposited, the round would have failed for everyone).
+    let stack = LocalStack::builder().sites(3).start().await.unwrap();
+    let info = stack.admin().create_round(&stack.round_request("copy", 100, 2, 3)).await.unwrap();
+    let setup = cryptflow_services::protocol::setup(&info.spec).unwrap();
+    let key = cryptflow_he::ClientKey::generate(setup.params()).unwrap();
+    let x = vec![0.25f64; 100];
+    let body = key.encryptor(&setup, None).unwrap().encrypt(&x[..]).unwrap().ciphertext.to_bytes();
+    let put = |who: &'static str| {
+        reqwest::Client::new()
+            .put(format!("{}/v1/rounds/copy/submissions/{who}", stack.aggregator_url()))
+            .bearer_auth(stack.token(who, Role::Client, "aggregator"))
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(put("site-0").await.unwrap().status(), StatusCode::CREATED);
+    let copy = put("site-1").await.unwrap();
+    assert_eq!(copy.status(), StatusCode::CONFLICT);
+    let problem: Value = copy.json().await.unwrap();
+    assert_eq!(problem["field"], "body", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("site-0"), "{problem}");
+    // Nothing was admitted for site-1, and its own upload is still welcome.
+    let round = RoundId::parse("copy").unwrap();
+    assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 1);
+    stack
+        .client("site-1")
+        .submit(&round, ModelUpdate::from(Array1::from(vector(100, 1))), SubmitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 2);
+    stack.stop().await;
+}
