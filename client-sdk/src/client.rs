@@ -131,7 +131,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Longest silence while reading a response (default 120 s).
+    /// Longest silence while reading a response (default 120 s; never longer than the retry
+    /// budget, nor shorter than 5 s).
     pub fn read_timeout(mut self, t: Duration) -> Self {
         self.read_timeout = t;
         self
@@ -159,9 +160,13 @@ impl ClientBuilder {
                 self.aggregator_url
             )));
         }
+        // A server that accepts and then says nothing must not hold a caller past its retry
+        // budget: silence longer than the budget (at least MIN_SILENCE, for servers that
+        // fsync before answering) ends the attempt, and with it the budget (#30, item 5).
+        let silence = self.read_timeout.min(self.retry.budget.max(MIN_SILENCE));
         let mut http = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout);
+            .connect_timeout(self.connect_timeout.min(self.retry.budget.max(MIN_SILENCE)))
+            .read_timeout(silence);
         for pem in &self.roots {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| ClientError::Config(format!("CA certificates: {e}")))?;
@@ -191,6 +196,9 @@ impl ClientBuilder {
         })
     }
 }
+
+/// The shortest silence an attempt is allowed however small the retry budget.
+const MIN_SILENCE: Duration = Duration::from_secs(5);
 
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,

@@ -358,3 +358,28 @@ async fn the_client_policy_refuses_before_anything_is_sent() {
     assert!(matches!(e, ClientError::Input(_)), "{e}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_holds_a_client_no_longer_than_its_retry_budget() {
+    // Issue #30 (5): an aggregator that accepts the connection and never answers held
+    // `submit --retry-budget 5` for 120 s (the read timeout), whatever the budget said.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket); // accepted, read from by nobody, never answered
+        }
+    });
+    let client = Client::builder(&url)
+        .aggregator_token(Token::new("t"))
+        .retry(RetryPolicy { budget: Duration::from_secs(5), ..RetryPolicy::default() })
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let e = client.round(&RoundId::parse("r").unwrap()).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(15), "held for {took:?}: {e}");
+    assert!(matches!(e, ClientError::Transport { .. }), "{e}");
+    held.abort();
+}
