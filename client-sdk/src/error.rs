@@ -45,6 +45,15 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    /// A server's TLS certificate is not acceptable (an unknown authority, another host,
+    /// expired): never retried, since no retry changes it.
+    #[error("{service}'s TLS certificate is refused: {detail}")]
+    Certificate {
+        /// `aggregator` or `kms-<x>`.
+        service: String,
+        /// What is wrong with it, and the fix.
+        detail: String,
+    },
     /// A server answered with something that is not what the protocol says (wrong size,
     /// undecodable object, a key that does not match the round, a hash mismatch).
     #[error("{service} sent an invalid response: {detail}")]

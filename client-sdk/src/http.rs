@@ -127,6 +127,16 @@ pub(crate) async fn send(
 pub(crate) fn transport(service: Service, e: reqwest::Error) -> Failure {
     if e.is_builder() {
         Failure::Fatal(ClientError::Config(e.to_string()))
+    } else if let Some(problem) = certificate_problem(&e) {
+        // No retry makes an untrusted certificate trusted (#30, item 4): say which and how.
+        Failure::Fatal(ClientError::Certificate {
+            service: service.name(),
+            detail: format!(
+                "{problem}. If the server's certificate is signed by your consortium's own \
+                 authority, give its PEM with --ca-file / ca_file; if it is for another host or \
+                 expired, the server's operator must replace it"
+            ),
+        })
     } else {
         Failure::Retry(
             ClientError::Transport { service: service.name(), attempts: 1, source: e },
@@ -180,4 +190,41 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 ) -> std::result::Result<T, Failure> {
     serde_json::from_slice(body)
         .map_err(|e| Failure::Fatal(protocol(service, format!("unexpected JSON: {e}"))))
+}
+
+/// The certificate failure under an HTTP error, in words, if that is what it is: rustls's
+/// error is found through the cause chain and the `io::Error`s wrapped in it (an `io::Error`'s
+/// `source` skips the error it wraps, so those are opened one by one).
+fn certificate_problem(e: &reqwest::Error) -> Option<String> {
+    fn tls<'a>(mut cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+        loop {
+            if let Some(t) = cause.downcast_ref::<rustls::Error>() {
+                return Some(t);
+            }
+            cause = cause.downcast_ref::<std::io::Error>()?.get_ref()?;
+        }
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = next {
+        if let Some(rustls::Error::InvalidCertificate(why)) = tls(cause) {
+            use rustls::CertificateError as C;
+            let what = match why {
+                C::UnknownIssuer => {
+                    "its certificate is signed by an authority this client does not trust"
+                }
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "its certificate is for another host name"
+                }
+                C::Expired | C::ExpiredContext { .. } => "its certificate has expired",
+                C::NotValidYet | C::NotValidYetContext { .. } => {
+                    "its certificate is not valid yet (or this machine's clock is behind)"
+                }
+                C::Revoked => "its certificate is revoked",
+                _ => "its certificate is not acceptable",
+            };
+            return Some(format!("{what} ({why:?})"));
+        }
+        next = cause.source();
+    }
+    None
 }

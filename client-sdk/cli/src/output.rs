@@ -92,7 +92,9 @@ impl From<ClientError> for CliError {
         let exit = match &e {
             ClientError::Input(_) => Exit::Input,
             ClientError::Refused { .. } => Exit::Refused,
-            ClientError::Server { .. } | ClientError::Transport { .. } => Exit::Unavailable,
+            ClientError::Server { .. }
+            | ClientError::Transport { .. }
+            | ClientError::Certificate { .. } => Exit::Unavailable,
             ClientError::Protocol { .. } | ClientError::Committee(_) => Exit::Protocol,
             ClientError::Policy(_) | ClientError::AlreadySubmitted(_) => Exit::Policy,
             ClientError::RoundState { .. } | ClientError::Timeout(_) => Exit::RoundState,

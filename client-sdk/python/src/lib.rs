@@ -50,7 +50,8 @@ fn kind(e: &ClientError) -> &'static str {
         ClientError::Policy(_) => "policy",
         ClientError::AlreadySubmitted(_) => "already_submitted",
         ClientError::RoundState { .. } | ClientError::Timeout(_) => "round_state",
-        ClientError::Config(_) => "config",
+        // The fix is on this side: the CA to trust (ca_file), or the server's certificate.
+        ClientError::Config(_) | ClientError::Certificate { .. } => "config",
         _ => "internal",
     }
 }
