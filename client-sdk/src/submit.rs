@@ -112,6 +112,7 @@ impl Client {
         let mut hashes = std::collections::BTreeSet::new();
         let mut m = 0;
         let mut unreachable = Vec::new();
+        let mut refused_roster_token = 0;
         for (x, outcome) in quorum::gather(calls, t, self.inner.grace).await {
             let outcome = match outcome {
                 Ok(outcome) => outcome,
@@ -145,8 +146,28 @@ impl Client {
                 // A node that does not hold the round (restored from a backup, restarted
                 // before the aggregator re-registered it) or answers nonsense is not counted;
                 // t others may still agree. Only a node holding another spec is fatal.
-                Err(e) => unreachable.push(format!("{x} ({e})")),
+                Err(e) => {
+                    refused_roster_token += usize::from(matches!(
+                        &e,
+                        ClientError::Refused { problem, .. } if problem.status == 401
+                    ));
+                    unreachable.push(format!("{x} ({e})"));
+                }
             }
+        }
+        if verified.len() < t
+            && !unreachable.is_empty()
+            && refused_roster_token == unreachable.len()
+        {
+            // Every node refused this site's roster token: a key that is not this site's (a
+            // profile pointing at another site's key file), not a committee failure (#30).
+            let (me, _) = self.site()?;
+            return Err(ClientError::Config(format!(
+                "the key managers refused {me}'s roster credentials ({}): the key file given \
+                 (--key-file / key_file) must be {me}'s own roster key, the one whose public key \
+                 is {me}'s entry in the consortium's roster",
+                unreachable.join(", ")
+            )));
         }
         if verified.len() < t {
             return Err(ClientError::Committee(format!(

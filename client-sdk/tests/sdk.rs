@@ -497,3 +497,23 @@ async fn certificate_failures_are_named_not_retried() {
     assert!(matches!(e, ClientError::Refused { .. }), "{e}");
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_sites_key_is_named_as_the_mistake_not_reported_as_a_committee_failure() {
+    // Issue #30 (7): a profile whose key_file is another site's ended "key-manager committee:
+    // only 0 of the 2 key managers needed confirmed round" (exit 7) instead of naming the key.
+    let stack = LocalStack::builder().nodes(3, 2).sites(2).start().await.unwrap();
+    stack.admin().create_round(&stack.round_request("wrong-key", 10, 2, 2)).await.unwrap();
+    let client = Client::builder(stack.aggregator_url())
+        .aggregator_token(Token::new(stack.token("site-0", Role::Client, "aggregator")))
+        .committee(stack.committee().clone())
+        .site(ClientId::parse("site-0").unwrap(), stack.site_key("site-1").unwrap())
+        .build()
+        .unwrap();
+    let round = RoundId::parse("wrong-key").unwrap();
+    let e = client.submit(&round, update(10, 0), SubmitOptions::default()).await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, ClientError::Config(_)), "{text}");
+    assert!(text.contains("site-0's roster credentials") && text.contains("--key-file"), "{text}");
+    stack.stop().await;
+}
