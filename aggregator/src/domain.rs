@@ -179,10 +179,19 @@ pub enum Step {
     Fail(String),
 }
 
-/// Decides, for a closed round, from the admitted uploads and the set they allow.
+/// Decides, for a closed round, from the admitted uploads and the set they allow. A closed
+/// round takes no more uploads, so one with fewer admitted than it needs fails at once — no
+/// deposit can still make it publishable (#30: it waited out the deposit grace, and its
+/// waiting clients timed out without a reason).
 pub fn next_step(admitted: usize, set: Vec<Contribution>, needed: u32, grace_over: bool) -> Step {
     if set.len() == admitted && set.len() >= needed as usize {
         return Step::Publish(set);
+    }
+    if admitted < needed as usize {
+        return Step::Fail(format!(
+            "{admitted} upload(s) were admitted before the round closed; it needs {needed} \
+             (max(min_clients, m)), so it cannot publish"
+        ));
     }
     if !grace_over {
         return Step::WaitForDeposits;
@@ -291,6 +300,9 @@ mod tests {
         assert_eq!(next_step(3, full.clone(), 2, false), Step::WaitForDeposits);
         assert_eq!(next_step(3, full.clone(), 2, true), Step::Publish(full.clone()));
         assert!(matches!(next_step(3, full[..1].to_vec(), 2, true), Step::Fail(_)));
+        // Fewer admitted than needed: failed at once, without waiting for the grace.
+        assert!(matches!(next_step(1, full[..1].to_vec(), 2, false), Step::Fail(_)));
+        assert!(matches!(next_step(0, Vec::new(), 2, false), Step::Fail(_)));
         assert!(should_close(RoundState::Open, 3, 3, 100, 0));
         assert!(should_close(RoundState::Open, 1, 3, 100, 100));
         assert!(!should_close(RoundState::Aggregating, 3, 3, 100, 200));

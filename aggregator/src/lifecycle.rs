@@ -166,6 +166,14 @@ pub async fn advance(s: &AppState, round: &RoundId) -> Result<(), AppError> {
 async fn choose_and_plan(s: &AppState, row: &RoundRow) -> Result<bool, AppError> {
     let round = &row.spec.round_id;
     let uploads = s.store.uploads(round).await.map_err(AppError::internal)?;
+    let needed = domain::needed(&row.spec, &row.echoes);
+    if uploads.len() < needed as usize {
+        // Decided without asking the key managers (one may be down): fail now.
+        if let Step::Fail(why) = domain::next_step(uploads.len(), Vec::new(), needed, false) {
+            fail(s, round, &why).await?;
+        }
+        return Ok(false);
+    }
     let calls = s.kms.committee().nodes().iter().map(|n| {
         let (kms, round, x) = (s.kms.clone(), round.clone(), n.x);
         async move { (x, kms.deposits(x, &round).await) }
@@ -186,7 +194,6 @@ async fn choose_and_plan(s: &AppState, row: &RoundRow) -> Result<bool, AppError>
     let (set, _group) = domain::choose_set(&contributions(&uploads), &deposits, t);
     let grace_over =
         s.clock.now() >= row.closed_at.unwrap_or(0) + s.tuning.deposit_grace_secs as i64;
-    let needed = domain::needed(&row.spec, &row.echoes);
     match domain::next_step(uploads.len(), set, needed, grace_over) {
         Step::WaitForDeposits => Ok(false),
         Step::Fail(why) => {

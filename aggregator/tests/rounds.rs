@@ -744,3 +744,49 @@ async fn a_copy_of_another_members_upload_is_refused_naming_it() {
     assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 2);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_that_can_no_longer_publish_fails_at_once_and_waiting_clients_hear_why() {
+    // Issue #30 (1): below its minimum with its only upload's deposits in, or empty, a closed
+    // round stayed `aggregating` for the 60 s deposit grace; `fetch --wait 30` ended "timed out"
+    // without a reason, which arrived a minute later.
+    let stack = LocalStack::builder()
+        .sites(3)
+        .configure_aggregator(|c| c.deposit_grace_secs = 600)
+        .start()
+        .await
+        .unwrap();
+    for r in ["below-minimum", "empty"] {
+        stack.admin().create_round(&stack.round_request(r, 100, 2, 3)).await.unwrap();
+    }
+    let below = RoundId::parse("below-minimum").unwrap();
+    stack
+        .client("site-0")
+        .submit(&below, ModelUpdate::from(Array1::from(vector(100, 0))), SubmitOptions::default())
+        .await
+        .unwrap();
+    for (round, admitted) in [(below, 1), (RoundId::parse("empty").unwrap(), 0)] {
+        let waiter = {
+            let client = stack.client("site-1");
+            let round = round.clone();
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                (client.wait_for_aggregate(&round, Duration::from_secs(60)).await, start.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stack.admin().close_round(&round).await.unwrap();
+        let (outcome, took) = waiter.await.unwrap();
+        let e = outcome.unwrap_err();
+        // With a 600 s grace, only deciding at once explains an answer within seconds.
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        let text = e.to_string();
+        assert!(matches!(e, ClientError::RoundState { .. }), "{text}");
+        assert!(
+            text.contains(&format!("{admitted} upload(s) were admitted"))
+                && text.contains("needs 2"),
+            "{text}"
+        );
+    }
+    stack.stop().await;
+}

@@ -419,7 +419,8 @@ impl Client {
                 return Err(ClientError::Timeout(format!("`{round}` {waits}")));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
+            // At most half a second late for a publication or a failure.
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 }
