@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 internal error; 2 bad command line; 3 unusable input file or update;
-4 refused by a server (4xx); 5 server unreachable or failing after retries; 6 round failed,
+4 refused by a server (4xx); 5 server unreachable, failing after retries, or its TLS
+certificate refused (never retried; use --ca-file for a private CA); 6 round failed,
 not published yet, or wait timed out; 7 invalid server response or key-manager committee
 that does not verify; 9 refused by this client's policy.
 
