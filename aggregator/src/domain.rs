@@ -151,6 +151,56 @@ pub fn choose_set(
     best
 }
 
+/// Why each admitted upload outside `set` was left out, one phrase per member, naming it: its
+/// key shares are at too few key managers, or it deposited shares for another upload than
+/// the one it uploaded (a member whose deposits do not match its upload, #30).
+pub fn left_out(
+    uploads: &[Contribution],
+    deposits: &BTreeMap<u8, Vec<Contribution>>,
+    set: &[Contribution],
+    threshold: u8,
+) -> Vec<String> {
+    uploads
+        .iter()
+        .filter(|u| !set.contains(u))
+        .map(|u| {
+            let matching: Vec<u8> =
+                deposits.iter().filter(|(_, ds)| ds.contains(u)).map(|(x, _)| *x).collect();
+            let other: Vec<u8> = deposits
+                .iter()
+                .filter(|(_, ds)| {
+                    ds.iter()
+                        .any(|d| d.client_id == u.client_id && d.upload_sha256 != u.upload_sha256)
+                })
+                .map(|(x, _)| *x)
+                .collect();
+            if !other.is_empty() {
+                format!(
+                    "{} (its key shares at key manager(s) {} are for another upload than the one \
+                     it uploaded)",
+                    u.client_id,
+                    join(&other)
+                )
+            } else {
+                format!(
+                    "{} (its key shares are at {} of the {threshold} key managers needed{})",
+                    u.client_id,
+                    matching.len(),
+                    if matching.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", join(&matching))
+                    }
+                )
+            }
+        })
+        .collect()
+}
+
+fn join(xs: &[u8]) -> String {
+    xs.iter().map(u8::to_string).collect::<Vec<_>>().join(", ")
+}
+
 fn combinations(items: &[u8], k: usize) -> Vec<Vec<u8>> {
     if k == 0 {
         return vec![Vec::new()];
@@ -303,6 +353,27 @@ mod tests {
         // Fewer admitted than needed: failed at once, without waiting for the grace.
         assert!(matches!(next_step(1, full[..1].to_vec(), 2, false), Step::Fail(_)));
         assert!(matches!(next_step(0, Vec::new(), 2, false), Step::Fail(_)));
+    }
+
+    #[test]
+    fn members_left_out_are_named_with_the_reason() {
+        let c = |id: &str, b: u8| Contribution {
+            client_id: ClientId::parse(id).unwrap(),
+            upload_sha256: Sha256Digest([b; 32]),
+        };
+        let uploads = vec![c("a", 1), c("b", 2), c("c", 3)];
+        let deposits = BTreeMap::from([
+            (1u8, vec![c("a", 1), c("b", 2), c("c", 9)]),
+            (2u8, vec![c("a", 1), c("c", 9)]),
+        ]);
+        let (set, _) = choose_set(&uploads, &deposits, 2);
+        assert_eq!(set, vec![c("a", 1)]);
+        let why = left_out(&uploads, &deposits, &set, 2);
+        assert_eq!(why[0], "b (its key shares are at 1 of the 2 key managers needed: 1)");
+        assert_eq!(
+            why[1],
+            "c (its key shares at key manager(s) 1, 2 are for another upload than the one it uploaded)"
+        );
         assert!(should_close(RoundState::Open, 3, 3, 100, 0));
         assert!(should_close(RoundState::Open, 1, 3, 100, 100));
         assert!(!should_close(RoundState::Aggregating, 3, 3, 100, 200));

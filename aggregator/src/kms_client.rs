@@ -48,9 +48,15 @@ pub enum KmsError {
         /// What happened.
         detail: String,
     },
-    /// The token file cannot be read.
-    #[error("cannot read the token file {0} for the key managers")]
-    Token(String),
+    /// The token file cannot be read (the cause kept: "too many open files" is not "no such
+    /// file", #30).
+    #[error("cannot read the token file {file} for the key managers: {reason}")]
+    Token {
+        /// The file.
+        file: String,
+        /// The operating system's reason.
+        reason: String,
+    },
 }
 
 impl KmsError {
@@ -60,7 +66,7 @@ impl KmsError {
             Self::Refused { x, .. } | Self::Credentials { x, .. } | Self::Unavailable { x, .. } => {
                 Some(*x)
             }
-            Self::Token(_) => None,
+            Self::Token { .. } => None,
         }
     }
 }
@@ -97,9 +103,9 @@ impl KmsNodes {
 
     fn token(&self, x: u8) -> Result<(String, PathBuf), KmsError> {
         let file = self.token_files.get(&x).unwrap_or(&self.token_file).clone();
-        std::fs::read_to_string(&file)
-            .map(|t| (t.trim().to_owned(), file.clone()))
-            .map_err(|_| KmsError::Token(file.display().to_string()))
+        std::fs::read_to_string(&file).map(|t| (t.trim().to_owned(), file.clone())).map_err(|e| {
+            KmsError::Token { file: file.display().to_string(), reason: e.to_string() }
+        })
     }
 
     fn url(&self, x: u8, path: &str) -> Result<String, KmsError> {

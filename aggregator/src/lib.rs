@@ -34,6 +34,7 @@ use cryptflow_services::auth::{verifier_from_files, Verifier};
 use cryptflow_services::clock::{SharedClock, SystemClock};
 use cryptflow_services::db::{self, Migrations};
 use cryptflow_services::protocol::Committee;
+use cryptflow_services::serve::{ConnectionLimits, Connections};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -503,10 +504,13 @@ pub async fn launch(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let connections = Connections::new(ConnectionLimits::from_descriptor_limit());
     let counters = state.metrics.clone();
+    let stats = connections.stats().clone();
     let metrics_task = cryptflow_services::http::spawn_metrics(
         metrics,
-        move || counters.render(),
+        &connections,
+        move || counters.render() + &stats.render("cryptflow_aggregator"),
         stop_rx.clone(),
     );
     let workers: Vec<_> = (0..state.tuning.max_concurrent_jobs)
@@ -524,10 +528,12 @@ pub async fn launch(
             }
         }
     });
-    let listener =
-        axum::serve::ListenerExt::tap_io(listener, cryptflow_services::http::set_nodelay);
-    let result =
-        axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown).await;
+    let (http_tx, http_rx) = tokio::sync::watch::channel(false);
+    let (result, ()) =
+        tokio::join!(connections.serve(listener, routes::router(state), http_rx), async {
+            shutdown.await;
+            let _ = http_tx.send(true);
+        });
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
     let _ = ticker.await;

@@ -191,12 +191,19 @@ async fn choose_and_plan(s: &AppState, row: &RoundRow) -> Result<bool, AppError>
         }
     }
     let t = s.kms.committee().shape().threshold();
-    let (set, _group) = domain::choose_set(&contributions(&uploads), &deposits, t);
+    let admitted = contributions(&uploads);
+    let (set, _group) = domain::choose_set(&admitted, &deposits, t);
     let grace_over =
         s.clock.now() >= row.closed_at.unwrap_or(0) + s.tuning.deposit_grace_secs as i64;
+    let left_out = domain::left_out(&admitted, &deposits, &set, t);
     match domain::next_step(uploads.len(), set, needed, grace_over) {
         Step::WaitForDeposits => Ok(false),
         Step::Fail(why) => {
+            let why = if left_out.is_empty() {
+                why
+            } else {
+                format!("{why}; left out: {}", left_out.join("; "))
+            };
             fail(s, round, &why).await?;
             Ok(false)
         }

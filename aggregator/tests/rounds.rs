@@ -710,6 +710,42 @@ async fn uploads_admitted_before_span_digests_are_checked_whole() {
 }
 
 #[tokio::test]
+async fn a_failed_round_names_the_members_whose_key_shares_are_missing() {
+    // Issue #30: a round that failed for want of deposits said "1 of 2 uploads have their key
+    // shares deposited…" without saying whose were missing; the member is now named.
+    let stack = LocalStack::builder().sites(3).deposit_grace_secs(1).start().await.unwrap();
+    let info = stack.admin().create_round(&stack.round_request("named", 100, 2, 3)).await.unwrap();
+    let round = RoundId::parse("named").unwrap();
+    stack
+        .client("site-0")
+        .submit(&round, ModelUpdate::from(Array1::from(vector(100, 0))), SubmitOptions::default())
+        .await
+        .unwrap();
+    // site-1 uploads a ciphertext and never deposits its key shares.
+    let setup = cryptflow_services::protocol::setup(&info.spec).unwrap();
+    let key = cryptflow_he::ClientKey::generate(setup.params()).unwrap();
+    let x = vec![0.25f64; 100];
+    let body = key.encryptor(&setup, None).unwrap().encrypt(&x[..]).unwrap().ciphertext.to_bytes();
+    let put = reqwest::Client::new()
+        .put(format!("{}/v1/rounds/named/submissions/site-1", stack.aggregator_url()))
+        .bearer_auth(stack.token("site-1", Role::Client, "aggregator"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    stack.admin().close_round(&round).await.unwrap();
+    let err = stack.admin().wait_for_aggregate(&round, Duration::from_secs(30)).await.unwrap_err();
+    let failure = stack.admin().round(&round).await.unwrap().failure.unwrap();
+    assert!(
+        failure.contains("left out: site-1 (its key shares are at 0 of the 1 key managers needed)"),
+        "{failure}"
+    );
+    assert!(err.to_string().contains("site-1"), "{err}");
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn a_copy_of_another_members_upload_is_refused_naming_it() {
     // Issue #30 (6): site-1 PUT a byte-identical copy of site-0's ciphertext into the same
     // round and got 201 and a receipt (it stayed out of the mean only because it never

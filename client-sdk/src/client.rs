@@ -192,6 +192,7 @@ impl ClientBuilder {
                 policy: self.policy,
                 journal: self.journal,
                 grace: self.grace,
+                clock_offsets: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             }),
         })
     }
@@ -211,6 +212,22 @@ pub(crate) struct Inner {
     pub(crate) policy: ClientPolicy,
     pub(crate) journal: Option<PathBuf>,
     pub(crate) grace: Duration,
+    /// Per key manager, how far its clock is ahead of this machine's (seconds), learnt from
+    /// its refusals; roster tokens for it are minted against its clock.
+    pub(crate) clock_offsets: std::sync::Mutex<std::collections::BTreeMap<u8, i64>>,
+}
+
+/// The largest clock difference with a key manager that a client bridges, seconds: beyond it
+/// a request fails naming the difference. Bridging means minting roster tokens against the
+/// key manager's stated clock; bounding it bounds how far in the future a token minted
+/// against a lying clock (plain HTTP) could become valid.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 900;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A CryptFlow client. Cheap to clone; clones share the connection pool.
@@ -312,15 +329,59 @@ impl Client {
         })?;
         let (id, key) = self.site().map_err(Failure::Fatal)?;
         let role = if self.inner.reader { Role::Reader } else { Role::Client };
+        let now = unix_now().saturating_add_signed(self.clock_offset(x));
         Ok(self
             .inner
             .http
             .request(method, format!("{}{path}", node.url.trim_end_matches('/')))
-            .bearer_auth(key.roster_token(
+            .bearer_auth(key.roster_token_at(
                 id,
                 role,
                 &cryptflow_services::protocol::node_audience(node),
+                now,
             )))
+    }
+
+    fn clock_offset(&self, x: u8) -> i64 {
+        let offsets = self.inner.clock_offsets.lock().unwrap_or_else(|p| p.into_inner());
+        offsets.get(&x).copied().unwrap_or(0)
+    }
+
+    /// Sends a request to key manager `x` (built by `build` on a fresh [`Client::kms`]
+    /// request). When the node refuses the roster token for its time claims and states its
+    /// clock, the two clocks differ: within [`MAX_CLOCK_SKEW_SECS`] the request is sent once
+    /// more with a token minted against the node's clock (and later ones are too); beyond it,
+    /// a configuration error says by how much they differ.
+    pub(crate) async fn send_kms(
+        &self,
+        x: u8,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> std::result::Result<reqwest::Response, Failure> {
+        let service = Service::Kms(x);
+        let first = send(service, build(self.kms(x, method.clone(), path)?)).await;
+        let server_time = match &first {
+            Err(Failure::Fatal(ClientError::Refused { problem, .. })) if problem.status == 401 => {
+                problem.server_time
+            }
+            _ => None,
+        };
+        let Some(server) = server_time else { return first };
+        let local = unix_now();
+        let skew = i64::try_from(server).unwrap_or(i64::MAX) - i64::try_from(local).unwrap_or(0);
+        if skew.unsigned_abs() > MAX_CLOCK_SKEW_SECS {
+            return Err(Failure::Fatal(ClientError::Config(clock_message(x, local, server))));
+        }
+        let before = {
+            let mut offsets = self.inner.clock_offsets.lock().unwrap_or_else(|p| p.into_inner());
+            offsets.insert(x, skew)
+        };
+        if before == Some(skew) {
+            // Already minted against its clock: the refusal is about something else.
+            return first;
+        }
+        send(service, build(self.kms(x, method, path)?)).await
     }
 
     /// GETs a JSON document from the aggregator (under retries).
@@ -381,7 +442,7 @@ impl Client {
         let service = Service::Kms(x);
         let path = format!("/v1/rounds/{round}");
         with_retries(self.retry(), service, || async {
-            let res = send(service, self.kms(x, reqwest::Method::GET, &path)?).await?;
+            let res = self.send_kms(x, reqwest::Method::GET, &path, |r| r).await?;
             decode(service, &read_body(service, res, MAX_JSON_BYTES, None).await?)
         })
         .await
@@ -480,4 +541,16 @@ pub(crate) fn state_error(info: &RoundInfo, detail: &str) -> ClientError {
 
 pub(crate) fn aggregator_protocol(detail: impl Into<String>) -> ClientError {
     protocol(Service::Aggregator, detail.into())
+}
+
+/// "clocks differ by N s", with both clocks, the bound and the fix.
+fn clock_message(x: u8, local: u64, server: u64) -> String {
+    let (by, side) =
+        if server > local { (server - local, "behind") } else { (local - server, "ahead of") };
+    format!(
+        "clocks differ by {by} s: this machine's clock is {side} key manager {x}'s ({local} vs \
+         {server} s since the Unix epoch), more than the {MAX_CLOCK_SKEW_SECS} s a client \
+         bridges; set the right time on the machine that is wrong (e.g. enable NTP with \
+         `timedatectl set-ntp true`)"
+    )
 }

@@ -239,8 +239,7 @@ impl Client {
                 let call = async move {
                     let service = Service::Kms(x);
                     with_retries(client.retry(), service, || async {
-                        let res =
-                            send(service, client.kms(x, reqwest::Method::GET, &path)?).await?;
+                        let res = client.send_kms(x, reqwest::Method::GET, &path, |r| r).await?;
                         decode::<ReleaseResponse>(
                             service,
                             &read_body(service, res, MAX_JSON_BYTES, None).await?,

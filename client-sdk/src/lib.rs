@@ -38,7 +38,7 @@ mod retry;
 mod submit;
 mod update;
 
-pub use client::{Client, ClientBuilder, ClientPolicy, Token};
+pub use client::{Client, ClientBuilder, ClientPolicy, Token, MAX_CLOCK_SKEW_SECS};
 pub use error::{ClientError, Result};
 pub use fetch::{Aggregate, NodeOutcome, OutputType};
 pub use progress::{Progress, ProgressFn};

@@ -113,6 +113,7 @@ impl Client {
         let mut m = 0;
         let mut unreachable = Vec::new();
         let mut refused_roster_token = 0;
+        let mut clocks_differ = None;
         for (x, outcome) in quorum::gather(calls, t, self.inner.grace).await {
             let outcome = match outcome {
                 Ok(outcome) => outcome,
@@ -147,13 +148,22 @@ impl Client {
                 // before the aggregator re-registered it) or answers nonsense is not counted;
                 // t others may still agree. Only a node holding another spec is fatal.
                 Err(e) => {
+                    if let ClientError::Config(why) = &e {
+                        clocks_differ.get_or_insert_with(|| why.clone());
+                    }
                     refused_roster_token += usize::from(matches!(
                         &e,
-                        ClientError::Refused { problem, .. } if problem.status == 401
+                        // A refusal for time claims is about clocks, not the key.
+                        ClientError::Refused { problem, .. }
+                            if problem.status == 401 && problem.server_time.is_none()
                     ));
                     unreachable.push(format!("{x} ({e})"));
                 }
             }
+        }
+        if let (true, Some(why)) = (verified.len() < t, clocks_differ) {
+            // This machine's clock, or a node's, is off by more than a client bridges (#30).
+            return Err(ClientError::Config(why));
         }
         if verified.len() < t
             && !unreachable.is_empty()
@@ -367,11 +377,11 @@ impl Client {
                 let call = async move {
                     let service = Service::Kms(x);
                     with_retries(client.retry(), service, || async {
-                        let req = client
-                            .kms(x, reqwest::Method::PUT, &path)?
-                            .header(CONTENT_TYPE, "application/json")
-                            .body(body.to_vec());
-                        let res = send(service, req).await?;
+                        let res = client
+                            .send_kms(x, reqwest::Method::PUT, &path, |r| {
+                                r.header(CONTENT_TYPE, "application/json").body(body.to_vec())
+                            })
+                            .await?;
                         decode::<DepositReceipt>(
                             service,
                             &read_body(service, res, MAX_JSON_BYTES, None).await?,

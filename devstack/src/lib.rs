@@ -136,6 +136,7 @@ pub struct Builder {
     long_site_ids: bool,
     aggregator_replicas: usize,
     blobs: Blobs,
+    descriptor_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -227,6 +228,13 @@ impl Builder {
         self
     }
 
+    /// Starts each service process under `ulimit -n limit` (soft and hard), as a systemd
+    /// service gets 1024 by default. Only with [`Builder::processes`].
+    pub fn descriptor_limit(mut self, limit: u64) -> Self {
+        self.descriptor_limit = Some(limit);
+        self
+    }
+
     /// Writes the files and starts the services.
     pub async fn start(self) -> Result<LocalStack, StackError> {
         LocalStack::start(self).await
@@ -263,6 +271,7 @@ pub struct LocalStack {
     databases: Vec<String>,
     processes: bool,
     bin_dir: Option<PathBuf>,
+    descriptor_limit: Option<u64>,
 }
 
 const ISSUER_KID: &str = "devstack";
@@ -287,6 +296,7 @@ impl LocalStack {
             long_site_ids: false,
             aggregator_replicas: 1,
             blobs: Blobs::Local,
+            descriptor_limit: None,
         }
     }
 
@@ -474,6 +484,7 @@ impl LocalStack {
             databases: if b.database == Database::Postgres { databases } else { Vec::new() },
             processes: b.processes,
             bin_dir,
+            descriptor_limit: b.descriptor_limit,
         };
         for x in 1..=b.nodes {
             stack.migrate_and_start_node(x).await?;
@@ -619,11 +630,12 @@ impl LocalStack {
 
     /// Starts key manager `x` again (same port, database, keys).
     pub async fn restart_node(&mut self, x: u8) -> Result<(), StackError> {
-        let (processes, bin_dir) = (self.processes, self.bin_dir.clone());
+        let (processes, bin_dir, limit) =
+            (self.processes, self.bin_dir.clone(), self.descriptor_limit);
         let n = self.nodes.get_mut(x as usize - 1).ok_or_else(|| err(format!("no node {x}")))?;
         kill(&mut n.running).await;
         n.running = if processes {
-            spawn(bin_dir.as_deref(), n.binary, &n.config)?
+            spawn(bin_dir.as_deref(), n.binary, &n.config, limit)?
         } else {
             let cfg: KmsConfig =
                 config::load(Some(&n.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
@@ -697,6 +709,7 @@ impl LocalStack {
     pub async fn restart_replica(&mut self, i: usize, migrate: bool) -> Result<(), StackError> {
         let processes = self.processes;
         let bin_dir = self.bin_dir.clone();
+        let limit = self.descriptor_limit;
         let a = self.aggregators.get_mut(i).ok_or_else(|| err(format!("no replica {i}")))?;
         kill(&mut a.running).await;
         let cfg: AggregatorConfig =
@@ -709,7 +722,7 @@ impl LocalStack {
             pool.close().await;
         }
         a.running = if processes {
-            spawn(bin_dir.as_deref(), a.binary, &a.config)?
+            spawn(bin_dir.as_deref(), a.binary, &a.config, limit)?
         } else {
             let state = cryptflow_aggregator::state_from_config(&cfg).await.map_err(err)?;
             let listener = bind(&cfg.listen).await?;
@@ -728,6 +741,14 @@ impl LocalStack {
             Running::Task { stop, handle }
         };
         wait_ready(&a.url, "CryptFlow aggregator").await
+    }
+
+    /// The metrics listener (`host:port`) of aggregator replica 0.
+    pub fn aggregator_metrics_addr(&self) -> Result<String, StackError> {
+        let a = self.aggregators.first().ok_or_else(|| err("no aggregator"))?;
+        let cfg: AggregatorConfig =
+            config::load(Some(&a.config), "CRYPTFLOW_DEVSTACK_UNUSED__").map_err(err)?;
+        Ok(cfg.metrics_listen)
     }
 
     /// The process id of the aggregator (replica 0), in process mode (for memory readings).
@@ -902,9 +923,24 @@ fn find_or_build_binaries() -> Result<PathBuf, StackError> {
     Ok(dir)
 }
 
-fn spawn(bin_dir: Option<&Path>, binary: &str, config: &Path) -> Result<Running, StackError> {
+fn spawn(
+    bin_dir: Option<&Path>,
+    binary: &str,
+    config: &Path,
+    descriptor_limit: Option<u64>,
+) -> Result<Running, StackError> {
     let dir = bin_dir.ok_or_else(|| err("no binary directory"))?;
-    let mut cmd = Command::new(dir.join(binary));
+    let mut cmd = match descriptor_limit {
+        // The shell execs the binary: the child's pid is the service's.
+        Some(limit) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", "ulimit -n \"$0\" && exec \"$@\""])
+                .arg(limit.to_string())
+                .arg(dir.join(binary));
+            c
+        }
+        None => Command::new(dir.join(binary)),
+    };
     // An S3-compatible test server takes any credentials; a real one's come from the
     // environment the tests run in.
     for (k, v) in

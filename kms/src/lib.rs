@@ -36,6 +36,7 @@ use cryptflow_services::auth::{verifier_from_files, Verifier};
 use cryptflow_services::clock::{SharedClock, SystemClock};
 use cryptflow_services::db::{self, Migrations};
 use cryptflow_services::protocol::{Committee, Roster, SiteKey};
+use cryptflow_services::serve::{ConnectionLimits, Connections};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -372,10 +373,13 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let connections = Connections::new(ConnectionLimits::from_descriptor_limit());
     let counters = state.metrics.clone();
+    let stats = connections.stats().clone();
     let metrics_task = cryptflow_services::http::spawn_metrics(
         metrics,
-        move || counters.render(),
+        &connections,
+        move || counters.render() + &stats.render("cryptflow_kms"),
         stop_rx.clone(),
     );
     let ticker_state = state.clone();
@@ -392,14 +396,8 @@ async fn serve(
     let servers: Vec<_> = apps
         .into_iter()
         .map(|(listener, app)| {
-            let mut rx = stop_rx.clone();
-            let listener =
-                axum::serve::ListenerExt::tap_io(listener, cryptflow_services::http::set_nodelay);
-            tokio::spawn(std::future::IntoFuture::into_future(
-                axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                }),
-            ))
+            let (connections, rx) = (connections.clone(), stop_rx.clone());
+            tokio::spawn(async move { connections.serve(listener, app, rx).await })
         })
         .collect();
     shutdown.await;

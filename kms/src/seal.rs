@@ -22,8 +22,8 @@ pub enum SealError {
     BadMasterKey {
         /// File path.
         path: String,
-        /// What is wrong.
-        reason: &'static str,
+        /// What is wrong (with the operating system's reason when it could not be read).
+        reason: String,
     },
     /// Authentication failed: wrong master key, tampered ciphertext or moved row.
     #[error("sealed key does not open under master key {master_key_id}")]
@@ -60,12 +60,14 @@ pub struct Sealed {
 impl MasterKey {
     /// Reads 64 hex digits (surrounding whitespace allowed) from `path`.
     pub fn from_file(path: &Path) -> Result<Self, SealError> {
-        let bad = |reason| SealError::BadMasterKey { path: path.display().to_string(), reason };
-        let text =
-            Zeroizing::new(std::fs::read_to_string(path).map_err(|_| bad("cannot be read"))?);
+        let bad =
+            |reason: String| SealError::BadMasterKey { path: path.display().to_string(), reason };
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot be read: {e}")))?,
+        );
         let mut key = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(text.trim(), key.as_mut())
-            .map_err(|_| bad("must hold exactly 64 hex digits"))?;
+            .map_err(|_| bad("must hold exactly 64 hex digits".into()))?;
         Ok(Self::from_bytes(key))
     }
 
@@ -74,7 +76,7 @@ impl MasterKey {
         let mut key = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(text.trim(), key.as_mut()).map_err(|_| SealError::BadMasterKey {
             path: source.to_owned(),
-            reason: "must hold exactly 64 hex digits",
+            reason: "must hold exactly 64 hex digits".into(),
         })?;
         Ok(Self::from_bytes(key))
     }

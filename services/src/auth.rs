@@ -95,6 +95,9 @@ pub enum AuthError {
     /// `nbf` is in the future (beyond the leeway).
     #[error("token not yet valid (nbf is in the future)")]
     NotYetValid,
+    /// A roster token's `iat` is in the future (beyond the leeway): minted by a clock ahead.
+    #[error("roster token issued in the future")]
+    IssuedInTheFuture,
     /// `aud` is not this service.
     #[error("token is for another audience")]
     WrongAudience,
@@ -110,8 +113,31 @@ pub enum AuthError {
     RoleNotAllowed,
 }
 
+impl AuthError {
+    /// Refused for its time claims: the caller's clock may differ from this service's.
+    pub fn is_about_time(&self) -> bool {
+        matches!(self, AuthError::Expired | AuthError::NotYetValid | AuthError::IssuedInTheFuture)
+    }
+}
+
 impl From<AuthError> for AppError {
+    /// A 401 naming `authorization`; a refusal for time claims states this service's clock
+    /// (`server_time`, and in the detail), so a client with another clock can say by how much
+    /// they differ and mint against it.
     fn from(e: AuthError) -> Self {
+        if e.is_about_time() {
+            let now = now_secs();
+            return AppError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "{e} (this service's clock reads {now} s since the Unix epoch; tokens are \
+                     checked with {} s of leeway)",
+                    DEFAULT_LEEWAY.as_secs()
+                ),
+            )
+            .with_field("authorization")
+            .with_server_time(now);
+        }
         AppError::new(ErrorCode::Unauthorized, e.to_string()).with_field("authorization")
     }
 }
@@ -288,7 +314,7 @@ impl Verifier {
             }
             // Minted now, not in the future: `iat` bounds `exp` only if `iat` is honest.
             if claims.iat > now_secs().saturating_add(validation.leeway) {
-                return Err(AuthError::Roster("issued in the future"));
+                return Err(AuthError::IssuedInTheFuture);
             }
             return Ok(Principal {
                 subject: member.id.clone(),
@@ -491,7 +517,7 @@ mod tests {
                 nbf: None,
             },
         );
-        assert_eq!(v.verify(&future).unwrap_err(), AuthError::Roster("issued in the future"));
+        assert_eq!(v.verify(&future).unwrap_err(), AuthError::IssuedInTheFuture);
     }
 
     #[test]

@@ -60,6 +60,12 @@ impl AppError {
         }
     }
 
+    /// States the server's clock (a credential refused for its time claims).
+    pub fn with_server_time(mut self, now: u64) -> Self {
+        self.problem.server_time = Some(now);
+        self
+    }
+
     /// The problem document that will be sent.
     pub fn problem(&self) -> &Problem {
         &self.problem
@@ -131,7 +137,7 @@ pub fn probe_routes(pool: sqlx::AnyPool, openapi: &'static str) -> axum::Router 
 
 /// Sets `TCP_NODELAY` on an accepted connection: responses written in two parts (headers, then a
 /// streamed body) must not wait for the peer's delayed acknowledgement (40 ms on Linux).
-/// Use as `axum::serve(listener.tap_io(set_nodelay), app)`.
+/// [`crate::serve::Connections::serve`] sets it on every connection.
 pub fn set_nodelay(stream: &mut tokio::net::TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -184,11 +190,13 @@ pub fn healthcheck(listen: &str, path: &str) -> Result<(), String> {
     }
 }
 
-/// Serves `GET /metrics` (rendered by `render`) on its own listener until `stop` turns true.
+/// Serves `GET /metrics` (rendered by `render`) on its own listener, under `connections`'
+/// limits, until `stop` turns true.
 pub fn spawn_metrics(
     listener: tokio::net::TcpListener,
+    connections: &crate::serve::Connections,
     render: impl Fn() -> String + Clone + Send + Sync + 'static,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let app = axum::Router::new().route(
         "/metrics",
@@ -197,13 +205,8 @@ pub fn spawn_metrics(
             async move { render() }
         }),
     );
-    tokio::spawn(async move {
-        axum::serve(axum::serve::ListenerExt::tap_io(listener, set_nodelay), app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            })
-            .await
-    })
+    let connections = connections.clone();
+    tokio::spawn(async move { connections.serve(listener, app, stop).await })
 }
 
 /// Parses a JSON body *after* the handler has authorised the caller (so a caller without the

@@ -21,6 +21,8 @@
 //! - [`db`]: one sqlx pool for SQLite (the embedded default) and PostgreSQL, with per-database
 //!   migrations and a fresh-database helper for tests;
 //! - [`clock`]: time as a parameter ([`clock::Clock`]), so deadline tests need not sleep;
+//! - [`serve`]: the one server loop — a connection cap sized from the descriptor limit that
+//!   closes idle connections to admit new ones, header, body and send timeouts, counted;
 //! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
 
 #![forbid(unsafe_code)]
@@ -43,6 +45,8 @@ pub mod config;
 pub mod db;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
+pub mod serve;
 #[cfg(feature = "server")]
 pub mod shutdown;
 

@@ -140,6 +140,11 @@ pub struct Problem {
     /// The limit that was exceeded, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// The server's clock (seconds since the Unix epoch) when it refused a credential for its
+    /// time claims (`exp`, `nbf`, `iat`): a client whose clock differs mints its next token
+    /// against this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<u64>,
 }
 
 impl Problem {
@@ -159,6 +164,7 @@ impl Problem {
             code,
             field: None,
             limit: None,
+            server_time: None,
         }
     }
 
@@ -171,6 +177,12 @@ impl Problem {
     /// States the limit that was exceeded.
     pub fn with_limit(mut self, limit: u64) -> Self {
         self.limit = Some(limit);
+        self
+    }
+
+    /// States the server's clock (seconds since the Unix epoch).
+    pub fn with_server_time(mut self, now: u64) -> Self {
+        self.server_time = Some(now);
         self
     }
 }

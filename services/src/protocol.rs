@@ -576,7 +576,12 @@ impl SiteKey {
     /// A short-lived token for one key manager (`audience`: [`node_audience`] of that node),
     /// as roster member `id` with `role` (client or reader), signed with this (roster) key.
     pub fn roster_token(&self, id: &ClientId, role: Role, audience: &str) -> String {
-        let now = unix_now();
+        self.roster_token_at(id, role, audience, unix_now())
+    }
+
+    /// [`SiteKey::roster_token`] minted as if the time were `now` (seconds since the Unix
+    /// epoch): clients mint against a key manager's clock when theirs differs.
+    pub fn roster_token_at(&self, id: &ClientId, role: Role, audience: &str, now: u64) -> String {
         self.mint(
             &roster_kid(id),
             &Claims {

@@ -842,3 +842,94 @@ async fn usage_errors_name_the_flag_once() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--key-file") && help.contains("min_count and max_count"), "{help}");
 }
+
+/// Runs `cryptflow` with `args` under `faketime -f offset` (this machine's clock off by
+/// `offset` seconds, as a site's clock can be).
+async fn cryptflow_skewed(offset: &str, args: Vec<String>) -> Output {
+    let offset = offset.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("faketime")
+            .args(["-f", &offset, env!("CARGO_BIN_EXE_cryptflow")])
+            .args(&args)
+            .env_remove("CRYPTFLOW_PROFILE")
+            .output()
+            .expect("run faketime (Debian package `faketime`; .ci/run installs it)")
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_site_whose_clock_is_off_contributes_and_beyond_the_bound_is_told_by_how_much() {
+    // Issue #30, item 3: a site whose clock was more than 30 s fast or about 5½ minutes slow
+    // could not contribute — its roster tokens were refused (`issued in the future`, `token
+    // expired`) and the CLI reported a committee failure (exit 7). Now the key managers state
+    // their clock in such refusals and the site mints against it, up to the bound.
+    let stack = LocalStack::builder().nodes(3, 2).sites(3).start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = |p: &Path| p.display().to_string();
+    let ops = profile(&stack, dir, "ops", Role::Admin);
+    let sites: Vec<PathBuf> =
+        (0..3).map(|i| profile(&stack, dir, &format!("site-{i}"), Role::Client)).collect();
+    let o = cryptflow(args(&[
+        "round",
+        "create",
+        "--profile",
+        &p(&ops),
+        "--round",
+        "skew",
+        "--dim",
+        "10",
+        "--clients",
+        "site-0,site-1,site-2",
+        "--min-clients",
+        "2",
+        "--max-clients",
+        "2",
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let submit = |i: usize| {
+        let file = dir.join(format!("skew-{i}.npy"));
+        Array1::from(vec![0.5f32 * i as f32; 10])
+            .write_npy(std::fs::File::create(&file).unwrap())
+            .unwrap();
+        args(&["submit", "--profile", &p(&sites[i]), "--round", "skew", "--update", &p(&file)])
+    };
+    // Far beyond the bound: refused before anything is uploaded, naming the difference.
+    let o = cryptflow_skewed("-2000", submit(2)).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("clocks differ by 2000 s")
+            || err.contains("clocks differ by 1999 s")
+            || err.contains("clocks differ by 2001 s"),
+        "{err}"
+    );
+    assert!(err.contains("this machine's clock is behind key manager"), "{err}");
+    // 90 s fast and 400 s slow: both contribute.
+    for (i, offset) in [(0, "+90"), (1, "-400")] {
+        let o = cryptflow_skewed(offset, submit(i)).await;
+        assert!(o.status.success(), "clock {offset} s: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let out = dir.join("skew-mean.npy");
+    let o = cryptflow_skewed(
+        "-400",
+        args(&[
+            "fetch",
+            "--profile",
+            &p(&sites[1]),
+            "--round",
+            "skew",
+            "--wait",
+            "60",
+            "--out",
+            &p(&out),
+        ]),
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mean = ndarray::Array1::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    assert!((mean[0] - 0.25).abs() < 1e-5, "{mean}");
+}
