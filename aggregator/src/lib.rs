@@ -122,6 +122,9 @@ pub struct AggregatorConfig {
     /// After a round closes, how long to wait for its uploads' key-share deposits.
     pub deposit_grace_secs: u64,
     /// The uploads' blobs are deleted this long after publication (the aggregate is kept).
+    /// Until then readers can verify the aggregate by recomputing it from them
+    /// (`GET /v1/rounds/{round}/submissions/{client}`); the default, 30 days, matches the key
+    /// managers' `share_retention_secs`. 0 deletes them at publication: no reader can verify.
     pub upload_retention_secs: u64,
     /// A round whose contributor set fewer than `t` key managers have recorded this long after
     /// it closed fails (nodes unreachable for good must not keep it `aggregating` forever).
@@ -156,7 +159,7 @@ impl Default for AggregatorConfig {
             min_upload_bytes_per_sec: 16 << 10,
             deposit_grace_secs: 60,
             publish_timeout_secs: 86_400,
-            upload_retention_secs: 0,
+            upload_retention_secs: 30 * 86_400,
             tick_millis: 1000,
             shutdown_timeout_secs: 30,
         }

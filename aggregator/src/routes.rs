@@ -7,6 +7,7 @@
 //! | `GET /v1/rounds/{round}` | admin, the round's members, readers | the round, its spec, the nodes' echoes, state, transcript |
 //! | `POST /v1/rounds/{round}/close` | admin | close now and publish (or fail) |
 //! | `PUT /v1/rounds/{round}/submissions/{client}` | the client itself, a member of the round | upload an encrypted update |
+//! | `GET /v1/rounds/{round}/submissions/{client}` | admin, readers | a published round's upload of a member of its contributor set, for verifying the aggregate (members are refused: a holder of every upload and `t` colluding key managers could read updates); `410` once `upload_retention_secs` deleted it |
 //! | `GET /v1/rounds/{round}/aggregate` | admin, members of the contributor set, readers | the aggregate |
 //! | `GET /healthz`, `/readyz`, `/openapi.json` | none | probes, this API's description |
 //!
@@ -62,7 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/rounds/{round}/submissions/{client}",
             // Uploads stream to disk; their size is checked against the round, not a global cap.
-            put(submit).layer(axum::extract::DefaultBodyLimit::disable()),
+            put(submit).layer(axum::extract::DefaultBodyLimit::disable()).get(upload),
         )
         .route("/v1/rounds/{round}/aggregate", get(aggregate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -424,6 +425,68 @@ async fn aggregate(
     }
     let (len, stream) =
         s.blobs.stream(round.as_str(), &aggregate_blob(&sha)).await.map_err(AppError::internal)?;
+    let stream = futures_util::TryStreamExt::map_err(stream, std::io::Error::other);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `GET /v1/rounds/{round}/submissions/{client}` (admin, readers): a published round's upload
+/// of a contributor, as admitted (its SHA-256 is the one in the transcript, which the member
+/// signed), for a reader recomputing the aggregate.
+async fn upload(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path((round, client)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let round = round_param(round)?;
+    let client = ClientId::parse(client)
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("client"))?;
+    if !matches!(caller.role, Role::Admin | Role::Reader) {
+        return Err(AppError::new(
+            ErrorCode::Forbidden,
+            "uploads are served to the round's readers only (who verify the aggregate): a holder \
+             of every upload and t colluding key managers could read updates",
+        ));
+    }
+    let row = require_round(&s, &round).await?;
+    let (Some(set), RoundState::Published) = (&row.set, row.state) else {
+        return Err(not_ready(&row));
+    };
+    let Some(c) = set.iter().find(|c| c.client_id == client) else {
+        return Err(AppError::new(
+            ErrorCode::NotFound,
+            format!("{client} is not in round {round}'s contributor set"),
+        )
+        .with_field("client"));
+    };
+    let gone = || {
+        AppError::new(
+            ErrorCode::Gone,
+            format!(
+                "round {round}'s uploads were deleted after upload_retention_secs ({} s); the \
+                 aggregate can no longer be verified",
+                s.tuning.upload_retention_secs
+            ),
+        )
+    };
+    if row.uploads_deleted {
+        return Err(gone());
+    }
+    let (len, stream) =
+        match s.blobs.stream(round.as_str(), &upload_blob(client.as_str(), &c.upload_sha256)).await
+        {
+            Ok(found) => found,
+            Err(crate::blob::BlobError::Store(object_store::Error::NotFound { .. })) => {
+                return Err(gone())
+            }
+            Err(e) => return Err(AppError::internal(e)),
+        };
     let stream = futures_util::TryStreamExt::map_err(stream, std::io::Error::other);
     Ok((
         [

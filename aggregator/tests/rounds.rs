@@ -41,6 +41,8 @@ async fn a_samples_round_publishes_the_weighted_mean_at_its_deadline() {
             .nodes(3, 2)
             .sites(4)
             .database(database.clone())
+            // Retention 0 (the default keeps uploads 30 days, for verifying readers).
+            .configure_aggregator(|c| c.upload_retention_secs = 0)
             .start()
             .await
             .unwrap();
@@ -192,7 +194,7 @@ async fn a_round_that_would_reveal_one_update_never_publishes() {
     let careless = stack.client_with(
         "site-0",
         Role::Client,
-        ClientPolicy { min_contributors: 1, allowed_peers: None },
+        ClientPolicy { min_contributors: 1, ..ClientPolicy::default() },
     );
     careless.submit(&round, u, SubmitOptions::default()).await.unwrap();
     let e = stack

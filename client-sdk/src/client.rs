@@ -51,14 +51,36 @@ pub struct ClientPolicy {
     pub min_contributors: u32,
     /// If set, refuse rounds listing a client outside this set.
     pub allowed_peers: Option<BTreeSet<ClientId>>,
+    /// Whether [`Client::fetch_mean`] recomputes the aggregate from the members' uploads.
+    pub verify: Verify,
 }
 
 impl Default for ClientPolicy {
-    /// At least two contributors, any peers.
+    /// At least two contributors, any peers, verification where cheap ([`Verify::Auto`]).
     fn default() -> Self {
-        Self { min_contributors: 2, allowed_peers: None }
+        Self { min_contributors: 2, allowed_peers: None, verify: Verify::Auto }
     }
 }
+
+/// Whether [`Client::fetch_mean`] verifies the aggregate by recomputing it: it fetches every
+/// upload of the contributor set, checks each against the digest its member signed in its
+/// deposits (and the key managers recorded with the set), sums them as the aggregator should
+/// have, and compares. Only roster readers (and admins) may fetch uploads: a verifier holds
+/// every member's ciphertext, so it and `t` colluding key managers could read updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Never (the mean is still range-checked against the clip bound).
+    Off,
+    /// When this client is a roster reader and the uploads total at most
+    /// [`AUTO_VERIFY_BYTES`]; otherwise [`crate::Verification::NotVerified`] says why not.
+    Auto,
+    /// Always: a client that cannot verify fails ([`ClientError::Verification`]).
+    Always,
+}
+
+/// The most upload bytes (`|S|` uploads of the round's size) [`Verify::Auto`] downloads to
+/// verify an aggregate: 1 GiB (e.g. 8 uploads of 10^6 values at 28 bits are 28 MB).
+pub const AUTO_VERIFY_BYTES: u64 = 1 << 30;
 
 /// Builds a [`Client`].
 #[derive(Debug)]

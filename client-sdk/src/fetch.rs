@@ -1,15 +1,23 @@
 //! `fetch_mean`: download the aggregate (size-capped, digest checked against the transcript),
-//! gather releases from every key manager that answers (each must echo the transcript's set),
-//! cross-check them, combine, range-check the key sum and decrypt with the self-check — all
-//! inside `cryptflow-he` — and return the mean in the round's layout with its error bound.
+//! gather releases from every key manager that answers (each must echo the transcript's set:
+//! a node holding another set is evidence of a split-set attack), verify the aggregate as the
+//! policy says ([`crate::Verify`]: a reader recomputes it from the uploads the members
+//! signed), cross-check the releases (an inconsistent one is evidence), combine, range-check
+//! the key sum and decrypt with the self-check — all inside `cryptflow-he` — refuse a mean
+//! beyond the clip bound, and return it in the round's layout with its error bound. Evidence
+//! of tampering is [`ClientError::Verification`], never a warning.
 
-use crate::client::{aggregator_protocol, state_error, Client, MAX_JSON_BYTES};
+use crate::client::{
+    aggregator_protocol, state_error, Client, Verify, AUTO_VERIFY_BYTES, MAX_JSON_BYTES,
+};
 use crate::error::{ClientError, Result};
 use crate::http::{decode, protocol, read_body, send, with_retries, Service};
 use crate::progress::{report, Progress, ProgressFn};
 use crate::update::ModelUpdate;
 use cryptflow_he::sharing::Release;
-use cryptflow_he::{decrypt_with_releases, Clipping, DecodeLimits, PackedCiphertext, Wire};
+use cryptflow_he::{
+    decrypt_with_releases, Clipping, DecodeLimits, PackedCiphertext, RunningSum, Wire,
+};
 use cryptflow_services::api::kms::ReleaseResponse;
 use cryptflow_services::api::round::{RoundInfo, RoundState, Transcript};
 use cryptflow_services::{RoundId, Sha256Digest};
@@ -49,6 +57,24 @@ pub struct NodeOutcome {
     pub problem: Option<String>,
 }
 
+/// Whether [`Client::fetch_mean`] verified the aggregate (see [`Verify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Recomputed from the contributor set's uploads, each matching the digest its member
+    /// signed, and equal to the aggregate the mean was decrypted from.
+    Recomputed {
+        /// Uploads fetched and summed.
+        uploads: usize,
+        /// Their bytes.
+        bytes: u64,
+        /// Time spent fetching and summing.
+        time: Duration,
+    },
+    /// Not verified, and why (policy [`Verify::Off`], this client is not a roster reader,
+    /// the uploads exceed [`AUTO_VERIFY_BYTES`]). The mean was still range-checked.
+    NotVerified(String),
+}
+
 /// The outcome of [`Client::fetch_mean`].
 #[derive(Clone, Debug)]
 pub struct Aggregate {
@@ -72,10 +98,8 @@ pub struct Aggregate {
     pub clipping: Clipping,
     /// What each key manager did.
     pub nodes: Vec<NodeOutcome>,
-    /// The releases did not all agree (a node sent a wrong one).
-    pub inconsistent: bool,
-    /// The node whose release was wrong, when that can be told.
-    pub culprit: Option<u8>,
+    /// Whether the aggregate was verified against the members' uploads.
+    pub verification: Verification,
     /// Bytes of the aggregate downloaded.
     pub bytes: u64,
     /// Time spent downloading the aggregate and the releases.
@@ -130,9 +154,11 @@ impl Client {
         let start = Instant::now();
         let aggregate = self.download_aggregate(round, &setup, &transcript, progress).await?;
         let downloaded = setup.upload_len();
-        let (releases, mut nodes) =
+        let (releases, nodes) =
             self.gather_releases(round, &transcript, setup.ring_degree()).await?;
         let download_time = start.elapsed();
+        // The releases echo the transcript's set: its digests are what the members signed.
+        let verification = self.verify_aggregate(round, &setup, &transcript, &aggregate).await?;
         report(progress, Progress::Decrypting);
         let start = Instant::now();
         let shape = self.committee()?.shape();
@@ -151,18 +177,37 @@ impl Client {
             other => ClientError::Crypto(other),
         })?;
         let culprit = checked.culprit.map(|x| x.get());
-        if let Some(n) = nodes.iter_mut().find(|n| Some(n.x) == culprit) {
-            // Without verifiable sharing a contributor that dealt inconsistent shares to
-            // this node would look the same.
-            n.problem = Some(
-                "its release disagrees with the others' (the node is faulty, or a contributor's \
-                 shares to it were inconsistent)"
+        if checked.inconsistent {
+            // Evidence, never a warning (#24): the mean decrypted from the other releases may
+            // be right, but a party lied. Without verifiable sharing, a contributor that dealt
+            // inconsistent shares to a node looks the same as a faulty node.
+            let who = match culprit {
+                Some(x) => format!(
+                    "key manager {x}'s release disagrees with the others' (the node is faulty or \
+                     malicious, or a contributor's shares to it were inconsistent)"
+                ),
+                None => "the releases disagree and fewer than t + 2 of them cannot tell which \
+                         is wrong"
                     .into(),
-            );
+            };
+            return Err(ClientError::Verification(format!(
+                "inconsistent releases for round {round}: {who}"
+            )));
         }
         let max_abs_error = decrypted.error_bound();
         let mean: Vec<f64> = decrypted.mean::<f64>();
         let largest = mean.iter().fold(0f64, |m, v| m.max(v.abs()));
+        // Every value of a genuine mean lies within the clip bound (a weighted mean of clipped
+        // values), up to the error bound: anything beyond was put there (issue #24).
+        let clip = setup.plan().clip_bound();
+        if let Some((j, v)) =
+            mean.iter().enumerate().find(|(_, v)| v.is_nan() || v.abs() > clip + max_abs_error)
+        {
+            return Err(ClientError::Verification(format!(
+                "value {j} of the mean is {v}, beyond the clip bound ±{clip} (plus the error \
+                 bound {max_abs_error:.3e}) that every genuine mean of the round lies within"
+            )));
+        }
         let (contributors, total_weight) = (decrypted.contributors(), decrypted.total_weight());
         let clipping = decrypted.clipping();
         drop(decrypted);
@@ -174,13 +219,102 @@ impl Client {
             largest,
             clipping,
             nodes,
-            inconsistent: checked.inconsistent,
-            culprit,
+            verification,
             bytes: downloaded,
             download_time,
             decrypt_time: start.elapsed(),
             round: info,
         })
+    }
+
+    /// Recomputes the aggregate from the set's uploads as the policy asks ([`Verify`]): each
+    /// upload must be exactly the round's size and hash to the digest in the set (which its
+    /// member signed in its deposits and the key managers recorded), and their sum must be
+    /// `aggregate`, byte for byte. An upload that cannot be fetched fails the verification:
+    /// never skipped.
+    async fn verify_aggregate(
+        &self,
+        round: &RoundId,
+        setup: &cryptflow_he::RoundSetup,
+        transcript: &Transcript,
+        aggregate: &PackedCiphertext,
+    ) -> Result<Verification> {
+        let policy = self.inner.policy.verify;
+        let uploads = transcript.contributors.len();
+        let total = setup.upload_len().saturating_mul(uploads as u64);
+        let not = |why: String| -> Result<Verification> {
+            if policy == Verify::Always {
+                Err(ClientError::Verification(format!("cannot verify: {why}")))
+            } else {
+                Ok(Verification::NotVerified(why))
+            }
+        };
+        match policy {
+            Verify::Off => return Ok(Verification::NotVerified("verification is off".into())),
+            _ if !self.inner.reader => {
+                return not("only roster readers may fetch the members' uploads to recompute the \
+                     aggregate (a verifier holds every member's ciphertext)"
+                    .into())
+            }
+            Verify::Auto if total > AUTO_VERIFY_BYTES => {
+                return Ok(Verification::NotVerified(format!(
+                    "the {uploads} uploads total {total} bytes, above the {AUTO_VERIFY_BYTES} \
+                     bytes automatic verification fetches; ask for it (--verify / verify=True)"
+                )))
+            }
+            _ => {}
+        }
+        let start = Instant::now();
+        let expected = usize::try_from(setup.upload_len())
+            .map_err(|_| aggregator_protocol("an upload is too large"))?;
+        let mut sum = RunningSum::zero(setup, 0..setup.slots())?;
+        for c in &transcript.contributors {
+            let member = &c.client_id;
+            let path = format!("/v1/rounds/{round}/submissions/{member}");
+            let bytes = with_retries(self.retry(), Service::Aggregator, || async {
+                let res = send(Service::Aggregator, self.aggregator(reqwest::Method::GET, &path)?)
+                    .await?;
+                read_body(Service::Aggregator, res, expected, None).await
+            })
+            .await
+            .map_err(|e| {
+                ClientError::Verification(format!("{member}'s upload cannot be fetched: {e}"))
+            })?;
+            if Sha256Digest::of(&bytes) != c.upload_sha256 {
+                return Err(ClientError::Verification(format!(
+                    "the aggregator served an upload for {member} that is not the one {member} \
+                     signed (SHA-256 {} instead of {})",
+                    Sha256Digest::of(&bytes),
+                    c.upload_sha256
+                )));
+            }
+            let upload = PackedCiphertext::from_vec_with_limits(
+                bytes,
+                &DecodeLimits { max_slots: setup.slots() },
+            )
+            .map_err(|e| {
+                ClientError::Verification(format!("{member}'s signed upload does not decode: {e}"))
+            })?;
+            sum.add_upload(&upload).map_err(|e| {
+                ClientError::Verification(format!("{member}'s signed upload does not fit: {e}"))
+            })?;
+        }
+        let recomputed = sum.pack();
+        if let Some(at) = recomputed.iter().zip(aggregate.payload()).position(|(a, b)| a != b) {
+            let differing =
+                recomputed.iter().zip(aggregate.payload()).filter(|(a, b)| a != b).count();
+            return Err(ClientError::Verification(format!(
+                "the aggregate is not the sum of the {uploads} uploads the members signed: \
+                 {differing} of its {} payload bytes differ, the first at byte {at}",
+                recomputed.len()
+            )));
+        }
+        if recomputed.len() != aggregate.payload().len() {
+            return Err(ClientError::Verification(
+                "the aggregate's length differs from the sum of the uploads".into(),
+            ));
+        }
+        Ok(Verification::Recomputed { uploads, bytes: total, time: start.elapsed() })
     }
 
     /// The aggregate: exactly the round's size, the digest the transcript names, as many
@@ -252,10 +386,16 @@ impl Client {
             .collect();
         let mut releases = Vec::new();
         let mut nodes = Vec::new();
+        let mut other_sets = Vec::new();
         for (x, outcome) in crate::quorum::gather(calls, t, self.inner.grace).await {
             let checked = outcome.and_then(|o| {
-                o.and_then(|r| check_release(x, r, round, transcript, ring_degree))
-                    .map_err(|e| e.to_string())
+                o.and_then(|r| {
+                    if r.round_id == *round && r.contributors != transcript.contributors {
+                        other_sets.push((x, r.contributors.len()));
+                    }
+                    check_release(x, r, round, transcript, ring_degree)
+                })
+                .map_err(|e| e.to_string())
             });
             match checked {
                 Ok(r) => {
@@ -264,6 +404,22 @@ impl Client {
                 }
                 Err(problem) => nodes.push(NodeOutcome { x, problem: Some(problem) }),
             }
+        }
+        if !other_sets.is_empty() {
+            // A node records one set per round: one holding another set than the transcript's
+            // was told another by the aggregator — the split-set attack, whose two means
+            // differ by a chosen update (#24). Evidence, never a warning.
+            let seen: Vec<String> = other_sets
+                .iter()
+                .map(|(x, n)| format!("key manager {x} recorded a set of {n} members"))
+                .collect();
+            return Err(ClientError::Verification(format!(
+                "the key managers recorded different contributor sets for round {round}: the \
+                 transcript lists {} members, {} — the aggregator reported different sets to \
+                 different key managers (two means whose difference isolates an update)",
+                transcript.contributors.len(),
+                seen.join(", ")
+            )));
         }
         if releases.len() < t {
             let why: Vec<String> = nodes

@@ -38,9 +38,11 @@ mod retry;
 mod submit;
 mod update;
 
-pub use client::{Client, ClientBuilder, ClientPolicy, Token, MAX_CLOCK_SKEW_SECS};
+pub use client::{
+    Client, ClientBuilder, ClientPolicy, Token, Verify, AUTO_VERIFY_BYTES, MAX_CLOCK_SKEW_SECS,
+};
 pub use error::{ClientError, Result};
-pub use fetch::{Aggregate, NodeOutcome, OutputType};
+pub use fetch::{Aggregate, NodeOutcome, OutputType, Verification};
 pub use progress::{Progress, ProgressFn};
 pub use retry::RetryPolicy;
 pub use submit::{Submission, SubmitOptions, VerifiedRound};

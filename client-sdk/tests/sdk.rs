@@ -1,6 +1,7 @@
 //! The SDK against a real local stack, with a forwarding proxy in front of one service where a
 //! test needs a server that misbehaves: a 5xx after the upload was stored (the retry must send
-//! the same bytes), a key manager whose release is corrupted (named as the culprit), key
+//! the same bytes), a key manager whose release is corrupted or for another contributor set
+//! (the fetch fails as evidence, naming it), key
 //! managers down while submitting and fetching.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -161,12 +162,8 @@ async fn a_corrupted_release_is_caught_and_its_node_named() {
     let d = 5_000;
     stack.admin().create_round(&stack.round_request("bad-node", d as u64, 3, 3)).await.unwrap();
     let round = RoundId::parse("bad-node").unwrap();
-    let mut want = vec![0f64; d];
     for i in 0..3 {
         let u = update(d, i);
-        for (w, v) in want.iter_mut().zip(u.iter()) {
-            *w += v / 3.0;
-        }
         stack
             .client(&format!("site-{i}"))
             .submit(&round, u, SubmitOptions::default())
@@ -227,17 +224,39 @@ async fn a_corrupted_release_is_caught_and_its_node_named() {
                 .collect();
         let committee = Committee::try_new(3, nodes).unwrap();
         let client = site_client(&stack, "site-0", stack.aggregator_url(), committee);
-        let agg = client.fetch_mean(&round, None).await.unwrap();
-        assert!(agg.inconsistent, "{name}");
-        assert_eq!(agg.culprit, Some(5), "{name}");
-        assert!(
-            agg.nodes.iter().any(|n| n.x == 5 && n.problem.is_some()),
-            "{name}: {:?}",
-            agg.nodes
-        );
-        let worst = agg.mean.iter().zip(&want).map(|(m, w)| (m - w).abs()).fold(0.0, f64::max);
-        assert!(worst <= agg.max_abs_error, "{name}: decrypted from the honest releases");
+        // Evidence of a lying party fails the fetch, naming the node (#24: before, the mean
+        // was returned and the CLI printed nothing about it).
+        let e = client.fetch_mean(&round, None).await.unwrap_err();
+        assert!(matches!(e, ClientError::Verification(_)), "{name}: {e}");
+        assert!(e.to_string().contains("key manager 5's release disagrees"), "{name}: {e}");
     }
+    // Node 5 holds another contributor set than the transcript's — what a split-set attack
+    // (the aggregator reporting different sets to different nodes) leaves behind. Before, the
+    // fetch succeeded with one note about node 5; now it is evidence.
+    let hook: Arc<Hook> = Arc::new(move |_, path, _, status, bytes| {
+        if !path.ends_with("/release") || status != StatusCode::OK {
+            return (status, bytes);
+        }
+        let mut r: ReleaseResponse = serde_json::from_slice(&bytes).unwrap();
+        r.contributors.pop();
+        (status, serde_json::to_vec(&r).unwrap())
+    });
+    let (_proxy, url) = Proxy::start(stack.node_url(5).unwrap(), hook).await;
+    let nodes: Vec<CommitteeNode> = stack
+        .committee()
+        .nodes()
+        .iter()
+        .map(|n| if n.x == 5 { CommitteeNode { url: url.clone(), ..n.clone() } } else { n.clone() })
+        .collect();
+    let client = site_client(
+        &stack,
+        "site-0",
+        stack.aggregator_url(),
+        Committee::try_new(3, nodes).unwrap(),
+    );
+    let e = client.fetch_mean(&round, None).await.unwrap_err();
+    assert!(matches!(e, ClientError::Verification(_)), "{e}");
+    assert!(e.to_string().contains("key manager 5 recorded a set of 2 members"), "{e}");
     stack.stop().await;
 }
 
@@ -337,14 +356,14 @@ async fn the_client_policy_refuses_before_anything_is_sent() {
     let picky = stack.client_with(
         "site-0",
         Role::Client,
-        ClientPolicy { min_contributors: 2, allowed_peers: Some(allowed) },
+        ClientPolicy { allowed_peers: Some(allowed), ..ClientPolicy::default() },
     );
     let e = picky.submit(&round, update(100, 0), SubmitOptions::default()).await.unwrap_err();
     assert!(matches!(&e, ClientError::Policy(m) if m.contains("site-2")), "{e}");
     let cautious = stack.client_with(
         "site-0",
         Role::Client,
-        ClientPolicy { min_contributors: 3, allowed_peers: None },
+        ClientPolicy { min_contributors: 3, ..ClientPolicy::default() },
     );
     let e = cautious.submit(&round, update(100, 0), SubmitOptions::default()).await.unwrap_err();
     assert!(matches!(e, ClientError::Policy(_)), "{e}");

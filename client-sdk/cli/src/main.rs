@@ -7,7 +7,9 @@ mod output;
 mod profile;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cryptflow_client::{ClientError, Layout, RoundInfo, RoundRequest, SubmitOptions, Weighting};
+use cryptflow_client::{
+    ClientError, Layout, RoundInfo, RoundRequest, SubmitOptions, Verification, Verify, Weighting,
+};
 use cryptflow_services::protocol::{Claims, SiteKey};
 use cryptflow_services::{ClientId, Role, RoundId};
 use files::{DType, Integers};
@@ -23,7 +25,9 @@ Exit codes: 0 success; 1 internal error; 2 bad command line; 3 unusable input fi
 4 refused by a server (4xx); 5 server unreachable, failing after retries, or its TLS
 certificate refused (never retried; use --ca-file for a private CA); 6 round failed,
 not published yet, or wait timed out; 7 invalid server response or key-manager committee
-that does not verify; 9 refused by this client's policy.
+that does not verify; 8 the aggregate failed verification (not the sum of the uploads the
+members signed, or a mean beyond the clip bound: evidence of tampering); 9 refused by this
+client's policy.
 
 Connection settings come from --profile FILE (TOML: aggregator, aggregator_token_file,
 committee_file, client_id, key_file, reader, journal_file, min_contributors), overridden by
@@ -241,6 +245,14 @@ struct FetchArgs {
     /// Write the mean as this dtype (default f32, or the `--like` file's).
     #[arg(long, value_enum)]
     dtype: Option<DType>,
+    /// Recompute the aggregate from the contributor set's uploads, each checked against the
+    /// digest its member signed, and fail (exit 8) unless it matches. Roster readers only. By
+    /// default a reader verifies when the uploads total at most 1 GiB.
+    #[arg(long, conflicts_with = "no_verify")]
+    verify: bool,
+    /// Do not verify the aggregate (the mean is still checked against the clip bound).
+    #[arg(long)]
+    no_verify: bool,
 }
 
 fn main() -> ExitCode {
@@ -605,7 +617,12 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
         (None, Some(d)) => (vec![d], Vec::new()),
         (None, None) => (vec![DType::F32], Vec::new()),
     };
-    let client = args.site.client()?;
+    let verify = match (args.verify, args.no_verify) {
+        (true, _) => Verify::Always,
+        (_, true) => Verify::Off,
+        _ => Verify::Auto,
+    };
+    let client = args.site.client_verifying(verify)?;
     let round = round_id(&args.round)?;
     if args.wait > 0 {
         client.wait_for_aggregate(&round, Duration::from_secs(args.wait)).await?;
@@ -641,7 +658,10 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
                 },
                 "bytes": agg.bytes,
                 "key_managers_answered": answered,
-                "culprit": agg.culprit,
+                "verified": match &agg.verification {
+                    Verification::Recomputed { uploads, .. } => serde_json::json!({ "recomputed_from_uploads": uploads }),
+                    Verification::NotVerified(why) => serde_json::json!({ "not_verified": why }),
+                },
                 "aggregate_sha256": agg.round.transcript.as_ref().map(|t| t.aggregate_sha256),
             })
             .to_string(),
@@ -656,6 +676,14 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
             bound,
             answered
         ));
+        match &agg.verification {
+            Verification::Recomputed { uploads, bytes, time } => emit(&format!(
+                "  verified: the aggregate is the sum of the {uploads} uploads the members signed \
+                 (recomputed from {bytes} bytes in {:.0} ms)",
+                time.as_secs_f64() * 1e3
+            )),
+            Verification::NotVerified(why) => emit(&format!("  not verified: {why}")),
+        }
         if c.any() {
             // The bound above is against the clipped contributions, not the raw updates.
             warn(&format!(

@@ -24,6 +24,8 @@ pub enum Exit {
     RoundState = 6,
     /// 7: a server sent something invalid (undecodable, wrong size, hash mismatch).
     Protocol = 7,
+    /// 8: the aggregate failed verification: evidence of tampering.
+    Verification = 8,
     /// 9: this client's policy refuses the round (too few contributors, a peer not allowed,
     /// an update already submitted to another round).
     Policy = 9,
@@ -100,6 +102,7 @@ impl From<ClientError> for CliError {
             ClientError::RoundState { .. } | ClientError::Timeout(_) => Exit::RoundState,
             ClientError::Crypto(_) => Exit::Input,
             ClientError::Config(_) => Exit::Usage,
+            ClientError::Verification(_) => Exit::Verification,
             _ => Exit::Internal,
         };
         let problem = e.problem().cloned().map(Box::new);

@@ -15,7 +15,7 @@
 
 use crate::output::CliError;
 use clap::Args;
-use cryptflow_client::{Client, ClientBuilder, ClientPolicy, RetryPolicy, Token};
+use cryptflow_client::{Client, ClientBuilder, ClientPolicy, RetryPolicy, Token, Verify};
 use cryptflow_services::protocol::{Committee, SiteKey};
 use cryptflow_services::ClientId;
 use serde::Deserialize;
@@ -142,6 +142,11 @@ fn relative(dir: &Path, p: Option<PathBuf>) -> Option<PathBuf> {
 impl Site {
     /// Resolves the settings (flags and variables over the profile) and builds a site's client.
     pub fn client(&self) -> Result<Client, CliError> {
+        self.client_verifying(Verify::Auto)
+    }
+
+    /// [`Site::client`], verifying fetched aggregates as `verify` says.
+    pub fn client_verifying(&self, verify: Verify) -> Result<Client, CliError> {
         let (mut builder, profile, dir) = self.conn.builder()?;
         let committee_file = self.committee_file.clone().or(relative(&dir, profile.committee_file));
         let client_id = self.client_id.clone().or(profile.client_id);
@@ -173,12 +178,13 @@ impl Site {
         if let Some(j) = journal {
             builder = builder.journal(j);
         }
+        let mut policy = ClientPolicy { verify, ..ClientPolicy::default() };
         if let Some(m) = min_contributors {
             if m < 2 {
                 return Err(CliError::usage(format!("min_contributors = {m}: must be at least 2")));
             }
-            builder = builder.policy(ClientPolicy { min_contributors: m, allowed_peers: None });
+            policy.min_contributors = m;
         }
-        builder.build().map_err(CliError::from)
+        builder.policy(policy).build().map_err(CliError::from)
     }
 }

@@ -808,7 +808,14 @@ async fn a_reader_learns_how_much_clipping_shaped_the_mean() {
             && warning.contains("30 of 200 values"),
         "{warning}"
     );
+    // A member does not recompute the aggregate (only readers may fetch uploads) and says so.
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("not verified: only roster readers"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let v = stdout_json(&cryptflow(fetch("clipped", true)).await);
+    assert!(v["verified"]["not_verified"].as_str().unwrap().contains("only roster readers"), "{v}");
     assert_eq!(v["clipping"]["contributions"], 1);
     assert_eq!(v["clipping"]["values_at_most"], 30);
     let o = cryptflow(fetch("clean", false)).await;

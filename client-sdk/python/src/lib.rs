@@ -10,7 +10,7 @@
 
 use cryptflow_client::{
     Client, ClientError, ClientPolicy, Committee, ModelUpdate, Progress, ProgressFn, RetryPolicy,
-    RoundId, SiteKey, SubmitOptions, Tensor, TensorValues, Token,
+    RoundId, SiteKey, SubmitOptions, Tensor, TensorValues, Token, Verification, Verify,
 };
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::PyException;
@@ -52,6 +52,7 @@ fn kind(e: &ClientError) -> &'static str {
         ClientError::RoundState { .. } | ClientError::Timeout(_) => "round_state",
         // The fix is on this side: the CA to trust (ca_file), or the server's certificate.
         ClientError::Config(_) | ClientError::Certificate { .. } => "config",
+        ClientError::Verification(_) => "verification",
         _ => "internal",
     }
 }
@@ -133,7 +134,8 @@ impl NativeClient {
     #[new]
     #[pyo3(signature = (
         aggregator, *, token=None, committee_toml=None, client_id=None, key_pem=None,
-        reader=false, journal=None, min_contributors=2, retry_budget_secs=120.0, ca_pem=None
+        reader=false, journal=None, min_contributors=2, retry_budget_secs=120.0, ca_pem=None,
+        verify="auto"
     ))]
     fn new(
         aggregator: &str,
@@ -146,7 +148,18 @@ impl NativeClient {
         min_contributors: u32,
         retry_budget_secs: f64,
         ca_pem: Option<String>,
+        verify: &str,
     ) -> PyResult<Self> {
+        let verify = match verify {
+            "auto" => Verify::Auto,
+            "always" => Verify::Always,
+            "off" => Verify::Off,
+            other => {
+                return Err(config(format!(
+                    "verify = {other:?}: must be \"auto\", \"always\" or \"off\""
+                )))
+            }
+        };
         let mut b = Client::builder(aggregator).reader(reader);
         if let Some(t) = token {
             b = b.aggregator_token(Token::new(t));
@@ -174,7 +187,7 @@ impl NativeClient {
                 "min_contributors = {min_contributors}: must be at least 2"
             )));
         }
-        b = b.policy(ClientPolicy { min_contributors, allowed_peers: None });
+        b = b.policy(ClientPolicy { min_contributors, verify, ..ClientPolicy::default() });
         b = b.retry(RetryPolicy {
             budget: seconds(retry_budget_secs, "retry_budget").map_err(config)?,
             ..RetryPolicy::default()
@@ -313,8 +326,14 @@ impl NativeClient {
                             "of_values": a.clipping.of_values,
                         },
                         "nodes": nodes,
-                        "inconsistent": a.inconsistent,
-                        "culprit": a.culprit,
+                        "verification": match &a.verification {
+                            Verification::Recomputed { uploads, bytes, time } => serde_json::json!({
+                                "recomputed_from_uploads": uploads,
+                                "bytes": bytes,
+                                "seconds": time.as_secs_f64(),
+                            }),
+                            Verification::NotVerified(why) => serde_json::json!({ "not_verified": why }),
+                        },
                         "bytes": a.bytes,
                     });
                     Ok::<_, ClientError>((info.to_string(), flat))

@@ -34,6 +34,8 @@ def test_a_round_of_named_tensors_keeps_names_shapes_and_dtypes(stack):
     reader.wait_for_aggregate("py-named", timeout=60)
     agg = reader.fetch_mean("py-named", like=updates[0])
     assert agg.contributors == 3
+    # A member does not verify the aggregate (only readers may fetch uploads) and says so.
+    assert agg.verified is None and "only roster readers" in agg.not_verified
     assert list(agg.mean) == list(updates[0])
     for name, a in updates[0].items():
         got = agg.mean[name]
@@ -58,6 +60,10 @@ def test_a_flat_float64_round_and_a_roster_reader(stack):
     assert agg.mean.dtype == np.float64 and agg.mean.shape == (5000,)
     assert np.abs(agg.mean - (x[0] + x[1]) / 2).max() <= agg.max_abs_error
     assert [n["x"] for n in agg.nodes] == [1, 2, 3]
+    # A reader recomputes the aggregate from the two signed uploads by default.
+    assert agg.verified == 2 and agg.not_verified is None
+    with pytest.raises(cryptflow.ConfigError, match="verify"):
+        cryptflow.Client("http://127.0.0.1:1", verify="sometimes")
 
 
 def test_bfloat16_through_ml_dtypes(stack):

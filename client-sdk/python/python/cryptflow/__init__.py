@@ -50,6 +50,7 @@ __all__ = [
     "ProtocolError",
     "RefusedError",
     "RoundStateError",
+    "VerificationError",
     "UnavailableError",
     "Update",
 ]
@@ -117,6 +118,12 @@ class AlreadySubmittedError(PolicyError):
     """The journal says this exact update already went to this round: nothing was sent."""
 
 
+class VerificationError(CryptflowError):
+    """Evidence that the aggregate was tampered with: recomputed from the uploads the members
+    signed it differs, an upload does not match its member's signed digest or cannot be
+    fetched for the check, or the mean has a value beyond the clip bound. Never a warning."""
+
+
 _KINDS = {
     "input": InputError,
     "config": ConfigError,
@@ -127,6 +134,7 @@ _KINDS = {
     "committee": CommitteeError,
     "policy": PolicyError,
     "already_submitted": AlreadySubmittedError,
+    "verification": VerificationError,
 }
 
 
@@ -322,7 +330,9 @@ class Aggregate:
             ``clipping.any``, the mean of the raw updates may be much further away.
         clipping: how many contributions and values clipping changed (:class:`Clipping`).
         nodes: per key manager, ``{"x": index, "problem": None or why its release was not used}``.
-        culprit: the key manager named as having released a wrong value, if one was.
+        verified: how many uploads the aggregate was recomputed from (it matched), or
+            ``None`` when it was not verified — ``not_verified`` then says why.
+        not_verified: why the aggregate was not verified (``None`` when it was).
         info: everything else the native client reported (round, transcript, bytes).
     """
 
@@ -332,7 +342,8 @@ class Aggregate:
     max_abs_error: float
     clipping: Clipping = field(default_factory=lambda: Clipping(0, 0, 0, 0))
     nodes: List[Dict[str, Any]] = field(default_factory=list)
-    culprit: Optional[int] = None
+    verified: Optional[int] = None
+    not_verified: Optional[str] = None
     info: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -354,9 +365,14 @@ class Client:
         retry_budget: seconds to keep retrying a server that is unreachable or busy.
         ca_file: a PEM bundle of certificate authorities to trust for HTTPS, besides the
             public ones.
+        verify: whether ``fetch_mean`` recomputes the aggregate from the members' uploads
+            (each checked against the digest its member signed) — ``"auto"`` (a roster reader,
+            when the uploads total at most 1 GiB), ``"always"`` (fail if it cannot) or
+            ``"off"``. A mismatch raises :class:`VerificationError`.
 
     Raises:
-        ConfigError: a bad URL, unreadable file, malformed committee file or key.
+        ConfigError: a bad URL, unreadable file, malformed committee file or key, or a
+            ``verify`` other than the three above.
     """
 
     def __init__(
@@ -373,6 +389,7 @@ class Client:
         min_contributors: int = 2,
         retry_budget: float = 120.0,
         ca_file: Optional[Union[str, os.PathLike]] = None,
+        verify: str = "auto",
     ) -> None:
         if token is not None and token_file is not None:
             raise ConfigError("give token or token_file, not both")
@@ -394,6 +411,7 @@ class Client:
             min_contributors=min_contributors,
             retry_budget_secs=float(retry_budget),
             ca_pem=_read(ca_file, "ca_file"),
+            verify=verify if isinstance(verify, str) else repr(verify),
         )
 
     # -- rounds (operators) ---------------------------------------------------------------
@@ -576,6 +594,8 @@ class Client:
                 (checked before anything is downloaded), or ``like`` has another structure.
             RoundStateError: not published yet (``wait_for_aggregate`` first) or failed.
             CommitteeError: the releases do not verify or fewer than t key managers answered.
+            VerificationError: the aggregate is not the sum of the uploads the members signed,
+                or the mean has a value no genuine mean can have.
         """
         default = _float_dtype(dtype, "dtype") if dtype is not None else np.dtype(np.float32)
         dtypes: Dict[str, np.dtype] = {}
@@ -651,7 +671,8 @@ class Client:
             max_abs_error=info["max_abs_error"] + info["largest"] * roundoff,
             clipping=Clipping(c["contributions"], c["values_at_least"], c["values_at_most"], c["of_values"]),
             nodes=info["nodes"],
-            culprit=info["culprit"],
+            verified=info["verification"].get("recomputed_from_uploads"),
+            not_verified=info["verification"].get("not_verified"),
             info=info,
         )
 

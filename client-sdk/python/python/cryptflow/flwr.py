@@ -277,7 +277,9 @@ class CryptflowFedAvg(FedAvg):
 
     Each round's metrics carry ``cryptflow-contributors``, ``cryptflow-max-abs-error``,
     ``cryptflow-clip`` (the bound used), ``cryptflow-clipped-contributions``,
-    ``cryptflow-clipped-values`` (at most) and where the ServerApp's time went
+    ``cryptflow-clipped-values`` (at most), ``cryptflow-verified-uploads`` (how many uploads
+    the reader recomputed the aggregate from; 0 when it did not verify — a tampered aggregate
+    fails the run with :class:`RoundFailedError`) and where the ServerApp's time went
     (``cryptflow-seconds-create``, ``-publish`` — from the last reply to publication — and
     ``-fetch``). ``received`` lists, per server round, the keys of
     every reply's records — what the ServerApp actually got — so an app (or a test) can check no
@@ -325,6 +327,7 @@ class CryptflowFedAvg(FedAvg):
         self._round: Optional[Tuple[str, int]] = None
         self._create_seconds = 0.0
         self.received: List[List[Dict[str, List[str]]]] = []
+        self._unverified_warned = False
 
     def _averaged(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """The tensors the round averages, as the mod sends them (float64 updates)."""
@@ -447,6 +450,12 @@ class CryptflowFedAvg(FedAvg):
         metrics["cryptflow-clip"] = self.clip
         metrics["cryptflow-clipped-contributions"] = agg.clipping.contributions
         metrics["cryptflow-clipped-values"] = agg.clipping.values_at_most
+        # How many uploads the aggregate was recomputed from (0: not verified; the reader's
+        # `verify` says when it is — by default when the uploads total at most 1 GiB).
+        metrics["cryptflow-verified-uploads"] = agg.verified or 0
+        if agg.not_verified is not None and not self._unverified_warned:
+            log.warning("the mean of CryptFlow round %s was not verified: %s", round_id, agg.not_verified)
+            self._unverified_warned = True
         # Where the ServerApp's time went (seconds): creating the round (planning, the key
         # managers' registration), from the last reply to publication, fetching and decrypting.
         metrics["cryptflow-seconds-create"] = self._create_seconds
