@@ -507,7 +507,11 @@ pub async fn launch(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let connections = Connections::new(ConnectionLimits::from_descriptor_limit());
+    let mut limits = ConnectionLimits::from_descriptor_limit();
+    // Uploads have their own stall limit (408 naming it); the server's must not cut first.
+    let upload_idle = Duration::from_secs(state.tuning.upload_idle_secs.saturating_add(10));
+    limits.body_timeout = limits.body_timeout.max(upload_idle);
+    let connections = Connections::new(limits);
     let counters = state.metrics.clone();
     let stats = connections.stats().clone();
     let metrics_task = cryptflow_services::http::spawn_metrics(

@@ -425,15 +425,7 @@ async fn aggregate(
     }
     let (len, stream) =
         s.blobs.stream(round.as_str(), &aggregate_blob(&sha)).await.map_err(AppError::internal)?;
-    let stream = futures_util::TryStreamExt::map_err(stream, std::io::Error::other);
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(blob_response(len, stream))
 }
 
 /// `GET /v1/rounds/{round}/submissions/{client}` (admin, readers): a published round's upload
@@ -487,15 +479,23 @@ async fn upload(
             }
             Err(e) => return Err(AppError::internal(e)),
         };
+    Ok(blob_response(len, stream))
+}
+
+/// A blob streamed as `application/octet-stream` with its length.
+fn blob_response(
+    len: u64,
+    stream: futures_util::stream::BoxStream<'static, Result<Bytes, crate::blob::BlobError>>,
+) -> Response {
     let stream = futures_util::TryStreamExt::map_err(stream, std::io::Error::other);
-    Ok((
+    (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (header::CONTENT_LENGTH, len.to_string()),
         ],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 fn not_ready(row: &RoundRow) -> AppError {

@@ -99,10 +99,12 @@ pub enum ClientError {
     /// The client was configured wrongly (bad URL, bad token).
     #[error("configuration: {0}")]
     Config(String),
-    /// Evidence that the aggregate was tampered with: it is not the sum of the uploads the
+    /// Evidence that a party lied about the aggregate: it is not the sum of the uploads the
     /// members signed (recomputed from them), an upload does not match its member's signed
-    /// digest or cannot be fetched for the check, or the mean has a value no genuine mean can
-    /// have (beyond the clip bound). Never retried, never a warning.
+    /// digest, the mean has a value no mean of clipped updates can have, a key manager holds
+    /// another contributor set, or the releases disagree. Also a verification that was asked
+    /// for ([`crate::Verify::Always`]) and could not be done ("cannot verify: …"). Never
+    /// retried, never a warning.
     #[error("the aggregate failed verification: {0}")]
     Verification(String),
 }

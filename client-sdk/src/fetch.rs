@@ -171,8 +171,11 @@ impl Client {
             cryptflow_he::Error::KeyOutOfRange
             | cryptflow_he::Error::WrongAggregateKey
             | cryptflow_he::Error::InconsistentReleases
-            | cryptflow_he::Error::CountOutOfRange => ClientError::Committee(format!(
-                "{e}: the releases and the aggregate do not fit together (a key manager or the aggregator is lying)"
+            // Evidence, like a failed verification (#24): someone lied.
+            | cryptflow_he::Error::CountOutOfRange => ClientError::Verification(format!(
+                "{e}: the releases and the aggregate do not fit together (the aggregator changed \
+                 the aggregate, a key manager released a wrong value, or a member uploaded a \
+                 malformed count or clipping slot)"
             )),
             other => ClientError::Crypto(other),
         })?;
@@ -197,15 +200,26 @@ impl Client {
         let max_abs_error = decrypted.error_bound();
         let mean: Vec<f64> = decrypted.mean::<f64>();
         let largest = mean.iter().fold(0f64, |m, v| m.max(v.abs()));
-        // Every value of a genuine mean lies within the clip bound (a weighted mean of clipped
-        // values), up to the error bound: anything beyond was put there (issue #24).
+        // Every value of a mean of clipped updates lies within the clip bound, up to the error
+        // bound: anything beyond was put there (issue #24) — by the aggregator, or by a member
+        // that did not clip (a recomputed aggregate rules out the first).
         let clip = setup.plan().clip_bound();
         if let Some((j, v)) =
             mean.iter().enumerate().find(|(_, v)| v.is_nan() || v.abs() > clip + max_abs_error)
         {
+            let who = match verification {
+                Verification::Recomputed { .. } => {
+                    "the aggregate is the sum of the signed uploads, so a member uploaded values \
+                     it did not clip"
+                }
+                Verification::NotVerified(_) => {
+                    "the aggregator changed the aggregate, or a member uploaded values it did not \
+                     clip"
+                }
+            };
             return Err(ClientError::Verification(format!(
                 "value {j} of the mean is {v}, beyond the clip bound ±{clip} (plus the error \
-                 bound {max_abs_error:.3e}) that every genuine mean of the round lies within"
+                 bound {max_abs_error:.3e}) that every mean of clipped updates lies within: {who}"
             )));
         }
         let (contributors, total_weight) = (decrypted.contributors(), decrypted.total_weight());
@@ -249,13 +263,15 @@ impl Client {
                 Ok(Verification::NotVerified(why))
             }
         };
+        let members_cannot = "only roster readers may fetch the members' uploads to recompute the \
+                              aggregate (a verifier holds every member's ciphertext)";
         match policy {
             Verify::Off => return Ok(Verification::NotVerified("verification is off".into())),
-            _ if !self.inner.reader => {
-                return not("only roster readers may fetch the members' uploads to recompute the \
-                     aggregate (a verifier holds every member's ciphertext)"
-                    .into())
+            // Asking a member's client to verify is a configuration mistake, not evidence.
+            Verify::Always if !self.inner.reader => {
+                return Err(ClientError::Config(format!("cannot verify: {members_cannot}")))
             }
+            _ if !self.inner.reader => return not(members_cannot.into()),
             Verify::Auto if total > AUTO_VERIFY_BYTES => {
                 return Ok(Verification::NotVerified(format!(
                     "the {uploads} uploads total {total} bytes, above the {AUTO_VERIFY_BYTES} \
@@ -276,10 +292,15 @@ impl Client {
                     .await?;
                 read_body(Service::Aggregator, res, expected, None).await
             })
-            .await
-            .map_err(|e| {
-                ClientError::Verification(format!("{member}'s upload cannot be fetched: {e}"))
-            })?;
+            .await;
+            // An upload that cannot be fetched (deleted after the aggregator's retention, an
+            // aggregator without the route, a token without the reader role, an outage) leaves
+            // the aggregate unverified — said loudly, and an error when verification was
+            // asked for — but it is not evidence of tampering: a mismatch below is.
+            let bytes = match bytes {
+                Ok(bytes) => bytes,
+                Err(e) => return not(format!("{member}'s upload cannot be fetched: {e}")),
+            };
             if Sha256Digest::of(&bytes) != c.upload_sha256 {
                 return Err(ClientError::Verification(format!(
                     "the aggregator served an upload for {member} that is not the one {member} \
@@ -416,7 +437,8 @@ impl Client {
             return Err(ClientError::Verification(format!(
                 "the key managers recorded different contributor sets for round {round}: the \
                  transcript lists {} members, {} — the aggregator reported different sets to \
-                 different key managers (two means whose difference isolates an update)",
+                 different key managers (two means whose difference isolates an update), or \
+                 that key manager is lying about its set",
                 transcript.contributors.len(),
                 seen.join(", ")
             )));

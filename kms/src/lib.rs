@@ -25,6 +25,7 @@
 
 pub mod audit;
 pub mod domain;
+pub mod repeats;
 pub mod restore;
 pub mod routes;
 pub mod seal;
@@ -160,6 +161,9 @@ pub struct Metrics {
     pub releases: AtomicU64,
     /// Requests refused (4xx) on deposits, sets and releases.
     pub refusals: AtomicU64,
+    /// Requests refused for their credentials (401: a missing, forged, expired or replayed
+    /// token, an issuer token in a roster member's name).
+    pub credentials_refused: AtomicU64,
     /// Rounds shredded (destroyed, expired or refused after a restore).
     pub rounds_shredded: AtomicU64,
 }
@@ -184,6 +188,11 @@ impl Metrics {
                 "cryptflow_kms_refusals_total",
                 "Deposit, set and release requests refused.",
                 &self.refusals,
+            ),
+            (
+                "cryptflow_kms_credentials_refused_total",
+                "Requests refused for their credentials (401).",
+                &self.credentials_refused,
             ),
             (
                 "cryptflow_kms_rounds_shredded_total",
@@ -234,6 +243,7 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     retention_secs: u64,
     witness: Option<Arc<restore::Witness>>,
+    repeats: Arc<repeats::Repeats>,
 }
 
 impl AppState {
@@ -257,6 +267,7 @@ impl AppState {
             metrics: Arc::default(),
             retention_secs,
             witness: None,
+            repeats: Arc::default(),
         }
     }
 

@@ -81,6 +81,7 @@ fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
     }
     r.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(from_fn_with_state(max_body_bytes, refuse_declared_oversize))
+        .layer(from_fn_with_state(state.clone(), audit_unauthorized))
         .with_state(state.clone())
         .merge(probe_routes(state.store.pool().clone(), OPENAPI))
         .method_not_allowed_fallback(method_not_allowed)
@@ -113,15 +114,109 @@ async fn refused(
     e: AppError,
 ) -> AppError {
     s.metrics.refusals.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(round = %round, caller = %caller.subject, action, problem = ?e.problem().detail, "request refused");
-    let detail = serde_json::json!({ "status": e.problem().status, "detail": e.problem().detail });
     let at = s.clock.now();
+    let key = format!("{action}|{}|{round}|{:?}", caller.subject, e.problem().detail);
+    // Identical refusals (a re-reported set, a client retrying) are written once per window.
+    let Some(repeats) = s.repeats.admit(key, at) else { return e };
+    tracing::warn!(round = %round, caller = %caller.subject, action, problem = ?e.problem().detail, repeats, "request refused");
+    let detail = serde_json::json!({
+        "status": e.problem().status,
+        "detail": e.problem().detail,
+        "repeats_since_last_entry": repeats,
+    });
     if let Err(err) =
         s.store.audit_only(at, &actor(caller), &format!("{action}.refused"), round, detail).await
     {
         return AppError::internal(err);
     }
     e
+}
+
+/// Middleware: a request refused for its credentials (401) is counted, logged and audited —
+/// with the subject, role and key id the token *claims* (unverified: that is the point) and
+/// the reason — once per kind per window ([`crate::repeats`]). Before, a forged or replayed
+/// roster token, or an issuer-minted token in a site's name, left no trace (#24).
+async fn audit_unauthorized(
+    State(s): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_owned();
+    let claimed = claimed(request.headers());
+    let response = next.run(request).await;
+    if response.status() != axum::http::StatusCode::UNAUTHORIZED {
+        return response;
+    }
+    s.metrics.credentials_refused.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let reason = serde_json::from_slice::<cryptflow_services::Problem>(&bytes)
+        .ok()
+        .and_then(|p| p.detail)
+        .unwrap_or_default();
+    // Time refusals state the node's clock; the kind is the reason without it.
+    let kind = reason.split(" (this service's clock").next().unwrap_or_default().to_owned();
+    let round = path
+        .strip_prefix("/v1/rounds/")
+        .and_then(|r| r.split('/').next())
+        .and_then(|r| RoundId::parse(r).ok());
+    let (subject, role, kid) = claimed;
+    let at = s.clock.now();
+    let key = format!("credentials|{subject:?}|{role:?}|{kid:?}|{kind}|{round:?}");
+    if let Some(repeats) = s.repeats.admit(key, at) {
+        tracing::warn!(claimed_subject = ?subject, claimed_role = ?role, kid = ?kid, path, reason = %kind, repeats, "credentials refused");
+        let detail = serde_json::json!({
+            "claimed_subject": subject,
+            "claimed_role": role,
+            "kid": kid,
+            "path": path,
+            "reason": kind,
+            "repeats_since_last_entry": repeats,
+        });
+        let actor = subject.as_deref().unwrap_or("(no token)");
+        let event = crate::audit::Event {
+            actor,
+            // The claimed role when the token has one; the entry's detail says it is claimed.
+            role: role.unwrap_or(Role::Client),
+            action: "credentials.refused",
+            round_id: round.as_ref().map(RoundId::as_str),
+            detail,
+        };
+        if let Err(e) = s.store.audit_event(at, event).await {
+            tracing::error!(error = %e, "cannot audit a refused credential");
+        }
+    }
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The subject, role and key id a bearer token claims, read without verifying it (for the
+/// audit entry of its refusal only).
+fn claimed(headers: &axum::http::HeaderMap) -> (Option<String>, Option<Role>, Option<String>) {
+    use base64::Engine;
+    let Some(token) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    else {
+        return (None, None, None);
+    };
+    let mut parts = token.trim().split('.');
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let json = |part: Option<&str>| -> Option<serde_json::Value> {
+        serde_json::from_slice(&b64.decode(part?).ok()?).ok()
+    };
+    let header = json(parts.next());
+    let claims = json(parts.next());
+    let text = |v: Option<&serde_json::Value>, field: &str| {
+        v.and_then(|v| v.get(field))
+            .and_then(|f| f.as_str())
+            .map(|f| f.chars().take(128).collect::<String>())
+    };
+    let role = claims
+        .as_ref()
+        .and_then(|c| c.get("role"))
+        .and_then(|r| serde_json::from_value::<Role>(r.clone()).ok());
+    (text(claims.as_ref(), "sub"), role, text(header.as_ref(), "kid"))
 }
 
 async fn view(s: &AppState, row: crate::store::RoundRow) -> Result<RegisteredRound, AppError> {

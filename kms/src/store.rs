@@ -368,6 +368,16 @@ impl Store {
         Ok(())
     }
 
+    /// Appends an audit entry about no round or a round that may not exist (a refused
+    /// credential).
+    pub async fn audit_event(&self, at: i64, event: Event<'_>) -> Result<()> {
+        let _serial = self.audit.lock().await;
+        let mut tx = self.pool.begin().await?;
+        audit::append(&mut tx, at, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Shreds a round's shares and marks it `state` (destroyed, or refused after a restore).
     pub async fn shred(
         &self,

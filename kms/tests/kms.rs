@@ -531,3 +531,51 @@ async fn a_node_restored_from_a_backup_refuses_rounds_it_had_closed() {
     assert!(s == StatusCode::CONFLICT || s == StatusCode::GONE, "{s}");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn refused_credentials_are_audited_once_per_kind_with_their_count() {
+    // Issue #24 (6): forged roster tokens and issuer tokens in a site's name left no audit
+    // entry, log line or metric; identical refusals must not grow the log without bound.
+    let stack = LocalStack::builder().nodes(1, 1).sites(2).start().await.unwrap();
+    let node = stack.node_url(1).unwrap().to_owned();
+    let audience = cryptflow_services::protocol::node_audience(stack.committee().node(1).unwrap());
+    // site-1's key signing a token that claims to be site-0.
+    let forged = stack.site_key("site-1").unwrap().roster_token(
+        &ClientId::parse("site-0").unwrap(),
+        Role::Client,
+        &audience,
+    );
+    // The issuer (possibly the aggregator's operator) minting a token in site-0's name.
+    let issued = stack.token("site-0", Role::Client, "kms");
+    let release = format!("{node}/v1/rounds/r9/release");
+    for _ in 0..20 {
+        assert_eq!(
+            call(Method::GET, &release, Some(&forged), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            call(Method::GET, &release, Some(&issued), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let admin = stack.token("ops", Role::Admin, "kms");
+    let (s, v) = call(Method::GET, &format!("{node}/v1/audit"), Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let refused: Vec<&Value> =
+        v.as_array().unwrap().iter().filter(|e| e["action"] == "credentials.refused").collect();
+    assert_eq!(refused.len(), 2, "one entry per kind of refusal: {refused:?}");
+    for e in &refused {
+        let detail: Value = match &e["detail"] {
+            Value::String(s) => serde_json::from_str(s).unwrap(),
+            d => d.clone(),
+        };
+        assert_eq!(detail["claimed_subject"], "site-0", "{e}");
+        assert_eq!(e["round_id"], "r9", "{e}");
+    }
+    let reasons: Vec<String> = refused.iter().map(|e| e["detail"].to_string()).collect();
+    assert!(reasons.iter().any(|r| r.contains("invalid signature")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("roster key")), "{reasons:?}");
+    stack.stop().await;
+}

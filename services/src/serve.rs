@@ -324,6 +324,9 @@ impl Connections {
                 Err(e) => {
                     self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                     let closed = self.evict_one();
+                    if closed {
+                        self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
                     if self.should_log(Event::AcceptError) {
                         tracing::warn!(
                             error = %e,
@@ -374,7 +377,10 @@ impl Connections {
                 shutdown.clone(),
             ));
         }
-        // Shutting down: every connection finishes its request and closes.
+        // Shutting down: refuse new connections at once (the kernel would otherwise keep
+        // completing handshakes nobody accepts), then every connection finishes its request
+        // and closes.
+        drop(listener);
         {
             let open = self.registry();
             for e in open.values() {
@@ -445,16 +451,18 @@ impl Connections {
                     let response = tower::ServiceExt::oneshot(app, request).await?;
                     // The connection counts as busy until the response body is sent (or
                     // dropped): the guard lives in the body.
-                    Ok::<_, std::convert::Infallible>(response.map(move |body| {
-                        Body::new(body.map_frame(move |frame| {
-                            let _ = &guard;
-                            frame
-                        }))
-                    }))
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(move |body| Body::new(Guarded { body, _busy: guard })),
+                    )
                 }
             })
         };
-        let io = TokioIo::new(SendTimeout::new(stream, self.limits.send_timeout));
+        let io = TokioIo::new(SendTimeout::new(
+            stream,
+            self.limits.send_timeout,
+            entry.last_active.clone(),
+            self.clone(),
+        ));
         let conn = builder.serve_connection(io, service);
         let mut conn = std::pin::pin!(conn);
         let mut asked = false;
@@ -540,10 +548,42 @@ impl Drop for Busy {
     }
 }
 
-/// Answers a connection refused at the cap with a bare `503` and closes it.
+/// A response body that keeps its connection counted busy until sent or dropped, passing on
+/// the inner body's size (so hyper still sets `Content-Length`) and end.
+struct Guarded {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Answers a connection refused at the cap with a `503` problem document and closes it.
 async fn refuse(mut stream: TcpStream) {
     use tokio::io::AsyncWriteExt;
-    let body = br#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the server is at its connection limit; retry shortly","code":"unavailable"}"#;
+    let problem = crate::Problem::new(
+        crate::ErrorCode::Unavailable,
+        "the server is at its connection limit with every connection busy; retry shortly",
+    );
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let body = body.as_slice();
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: {}\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         crate::PROBLEM_JSON,
@@ -570,15 +610,25 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// A stream whose writes fail with `TimedOut` once the peer has accepted nothing for
 /// `timeout` (its receive window stayed full): a reader that stops reading cannot hold a
 /// connection, a task and a response's buffers forever.
+///
+/// Bytes arriving mark the connection active, so one whose next request is on its way is not
+/// taken for idle and closed at the cap.
 struct SendTimeout {
     stream: TcpStream,
     timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    last_active: Arc<AtomicU64>,
+    connections: Connections,
 }
 
 impl SendTimeout {
-    fn new(stream: TcpStream, timeout: Duration) -> Self {
-        Self { stream, timeout, stalled: None }
+    fn new(
+        stream: TcpStream,
+        timeout: Duration,
+        last_active: Arc<AtomicU64>,
+        connections: Connections,
+    ) -> Self {
+        Self { stream, timeout, stalled: None, last_active, connections }
     }
 
     fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
@@ -609,7 +659,13 @@ impl AsyncRead for SendTimeout {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.last_active.store(this.connections.stamp(), Ordering::Relaxed);
+        }
+        r
     }
 }
 
