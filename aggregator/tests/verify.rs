@@ -97,15 +97,17 @@ async fn a_reader_recomputes_the_aggregate_and_tampering_fails_loudly() {
         .count();
     assert_eq!(moved, 1, "the attack shifts one value, undetected without verification");
 
-    // Scrambled words: values far beyond ±B. Every client refuses them, verifying or not.
+    // Scrambled words: each decrypts to a random value in the plan's range, which exceeds ±B
+    // only by the no-wrap margin (here ±1.4 for B = 1: each such value is beyond ±B with
+    // probability ≈ 0.3), so ~78 words are scrambled: every client refuses the mean, verifying
+    // or not, but for a chance of ~1e-12. (Depending on the round's random masks, the
+    // decryptor's self-check or the clip bound catches it first: both are evidence.)
     let round = published(&stack, "scrambled").await;
     tamper(&stack, &round, |p| {
-        let at = p.len() / 2;
-        p[at..at + 16].iter_mut().for_each(|b| *b ^= 0xff);
+        let at = p.len() / 4;
+        p[at..at + 256].iter_mut().for_each(|b| *b ^= 0xff);
     })
     .await;
-    // (Depending on the round's random masks, the decryptor's self-check or the clip bound
-    // catches it first: both are evidence.)
     let e = stack.client("site-1").fetch_mean(&round, None).await.unwrap_err();
     assert!(matches!(e, ClientError::Verification(_)), "{e}");
     assert!(
