@@ -99,13 +99,15 @@ impl Journal {
         let line = serde_json::to_string(&Entry { round: round.clone(), update_sha256: *f })
             .map_err(|e| ClientError::Config(e.to_string()))?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            cryptflow_services::private_fs::create_dir_all(dir)
                 .map_err(|e| ClientError::Config(format!("journal {}: {e}", dir.display())))?;
         }
-        let mut f =
-            std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(
-                |e| ClientError::Config(format!("journal {}: {e}", self.path.display())),
-            )?;
+        // Owner-only (0600): which update went to which round is the site's business (#24).
+        let mut f = cryptflow_services::private_fs::options()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))?;
         writeln!(f, "{line}")
             .map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))
     }
@@ -132,6 +134,14 @@ mod tests {
         assert!(j.check(&r2, &u, None, true).is_ok());
         let other = ModelUpdate::from(ndarray::Array1::from(vec![0.5f32, -0.5]));
         assert!(j.check(&r2, &other, None, false).is_ok());
+        // Readable by its owner only (#24: it was 0644).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode(&dir.path().join("state/journal.jsonl")) & 0o777, 0o600);
+            assert_eq!(mode(&dir.path().join("state")) & 0o777, 0o700);
+        }
     }
 
     #[test]
