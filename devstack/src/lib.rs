@@ -465,6 +465,10 @@ impl LocalStack {
             });
         }
 
+        if b.descriptor_limit.is_some() && !b.processes {
+            // An in-process stack shares the test's descriptors: the limit would be ignored.
+            return Err(err("descriptor_limit needs processes(true)"));
+        }
         let bin_dir = if b.processes { Some(binaries()?) } else { None };
         let mut stack = Self {
             dir,
