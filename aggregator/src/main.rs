@@ -84,7 +84,10 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::CheckConfig(c) => {
             let cfg = load(&c)?;
-            cryptflow_aggregator::check_config(&cfg).map_err(|e| e.to_string())?;
+            let committee = cryptflow_aggregator::check_config(&cfg).map_err(|e| e.to_string())?;
+            for warning in committee.shape_warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{}", config::redacted_json(&cfg));
             Ok(())
         }

@@ -194,7 +194,7 @@ async fn a_round_that_would_reveal_one_update_never_publishes() {
     let careless = stack.client_with(
         "site-0",
         Role::Client,
-        ClientPolicy { min_contributors: 1, ..ClientPolicy::default() },
+        ClientPolicy { min_contributors: 1, ..stack.stack_policy() },
     );
     careless.submit(&round, u, SubmitOptions::default()).await.unwrap();
     let e = stack

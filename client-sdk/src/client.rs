@@ -4,6 +4,7 @@
 use crate::error::{ClientError, Result};
 use crate::http::{decode, protocol, read_body, send, with_retries, Failure, Service};
 use crate::retry::RetryPolicy;
+use cryptflow_he::sharing::CommitteeShape;
 use cryptflow_services::api::kms::RegisteredRound;
 use cryptflow_services::api::round::{RoundInfo, RoundRequest, RoundState};
 use cryptflow_services::protocol::{Committee, SiteKey};
@@ -46,9 +47,20 @@ impl fmt::Debug for Token {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientPolicy {
     /// Refuse rounds whose `min_clients` (and key managers' `m`) allow fewer contributors
-    /// than this: with `min_clients = 1` the mean *is* a single update, and with 2 each of
-    /// the two learns the other's from the mean.
+    /// than this. With `min_clients = 1` the mean *is* a single update; with 2 each of the two
+    /// learns the other's from the mean; in general `min_contributors − 2` members colluding
+    /// with the aggregator learn nothing about a chosen other member's update beyond the mean,
+    /// `min_contributors − 1` of them learn it. Default 3: one colluding member tolerated.
     pub min_contributors: u32,
+    /// Refuse to submit under a committee that tolerates fewer than this many key managers
+    /// colluding with the aggregator (`2t − n − 1`, see
+    /// [`CommitteeShape::tolerated_colluding`]).
+    /// Default 1: `(4, 3)`, `(3, 3)`, `(5, 4)`, `(7, 5)` pass, `(3, 2)` and `(5, 3)` are refused.
+    pub min_tolerated_colluding_nodes: u8,
+    /// Accept a committee of one key manager (`n = 1`), which reads every update if it sides
+    /// with the aggregator. Default `false`: a single node is refused whatever
+    /// `min_tolerated_colluding_nodes` says.
+    pub allow_single_key_manager: bool,
     /// If set, refuse rounds listing a client outside this set.
     pub allowed_peers: Option<BTreeSet<ClientId>>,
     /// Whether [`Client::fetch_mean`] recomputes the aggregate from the members' uploads.
@@ -56,9 +68,44 @@ pub struct ClientPolicy {
 }
 
 impl Default for ClientPolicy {
-    /// At least two contributors, any peers, verification where cheap ([`Verify::Auto`]).
+    /// At least three contributors, a committee that tolerates one colluding key manager (no
+    /// single key manager), any peers, verification where cheap ([`Verify::Auto`]).
     fn default() -> Self {
-        Self { min_contributors: 2, allowed_peers: None, verify: Verify::Auto }
+        Self {
+            min_contributors: 3,
+            min_tolerated_colluding_nodes: 1,
+            allow_single_key_manager: false,
+            allowed_peers: None,
+            verify: Verify::Auto,
+        }
+    }
+}
+
+impl ClientPolicy {
+    /// Why this policy refuses to submit under a committee of `shape`, if it does: a single key
+    /// manager without [`ClientPolicy::allow_single_key_manager`], or fewer tolerated colluding
+    /// nodes than [`ClientPolicy::min_tolerated_colluding_nodes`]. The text names the setting
+    /// and both numbers that matter (`2t − n − 1`, and `t − 1` against a verifier).
+    pub fn committee_refusal(&self, shape: CommitteeShape) -> Option<String> {
+        let (n, t) = (shape.nodes(), shape.threshold());
+        if n == 1 {
+            return (!self.allow_single_key_manager).then(|| {
+                "the committee is a single key manager (n = 1): if it sides with the aggregator it \
+                 reads every update; this site's policy refuses it unless allow_single_key_manager \
+                 is set"
+                    .to_owned()
+            });
+        }
+        let tolerated = shape.tolerated_colluding();
+        (tolerated < self.min_tolerated_colluding_nodes).then(|| {
+            format!(
+                "the committee (n, t) = ({n}, {t}) tolerates {tolerated} key manager(s) colluding \
+                 with the aggregator (2t − n − 1) and {} colluding with a verifier (t − 1); this \
+                 site's policy needs min_tolerated_colluding_nodes = {} — use e.g. (4, 3) or (5, 4)",
+                shape.tolerated_colluding_with_verifier(),
+                self.min_tolerated_colluding_nodes
+            )
+        })
     }
 }
 

@@ -207,6 +207,9 @@ impl Client {
             )));
         }
         let policy = &self.inner.policy;
+        if let Some(why) = policy.committee_refusal(self.committee()?.shape()) {
+            return Err(ClientError::Policy(format!("round {}: {why}", spec.round_id)));
+        }
         // The key managers enforce max(min_clients, m), but a round that declares it would
         // publish fewer is refused as declared: it is a misconfiguration or an attempt.
         if spec.min_clients < policy.min_contributors {

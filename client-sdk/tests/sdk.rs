@@ -75,6 +75,7 @@ fn site_client(stack: &LocalStack, id: &str, aggregator: &str, committee: Commit
         .aggregator_token(Token::new(stack.token(id, Role::Client, "aggregator")))
         .committee(committee)
         .site(ClientId::parse(id).unwrap(), stack.site_key(id).unwrap())
+        .policy(stack.stack_policy())
         .retry(RetryPolicy { budget: Duration::from_secs(30), ..RetryPolicy::default() })
         .build()
         .unwrap()
@@ -266,6 +267,7 @@ fn impatient(stack: &LocalStack, id: &str) -> Client {
         .aggregator_token(Token::new(stack.token(id, Role::Client, "aggregator")))
         .committee(stack.committee().clone())
         .site(ClientId::parse(id).unwrap(), stack.site_key(id).unwrap())
+        .policy(stack.stack_policy())
         .retry(RetryPolicy { budget: Duration::from_secs(2), ..RetryPolicy::default() })
         .build()
         .unwrap()
@@ -347,6 +349,37 @@ async fn rounds_survive_key_managers_down_up_to_n_minus_t() {
     }
 }
 
+/// Issue #24, finding 2: under a `(3, 2)` committee one key manager colluding with the
+/// aggregator reads a chosen site's update (`2t − n − 1 = 0` tolerated). The default policy
+/// refuses to submit under it, says both numbers and the setting, and sends nothing; a site
+/// whose policy accepts the shape takes part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_policy_refuses_a_committee_that_tolerates_no_colluding_node() {
+    let stack = LocalStack::builder().nodes(3, 2).sites(3).start().await.unwrap();
+    let round = RoundId::parse("shape").unwrap();
+    stack.admin().create_round(&stack.round_request("shape", 100, 3, 3)).await.unwrap();
+    let default = stack.client_with("site-0", Role::Client, ClientPolicy::default());
+    let e = default.submit(&round, update(100, 0), SubmitOptions::default()).await.unwrap_err();
+    let ClientError::Policy(m) = &e else { panic!("{e}") };
+    for needle in [
+        "(3, 2)",
+        "tolerates 0",
+        "1 colluding with a verifier",
+        "min_tolerated_colluding_nodes = 1",
+    ] {
+        assert!(m.contains(needle), "{needle:?} missing from: {m}");
+    }
+    assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 0);
+    let accepting = ClientPolicy { min_tolerated_colluding_nodes: 0, ..ClientPolicy::default() };
+    stack
+        .client_with("site-0", Role::Client, accepting)
+        .submit(&round, update(100, 0), SubmitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 1);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_client_policy_refuses_before_anything_is_sent() {
     let stack = LocalStack::builder().sites(3).start().await.unwrap();
@@ -356,17 +389,21 @@ async fn the_client_policy_refuses_before_anything_is_sent() {
     let picky = stack.client_with(
         "site-0",
         Role::Client,
-        ClientPolicy { allowed_peers: Some(allowed), ..ClientPolicy::default() },
+        ClientPolicy { allowed_peers: Some(allowed), ..stack.stack_policy() },
     );
     let e = picky.submit(&round, update(100, 0), SubmitOptions::default()).await.unwrap_err();
     assert!(matches!(&e, ClientError::Policy(m) if m.contains("site-2")), "{e}");
     let cautious = stack.client_with(
         "site-0",
         Role::Client,
-        ClientPolicy { min_contributors: 3, ..ClientPolicy::default() },
+        ClientPolicy { min_contributors: 3, ..stack.stack_policy() },
     );
     let e = cautious.submit(&round, update(100, 0), SubmitOptions::default()).await.unwrap_err();
-    assert!(matches!(e, ClientError::Policy(_)), "{e}");
+    assert!(matches!(&e, ClientError::Policy(m) if m.contains("min_clients = 2")), "{e}");
+    // The default policy refuses this stack's single key manager, naming the setting.
+    let default = stack.client_with("site-0", Role::Client, ClientPolicy::default());
+    let e = default.submit(&round, update(100, 0), SubmitOptions::default()).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Policy(m) if m.contains("allow_single_key_manager")), "{e}");
     assert_eq!(stack.admin().round(&round).await.unwrap().uploads, 0);
     // A round id, layout or update that cannot be valid fails before the network.
     let e = stack
@@ -527,6 +564,7 @@ async fn another_sites_key_is_named_as_the_mistake_not_reported_as_a_committee_f
         .aggregator_token(Token::new(stack.token("site-0", Role::Client, "aggregator")))
         .committee(stack.committee().clone())
         .site(ClientId::parse("site-0").unwrap(), stack.site_key("site-1").unwrap())
+        .policy(stack.stack_policy())
         .build()
         .unwrap();
     let round = RoundId::parse("wrong-key").unwrap();

@@ -3,9 +3,11 @@
 
 use crate::model::{max_abs_diff, shard_sizes, weighted_mean, Dataset, Model, Rng, Tensor};
 use crate::output::{emit, human_bytes, DemoError, Exit};
-use cryptflow_client::{Client, ModelUpdate, RoundRequest, SubmitOptions, TensorValues, Weighting};
+use cryptflow_client::{
+    Client, ClientPolicy, ModelUpdate, RoundRequest, SubmitOptions, TensorValues, Weighting,
+};
 use cryptflow_devstack::LocalStack;
-use cryptflow_services::RoundId;
+use cryptflow_services::{Role, RoundId};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,10 +34,12 @@ pub struct DemoArgs {
     /// Federated rounds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: u32,
-    /// Key managers in the committee.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    /// Key managers in the committee (default 4, with --threshold 3: one may collude with the
+    /// aggregator, one may be down).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
     pub kms_nodes: u8,
-    /// Releases needed to decrypt (more than half of --kms-nodes; default: all of them).
+    /// Releases needed to decrypt (more than half of --kms-nodes; default: the smallest that
+    /// tolerates one key manager colluding with the aggregator, 2t − n − 1 ≥ 1, at most n).
     #[arg(long)]
     pub threshold: Option<u8>,
     /// Stop this key manager (by share index) halfway through the run; the rounds go on while
@@ -105,7 +109,7 @@ enum Task {
 /// the plaintext mean.
 pub async fn run(args: &DemoArgs) -> Result<(), DemoError> {
     let usage = |m: String| DemoError::new(Exit::Usage, m);
-    let t = args.threshold.unwrap_or(args.kms_nodes);
+    let t = args.threshold.unwrap_or(((args.kms_nodes + 3) / 2).min(args.kms_nodes));
     if !(args.max_abs_error > 0.0 && args.max_abs_error < args.clip) {
         return Err(usage(format!(
             "--max-abs-error {} must be positive and below --clip {} (it is an absolute error of the mean, \
@@ -141,7 +145,20 @@ async fn drive(
     let k = args.clients as usize;
     let admin = stack.admin();
     let ids = stack.site_ids();
-    let clients: Vec<Client> = ids.iter().map(|id| stack.client(id.as_str())).collect();
+    // The sites' default policy, except where the command line chose otherwise: a committee the
+    // default refuses (`--kms-nodes 1`, `--kms-nodes 3 --threshold 2`) or `--clients 2` runs as
+    // asked, and the committee line below says what it tolerates.
+    let default = ClientPolicy::default();
+    let policy = ClientPolicy {
+        min_contributors: default.min_contributors.min(args.clients),
+        min_tolerated_colluding_nodes: shape
+            .tolerated_colluding()
+            .min(default.min_tolerated_colluding_nodes),
+        allow_single_key_manager: shape.nodes() == 1,
+        ..default
+    };
+    let clients: Vec<Client> =
+        ids.iter().map(|id| stack.client_with(id.as_str(), Role::Client, policy.clone())).collect();
     let mut rng = Rng::new(args.seed);
     let say = |line: String| {
         if !args.json {
@@ -226,12 +243,13 @@ async fn drive(
     }
     say(format!(
         "  committee: {} key manager(s), threshold {}: a round completes while {} are up (tolerates {} down); \
-         an update stays private unless {} key manager(s) collude with the aggregator",
+         an update stays private unless {} key manager(s) collude with the aggregator (tolerates {} colluding)",
         shape.nodes(),
         shape.threshold(),
         shape.threshold(),
         shape.tolerated_down(),
-        shape.privacy_threshold().max(1),
+        shape.privacy_threshold(),
+        shape.tolerated_colluding(),
     ));
     say(format!(
         "  servers:   aggregator {}, key managers {} (in-process, temporary SQLite databases)",

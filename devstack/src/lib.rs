@@ -555,9 +555,21 @@ impl LocalStack {
     }
 
     /// An SDK client acting as roster site `id` (its aggregator token, roster key, the
-    /// committee), with a patient retry policy.
+    /// committee), with a patient retry policy and [`LocalStack::stack_policy`].
     pub fn client(&self, id: &str) -> Client {
-        self.client_with(id, Role::Client, ClientPolicy::default())
+        self.client_with(id, Role::Client, self.stack_policy())
+    }
+
+    /// The default [`ClientPolicy`] relaxed to take part in whatever this stack was built as:
+    /// any committee shape (a single key manager, `(3, 2)`) and sets of two. Tests of the
+    /// policy itself pass their own to [`LocalStack::client_with`].
+    pub fn stack_policy(&self) -> ClientPolicy {
+        ClientPolicy {
+            min_contributors: 2,
+            min_tolerated_colluding_nodes: 0,
+            allow_single_key_manager: true,
+            ..ClientPolicy::default()
+        }
     }
 
     /// An SDK client acting as roster member `id` with `role` (client or reader) and `policy`.
@@ -567,7 +579,7 @@ impl LocalStack {
 
     /// An SDK client acting as roster site `id` that talks to aggregator replica `replica`.
     pub fn client_via(&self, id: &str, replica: usize) -> Client {
-        self.client_of(id, Role::Client, ClientPolicy::default(), replica)
+        self.client_of(id, Role::Client, self.stack_policy(), replica)
     }
 
     fn client_of(&self, id: &str, role: Role, policy: ClientPolicy, replica: usize) -> Client {

@@ -57,7 +57,7 @@ def wait_for(what: str, ready, proc: subprocess.Popen, log: pathlib.Path, timeou
 def start_stack(binary: str, work: pathlib.Path) -> tuple[subprocess.Popen, pathlib.Path]:
     out, log = work / "stack.json", work / "devstack.log"
     proc = subprocess.Popen(
-        [binary, "--nodes", "3", "--threshold", "2", "--sites", "3", "--readers", "server-app", "--out", str(out)],
+        [binary, "--nodes", "4", "--threshold", "3", "--sites", "3", "--readers", "server-app", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=log.open("w"),
     )
     wait_for("cryptflow-devstack", lambda: out.exists() and out.stat().st_size > 0, proc, log)

@@ -136,11 +136,19 @@ impl fmt::Display for ShareIndex {
 /// for releases of different contributor sets (`S` and `S` minus a victim) and corrupt nodes
 /// release for any set.
 ///
+/// So `2t − n − 1` colluding nodes are tolerated ([`CommitteeShape::tolerated_colluding`]):
+/// none for `(3, 2)` or `(1, 1)`, one for `(4, 3)`. Against key managers colluding with a
+/// *verifier* — a reader holding every member's upload — the number is `t − 1`
+/// ([`CommitteeShape::tolerated_colluding_with_verifier`]): `t` nodes' shares of one member's
+/// key open that member's upload.
+///
 /// ```
 /// use cryptflow_he::sharing::CommitteeShape;
 /// let c = CommitteeShape::try_new(5, 4).unwrap();
 /// assert_eq!((c.privacy_threshold(), c.tolerated_down()), (3, 1));
-/// assert_eq!(CommitteeShape::try_new(3, 2).unwrap().privacy_threshold(), 1);
+/// assert_eq!((c.tolerated_colluding(), c.tolerated_colluding_with_verifier()), (2, 3));
+/// assert_eq!(CommitteeShape::try_new(3, 2).unwrap().tolerated_colluding(), 0);
+/// assert_eq!(CommitteeShape::try_new(4, 3).unwrap().tolerated_colluding(), 1);
 /// assert!(CommitteeShape::try_new(4, 2).is_err()); // t ≤ n/2
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -181,6 +189,16 @@ impl CommitteeShape {
     /// `2t − n`: privacy holds while fewer than this many nodes collude with the aggregator.
     pub fn privacy_threshold(&self) -> u8 {
         2 * self.threshold - self.nodes
+    }
+    /// `2t − n − 1`: colluding nodes tolerated (privacy holds against the aggregator with this
+    /// many nodes on its side). `0` for `(1, 1)`, `(3, 2)`, `(5, 3)`.
+    pub fn tolerated_colluding(&self) -> u8 {
+        self.privacy_threshold() - 1
+    }
+    /// `t − 1`: nodes that may collude with a verifier (a reader holding the members' uploads,
+    /// see `docs/security.md`) without reading an update.
+    pub fn tolerated_colluding_with_verifier(&self) -> u8 {
+        self.threshold - 1
     }
     /// `n − t`: nodes that may be down while a round still completes.
     pub fn tolerated_down(&self) -> u8 {

@@ -25,6 +25,7 @@
 
 pub mod audit;
 pub mod domain;
+pub mod keystore;
 pub mod repeats;
 pub mod restore;
 pub mod routes;
@@ -32,12 +33,14 @@ pub mod seal;
 pub mod store;
 pub mod upkeep;
 
+use cryptflow_services::api::kms::KmsRoundState;
 pub use cryptflow_services::auth::JwtKey;
 use cryptflow_services::auth::{verifier_from_files, Verifier};
 use cryptflow_services::clock::{SharedClock, SystemClock};
 use cryptflow_services::db::{self, Migrations};
 use cryptflow_services::protocol::{Committee, Roster, SiteKey};
 use cryptflow_services::serve::{ConnectionLimits, Connections};
+use cryptflow_services::RoundId;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -92,6 +95,10 @@ pub struct KmsConfig {
     /// the rounds it registers, the sets it records and how far its audit log has come; on
     /// start it refuses the rounds a restored database has open (see `restore`).
     pub restore_witness_file: Option<PathBuf>,
+    /// The round-key store (see `keystore`): each round's key, sealed by the master key, on
+    /// storage outside the database's backups; shredding a round deletes its key here.
+    /// Default: the restore witness's path with `.round-keys` appended.
+    pub round_keys_file: Option<PathBuf>,
     /// Largest JSON body (registrations and contributor sets of 10^5 members are ~12 MB).
     pub max_body_bytes: usize,
     /// Seconds between retention scans.
@@ -117,6 +124,7 @@ impl Default for KmsConfig {
             roster_file: PathBuf::from("roster.toml"),
             share_retention_secs: 30 * 86_400,
             restore_witness_file: None,
+            round_keys_file: None,
             max_body_bytes: 32 << 20,
             tick_secs: 60,
             shutdown_timeout_secs: 30,
@@ -137,6 +145,9 @@ pub enum StartError {
     /// Master key.
     #[error(transparent)]
     Seal(#[from] seal::SealError),
+    /// The round-key store could not be read or written.
+    #[error(transparent)]
+    RoundKeys(#[from] keystore::KeyStoreError),
     /// JWT keys.
     #[error(transparent)]
     Keys(#[from] cryptflow_services::auth::KeyError),
@@ -244,6 +255,7 @@ pub struct AppState {
     retention_secs: u64,
     witness: Option<Arc<restore::Witness>>,
     repeats: Arc<repeats::Repeats>,
+    round_keys: Arc<keystore::RoundKeys>,
 }
 
 impl AppState {
@@ -255,6 +267,7 @@ impl AppState {
         node: Node,
         clock: SharedClock,
         retention_secs: u64,
+        round_keys: keystore::RoundKeys,
     ) -> Self {
         let audience = node.audience();
         let verifier = verifier.with_roster(node.roster(), &audience);
@@ -268,7 +281,33 @@ impl AppState {
             retention_secs,
             witness: None,
             repeats: Arc::default(),
+            round_keys: Arc::new(round_keys),
         }
+    }
+
+    /// Shreds `round`: its key leaves the round-key store first — from then on its shares,
+    /// wherever a copy of the database survives, open under nothing — then the database drops
+    /// the sealed shares and marks the round `state` (destroyed, or refused after a restore).
+    /// A failure of the second step leaves the round for the next retention pass.
+    pub(crate) async fn shred(
+        &self,
+        round: &RoundId,
+        state: KmsRoundState,
+        actor: &store::Actor<'_>,
+        action: &str,
+    ) -> Result<(), String> {
+        self.round_keys.shred(round.as_str()).map_err(|e| e.to_string())?;
+        self.store
+            .shred(round, state, self.clock.now(), actor, action)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics.rounds_shredded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The round-key store.
+    pub fn round_keys(&self) -> &keystore::RoundKeys {
+        &self.round_keys
     }
 
     /// Keeps a restore witness (see [`restore`]).
@@ -309,14 +348,25 @@ fn witness_path(config: &KmsConfig) -> Result<&std::path::Path, StartError> {
     })
 }
 
+/// Where the round keys live: `round_keys_file`, or next to the restore witness.
+pub fn round_keys_path(config: &KmsConfig) -> Result<PathBuf, StartError> {
+    if let Some(p) = &config.round_keys_file {
+        return Ok(p.clone());
+    }
+    let mut p = witness_path(config)?.as_os_str().to_owned();
+    p.push(".round-keys");
+    Ok(PathBuf::from(p))
+}
+
 /// What [`state_from_config`] reads besides the database, checked: the master key, the issuer
-/// keys, the committee, this node's signing key and the roster. `check-config` runs it.
-pub fn check_config(config: &KmsConfig) -> Result<(), StartError> {
+/// keys, the committee, this node's signing key and the roster. `check-config` runs it and
+/// prints the returned warnings ([`Committee::shape_warnings`]).
+pub fn check_config(config: &KmsConfig) -> Result<Vec<String>, StartError> {
     witness_path(config)?;
+    keystore::RoundKeys::open(&round_keys_path(config)?)?;
     master_key(config)?;
     verifier_from_files(&config.audience, &config.jwt_keys)?;
-    node_from_config(config)?;
-    Ok(())
+    Ok(node_from_config(config)?.committee().shape_warnings())
 }
 
 /// Builds the state from a configuration: reads keys, committee and roster, opens the
@@ -335,6 +385,7 @@ pub async fn state_from_config(config: &KmsConfig) -> Result<AppState, StartErro
         node,
         Arc::new(SystemClock),
         config.share_retention_secs,
+        keystore::RoundKeys::open(&round_keys_path(config)?)?,
     );
     let path = witness_path(config)?;
     state = state.with_witness(restore::Witness::new(path));
@@ -423,19 +474,22 @@ async fn serve(
     result
 }
 
-/// Re-wraps every sealed share from `old` to `new` in one transaction; returns how many. The
-/// shares exist in memory only while being re-wrapped. Resumable: shares already under `new`
-/// are skipped.
+/// Re-wraps every round key in `round_keys` and every share still sealed under the master key
+/// itself (deposited before round keys existed) from `old` to `new`; returns how many of each
+/// (round keys, shares). Secrets exist in memory only while being re-wrapped. Resumable: what
+/// is already under `new` is skipped; shares sealed under round keys are untouched.
 pub async fn rotate_master_key(
     pool: &sqlx::AnyPool,
+    round_keys: &keystore::RoundKeys,
     old: &MasterKey,
     new: &MasterKey,
-) -> Result<u64, StartError> {
+) -> Result<(u64, u64), StartError> {
+    let rewrapped = round_keys.rewrap(old, new)?;
     let err = |e: store::StoreError| StartError::Io(e.to_string());
     let mut tx = pool.begin().await.map_err(db::DbError::from)?;
     let mut count = 0;
     for (round, client, sealed, wrapped_by) in store::all_sealed(&mut tx).await.map_err(err)? {
-        if wrapped_by == new.id() {
+        if wrapped_by == new.id() || wrapped_by.starts_with(keystore::ROUND_KEY_ID_PREFIX) {
             continue;
         }
         let share = old.open(&round, &client, &sealed)?;
@@ -444,5 +498,5 @@ pub async fn rotate_master_key(
         count += 1;
     }
     tx.commit().await.map_err(db::DbError::from)?;
-    Ok(count)
+    Ok((rewrapped, count))
 }

@@ -107,7 +107,9 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         Command::Serve(c) => serve(load(&c)?).await?,
         Command::CheckConfig(c) => {
             let cfg = load(&c)?;
-            cryptflow_kms::check_config(&cfg).map_err(|e| e.to_string())?;
+            for warning in cryptflow_kms::check_config(&cfg).map_err(|e| e.to_string())? {
+                eprintln!("warning: {warning}");
+            }
             println!("{}", config::redacted_json(&cfg));
         }
         Command::Healthcheck(c) => {
@@ -137,9 +139,15 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             let old = cryptflow_kms::master_key(&cfg).map_err(|e| e.to_string())?;
             let new = MasterKey::from_file(&new).map_err(|e| e.to_string())?;
             let pool = db::connect(&cfg.database_url, 1).await.map_err(|e| e.to_string())?;
-            let n = rotate_master_key(&pool, &old, &new).await.map_err(|e| e.to_string())?;
+            let path = cryptflow_kms::round_keys_path(&cfg).map_err(|e| e.to_string())?;
+            let round_keys =
+                cryptflow_kms::keystore::RoundKeys::open(&path).map_err(|e| e.to_string())?;
+            let (keys, shares) = rotate_master_key(&pool, &round_keys, &old, &new)
+                .await
+                .map_err(|e| e.to_string())?;
             println!(
-                "re-wrapped {n} shares from master key {} to {}; point master_key_file at the new key",
+                "re-wrapped {keys} round keys and {shares} older shares from master key {} to {}; \
+                 point master_key_file at the new key",
                 old.id(),
                 new.id()
             );
@@ -172,6 +180,9 @@ async fn serve(cfg: KmsConfig) -> Result<(), String> {
     };
     tracing::info!(listen = %cfg.listen, internal = ?cfg.internal_listen, metrics = %cfg.metrics_listen,
         node = state.node().x().get(), "cryptflow-kms serving");
+    for warning in state.node().committee().shape_warnings() {
+        tracing::warn!("{warning}");
+    }
     let grace = Duration::from_secs(cfg.shutdown_timeout_secs);
     let tick = Duration::from_secs(cfg.tick_secs.max(1));
     let max_body = cfg.max_body_bytes;

@@ -18,6 +18,7 @@
 //! echo, deposits, release, node) and the probes.
 
 use crate::domain;
+use crate::keystore::ROUND_KEY_ID_PREFIX;
 use crate::store::{Actor, NewDeposit, StoreError};
 use crate::AppState;
 use axum::body::Bytes;
@@ -310,11 +311,9 @@ async fn destroy(
     if row.state == KmsRoundState::Destroyed {
         return Err(AppError::new(ErrorCode::Gone, "already destroyed").with_field("round"));
     }
-    s.store
-        .shred(&round, KmsRoundState::Destroyed, s.clock.now(), &actor(&caller), "round.destroy")
+    s.shred(&round, KmsRoundState::Destroyed, &actor(&caller), "round.destroy")
         .await
-        .map_err(db)?;
-    s.metrics.rounds_shredded.fetch_add(1, Ordering::Relaxed);
+        .map_err(AppError::internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -366,17 +365,20 @@ async fn put_deposit(
     if let Err(e) = domain::require_state(&row, KmsRoundState::Open) {
         return Err(refused(&s, &caller, "deposit", &round, e).await);
     }
-    let sealed = s
-        .master
+    // Sealed under the round's key (kept outside the database), never the master key alone:
+    // shredding the round deletes that key (see `keystore`).
+    let round_key = s.round_keys.key_for(round.as_str(), &s.master).map_err(AppError::internal)?;
+    let sealed = round_key
         .seal(round.as_str(), client.as_str(), &checked.share)
         .map_err(AppError::internal)?;
+    let round_key_id = round_key.id();
     let new = NewDeposit {
         client: &client,
         upload_sha256: deposit.upload_sha256,
         share_sha256: checked.share_sha256,
         signature: deposit.signature.to_string(),
         sealed,
-        master_key_id: s.master.id(),
+        master_key_id: &round_key_id,
     };
     let at = s.clock.now();
     if !s.store.insert_deposit(&round, new, at, &actor(&caller)).await.map_err(db)? {
@@ -492,9 +494,21 @@ async fn release(
         AppError::new(ErrorCode::Gone, "the round's shares were shredded").with_field("round")
     })?;
     let mut shares = Vec::with_capacity(sealed.len());
-    for (client, sealed) in sealed {
-        let bytes =
-            s.master.open(round.as_str(), client.as_str(), &sealed).map_err(AppError::internal)?;
+    let mut round_key = None;
+    for (client, sealed, wrapped_by) in sealed {
+        let bytes = if wrapped_by.starts_with(ROUND_KEY_ID_PREFIX) {
+            if round_key.is_none() {
+                let key =
+                    s.round_keys.key(round.as_str(), &s.master).map_err(AppError::internal)?;
+                round_key = Some(key);
+            }
+            let key = round_key.as_ref().ok_or_else(|| AppError::internal("no round key"))?;
+            key.open(round.as_str(), client.as_str(), &sealed)
+        } else {
+            // Deposited before round keys existed: sealed under the master key.
+            s.master.open(round.as_str(), client.as_str(), &sealed)
+        }
+        .map_err(AppError::internal)?;
         shares.push(KeyShare::from_bytes(&bytes).map_err(AppError::internal)?);
     }
     let release = domain::release(&s.node, &shares)?;

@@ -326,18 +326,19 @@ impl Store {
         Ok(true)
     }
 
-    /// The sealed shares of `clients` (all present and unshredded, else `None`).
+    /// The sealed shares of `clients` with the id of the key that seals each (all present and
+    /// unshredded, else `None`).
     pub async fn sealed_shares(
         &self,
         round: &RoundId,
         clients: &[&ClientId],
-    ) -> Result<Option<Vec<(ClientId, Sealed)>>> {
+    ) -> Result<Option<Vec<(ClientId, Sealed, String)>>> {
         let mut out = Vec::with_capacity(clients.len());
         // One query per member keeps the SQL portable; a set has at most max_clients members and
         // a release is served a handful of times per round.
         for c in clients {
             let row = sqlx::query(
-                "SELECT sealed_share, nonce FROM deposits WHERE round_id = $1 AND client_id = $2 AND sealed_share IS NOT NULL",
+                "SELECT sealed_share, nonce, master_key_id FROM deposits WHERE round_id = $1 AND client_id = $2 AND sealed_share IS NOT NULL",
             )
             .bind(round.as_str())
             .bind(c.as_str())
@@ -347,6 +348,7 @@ impl Store {
             out.push((
                 (*c).clone(),
                 Sealed { ciphertext: row.try_get("sealed_share")?, nonce: row.try_get("nonce")? },
+                row.try_get("master_key_id")?,
             ));
         }
         Ok(Some(out))

@@ -6,7 +6,6 @@ use crate::store::Actor;
 use crate::AppState;
 use cryptflow_services::api::kms::KmsRoundState;
 use cryptflow_services::{Role, RoundId};
-use std::sync::atomic::Ordering;
 
 /// One pass of the background work: note the audit length in the restore witness, and shred
 /// the shares of rounds past retention.
@@ -31,13 +30,8 @@ pub async fn tick(s: &AppState) {
     };
     let system = Actor { subject: "kms", role: Role::Admin };
     for round in due {
-        match s
-            .store
-            .shred(&round, KmsRoundState::Destroyed, s.clock.now(), &system, "round.expire")
-            .await
-        {
+        match s.shred(&round, KmsRoundState::Destroyed, &system, "round.expire").await {
             Ok(()) => {
-                s.metrics.rounds_shredded.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(round = %round, "shares shredded after retention");
             }
             Err(e) => tracing::warn!(round = %round, error = %e, "shredding failed; will retry"),
@@ -59,16 +53,7 @@ pub async fn restore_check(s: &AppState) -> Result<(), String> {
         let Ok(round) = RoundId::parse(id.clone()) else { continue };
         let row = s.store.round(&round).await.map_err(|e| e.to_string())?;
         if row.is_some_and(|r| r.state == KmsRoundState::Open) {
-            s.store
-                .shred(
-                    &round,
-                    KmsRoundState::Refused,
-                    s.clock.now(),
-                    &system,
-                    "round.refuse_after_restore",
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            s.shred(&round, KmsRoundState::Refused, &system, "round.refuse_after_restore").await?;
             unrecorded += 1;
         }
     }
@@ -90,6 +75,8 @@ pub async fn restore_check(s: &AppState) -> Result<(), String> {
         for id in &seen.rounds {
             let Ok(round) = RoundId::parse(id.clone()) else { continue };
             if s.store.round(&round).await.map_err(|e| e.to_string())?.is_none() {
+                // Registered after the backup: any key it got is shredded with it.
+                s.round_keys().shred(round.as_str()).map_err(|e| e.to_string())?;
                 s.store.refuse(&round, s.clock.now()).await.map_err(|e| e.to_string())?;
                 unknown += 1;
             }
@@ -105,17 +92,7 @@ pub async fn refuse_open_rounds(s: &AppState) -> Result<u64, String> {
     let system = Actor { subject: "kms", role: Role::Admin };
     let open = s.store.open_rounds().await.map_err(|e| e.to_string())?;
     for round in &open {
-        s.store
-            .shred(
-                round,
-                KmsRoundState::Refused,
-                s.clock.now(),
-                &system,
-                "round.refuse_after_restore",
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        s.metrics.rounds_shredded.fetch_add(1, Ordering::Relaxed);
+        s.shred(round, KmsRoundState::Refused, &system, "round.refuse_after_restore").await?;
     }
     Ok(open.len() as u64)
 }

@@ -83,6 +83,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     conn.execute("PRAGMA synchronous = FULL").await?;
+                    // Deleted content is overwritten with zeros (in the database file; the WAL
+                    // keeps old frames until a checkpoint reuses them).
+                    conn.execute("PRAGMA secure_delete = ON").await?;
                 }
                 Ok(())
             })

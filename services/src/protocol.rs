@@ -193,6 +193,49 @@ impl Committee {
     pub fn shape(&self) -> CommitteeShape {
         self.shape
     }
+
+    /// What an operator should know about this committee's shape, one sentence each: it
+    /// tolerates no key manager colluding with the aggregator (`2t − n − 1 = 0`; sites refuse
+    /// it by default), or every node is needed (`t = n > 1`: the first node down stops every
+    /// round). `check-config` prints these and `serve` logs them.
+    ///
+    /// ```
+    /// # use cryptflow_services::protocol::Committee;
+    /// # let node = |x: u8, key: &str| format!("[[nodes]]\nx = {x}\nurl = \"https://kms-{x}.example\"\npublic_key = \"{key}\"\n");
+    /// # let keys = ["d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+    /// #     "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+    /// #     "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025"];
+    /// # let file = |t: u8| format!("threshold = {t}\n{}", (1..=3).map(|x| node(x, keys[x as usize - 1])).collect::<String>());
+    /// let two_of_three = Committee::from_toml(&file(2)).unwrap();
+    /// assert!(two_of_three.shape_warnings()[0].contains("tolerates no key manager colluding"));
+    /// let three_of_three = Committee::from_toml(&file(3)).unwrap();
+    /// assert!(three_of_three.shape_warnings()[0].contains("first node down"));
+    /// ```
+    pub fn shape_warnings(&self) -> Vec<String> {
+        let shape = self.shape;
+        let (n, t) = (shape.nodes(), shape.threshold());
+        let mut warnings = Vec::new();
+        if n == 1 {
+            warnings.push(
+                "the committee is a single key manager: if it sides with the aggregator it reads \
+                 every update; sites refuse it unless their policy sets allow_single_key_manager"
+                    .to_owned(),
+            );
+        } else if shape.tolerated_colluding() == 0 {
+            warnings.push(format!(
+                "the committee (n, t) = ({n}, {t}) tolerates no key manager colluding with the \
+                 aggregator (2t − n − 1 = 0): one such node reads a chosen site's update; sites \
+                 refuse it by default (min_tolerated_colluding_nodes = 1) — e.g. (4, 3) tolerates one"
+            ));
+        }
+        if n > 1 && t == n {
+            warnings.push(format!(
+                "the committee (n, t) = ({n}, {t}) needs every node: the first node down stops \
+                 every round (n − t = 0)"
+            ));
+        }
+        warnings
+    }
     /// The nodes, by share index.
     pub fn nodes(&self) -> &[CommitteeNode] {
         &self.nodes

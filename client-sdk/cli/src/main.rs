@@ -30,8 +30,9 @@ members signed, or a mean beyond the clip bound: evidence of tampering); 9 refus
 client's policy.
 
 Connection settings come from --profile FILE (TOML: aggregator, aggregator_token_file,
-committee_file, client_id, key_file, reader, journal_file, min_contributors), overridden by
-the flags and their CRYPTFLOW_* environment variables.";
+committee_file, client_id, key_file, reader, journal_file, min_contributors,
+min_tolerated_colluding_nodes, allow_single_key_manager, ca_file), overridden by the flags and
+their CRYPTFLOW_* environment variables.";
 
 /// CryptFlow: federated averaging of model updates that no server sees in the clear.
 #[derive(Debug, Parser)]

@@ -7,7 +7,9 @@
 //! client_id = "site-a"
 //! key_file = "site-a.key.pem"
 //! journal_file = "site-a.journal"
-//! min_contributors = 3
+//! min_contributors = 3                # the default: refuse rounds that could publish fewer
+//! min_tolerated_colluding_nodes = 1   # the default: refuse a committee like (3, 2)
+//! allow_single_key_manager = false    # the default: refuse a committee of one node
 //! ca_file = "consortium-ca.pem"   # optional: a CA the services' HTTPS certificates chain to
 //! ```
 //!
@@ -63,9 +65,18 @@ pub struct Site {
     /// Journal of which update went to which round (refuses resubmitting one update).
     #[arg(long, env = "CRYPTFLOW_JOURNAL_FILE")]
     journal_file: Option<PathBuf>,
-    /// Refuse rounds that allow fewer contributors than this (at least 2).
+    /// Refuse rounds that allow fewer contributors than this (at least 2; default 3: one
+    /// member colluding with the aggregator learns nothing about another's update).
     #[arg(long, env = "CRYPTFLOW_MIN_CONTRIBUTORS", value_parser = clap::value_parser!(u32).range(2..))]
     min_contributors: Option<u32>,
+    /// Refuse to submit under a committee tolerating fewer key managers colluding with the
+    /// aggregator (2t − n − 1) than this (default 1: (4, 3) passes, (3, 2) is refused).
+    #[arg(long, env = "CRYPTFLOW_MIN_TOLERATED_COLLUDING_NODES")]
+    min_tolerated_colluding_nodes: Option<u8>,
+    /// Accept a committee of a single key manager (it reads every update if it sides with the
+    /// aggregator).
+    #[arg(long, env = "CRYPTFLOW_ALLOW_SINGLE_KEY_MANAGER")]
+    allow_single_key_manager: bool,
 }
 
 /// The profile file's contents.
@@ -81,6 +92,9 @@ struct Profile {
     reader: bool,
     journal_file: Option<PathBuf>,
     min_contributors: Option<u32>,
+    min_tolerated_colluding_nodes: Option<u8>,
+    #[serde(default)]
+    allow_single_key_manager: bool,
     ca_file: Option<PathBuf>,
 }
 
@@ -185,6 +199,13 @@ impl Site {
             }
             policy.min_contributors = m;
         }
+        if let Some(c) =
+            self.min_tolerated_colluding_nodes.or(profile.min_tolerated_colluding_nodes)
+        {
+            policy.min_tolerated_colluding_nodes = c;
+        }
+        policy.allow_single_key_manager =
+            self.allow_single_key_manager || profile.allow_single_key_manager;
         builder.policy(policy).build().map_err(CliError::from)
     }
 }

@@ -61,6 +61,9 @@ fn profile(stack: &LocalStack, dir: &Path, id: &str, role: Role) -> PathBuf {
         text += &format!(
             "client_id = \"{id}\"\nkey_file = \"{id}.pem\"\njournal_file = \"{id}.journal\"\n"
         );
+        // The stacks here are (1, 1) and (3, 2), with sets of two: what the default policy
+        // refuses (tested below through the flag), so the profiles accept them.
+        text += "min_contributors = 2\nmin_tolerated_colluding_nodes = 0\nallow_single_key_manager = true\n";
     }
     let path = dir.join(format!("{id}.toml"));
     std::fs::write(&path, text).unwrap();
@@ -156,6 +159,28 @@ async fn three_sites_average_a_safetensors_model_through_the_cli() {
         String::from_utf8_lossy(&o.stderr).contains("tensor `steps`"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+
+    // A flag over the profile restores the default committee floor: (3, 2) is refused (exit 9),
+    // naming the shape and the setting.
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&sites[0]),
+        "--min-tolerated-colluding-nodes",
+        "1",
+        "--round",
+        "cli-1",
+        "--update",
+        &p(&updates[0].0),
+        "--pass-integers",
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(9), "{stderr}");
+    assert!(
+        stderr.contains("(3, 2)") && stderr.contains("min_tolerated_colluding_nodes"),
+        "{stderr}"
     );
 
     for (i, site) in sites.iter().enumerate() {

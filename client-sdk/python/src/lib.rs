@@ -134,8 +134,8 @@ impl NativeClient {
     #[new]
     #[pyo3(signature = (
         aggregator, *, token=None, committee_toml=None, client_id=None, key_pem=None,
-        reader=false, journal=None, min_contributors=2, retry_budget_secs=120.0, ca_pem=None,
-        verify="auto"
+        reader=false, journal=None, min_contributors=3, min_tolerated_colluding_nodes=1,
+        allow_single_key_manager=false, retry_budget_secs=120.0, ca_pem=None, verify="auto"
     ))]
     fn new(
         aggregator: &str,
@@ -146,6 +146,8 @@ impl NativeClient {
         reader: bool,
         journal: Option<String>,
         min_contributors: u32,
+        min_tolerated_colluding_nodes: u8,
+        allow_single_key_manager: bool,
         retry_budget_secs: f64,
         ca_pem: Option<String>,
         verify: &str,
@@ -187,7 +189,13 @@ impl NativeClient {
                 "min_contributors = {min_contributors}: must be at least 2"
             )));
         }
-        b = b.policy(ClientPolicy { min_contributors, verify, ..ClientPolicy::default() });
+        b = b.policy(ClientPolicy {
+            min_contributors,
+            min_tolerated_colluding_nodes,
+            allow_single_key_manager,
+            verify,
+            ..ClientPolicy::default()
+        });
         b = b.retry(RetryPolicy {
             budget: seconds(retry_budget_secs, "retry_budget").map_err(config)?,
             ..RetryPolicy::default()

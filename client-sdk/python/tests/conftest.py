@@ -20,7 +20,7 @@ def stack():
     work = tempfile.mkdtemp(prefix="cryptflow-pytest-")
     out = pathlib.Path(work) / "stack.json"
     proc = subprocess.Popen(
-        [binary, "--nodes", "3", "--threshold", "2", "--sites", "4", "--readers", "server-app", "--out", str(out)],
+        [binary, "--nodes", "4", "--threshold", "3", "--sites", "4", "--readers", "server-app", "--out", str(out)],
         stderr=subprocess.PIPE,
     )
     for _ in range(300):
@@ -50,7 +50,8 @@ def site(stack, name, tmp_path=None, **kwargs):
         client_id=name,
         key_file=m["key_file"],
         reader=m["reader"],
-        **{"retry_budget": 30, **kwargs},
+        # Rounds here have two or three contributors; the committee (4, 3) meets the default.
+        **{"retry_budget": 30, "min_contributors": 2, **kwargs},
     )
 
 

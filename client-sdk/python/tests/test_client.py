@@ -59,7 +59,7 @@ def test_a_flat_float64_round_and_a_roster_reader(stack):
     agg = reader.fetch_mean("py-flat", dtype=np.float64)
     assert agg.mean.dtype == np.float64 and agg.mean.shape == (5000,)
     assert np.abs(agg.mean - (x[0] + x[1]) / 2).max() <= agg.max_abs_error
-    assert [n["x"] for n in agg.nodes] == [1, 2, 3]
+    assert [n["x"] for n in agg.nodes] == [1, 2, 3, 4]
     # A reader recomputes the aggregate from the two signed uploads by default.
     assert agg.verified == 2 and agg.not_verified is None
     with pytest.raises(cryptflow.ConfigError, match="verify"):
@@ -97,6 +97,13 @@ def test_every_error_has_its_class(stack):
         s0.fetch_mean("py-errors")
     with pytest.raises(cryptflow.PolicyError):
         site(stack, "site-0", min_contributors=3).submit("py-errors", np.zeros(10))
+    # The committee is (4, 3): one colluding key manager tolerated, not two.
+    with pytest.raises(cryptflow.PolicyError, match=r"\(4, 3\) tolerates 1 .*min_tolerated_colluding_nodes = 2"):
+        site(stack, "site-0", min_tolerated_colluding_nodes=2).submit("py-errors", np.zeros(10))
+    with pytest.raises(cryptflow.ConfigError, match="min_tolerated_colluding_nodes"):
+        site(stack, "site-0", min_tolerated_colluding_nodes=-1)
+    with pytest.raises(cryptflow.ConfigError, match="allow_single_key_manager"):
+        site(stack, "site-0", allow_single_key_manager="yes")
     with pytest.raises(cryptflow.UnavailableError):
         cryptflow.Client("http://127.0.0.1:9", token="x", retry_budget=0).round("py-errors")
     with pytest.raises(cryptflow.ConfigError):
@@ -163,8 +170,9 @@ def test_a_committee_file_that_does_not_match_the_nodes_is_a_committee_error(sta
 
     text = open(stack["committee_file"], encoding="utf-8").read()
     keys = re.findall(r'public_key = "([^"]+)"', text)
-    assert len(keys) == 3
-    # Nodes 1 and 2 swap keys: every echo they sign fails against the pinned file.
+    assert len(keys) == 4
+    # Nodes 1 and 2 swap keys: every echo they sign fails against the pinned file, and the two
+    # nodes left are fewer than t = 3.
     swapped = text.replace(keys[0], "KEY0").replace(keys[1], keys[0]).replace("KEY0", keys[1])
     pinned = tmp_path / "committee.toml"
     pinned.write_text(swapped)

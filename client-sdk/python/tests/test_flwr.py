@@ -140,7 +140,7 @@ def test_a_refused_site_or_a_failed_round_fails_the_run(stack):
     from flwr.app import Error
 
     strategy = CryptflowFedAvg(admin(stack), site(stack, "server-app"), ["site-0", "site-1"],
-                               round_prefix="py-strategy", clip=1.0)
+                               round_prefix="py-strategy", clip=1.0, min_contributors=2)
     strategy._current = {"w": WEIGHTS["w"]}
     strategy._round = ("py-strategy-1", 2)
     asked = message(round_id="py-strategy-1")
@@ -177,7 +177,7 @@ def test_the_strategy_keeps_0d_tensors_0d_and_rounds_integer_means(stack, tmp_pa
     current = {"w": np.zeros((3, 4), np.float32), "temperature": np.array(1.0, np.float32),
                "bn.num_batches_tracked": np.array(3, np.int64)}
     strategy = CryptflowFedAvg(admin(stack), site(stack, "server-app"), ["site-0", "site-1"],
-                               round_prefix="py-strategy-0d", clip=8.0, integers="mean")
+                               round_prefix="py-strategy-0d", clip=8.0, integers="mean", min_contributors=2)
     round_id = "py-strategy-0d-1"
     # What configure_train creates for this model.
     admin(stack).create_round(round_id, clients=["site-0", "site-1"], like=strategy._averaged(current),

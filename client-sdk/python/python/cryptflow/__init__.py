@@ -361,7 +361,14 @@ class Client:
         reader: fetch means as a roster reader rather than as a contributor.
         journal_file: where this site records which update went to which round; an update is
             never submitted to two rounds (their means would differ by it).
-        min_contributors: refuse rounds that declare fewer possible contributors (≥ 2).
+        min_contributors: refuse rounds that declare fewer possible contributors (≥ 2; default
+            3, so that one member colluding with the aggregator learns nothing about another
+            member's update beyond the mean; ``k`` tolerates ``k − 2``).
+        min_tolerated_colluding_nodes: refuse to submit under a committee that tolerates fewer
+            key managers colluding with the aggregator (``2t − n − 1``; default 1: ``(4, 3)``
+            passes, ``(3, 2)`` is refused with :class:`PolicyError`).
+        allow_single_key_manager: accept a committee of one key manager, which reads every
+            update if it sides with the aggregator (default ``False``).
         retry_budget: seconds to keep retrying a server that is unreachable or busy.
         ca_file: a PEM bundle of certificate authorities to trust for HTTPS, besides the
             public ones.
@@ -386,7 +393,9 @@ class Client:
         key_file: Optional[Union[str, os.PathLike]] = None,
         reader: bool = False,
         journal_file: Optional[Union[str, os.PathLike]] = None,
-        min_contributors: int = 2,
+        min_contributors: int = 3,
+        min_tolerated_colluding_nodes: int = 1,
+        allow_single_key_manager: bool = False,
         retry_budget: float = 120.0,
         ca_file: Optional[Union[str, os.PathLike]] = None,
         verify: str = "auto",
@@ -395,6 +404,16 @@ class Client:
             raise ConfigError("give token or token_file, not both")
         token = token if token is not None else _read(token_file, "token_file")
         min_contributors = _whole(min_contributors, "min_contributors", low=2, error=ConfigError)
+        min_tolerated_colluding_nodes = _whole(
+            min_tolerated_colluding_nodes, "min_tolerated_colluding_nodes", low=0, error=ConfigError
+        )
+        if min_tolerated_colluding_nodes > 15:
+            raise ConfigError(
+                f"min_tolerated_colluding_nodes = {min_tolerated_colluding_nodes}: a committee has at most 16 "
+                "nodes, so at most 15 can be tolerated"
+            )
+        if not isinstance(allow_single_key_manager, bool):
+            raise ConfigError(f"allow_single_key_manager = {allow_single_key_manager!r}: must be True or False")
         if isinstance(retry_budget, bool) or not isinstance(retry_budget, numbers.Real):
             raise ConfigError(f"retry_budget = {retry_budget!r}: must be a number of seconds")
         #: The journal file, if any (``cryptflow.flwr`` requires one).
@@ -409,6 +428,8 @@ class Client:
             reader=reader,
             journal=self.journal_file,
             min_contributors=min_contributors,
+            min_tolerated_colluding_nodes=min_tolerated_colluding_nodes,
+            allow_single_key_manager=allow_single_key_manager,
             retry_budget_secs=float(retry_budget),
             ca_pem=_read(ca_file, "ca_file"),
             verify=verify if isinstance(verify, str) else repr(verify),

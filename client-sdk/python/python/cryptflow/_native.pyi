@@ -22,8 +22,11 @@ class NativeClient:
         reader: bool = ...,
         journal: Optional[str] = ...,
         min_contributors: int = ...,
+        min_tolerated_colluding_nodes: int = ...,
+        allow_single_key_manager: bool = ...,
         retry_budget_secs: float = ...,
         ca_pem: Optional[str] = ...,
+        verify: str = ...,
     ) -> None: ...
     def create_round(self, request: str) -> str: ...
     def round(self, round: str) -> str: ...

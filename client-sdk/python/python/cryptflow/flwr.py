@@ -259,7 +259,8 @@ class CryptflowFedAvg(FedAvg):
         round_prefix: CryptFlow round ids are ``f"{round_prefix}-{server_round}"`` (unique per
             run: a round id is never reused).
         min_contributors: uploads a CryptFlow round needs to publish (≥ 2, at most the nodes
-            sampled).
+            sampled; default 3, the sites' own default floor — sites refuse rounds below their
+            ``cryptflow.Client(min_contributors=…)``).
         max_count: the largest ``num-examples`` a site may report (sample-count weighting); a
             site with more is refused by its mod, which fails the run.
         clip: each value of an update is clipped to ±clip: a number (fixed), or an
@@ -296,7 +297,7 @@ class CryptflowFedAvg(FedAvg):
         sites: Sequence[str],
         *,
         round_prefix: str,
-        min_contributors: int = 2,
+        min_contributors: int = 3,
         max_count: int = 100_000,
         clip: Union[float, AdaptiveClip, None] = None,
         max_abs_error: float = 1e-6,
