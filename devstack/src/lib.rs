@@ -905,16 +905,29 @@ async fn stop(r: &mut Running) {
     }
 }
 
-/// The directory of the servers' binaries: next to the running executable (where `cargo
-/// test --workspace` builds them), built on demand when missing.
+/// The variable naming a directory of prebuilt `cryptflow-kms` and `cryptflow-aggregator`
+/// binaries for [`Builder::processes`] stacks, used as they are (`.ci/run` points it at the
+/// release binaries it built from the same checkout). Unset, the stack asks cargo.
+pub const BINARIES_VAR: &str = "CRYPTFLOW_DEVSTACK_BINARIES";
+
 /// The directory of the server binaries, checked (and built if need be) once per process:
-/// every later stack reuses the answer.
+/// every later stack reuses the answer. [`BINARIES_VAR`] if set; else next to the running
+/// executable (where `cargo test --workspace` builds them), built by cargo on demand.
 fn binaries() -> Result<PathBuf, StackError> {
     static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| find_or_build_binaries().map_err(|e| e.to_string())).clone().map_err(err)
 }
 
 fn find_or_build_binaries() -> Result<PathBuf, StackError> {
+    if let Some(dir) = std::env::var_os(BINARIES_VAR) {
+        let dir = PathBuf::from(dir);
+        for b in ["cryptflow-kms", "cryptflow-aggregator"] {
+            if !dir.join(b).is_file() {
+                return Err(err(format!("{BINARIES_VAR}={}: no {b} there", dir.display())));
+            }
+        }
+        return Ok(dir);
+    }
     let exe = std::env::current_exe().map_err(err)?;
     let mut dir =
         exe.parent().map(Path::to_path_buf).ok_or_else(|| err("no executable directory"))?;
