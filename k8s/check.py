@@ -540,7 +540,7 @@ class Container:
                         fail(f"{self.who}: [s3] needs {n} from a Secret (credentials never in the file)")
                 if self.cfg.get("database_url", "").startswith("sqlite:"):
                     fail(f"{self.who}: replicas coordinate through PostgreSQL, not SQLite")
-        for setting in ("restore_witness_file", "blob_dir"):
+        for setting in ("restore_witness_file", "round_keys_file", "blob_dir"):
             path = self.cfg.get(setting)
             if path is None or (setting == "blob_dir" and s3):
                 continue
@@ -555,10 +555,14 @@ class Container:
                 fail(f"{self.who}: the restore witness has one writer: one replica per node")
             db = self.cfg.get("database_url", "")
             witness = self.cfg.get("restore_witness_file")
-            if witness and db.startswith("sqlite://"):
+            # The round keys (default: beside the witness) are what shredding deletes: a copy
+            # in the database's volume and its snapshots would defeat it.
+            keys = self.cfg.get("round_keys_file") or (witness + ".round-keys" if witness else None)
+            if db.startswith("sqlite://"):
                 dbm = mount_for(self.mounts, "/" + db.split("://", 1)[1].lstrip("/").split("?")[0])
-                if dbm is mount_for(self.mounts, str(Path(witness).parent)):
-                    fail(f"{self.who}: the restore witness shares a volume with the database")
+                for what, path in (("the restore witness", witness), ("the round-key store", keys)):
+                    if path and dbm is mount_for(self.mounts, str(Path(path).parent)):
+                        fail(f"{self.who}: {what} shares a volume with the database")
         for key in LISTENERS:
             addr = self.cfg.get(key)
             if addr and not self.is_job and host_of(addr) not in ("0.0.0.0", "[::]"):

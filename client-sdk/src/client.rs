@@ -97,13 +97,16 @@ impl ClientPolicy {
             });
         }
         let tolerated = shape.tolerated_colluding();
+        let k = u16::from(self.min_tolerated_colluding_nodes);
         (tolerated < self.min_tolerated_colluding_nodes).then(|| {
             format!(
                 "the committee (n, t) = ({n}, {t}) tolerates {tolerated} key manager(s) colluding \
                  with the aggregator (2t − n − 1) and {} colluding with a verifier (t − 1); this \
-                 site's policy needs min_tolerated_colluding_nodes = {} — use e.g. (4, 3) or (5, 4)",
+                 site's policy needs min_tolerated_colluding_nodes = {k} — e.g. (n, t) = ({}, {}) \
+                 tolerates {k} with one node down",
                 shape.tolerated_colluding_with_verifier(),
-                self.min_tolerated_colluding_nodes
+                k + 3,
+                k + 2
             )
         })
     }

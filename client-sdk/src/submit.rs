@@ -207,9 +207,6 @@ impl Client {
             )));
         }
         let policy = &self.inner.policy;
-        if let Some(why) = policy.committee_refusal(self.committee()?.shape()) {
-            return Err(ClientError::Policy(format!("round {}: {why}", spec.round_id)));
-        }
         // The key managers enforce max(min_clients, m), but a round that declares it would
         // publish fewer is refused as declared: it is a misconfiguration or an attempt.
         if spec.min_clients < policy.min_contributors {
@@ -242,6 +239,10 @@ impl Client {
         let update: Arc<ModelUpdate> = update.into();
         let (me, _) = self.site()?;
         let me = me.clone();
+        // The committee's shape is local knowledge: refused before any request.
+        if let Some(why) = self.inner.policy.committee_refusal(self.committee()?.shape()) {
+            return Err(ClientError::Policy(format!("round {round}: {why}")));
+        }
         let info = self.round(round).await?;
         if &info.spec.round_id != round {
             return Err(aggregator_protocol(format!(

@@ -905,9 +905,10 @@ async fn stop(r: &mut Running) {
     }
 }
 
-/// The variable naming a directory of prebuilt `cryptflow-kms` and `cryptflow-aggregator`
-/// binaries for [`Builder::processes`] stacks, used as they are (`.ci/run` points it at the
-/// release binaries it built from the same checkout). Unset, the stack asks cargo.
+/// The variable naming a directory (absolute path) of prebuilt `cryptflow-kms` and
+/// `cryptflow-aggregator` binaries for [`Builder::processes`] stacks, used as they are — they
+/// must be built from the same checkout (`.ci/run` points it at the release binaries it has
+/// just built). Unset, the stack asks cargo, which rebuilds what changed.
 pub const BINARIES_VAR: &str = "CRYPTFLOW_DEVSTACK_BINARIES";
 
 /// The directory of the server binaries, checked (and built if need be) once per process:
@@ -921,6 +922,11 @@ fn binaries() -> Result<PathBuf, StackError> {
 fn find_or_build_binaries() -> Result<PathBuf, StackError> {
     if let Some(dir) = std::env::var_os(BINARIES_VAR) {
         let dir = PathBuf::from(dir);
+        if !dir.is_absolute() {
+            // Tests run in their own crate's directory: a relative path would mean another
+            // place in each of them.
+            return Err(err(format!("{BINARIES_VAR}={}: give an absolute path", dir.display())));
+        }
         for b in ["cryptflow-kms", "cryptflow-aggregator"] {
             if !dir.join(b).is_file() {
                 return Err(err(format!("{BINARIES_VAR}={}: no {b} there", dir.display())));

@@ -57,7 +57,18 @@ pub enum KeyStoreError {
         /// The store's path.
         path: String,
     },
-    /// A sealed round key did not open under the master key.
+    /// The file holds keys sealed under another master key than the serving node's: a
+    /// rotation is under way (restart the node onto the new master key).
+    #[error("round-key store {path}: keys are sealed under master key {found}, this node serves with {serving}; a master-key rotation is under way — restart the node onto the new key")]
+    Rotation {
+        /// The store's path.
+        path: String,
+        /// A master key id found in the file.
+        found: String,
+        /// The serving node's master key id.
+        serving: String,
+    },
+    /// Sealing or unsealing failed.
     #[error(transparent)]
     Seal(#[from] SealError),
 }
@@ -105,40 +116,68 @@ struct StoreFile {
     keys: BTreeMap<String, Entry>,
 }
 
-/// The round keys of one node, cached in memory, written through to the file, and read again
-/// when the file changed underneath (`rotate-master-key` run beside a serving node).
+/// The round keys of one node, cached in memory and written through to the file. Every
+/// change is a read-modify-write under an exclusive lock on `<path>.lock` (so `cryptflow-kms
+/// rotate-master-key` or `refuse-open-rounds` run beside a serving node cannot lose each
+/// other's writes), and the cache is read again whenever the file changed underneath.
 #[derive(Debug)]
 pub struct RoundKeys {
     path: PathBuf,
     state: Mutex<Cache>,
 }
 
+/// What identifies one version of the file: (device, inode, modification time, length).
+type Stamp = (u64, u64, std::time::SystemTime, u64);
+
 #[derive(Debug, Default)]
 struct Cache {
     keys: BTreeMap<String, Entry>,
-    /// The file's (modification time, length) when last read or written; `None`: no file.
-    stamp: Option<(std::time::SystemTime, u64)>,
+    /// The file's stamp when last read or written; `None`: no file.
+    stamp: Option<Stamp>,
 }
 
 /// The label under which a round key is sealed by the master key (the AEAD's associated data
 /// binds the round, so an entry copied to another round does not open).
 const SEAL_LABEL: &str = "round key";
 
+/// Held while a change is read, made and written: the in-process cache and the lock file.
+struct Locked<'a> {
+    cache: std::sync::MutexGuard<'a, Cache>,
+    _file: File,
+}
+
 impl RoundKeys {
     /// Opens the store at `path` (an absent file is an empty store, created at the first
-    /// round).
+    /// round). New files a crashed writer left behind are overwritten and removed.
     pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
         let store = Self { path: path.to_owned(), state: Mutex::new(Cache::default()) };
-        drop(store.lock()?); // reads and checks the file now, not at the first deposit
+        let locked = store.locked()?;
+        store.remove_stale_new_files()?;
+        drop(locked);
         Ok(store)
     }
 
-    fn stamp(&self) -> Result<Option<(std::time::SystemTime, u64)>, KeyStoreError> {
-        match std::fs::metadata(&self.path) {
-            Ok(m) => Ok(Some((m.modified().map_err(|e| self.error("cannot stat", e))?, m.len()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.error("cannot stat", e)),
+    /// Checks the file at `path` without opening the store (no lock file, nothing created):
+    /// absent, or a round-key store. Returns how many round keys it holds. `check-config`.
+    pub fn check(path: &Path) -> Result<usize, KeyStoreError> {
+        let err = |reason: String| KeyStoreError::File { path: path.display().to_string(), reason };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let file: StoreFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| err(format!("not a round-key store: {e}")))?;
+                if file.format != FORMAT {
+                    return Err(err(format!("unknown format `{}`", file.format)));
+                }
+                Ok(file.keys.len())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(err(format!("cannot be read: {e}"))),
         }
+    }
+
+    /// The store's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn error(&self, what: &str, e: impl std::fmt::Display) -> KeyStoreError {
@@ -148,12 +187,44 @@ impl RoundKeys {
         }
     }
 
-    /// The cache, read (again) from the file if that changed since it was last read or written.
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Cache>, KeyStoreError> {
+    fn stamp(&self) -> Result<Option<Stamp>, KeyStoreError> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => {
+                let modified = m.modified().map_err(|e| self.error("cannot stat", e))?;
+                #[cfg(unix)]
+                let (dev, ino) = {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino())
+                };
+                #[cfg(not(unix))]
+                let (dev, ino) = (0, 0);
+                Ok(Some((dev, ino, modified, m.len())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.error("cannot stat", e)),
+        }
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    }
+
+    /// The cache, read (again) from the file if that changed, with the cross-process lock held.
+    fn locked(&self) -> Result<Locked<'_>, KeyStoreError> {
         // A panic while holding the lock leaves the cache as the file last written; keep going.
         let mut cache = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lock_path = self.sibling(".lock");
+        let file = private_fs::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| self.error("cannot open the lock file", e))?;
+        file.lock().map_err(|e| self.error("cannot lock", e))?;
         let stamp = self.stamp()?;
-        if stamp != cache.stamp {
+        if stamp.is_none() || stamp != cache.stamp {
             cache.keys = match std::fs::read(&self.path) {
                 Ok(bytes) => {
                     let file: StoreFile = serde_json::from_slice(&bytes)
@@ -171,21 +242,25 @@ impl RoundKeys {
             };
             cache.stamp = stamp;
         }
-        Ok(cache)
-    }
-
-    /// The store's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Locked { cache, _file: file })
     }
 
     /// The key of `round`, made, sealed and written to the file first if the round has none.
     /// The file is durable before the key is returned, so no share is ever sealed under a key
-    /// the store could lose in a crash.
+    /// the store could lose in a crash. Refused ([`KeyStoreError::Rotation`]) while the file
+    /// holds keys sealed under another master key: a rotation is under way, and a key sealed
+    /// now under the old master key would not open after the restart onto the new one.
     pub fn key_for(&self, round: &str, master: &MasterKey) -> Result<RoundKey, KeyStoreError> {
-        let mut cache = self.lock()?;
-        if let Some(entry) = cache.keys.get(round) {
+        let mut locked = self.locked()?;
+        if let Some(entry) = locked.cache.keys.get(round) {
             return self.unseal(round, entry, master);
+        }
+        if let Some(other) = locked.cache.keys.values().find(|e| e.master_key_id != master.id()) {
+            return Err(KeyStoreError::Rotation {
+                path: self.path.display().to_string(),
+                found: other.master_key_id.clone(),
+                serving: master.id().to_owned(),
+            });
         }
         let fresh = MasterKey::generate();
         let sealed = master.seal(round, SEAL_LABEL, fresh.to_hex().as_bytes())?;
@@ -194,16 +269,16 @@ impl RoundKeys {
             nonce: hex::encode(&sealed.nonce),
             sealed: hex::encode(&sealed.ciphertext),
         };
-        let mut next = cache.keys.clone();
+        let mut next = locked.cache.keys.clone();
         next.insert(round.to_owned(), entry);
-        self.persist(&mut cache, next)?;
+        self.persist(&mut locked.cache, next)?;
         Ok(RoundKey { key: fresh })
     }
 
     /// The key of `round`; [`KeyStoreError::Missing`] if it has none (shredded or lost).
     pub fn key(&self, round: &str, master: &MasterKey) -> Result<RoundKey, KeyStoreError> {
-        let cache = self.lock()?;
-        let entry = cache.keys.get(round).ok_or_else(|| KeyStoreError::Missing {
+        let locked = self.locked()?;
+        let entry = locked.cache.keys.get(round).ok_or_else(|| KeyStoreError::Missing {
             round: round.to_owned(),
             path: self.path.display().to_string(),
         })?;
@@ -212,7 +287,12 @@ impl RoundKeys {
 
     /// Whether `round` has a key in the store.
     pub fn contains(&self, round: &str) -> Result<bool, KeyStoreError> {
-        Ok(self.lock()?.keys.contains_key(round))
+        Ok(self.locked()?.cache.keys.contains_key(round))
+    }
+
+    /// The rounds that have a key.
+    pub fn rounds(&self) -> Result<Vec<String>, KeyStoreError> {
+        Ok(self.locked()?.cache.keys.keys().cloned().collect())
     }
 
     fn unseal(
@@ -225,7 +305,14 @@ impl RoundKeys {
             path: self.path.display().to_string(),
             reason: format!("round {round}: {reason}"),
         })?;
-        let hex_key = master.open(round, SEAL_LABEL, &sealed)?;
+        let hex_key = master.open(round, SEAL_LABEL, &sealed).map_err(|_| KeyStoreError::File {
+            path: self.path.display().to_string(),
+            reason: format!(
+                "round {round}: its key is sealed under master key {}, which is not this node's {}",
+                entry.master_key_id,
+                master.id()
+            ),
+        })?;
         let text = std::str::from_utf8(&hex_key).map_err(|_| KeyStoreError::File {
             path: self.path.display().to_string(),
             reason: format!("round {round}: the sealed key is not a key"),
@@ -237,21 +324,21 @@ impl RoundKeys {
     /// Shreds `round`: its key leaves the file (and the old copy of the file is overwritten).
     /// Returns whether it had one.
     pub fn shred(&self, round: &str) -> Result<bool, KeyStoreError> {
-        let mut cache = self.lock()?;
-        if !cache.keys.contains_key(round) {
+        let mut locked = self.locked()?;
+        if !locked.cache.keys.contains_key(round) {
             return Ok(false);
         }
-        let mut next = cache.keys.clone();
+        let mut next = locked.cache.keys.clone();
         next.remove(round);
-        self.persist(&mut cache, next)?;
+        self.persist(&mut locked.cache, next)?;
         Ok(true)
     }
 
     /// Re-wraps every round key from `old` to `new` (`rotate-master-key`); returns how many.
     /// Keys already under `new` are skipped.
     pub fn rewrap(&self, old: &MasterKey, new: &MasterKey) -> Result<u64, KeyStoreError> {
-        let mut cache = self.lock()?;
-        let mut next = cache.keys.clone();
+        let mut locked = self.locked()?;
+        let mut next = locked.cache.keys.clone();
         let mut count = 0;
         for (round, entry) in next.iter_mut() {
             if entry.master_key_id == new.id() {
@@ -267,36 +354,57 @@ impl RoundKeys {
             count += 1;
         }
         if count > 0 {
-            self.persist(&mut cache, next)?;
+            self.persist(&mut locked.cache, next)?;
         }
         Ok(count)
     }
 
+    /// Overwrites and removes `<path>.new.*` files a crashed writer left (they may hold keys
+    /// shredded since).
+    fn remove_stale_new_files(&self) -> Result<(), KeyStoreError> {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let Some(name) = self.path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return Ok(());
+        };
+        let prefix = format!("{name}.new.");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.error("cannot list the directory", e)),
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let p = entry.path();
+                if let Ok(f) = private_fs::options().write(true).open(&p) {
+                    overwrite(f).map_err(|e| self.error("cannot overwrite a stale new file", e))?;
+                }
+                std::fs::remove_file(&p)
+                    .map_err(|e| self.error("cannot remove a stale new file", e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `keys` to a new file, fsyncs it, renames it over the store, fsyncs the directory,
     /// then overwrites the previous file's contents with zeros through a descriptor opened
-    /// before the rename; the cache becomes `keys` once the rename is durable.
+    /// before the rename; the cache becomes `keys` once the rename is durable. (A crash between
+    /// the rename and the overwrite leaves the previous version's blocks as they were.)
     fn persist(
         &self,
         cache: &mut Cache,
         keys: BTreeMap<String, Entry>,
     ) -> Result<(), KeyStoreError> {
-        let err = |what: &str, e: std::io::Error| KeyStoreError::File {
-            path: self.path.display().to_string(),
-            reason: format!("{what}: {e}"),
-        };
+        let err = |what: &str, e: std::io::Error| self.error(what, e);
         let file = StoreFile { format: FORMAT.to_owned(), keys };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| KeyStoreError::File {
-            path: self.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".new");
-        let tmp = PathBuf::from(tmp);
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err("cannot remove a stale new file", e)),
-        }
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| self.error("cannot encode", e))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let tmp = self.sibling(&format!(".new.{}.{nanos}", std::process::id()));
         private_fs::write_new(&tmp, &bytes).map_err(|e| err("cannot write the new file", e))?;
         let old = match private_fs::options().write(true).open(&self.path) {
             Ok(f) => Some(f),
@@ -304,11 +412,13 @@ impl RoundKeys {
             Err(e) => return Err(err("cannot open the previous file", e)),
         };
         std::fs::rename(&tmp, &self.path).map_err(|e| err("cannot replace the file", e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| err("cannot sync the directory", e))?;
-        }
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err("cannot sync the directory", e))?;
         cache.keys = file.keys;
         cache.stamp = self.stamp()?;
         if let Some(old) = old {
@@ -360,7 +470,8 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&*key.key.to_hex()));
         // Another master key does not open it; an entry moved to another round does not either.
-        assert!(matches!(reopened.key("r-1", &MasterKey::generate()), Err(KeyStoreError::Seal(_))));
+        let e = reopened.key("r-1", &MasterKey::generate()).err().unwrap().to_string();
+        assert!(e.contains("not this node's"), "{e}");
         // A copy of the file from before shredding still opens (the documented limit)…
         let before = std::fs::read(&path).unwrap();
         let handle = File::open(&path).unwrap();
@@ -394,10 +505,26 @@ mod tests {
         store.key_for("r-2", &old).unwrap();
         assert_eq!(store.rewrap(&old, &new).unwrap(), 2);
         assert_eq!(store.rewrap(&old, &new).unwrap(), 0);
+        // A node still serving with the old master key makes no key the restart would lose.
+        let serving = RoundKeys::open(&path).unwrap();
+        assert!(matches!(serving.key_for("r-3", &old), Err(KeyStoreError::Rotation { .. })));
+        assert!(serving.key_for("r-3", &new).is_ok());
         let reopened = RoundKeys::open(&path).unwrap();
         assert!(reopened.key("r-1", &old).is_err());
         let key = reopened.key("r-1", &new).unwrap();
         assert_eq!(key.open("r-1", "c", &sealed).unwrap().as_slice(), b"s");
+    }
+
+    #[test]
+    fn new_files_left_by_a_crash_are_overwritten_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        let stale = dir.path().join("keys.new.1.2");
+        std::fs::write(&stale, "sealed keys of shredded rounds").unwrap();
+        let other = dir.path().join("keys-unrelated");
+        std::fs::write(&other, "x").unwrap();
+        RoundKeys::open(&path).unwrap();
+        assert!(!stale.exists() && other.exists());
     }
 
     #[test]

@@ -285,10 +285,12 @@ impl AppState {
         }
     }
 
-    /// Shreds `round`: its key leaves the round-key store first — from then on its shares,
-    /// wherever a copy of the database survives, open under nothing — then the database drops
-    /// the sealed shares and marks the round `state` (destroyed, or refused after a restore).
-    /// A failure of the second step leaves the round for the next retention pass.
+    /// Shreds `round`: the database marks it `state` (destroyed, or refused after a restore)
+    /// and drops its sealed shares — from then on no deposit is stored for it, the insert being
+    /// conditional on an open round — then its key leaves the round-key store, after which its
+    /// shares, wherever a copy of the database survives, open under nothing. A key that
+    /// outlives this (the second step failed, or a deposit racing the shred made one) is removed
+    /// by [`AppState::sweep_round_keys`] on the next tick.
     pub(crate) async fn shred(
         &self,
         round: &RoundId,
@@ -296,13 +298,60 @@ impl AppState {
         actor: &store::Actor<'_>,
         action: &str,
     ) -> Result<(), String> {
-        self.round_keys.shred(round.as_str()).map_err(|e| e.to_string())?;
         self.store
             .shred(round, state, self.clock.now(), actor, action)
             .await
             .map_err(|e| e.to_string())?;
         self.metrics.rounds_shredded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let keys = self.round_keys.clone();
+        let id = round.as_str().to_owned();
+        blocking(move || keys.shred(&id)).await.map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Removes the round keys of rounds the database has shredded, refused or does not know:
+    /// what a failed or raced [`AppState::shred`] left. Returns how many.
+    pub(crate) async fn sweep_round_keys(&self) -> Result<u64, String> {
+        let keys = self.round_keys.clone();
+        let rounds = blocking(move || keys.rounds()).await.map_err(|e| e.to_string())?;
+        let mut removed = 0;
+        for id in rounds {
+            let live = match RoundId::parse(id.clone()) {
+                Ok(round) => {
+                    self.store.round(&round).await.map_err(|e| e.to_string())?.is_some_and(|r| {
+                        matches!(r.state, KmsRoundState::Open | KmsRoundState::SetRecorded)
+                    })
+                }
+                Err(_) => false,
+            };
+            if !live {
+                let keys = self.round_keys.clone();
+                if blocking(move || keys.shred(&id)).await.map_err(|e| e.to_string())? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The key of `round` for sealing a deposit, made if the round has none (file I/O off the
+    /// async workers).
+    pub(crate) async fn round_key_for(
+        &self,
+        round: &RoundId,
+    ) -> Result<keystore::RoundKey, keystore::KeyStoreError> {
+        let (keys, master, id) = (self.round_keys.clone(), self.master.clone(), round.to_string());
+        blocking(move || keys.key_for(&id, &master)).await
+    }
+
+    /// The key of `round` for opening its shares ([`keystore::KeyStoreError::Missing`] once
+    /// shredded).
+    pub(crate) async fn round_key(
+        &self,
+        round: &RoundId,
+    ) -> Result<keystore::RoundKey, keystore::KeyStoreError> {
+        let (keys, master, id) = (self.round_keys.clone(), self.master.clone(), round.to_string());
+        blocking(move || keys.key(&id, &master)).await
     }
 
     /// The round-key store.
@@ -348,6 +397,15 @@ fn witness_path(config: &KmsConfig) -> Result<&std::path::Path, StartError> {
     })
 }
 
+/// Runs key-store file I/O (fsyncs under a lock) on the blocking pool, not an async worker.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, keystore::KeyStoreError> + Send + 'static,
+) -> Result<T, keystore::KeyStoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(keystore::KeyStoreError::File { path: "round-key store".into(), reason: e.to_string() })
+    })
+}
+
 /// Where the round keys live: `round_keys_file`, or next to the restore witness.
 pub fn round_keys_path(config: &KmsConfig) -> Result<PathBuf, StartError> {
     if let Some(p) = &config.round_keys_file {
@@ -363,7 +421,7 @@ pub fn round_keys_path(config: &KmsConfig) -> Result<PathBuf, StartError> {
 /// prints the returned warnings ([`Committee::shape_warnings`]).
 pub fn check_config(config: &KmsConfig) -> Result<Vec<String>, StartError> {
     witness_path(config)?;
-    keystore::RoundKeys::open(&round_keys_path(config)?)?;
+    keystore::RoundKeys::check(&round_keys_path(config)?)?;
     master_key(config)?;
     verifier_from_files(&config.audience, &config.jwt_keys)?;
     Ok(node_from_config(config)?.committee().shape_warnings())

@@ -18,7 +18,7 @@
 //! echo, deposits, release, node) and the probes.
 
 use crate::domain;
-use crate::keystore::ROUND_KEY_ID_PREFIX;
+use crate::keystore::{KeyStoreError, ROUND_KEY_ID_PREFIX};
 use crate::store::{Actor, NewDeposit, StoreError};
 use crate::AppState;
 use axum::body::Bytes;
@@ -92,6 +92,24 @@ fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
 
 fn db(e: StoreError) -> AppError {
     AppError::internal(e)
+}
+
+/// A round whose key is gone (shredded — e.g. a database restored from before the shredding
+/// still lists its shares) is 410; a master-key rotation under way 503; anything else 500.
+fn key_store_error(e: KeyStoreError) -> AppError {
+    match e {
+        KeyStoreError::Missing { .. } => {
+            AppError::new(ErrorCode::Gone, "the round's shares were shredded").with_field("round")
+        }
+        KeyStoreError::Rotation { .. } => {
+            tracing::error!(error = %e, "round-key store");
+            AppError::new(
+                ErrorCode::Unavailable,
+                "the key manager is restarting onto a new master key; retry",
+            )
+        }
+        other => AppError::internal(other),
+    }
 }
 
 fn actor(p: &Principal) -> Actor<'_> {
@@ -367,7 +385,7 @@ async fn put_deposit(
     }
     // Sealed under the round's key (kept outside the database), never the master key alone:
     // shredding the round deletes that key (see `keystore`).
-    let round_key = s.round_keys.key_for(round.as_str(), &s.master).map_err(AppError::internal)?;
+    let round_key = s.round_key_for(&round).await.map_err(key_store_error)?;
     let sealed = round_key
         .seal(round.as_str(), client.as_str(), &checked.share)
         .map_err(AppError::internal)?;
@@ -498,11 +516,18 @@ async fn release(
     for (client, sealed, wrapped_by) in sealed {
         let bytes = if wrapped_by.starts_with(ROUND_KEY_ID_PREFIX) {
             if round_key.is_none() {
-                let key =
-                    s.round_keys.key(round.as_str(), &s.master).map_err(AppError::internal)?;
-                round_key = Some(key);
+                round_key = Some(s.round_key(&round).await.map_err(key_store_error)?);
             }
             let key = round_key.as_ref().ok_or_else(|| AppError::internal("no round key"))?;
+            if key.id() != wrapped_by {
+                // Sealed under a key the store no longer has (the file was lost or replaced
+                // and a later deposit made a new one): that share is gone.
+                return Err(AppError::new(
+                    ErrorCode::Gone,
+                    "a share of this round is sealed under a round key this node no longer has",
+                )
+                .with_field("round"));
+            }
             key.open(round.as_str(), client.as_str(), &sealed)
         } else {
             // Deposited before round keys existed: sealed under the master key.

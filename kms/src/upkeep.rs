@@ -20,6 +20,11 @@ pub async fn tick(s: &AppState) {
             Err(e) => tracing::warn!(error = %e, "cannot read the audit length"),
         }
     }
+    match s.sweep_round_keys().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(keys = n, "round keys of shredded rounds removed"),
+        Err(e) => tracing::warn!(error = %e, "round-key sweep failed; will retry"),
+    }
     let before = s.clock.now() - i64::try_from(s.retention_secs).unwrap_or(i64::MAX);
     let due = match s.store.rounds_to_shred(before).await {
         Ok(r) => r,
@@ -75,14 +80,14 @@ pub async fn restore_check(s: &AppState) -> Result<(), String> {
         for id in &seen.rounds {
             let Ok(round) = RoundId::parse(id.clone()) else { continue };
             if s.store.round(&round).await.map_err(|e| e.to_string())?.is_none() {
-                // Registered after the backup: any key it got is shredded with it.
-                s.round_keys().shred(round.as_str()).map_err(|e| e.to_string())?;
                 s.store.refuse(&round, s.clock.now()).await.map_err(|e| e.to_string())?;
                 unknown += 1;
             }
         }
         tracing::warn!(refused, unknown, "rounds refused after a restore");
     }
+    // Keys of rounds refused above, or registered after the backup the database came from.
+    s.sweep_round_keys().await?;
     let length = crate::audit::length(s.store.pool()).await.map_err(|e| e.to_string())?;
     witness.note_audit(length).map_err(|e| format!("{}: {e}", witness.path().display()))
 }

@@ -71,12 +71,14 @@ pub struct Site {
     min_contributors: Option<u32>,
     /// Refuse to submit under a committee tolerating fewer key managers colluding with the
     /// aggregator (2t − n − 1) than this (default 1: (4, 3) passes, (3, 2) is refused).
-    #[arg(long, env = "CRYPTFLOW_MIN_TOLERATED_COLLUDING_NODES")]
+    #[arg(long, env = "CRYPTFLOW_MIN_TOLERATED_COLLUDING_NODES",
+          value_parser = clap::value_parser!(u8).range(0..=15))]
     min_tolerated_colluding_nodes: Option<u8>,
     /// Accept a committee of a single key manager (it reads every update if it sides with the
-    /// aggregator).
-    #[arg(long, env = "CRYPTFLOW_ALLOW_SINGLE_KEY_MANAGER")]
-    allow_single_key_manager: bool,
+    /// aggregator); `--allow-single-key-manager false` overrides a profile's `true`.
+    #[arg(long, env = "CRYPTFLOW_ALLOW_SINGLE_KEY_MANAGER", num_args = 0..=1,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_single_key_manager: Option<bool>,
 }
 
 /// The profile file's contents.
@@ -205,7 +207,7 @@ impl Site {
             policy.min_tolerated_colluding_nodes = c;
         }
         policy.allow_single_key_manager =
-            self.allow_single_key_manager || profile.allow_single_key_manager;
+            self.allow_single_key_manager.unwrap_or(profile.allow_single_key_manager);
         builder.policy(policy).build().map_err(CliError::from)
     }
 }
