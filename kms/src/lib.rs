@@ -354,11 +354,6 @@ impl AppState {
         blocking(move || keys.key(&id, &master)).await
     }
 
-    /// The round-key store.
-    pub fn round_keys(&self) -> &keystore::RoundKeys {
-        &self.round_keys
-    }
-
     /// Keeps a restore witness (see [`restore`]).
     pub fn with_witness(mut self, witness: restore::Witness) -> Self {
         self.witness = Some(Arc::new(witness));
