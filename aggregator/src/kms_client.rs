@@ -8,7 +8,7 @@
 use cryptflow_services::api::kms::{ContributorSet, DepositList, RegisteredRound, SpecEcho};
 use cryptflow_services::api::round::{Contribution, RoundSpec};
 use cryptflow_services::protocol::Committee;
-use cryptflow_services::{Problem, RoundId};
+use cryptflow_services::{Problem, RoundId, Sha256Digest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -187,15 +187,17 @@ impl KmsNodes {
         Ok(list.deposits)
     }
 
-    /// Reports the contributor set to node `x` (idempotent for the same set).
+    /// Reports the contributor set and the aggregate's digest to node `x` (idempotent for the
+    /// same pair).
     pub async fn record_set(
         &self,
         x: u8,
         round: &RoundId,
         set: &[Contribution],
+        aggregate: &Sha256Digest,
     ) -> Result<(), KmsError> {
         let url = self.url(x, &format!("/v1/rounds/{round}/contributors"))?;
-        let body = ContributorSet { contributors: set.to_vec() };
+        let body = ContributorSet { contributors: set.to_vec(), aggregate_sha256: *aggregate };
         self.send(x, self.http.put(url).json(&body)).await.map(|_| ())
     }
 }

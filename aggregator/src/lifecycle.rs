@@ -225,14 +225,15 @@ async fn choose_and_plan(s: &AppState, row: &RoundRow) -> Result<bool, AppError>
     }
 }
 
-/// Tells every node that has not recorded `S` yet; publishes once `t` have.
+/// Tells every node that has not recorded `S` (with the aggregate's digest) yet; publishes
+/// once `t` have.
 async fn report_set(s: &AppState, row: &RoundRow) -> Result<(), AppError> {
-    let Some(set) = &row.set else { return Ok(()) };
+    let (Some(set), Some(aggregate)) = (&row.set, row.aggregate_sha256) else { return Ok(()) };
     let round = &row.spec.round_id;
     let committee = s.kms.committee();
     let calls = committee.nodes().iter().filter(|n| !row.recorded_by.contains(&n.x)).map(|n| {
         let (kms, round, x, set) = (s.kms.clone(), round.clone(), n.x, set.clone());
-        async move { (x, kms.record_set(x, &round, &set).await) }
+        async move { (x, kms.record_set(x, &round, &set, &aggregate).await) }
     });
     let mut recorded = row.recorded_by.clone();
     let mut refused = Vec::new();

@@ -8,6 +8,7 @@
 //! | `POST /v1/rounds/{round}/close` | admin | close now and publish (or fail) |
 //! | `PUT /v1/rounds/{round}/submissions/{client}` | the client itself, a member of the round | upload an encrypted update |
 //! | `GET /v1/rounds/{round}/submissions/{client}` | admin, readers | a published round's upload of a member of its contributor set, for verifying the aggregate (members are refused: a holder of every upload and `t` colluding key managers could read updates); `410` once `upload_retention_secs` deleted it |
+//! | `GET /v1/rounds/{round}/submissions/{client}/spans?at=…` | admin, readers | sampled verification spans of such an upload with their audit paths to the root its member signed |
 //! | `GET /v1/rounds/{round}/aggregate` | admin, members of the contributor set, readers | the aggregate |
 //! | `GET /healthz`, `/readyz`, `/openapi.json` | none | probes, this API's description |
 //!
@@ -24,15 +25,16 @@ use crate::lifecycle;
 use crate::store::{Admission, RoundRow, UploadRow};
 use crate::AppState;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cryptflow_he::MaskSeed;
 use cryptflow_services::api::round::{
-    RoundInfo, RoundRequest, RoundState, SubmissionReceipt, Transcript,
+    RoundInfo, RoundRequest, RoundState, SubmissionReceipt, Transcript, UploadSpans,
 };
+use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::auth::{Authenticated, Principal};
 use cryptflow_services::http::{
     method_not_allowed, not_found, parse_json, probe_routes, problem_documents,
@@ -65,6 +67,7 @@ pub fn router(state: AppState) -> Router {
             // Uploads stream to disk; their size is checked against the round, not a global cap.
             put(submit).layer(axum::extract::DefaultBodyLimit::disable()).get(upload),
         )
+        .route("/v1/rounds/{round}/submissions/{client}/spans", get(upload_spans))
         .route("/v1/rounds/{round}/aggregate", get(aggregate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(state.clone())
@@ -436,6 +439,82 @@ async fn upload(
     Authenticated(caller): Authenticated,
     Path((round, client)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
+    let (_, stream) = served_upload(&s, &caller, round, client).await?;
+    let (len, stream) = stream;
+    Ok(blob_response(len, stream))
+}
+
+/// `GET /v1/rounds/{round}/submissions/{client}/spans?at=3,17,…` (admin, readers): the
+/// verification spans `at` of a contributor's upload, each with its audit path to the upload's
+/// root, which the member signed in its deposits (for a reader sampling spans instead of
+/// fetching every upload). One pass over the upload; at most
+/// [`MAX_SPANS_PER_REQUEST`](cryptflow_services::api::round::MAX_SPANS_PER_REQUEST) spans.
+async fn upload_spans(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path((round, client)): Path<(String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<UploadSpans>, AppError> {
+    use cryptflow_services::api::round::{UploadSpan, MAX_SPANS_PER_REQUEST};
+    let (row, (len, mut stream)) = served_upload(&s, &caller, round, client).await?;
+    let setup = protocol::setup(&row.spec).map_err(AppError::internal)?;
+    let spans = setup.blocks();
+    let bad = |why: String| AppError::new(ErrorCode::BadRequest, why).with_field("at");
+    let text = query.get("at").ok_or_else(|| bad("name the spans: ?at=0,5,…".into()))?;
+    let at: Vec<u64> = text
+        .split(',')
+        .map(|v| v.trim().parse::<u64>().ok().filter(|&j| j < spans))
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad(format!("at: comma-separated span indices below {spans}")))?;
+    if at.is_empty() || at.len() > MAX_SPANS_PER_REQUEST {
+        return Err(bad(format!("at most {MAX_SPANS_PER_REQUEST} spans per request"))
+            .with_limit(MAX_SPANS_PER_REQUEST as u64));
+    }
+    if len != setup.upload_len() {
+        return Err(AppError::internal(format!("a stored upload of {len} bytes")));
+    }
+    let mut hasher = cryptflow_he::merkle::RootHasher::new(&setup).keeping_leaves();
+    let wanted: std::collections::BTreeSet<u64> = at.iter().copied().collect();
+    let mut bytes: std::collections::BTreeMap<u64, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut offset = 0usize;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(AppError::internal)?;
+        hasher.update(&chunk);
+        let chunk_range = offset..offset + chunk.len();
+        for &j in &wanted {
+            let r = cryptflow_he::merkle::span_range(&setup, j);
+            let (from, to) = (r.start.max(chunk_range.start), r.end.min(chunk_range.end));
+            if from < to {
+                bytes.entry(j).or_default().extend_from_slice(&chunk[from - offset..to - offset]);
+            }
+        }
+        offset = chunk_range.end;
+    }
+    let (_, leaves) = hasher.finish_with_leaves().map_err(AppError::internal)?;
+    let paths = cryptflow_he::merkle::proofs(&leaves, &at);
+    let spans = at
+        .iter()
+        .zip(paths)
+        .map(|(&j, path)| UploadSpan {
+            index: j,
+            bytes: Base64Bytes(bytes.get(&j).cloned().unwrap_or_default()),
+            path: path.into_iter().map(Sha256Digest).collect(),
+        })
+        .collect();
+    Ok(Json(UploadSpans { spans }))
+}
+
+type BlobStream =
+    (u64, futures_util::stream::BoxStream<'static, Result<Bytes, crate::blob::BlobError>>);
+
+/// A published round's upload of a contributor, for a reader (admins included): the round and
+/// the blob's length and bytes. 410 once deleted after the retention.
+async fn served_upload(
+    s: &AppState,
+    caller: &Principal,
+    round: String,
+    client: String,
+) -> Result<(RoundRow, BlobStream), AppError> {
     let round = round_param(round)?;
     let client = ClientId::parse(client)
         .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()).with_field("client"))?;
@@ -446,7 +525,7 @@ async fn upload(
              of every upload and t colluding key managers could read updates",
         ));
     }
-    let row = require_round(&s, &round).await?;
+    let row = require_round(s, &round).await?;
     let (Some(set), RoundState::Published) = (&row.set, row.state) else {
         return Err(not_ready(&row));
     };
@@ -470,7 +549,7 @@ async fn upload(
     if row.uploads_deleted {
         return Err(gone());
     }
-    let (len, stream) =
+    let found =
         match s.blobs.stream(round.as_str(), &upload_blob(client.as_str(), &c.upload_sha256)).await
         {
             Ok(found) => found,
@@ -479,7 +558,7 @@ async fn upload(
             }
             Err(e) => return Err(AppError::internal(e)),
         };
-    Ok(blob_response(len, stream))
+    Ok((row, found))
 }
 
 /// A blob streamed as `application/octet-stream` with its length.

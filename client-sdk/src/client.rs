@@ -112,25 +112,38 @@ impl ClientPolicy {
     }
 }
 
-/// Whether [`Client::fetch_mean`] verifies the aggregate by recomputing it: it fetches every
-/// upload of the contributor set, checks each against the digest its member signed in its
-/// deposits (and the key managers recorded with the set), sums them as the aggregator should
-/// have, and compares. Only roster readers (and admins) may fetch uploads: a verifier holds
+/// Whether and how [`Client::fetch_mean`] verifies the aggregate. **Recomputing** fetches
+/// every upload of the contributor set, checks each against the digest its member signed in
+/// its deposits (and the key managers recorded with the set), sums them as the aggregator
+/// should have, and compares — a proof. **Sampling** checks `s` verification spans drawn with
+/// this client's own randomness: each member's span against the upload root it signed, their
+/// sum against the aggregate's span — a deterrent, caught with probability `s/#spans` for a
+/// single tampered span. Only roster readers (and admins) may fetch uploads: a verifier holds
 /// every member's ciphertext, so it and `t` colluding key managers could read updates.
+/// Whatever the policy, the aggregate must be the one the key managers recorded with the set
+/// (every release echoes its digest), so a reader that does not verify reads the aggregate
+/// every verifying reader checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verify {
     /// Never (the mean is still range-checked against the clip bound).
     Off,
-    /// When this client is a roster reader and the uploads total at most
-    /// [`AUTO_VERIFY_BYTES`]; otherwise [`crate::Verification::NotVerified`] says why not.
+    /// When this client is a roster reader: recompute if the uploads total at most
+    /// [`AUTO_VERIFY_BYTES`], else sample [`DEFAULT_SAMPLED_SPANS`] spans. Other clients:
+    /// [`crate::Verification::NotVerified`] says why not.
     Auto,
-    /// Always: a client that cannot verify fails ([`ClientError::Verification`]).
+    /// Always recompute: a client that cannot fails ([`ClientError::Verification`]).
     Always,
+    /// Sample this many spans (every span if the round has fewer).
+    Spans(u32),
 }
 
 /// The most upload bytes (`|S|` uploads of the round's size) [`Verify::Auto`] downloads to
-/// verify an aggregate: 1 GiB (e.g. 8 uploads of 10^6 values at 28 bits are 28 MB).
+/// recompute an aggregate: 1 GiB (e.g. 8 uploads of 10^6 values at 28 bits are 28 MB).
 pub const AUTO_VERIFY_BYTES: u64 = 1 << 30;
+
+/// Spans [`Verify::Auto`] samples above [`AUTO_VERIFY_BYTES`]: 128 (of the `d/2048` spans of
+/// a round of `d` values; about `|S|·128·256·w` bytes, 7.6 MB for 8 uploads at 29 bits).
+pub const DEFAULT_SAMPLED_SPANS: u32 = 128;
 
 /// Builds a [`Client`].
 #[derive(Debug)]

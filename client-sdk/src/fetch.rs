@@ -8,7 +8,8 @@
 //! of tampering is [`ClientError::Verification`], never a warning.
 
 use crate::client::{
-    aggregator_protocol, state_error, Client, Verify, AUTO_VERIFY_BYTES, MAX_JSON_BYTES,
+    aggregator_protocol, state_error, Client, Verify, AUTO_VERIFY_BYTES, DEFAULT_SAMPLED_SPANS,
+    MAX_JSON_BYTES,
 };
 use crate::error::{ClientError, Result};
 use crate::http::{decode, protocol, read_body, send, with_retries, Service};
@@ -19,7 +20,7 @@ use cryptflow_he::{
     decrypt_with_releases, Clipping, DecodeLimits, PackedCiphertext, RunningSum, Wire,
 };
 use cryptflow_services::api::kms::ReleaseResponse;
-use cryptflow_services::api::round::{RoundInfo, RoundState, Transcript};
+use cryptflow_services::api::round::{RoundInfo, RoundState, Transcript, UploadSpans};
 use cryptflow_services::{RoundId, Sha256Digest};
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ pub struct NodeOutcome {
 }
 
 /// Whether [`Client::fetch_mean`] verified the aggregate (see [`Verify`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Verification {
     /// Recomputed from the contributor set's uploads, each matching the digest its member
     /// signed, and equal to the aggregate the mean was decrypted from.
@@ -70,9 +71,53 @@ pub enum Verification {
         /// Time spent fetching and summing.
         time: Duration,
     },
-    /// Not verified, and why (policy [`Verify::Off`], this client is not a roster reader,
-    /// the uploads exceed [`AUTO_VERIFY_BYTES`]). The mean was still range-checked.
+    /// Checked on `spans` of the `of` verification spans, drawn with this client's own
+    /// randomness after the roots were committed: each member's span matched the root it
+    /// signed and their sum the aggregate's span. A deterrent, not a proof: an aggregator that
+    /// changed one span is caught with probability `detection_probability` (`spans/of`, the
+    /// worst case); one that changed more, more likely.
+    Sampled {
+        /// Spans checked.
+        spans: u64,
+        /// Spans in the round.
+        of: u64,
+        /// The chance a single tampered span was among those checked.
+        detection_probability: f64,
+        /// Uploads whose spans were fetched.
+        uploads: usize,
+        /// Span bytes fetched.
+        bytes: u64,
+        /// Time spent fetching and checking.
+        time: Duration,
+    },
+    /// Not verified, and why (policy [`Verify::Off`], this client is not a roster reader).
+    /// The mean was still range-checked, and the aggregate is the one the key managers
+    /// recorded with the set — the one every verifying reader checks.
     NotVerified(String),
+}
+
+/// An upload a verifier could not fetch: verification fails, never skipped (the aggregator
+/// could otherwise withhold the one upload that exposes it).
+fn withheld(member: &cryptflow_services::ClientId, e: &ClientError) -> ClientError {
+    ClientError::Verification(format!(
+        "cannot verify: {member}'s upload cannot be fetched ({e}); an aggregator that withholds \
+         an upload fails verification (fetch with verification off to read the mean unverified)"
+    ))
+}
+
+/// Spans asked for in one request.
+const SPANS_PER_REQUEST: usize = 512;
+
+/// A uniform integer in `0..m` from the OS generator (rejection sampling: no modulo bias).
+fn uniform_below(m: u64) -> u64 {
+    use rand_core::RngCore;
+    let zone = u64::MAX - (u64::MAX - m + 1) % m;
+    loop {
+        let v = rand_core::OsRng.next_u64();
+        if v <= zone {
+            return v % m;
+        }
+    }
 }
 
 /// The outcome of [`Client::fetch_mean`].
@@ -154,11 +199,12 @@ impl Client {
         let start = Instant::now();
         let aggregate = self.download_aggregate(round, &setup, &transcript, progress).await?;
         let downloaded = setup.upload_len();
-        let (releases, nodes) =
+        let (releases, nodes, roots) =
             self.gather_releases(round, &transcript, setup.ring_degree()).await?;
         let download_time = start.elapsed();
         // The releases echo the transcript's set: its digests are what the members signed.
-        let verification = self.verify_aggregate(round, &setup, &transcript, &aggregate).await?;
+        let verification =
+            self.verify_aggregate(round, &setup, &transcript, roots.as_deref(), &aggregate).await?;
         report(progress, Progress::Decrypting);
         let start = Instant::now();
         let shape = self.committee()?.shape();
@@ -212,7 +258,7 @@ impl Client {
                     "the aggregate is the sum of the signed uploads, so a member uploaded values \
                      it did not clip"
                 }
-                Verification::NotVerified(_) => {
+                Verification::Sampled { .. } | Verification::NotVerified(_) => {
                     "the aggregator changed the aggregate, or a member uploaded values it did not \
                      clip"
                 }
@@ -241,45 +287,63 @@ impl Client {
         })
     }
 
-    /// Recomputes the aggregate from the set's uploads as the policy asks ([`Verify`]): each
-    /// upload must be exactly the round's size and hash to the digest in the set (which its
-    /// member signed in its deposits and the key managers recorded), and their sum must be
-    /// `aggregate`, byte for byte. An upload that cannot be fetched fails the verification:
-    /// never skipped.
+    /// Verifies the aggregate as the policy asks ([`Verify`]): recomputed from every upload of
+    /// the set (each exactly the round's size and hashing to the digest its member signed in
+    /// its deposits, which the key managers recorded), or checked on spans sampled with this
+    /// client's own randomness (each member's span against the root it signed, their sum
+    /// against the aggregate's span). An upload or span that cannot be fetched fails the
+    /// verification (withheld): never skipped.
     async fn verify_aggregate(
+        &self,
+        round: &RoundId,
+        setup: &cryptflow_he::RoundSetup,
+        transcript: &Transcript,
+        roots: Option<&[Sha256Digest]>,
+        aggregate: &PackedCiphertext,
+    ) -> Result<Verification> {
+        let policy = self.inner.policy.verify;
+        let uploads = transcript.contributors.len();
+        let total = setup.upload_len().saturating_mul(uploads as u64);
+        let members_cannot = "only roster readers may fetch the members' uploads to verify the \
+                              aggregate (a verifier holds every member's ciphertext)";
+        let sample = match policy {
+            Verify::Off => return Ok(Verification::NotVerified("verification is off".into())),
+            // Asking a member's client to verify is a configuration mistake, not evidence.
+            Verify::Always | Verify::Spans(_) if !self.inner.reader => {
+                return Err(ClientError::Config(format!("cannot verify: {members_cannot}")))
+            }
+            Verify::Auto if !self.inner.reader => {
+                return Ok(Verification::NotVerified(members_cannot.into()))
+            }
+            Verify::Auto if total > AUTO_VERIFY_BYTES => Some(DEFAULT_SAMPLED_SPANS),
+            Verify::Spans(s) => Some(s),
+            Verify::Auto | Verify::Always => None,
+        };
+        match sample {
+            Some(s) => {
+                let roots = roots.ok_or_else(|| {
+                    ClientError::Verification(
+                        "cannot verify by sampling spans: the key managers echo no upload roots \
+                         for this set (deposited before roots were signed); recompute it instead \
+                         (--verify)"
+                            .into(),
+                    )
+                })?;
+                self.verify_spans(round, setup, transcript, roots, aggregate, s).await
+            }
+            None => self.recompute(round, setup, transcript, aggregate).await,
+        }
+    }
+
+    /// Recomputes the whole aggregate from the set's uploads (see [`Self::verify_aggregate`]).
+    async fn recompute(
         &self,
         round: &RoundId,
         setup: &cryptflow_he::RoundSetup,
         transcript: &Transcript,
         aggregate: &PackedCiphertext,
     ) -> Result<Verification> {
-        let policy = self.inner.policy.verify;
         let uploads = transcript.contributors.len();
-        let total = setup.upload_len().saturating_mul(uploads as u64);
-        let not = |why: String| -> Result<Verification> {
-            if policy == Verify::Always {
-                Err(ClientError::Verification(format!("cannot verify: {why}")))
-            } else {
-                Ok(Verification::NotVerified(why))
-            }
-        };
-        let members_cannot = "only roster readers may fetch the members' uploads to recompute the \
-                              aggregate (a verifier holds every member's ciphertext)";
-        match policy {
-            Verify::Off => return Ok(Verification::NotVerified("verification is off".into())),
-            // Asking a member's client to verify is a configuration mistake, not evidence.
-            Verify::Always if !self.inner.reader => {
-                return Err(ClientError::Config(format!("cannot verify: {members_cannot}")))
-            }
-            _ if !self.inner.reader => return not(members_cannot.into()),
-            Verify::Auto if total > AUTO_VERIFY_BYTES => {
-                return Ok(Verification::NotVerified(format!(
-                    "the {uploads} uploads total {total} bytes, above the {AUTO_VERIFY_BYTES} \
-                     bytes automatic verification fetches; ask for it (--verify / verify=True)"
-                )))
-            }
-            _ => {}
-        }
         let start = Instant::now();
         let expected = usize::try_from(setup.upload_len())
             .map_err(|_| aggregator_protocol("an upload is too large"))?;
@@ -292,15 +356,8 @@ impl Client {
                     .await?;
                 read_body(Service::Aggregator, res, expected, None).await
             })
-            .await;
-            // An upload that cannot be fetched (deleted after the aggregator's retention, an
-            // aggregator without the route, a token without the reader role, an outage) leaves
-            // the aggregate unverified — said loudly, and an error when verification was
-            // asked for — but it is not evidence of tampering: a mismatch below is.
-            let bytes = match bytes {
-                Ok(bytes) => bytes,
-                Err(e) => return not(format!("{member}'s upload cannot be fetched: {e}")),
-            };
+            .await
+            .map_err(|e| withheld(member, &e))?;
             if Sha256Digest::of(&bytes) != c.upload_sha256 {
                 return Err(ClientError::Verification(format!(
                     "the aggregator served an upload for {member} that is not the one {member} \
@@ -335,7 +392,99 @@ impl Client {
                 "the aggregate's length differs from the sum of the uploads".into(),
             ));
         }
-        Ok(Verification::Recomputed { uploads, bytes: total, time: start.elapsed() })
+        let bytes = setup.upload_len().saturating_mul(uploads as u64);
+        Ok(Verification::Recomputed { uploads, bytes, time: start.elapsed() })
+    }
+
+    /// Checks `s` spans drawn with this client's OS randomness, after the roots were
+    /// committed (see [`Self::verify_aggregate`]).
+    async fn verify_spans(
+        &self,
+        round: &RoundId,
+        setup: &cryptflow_he::RoundSetup,
+        transcript: &Transcript,
+        roots: &[Sha256Digest],
+        aggregate: &PackedCiphertext,
+        s: u32,
+    ) -> Result<Verification> {
+        use cryptflow_he::merkle;
+        let start = Instant::now();
+        let spans = setup.blocks();
+        let at = merkle::sample_spans(spans, u64::from(s), uniform_below);
+        let header: [u8; cryptflow_he::wire::HEADER_LEN] = setup
+            .header(cryptflow_he::CiphertextKind::Upload, 1)
+            .to_bytes()
+            .try_into()
+            .map_err(|_| ClientError::Config("a ciphertext header is not 64 bytes".into()))?;
+        let mut fetched = 0u64;
+        // Member by member, span bytes in the order of `at`.
+        let mut parts: Vec<Vec<Vec<u8>>> = Vec::with_capacity(roots.len());
+        for (c, root) in transcript.contributors.iter().zip(roots) {
+            let member = &c.client_id;
+            let mut got = Vec::with_capacity(at.len());
+            for batch in at.chunks(SPANS_PER_REQUEST) {
+                let list: Vec<String> = batch.iter().map(u64::to_string).collect();
+                let path =
+                    format!("/v1/rounds/{round}/submissions/{member}/spans?at={}", list.join(","));
+                let answer = with_retries(self.retry(), Service::Aggregator, || async {
+                    let res =
+                        send(Service::Aggregator, self.aggregator(reqwest::Method::GET, &path)?)
+                            .await?;
+                    decode::<UploadSpans>(
+                        Service::Aggregator,
+                        &read_body(Service::Aggregator, res, MAX_JSON_BYTES, None).await?,
+                    )
+                })
+                .await
+                .map_err(|e| withheld(member, &e))?;
+                if answer.spans.len() != batch.len() {
+                    return Err(ClientError::Verification(format!(
+                        "asked for {} spans of {member}'s upload, the aggregator served {}",
+                        batch.len(),
+                        answer.spans.len()
+                    )));
+                }
+                for (&j, span) in batch.iter().zip(answer.spans) {
+                    let path: Vec<merkle::Hash> = span.path.iter().map(|d| d.0).collect();
+                    if span.index != j
+                        || !merkle::verify_span(&root.0, &header, spans, j, &span.bytes.0, &path)
+                    {
+                        return Err(ClientError::Verification(format!(
+                            "span {j} of {member}'s upload, as the aggregator serves it, does not \
+                             match the upload root {member} signed ({root}): the aggregator \
+                             changed the upload, or {member} signed the root of something else"
+                        )));
+                    }
+                    fetched += span.bytes.0.len() as u64;
+                    got.push(span.bytes.0);
+                }
+            }
+            parts.push(got);
+        }
+        for (k, &j) in at.iter().enumerate() {
+            let r = merkle::span_range(setup, j);
+            let h = cryptflow_he::wire::HEADER_LEN;
+            let mine = aggregate
+                .payload()
+                .get(r.start - h..r.end - h)
+                .ok_or_else(|| aggregator_protocol("the aggregate is shorter than the round's"))?;
+            let members: Vec<&[u8]> = parts.iter().map(|p| p[k].as_slice()).collect();
+            if !merkle::span_sums_to(setup, j, &members, mine)? {
+                return Err(ClientError::Verification(format!(
+                    "span {j} of the aggregate is not the sum of that span of the {} uploads the \
+                     members signed",
+                    members.len()
+                )));
+            }
+        }
+        Ok(Verification::Sampled {
+            spans: at.len() as u64,
+            of: spans,
+            detection_probability: merkle::detection_probability(spans, at.len() as u64),
+            uploads: roots.len(),
+            bytes: fetched,
+            time: start.elapsed(),
+        })
     }
 
     /// The aggregate: exactly the round's size, the digest the transcript names, as many
@@ -382,7 +531,7 @@ impl Client {
         round: &RoundId,
         transcript: &Transcript,
         ring_degree: usize,
-    ) -> Result<(Vec<Release>, Vec<NodeOutcome>)> {
+    ) -> Result<(Vec<Release>, Vec<NodeOutcome>, Option<Vec<Sha256Digest>>)> {
         let committee = self.committee()?;
         let t = committee.shape().threshold() as usize;
         let calls = committee
@@ -408,19 +557,27 @@ impl Client {
         let mut releases = Vec::new();
         let mut nodes = Vec::new();
         let mut other_sets = Vec::new();
+        let mut other_aggregates = Vec::new();
+        let mut roots: Vec<(u8, Option<Vec<Sha256Digest>>)> = Vec::new();
         for (x, outcome) in crate::quorum::gather(calls, t, self.inner.grace).await {
             let checked = outcome.and_then(|o| {
                 o.and_then(|r| {
                     if r.round_id == *round && r.contributors != transcript.contributors {
                         other_sets.push((x, r.contributors.len()));
+                    } else if r.round_id == *round
+                        && r.aggregate_sha256 != transcript.aggregate_sha256
+                    {
+                        other_aggregates.push((x, r.aggregate_sha256));
                     }
-                    check_release(x, r, round, transcript, ring_degree)
+                    let echoed = r.upload_roots.clone();
+                    check_release(x, r, round, transcript, ring_degree).map(|r| (r, echoed))
                 })
                 .map_err(|e| e.to_string())
             });
             match checked {
-                Ok(r) => {
+                Ok((r, echoed)) => {
                     releases.push(r);
+                    roots.push((x, echoed));
                     nodes.push(NodeOutcome { x, problem: None });
                 }
                 Err(problem) => nodes.push(NodeOutcome { x, problem: Some(problem) }),
@@ -443,6 +600,24 @@ impl Client {
                 seen.join(", ")
             )));
         }
+        if let Some((x, recorded)) = other_aggregates.first() {
+            // Each node records one aggregate digest with the set: an aggregate that is not
+            // the recorded one was made for this reader — the one every other reader (and
+            // every verifier) checks is another (#24). Evidence, never a warning.
+            return Err(ClientError::Verification(format!(
+                "the aggregate served for round {round} (SHA-256 {}) is not the one the key \
+                 managers recorded with its contributor set (key manager {x} recorded {recorded}): \
+                 the aggregator served this reader an aggregate of its own making",
+                transcript.aggregate_sha256
+            )));
+        }
+        if let Some((x, _)) = roots.iter().find(|(_, r)| *r != roots[0].1) {
+            return Err(ClientError::Verification(format!(
+                "key managers {} and {x} echo different upload roots for the same members: one \
+                 of them is lying about what the members signed",
+                roots[0].0
+            )));
+        }
         if releases.len() < t {
             let why: Vec<String> = nodes
                 .iter()
@@ -454,7 +629,8 @@ impl Client {
                 why.join("; ")
             )));
         }
-        Ok((releases, nodes))
+        let roots = roots.into_iter().next().and_then(|(_, r)| r);
+        Ok((releases, nodes, roots))
     }
 }
 
@@ -474,6 +650,15 @@ fn check_release(
             Service::Kms(x),
             "it released for another contributor set than the aggregator's transcript".into(),
         ));
+    }
+    if r.aggregate_sha256 != transcript.aggregate_sha256 {
+        return Err(protocol(
+            Service::Kms(x),
+            "it recorded another aggregate than the one served to this reader".into(),
+        ));
+    }
+    if r.upload_roots.as_ref().is_some_and(|roots| roots.len() != r.contributors.len()) {
+        return Err(protocol(Service::Kms(x), "it echoes one upload root per member".into()));
     }
     let release = Release::from_bytes(&r.release.0)
         .map_err(|e| protocol(Service::Kms(x), format!("undecodable release: {e}")))?;

@@ -39,7 +39,8 @@ mod submit;
 mod update;
 
 pub use client::{
-    Client, ClientBuilder, ClientPolicy, Token, Verify, AUTO_VERIFY_BYTES, MAX_CLOCK_SKEW_SECS,
+    Client, ClientBuilder, ClientPolicy, Token, Verify, AUTO_VERIFY_BYTES, DEFAULT_SAMPLED_SPANS,
+    MAX_CLOCK_SKEW_SECS,
 };
 pub use error::{ClientError, Result};
 pub use fetch::{Aggregate, NodeOutcome, OutputType, Verification};

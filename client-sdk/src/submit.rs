@@ -16,6 +16,7 @@ use crate::progress::{report, Progress, ProgressFn};
 use crate::quorum;
 use crate::update::ModelUpdate;
 use bytes::Bytes;
+use cryptflow_he::merkle::RootHasher;
 use cryptflow_he::{ClientKey, ClipReport, Encryptor, RoundSetup};
 use cryptflow_services::api::kms::{Deposit, DepositReceipt};
 use cryptflow_services::api::round::{RoundInfo, RoundState, SubmissionReceipt};
@@ -288,9 +289,10 @@ impl Client {
         let encryptor = Arc::new(key.encryptor(&verified.setup, options.count)?);
         report(progress, Progress::Encrypting { values: verified.setup.slots() });
         let start = Instant::now();
-        let (receipt, digest, clipping) = self
+        let (receipt, digests, clipping) = self
             .upload(round, &me, &verified.setup, encryptor.clone(), update.clone(), progress)
             .await?;
+        let digest = digests.sha256;
         if receipt.upload_sha256 != digest {
             return Err(aggregator_protocol(format!(
                 "the receipt's digest {} is not the upload's {digest}",
@@ -305,7 +307,7 @@ impl Client {
             j.record(round, &f)?;
         }
         let start = Instant::now();
-        let deposited_with = self.deposit(&verified, &me, &key, &digest, progress).await?;
+        let deposited_with = self.deposit(&verified, &me, &key, &digests, progress).await?;
         drop(key); // zeroized: the key existed only for this encryption and these shares
         Ok(Submission {
             receipt,
@@ -318,7 +320,7 @@ impl Client {
     }
 
     /// Streams the upload (header, then chunks of blocks encrypted on the fly) under the retry
-    /// policy; returns the receipt, the upload's digest and the clip report.
+    /// policy; returns the receipt, the upload's digests and the clip report.
     async fn upload(
         &self,
         round: &RoundId,
@@ -327,7 +329,7 @@ impl Client {
         encryptor: Arc<Encryptor>,
         update: Arc<ModelUpdate>,
         progress: Option<&ProgressFn>,
-    ) -> Result<(SubmissionReceipt, Sha256Digest, ClipReport)> {
+    ) -> Result<(SubmissionReceipt, UploadDigests, ClipReport)> {
         let path = format!("/v1/rounds/{round}/submissions/{me}");
         let total = setup.upload_len();
         let outcome: Arc<Mutex<StreamOutcome>> = Arc::default();
@@ -353,10 +355,10 @@ impl Client {
             )
         })
         .await?;
-        let (digest, clipping) = outcome.lock().ok().and_then(|o| o.done).ok_or_else(|| {
+        let (digests, clipping) = outcome.lock().ok().and_then(|o| o.done).ok_or_else(|| {
             aggregator_protocol("the server answered before the whole upload was sent")
         })?;
-        Ok((receipt, digest, clipping))
+        Ok((receipt, digests, clipping))
     }
 
     /// Deposits this client's signed share with every key manager that registered the round;
@@ -366,12 +368,13 @@ impl Client {
         round: &VerifiedRound,
         me: &ClientId,
         key: &ClientKey,
-        upload: &Sha256Digest,
+        digests: &UploadDigests,
         progress: Option<&ProgressFn>,
     ) -> Result<Vec<u8>> {
+        let upload = &digests.sha256;
         let committee: &Committee = self.committee()?;
         let (_, site) = self.site()?;
-        let bodies = deposit_bodies(round, me, site, key, committee, upload)?;
+        let bodies = deposit_bodies(round, me, site, key, committee, digests)?;
         let round_id = &round.info.spec.round_id;
         let path = format!("/v1/rounds/{round_id}/deposits/{me}");
         let calls = bodies
@@ -424,11 +427,19 @@ impl Client {
     }
 }
 
-/// What the upload stream reports back: the digest and clip report once complete, or the
+/// An upload's SHA-256 (the aggregator's receipt names it) and its root over verification
+/// spans (`cryptflow_he::merkle`), both signed in the deposits.
+#[derive(Copy, Clone, Debug)]
+struct UploadDigests {
+    sha256: Sha256Digest,
+    root: Sha256Digest,
+}
+
+/// What the upload stream reports back: the digests and clip report once complete, or the
 /// error that stopped encryption (never retried: a changed input means withdrawing).
 #[derive(Default)]
 struct StreamOutcome {
-    done: Option<(Sha256Digest, ClipReport)>,
+    done: Option<(UploadDigests, ClipReport)>,
     stopped: Option<cryptflow_he::Error>,
 }
 
@@ -453,6 +464,7 @@ fn upload_stream(
     struct State {
         next: Option<u64>,
         digest: Sha256,
+        root: RootHasher,
         clipping: ClipReport,
         sent: u64,
     }
@@ -461,9 +473,12 @@ fn upload_stream(
     let blocks = setup.blocks();
     let mut first = Sha256::new();
     first.update(&header);
+    let mut root = RootHasher::new(&setup);
+    root.update(&header);
     let state = State {
         next: Some(0),
         digest: first,
+        root,
         clipping: ClipReport::default(),
         sent: header.len() as u64,
     };
@@ -499,13 +514,20 @@ fn upload_stream(
                 }
             };
             st.digest.update(&bytes);
+            st.root.update(&bytes);
             st.clipping = st.clipping.merge(clip);
             st.sent += bytes.len() as u64;
             report(progress.as_ref(), Progress::Uploading { sent: st.sent, total });
             if end == blocks {
-                let digest = Sha256Digest(std::mem::take(&mut st.digest).finalize().into());
-                if let Ok(mut o) = outcome.lock() {
-                    o.done = Some((digest, st.clipping));
+                let sha256 = Sha256Digest(std::mem::take(&mut st.digest).finalize().into());
+                let root = std::mem::replace(&mut st.root, RootHasher::new(&setup)).finish();
+                match (root, outcome.lock()) {
+                    (Ok(root), Ok(mut o)) => {
+                        o.done =
+                            Some((UploadDigests { sha256, root: Sha256Digest(root) }, st.clipping))
+                    }
+                    (Err(e), Ok(mut o)) => o.stopped = Some(e),
+                    _ => {}
                 }
                 st.next = None;
             } else {
@@ -525,7 +547,7 @@ fn deposit_bodies(
     site: &cryptflow_services::protocol::SiteKey,
     key: &ClientKey,
     committee: &Committee,
-    upload: &Sha256Digest,
+    upload: &UploadDigests,
 ) -> Result<Vec<(u8, zeroize::Zeroizing<Vec<u8>>)>> {
     let shares = key.share(committee.shape())?;
     let round_id = &round.info.spec.round_id;
@@ -539,10 +561,12 @@ fn deposit_bodies(
             x,
             me,
             &Sha256Digest::of(&bytes),
-            upload,
+            &upload.sha256,
+            &upload.root,
         );
         let mut deposit = Deposit {
-            upload_sha256: *upload,
+            upload_sha256: upload.sha256,
+            upload_root: upload.root,
             share: Base64Bytes(bytes.to_vec()),
             signature: site.sign(&statement),
         };

@@ -14,6 +14,7 @@ use cryptflow_he::{
     decrypt_with_releases, AggregateKey, ClientKey, DecodeLimits, MaskSeed, PackedCiphertext,
     ParameterSet, RoundSetup, RunningSum, Wire,
 };
+use sha2::Digest;
 use std::time::Duration;
 
 const C: usize = 8;
@@ -146,9 +147,77 @@ fn bench(c: &mut Criterion) {
                         .expect("decrypt")
                 })
             });
+            verification(&mut g, &setup, &uploads, &aggregate);
         }
         g.finish();
     }
+}
+
+/// What verifying an aggregate of 8 uploads costs in CPU (issue #24; the bytes fetched are
+/// the uploads, or the sampled spans, on top): a client's root while it streams its upload;
+/// a reader recomputing (SHA-256 of each upload against its signed digest, the sum, the
+/// comparison); the aggregator answering one member's request for 128 spans (one pass over
+/// the upload, the audit paths); a reader checking 128 spans of 8 uploads (audit paths against
+/// the roots, span sums against the aggregate).
+fn verification(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    setup: &RoundSetup,
+    uploads: &[PackedCiphertext],
+    aggregate: &PackedCiphertext,
+) {
+    use cryptflow_he::merkle;
+    let bytes: Vec<Vec<u8>> = uploads.iter().map(|u| u.to_bytes()).collect();
+    g.bench_function("upload_root", |b| {
+        b.iter(|| merkle::root(setup, black_box(&bytes[0])).expect("root"))
+    });
+    let digests: Vec<[u8; 32]> = bytes.iter().map(|b| sha2::Sha256::digest(b).into()).collect();
+    g.bench_function("verify_recompute_8", |b| {
+        b.iter(|| {
+            let mut sum = RunningSum::zero(setup, 0..setup.slots()).expect("sum");
+            for (u, (raw, d)) in uploads.iter().zip(bytes.iter().zip(&digests)) {
+                assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(black_box(raw))), *d);
+                sum.add_upload(u).expect("fold");
+            }
+            assert!(sum.pack() == aggregate.payload());
+        })
+    });
+    let spans = setup.blocks();
+    let at: Vec<u64> = (0..128).map(|i| i * spans / 128).collect();
+    g.bench_function("serve_128_spans_of_one_upload", |b| {
+        b.iter(|| {
+            let mut h = merkle::RootHasher::new(setup).keeping_leaves();
+            h.update(black_box(&bytes[0]));
+            let (_, leaves) = h.finish_with_leaves().expect("leaves");
+            merkle::proofs(&leaves, &at)
+        })
+    });
+    let roots: Vec<merkle::Hash> =
+        bytes.iter().map(|b| merkle::root(setup, b).expect("root")).collect();
+    let paths: Vec<Vec<Vec<merkle::Hash>>> = bytes
+        .iter()
+        .map(|b| merkle::proofs(&merkle::leaves(setup, b).expect("leaves"), &at))
+        .collect();
+    let header: [u8; 64] = bytes[0][..64].try_into().expect("header");
+    let agg = aggregate.to_bytes();
+    g.bench_function("verify_128_spans_of_8", |b| {
+        b.iter(|| {
+            for (k, &j) in at.iter().enumerate() {
+                let r = merkle::span_range(setup, j);
+                for (m, raw) in bytes.iter().enumerate() {
+                    assert!(merkle::verify_span(
+                        &roots[m],
+                        &header,
+                        spans,
+                        j,
+                        &raw[r.clone()],
+                        &paths[m][k]
+                    ));
+                }
+                let parts: Vec<&[u8]> = bytes.iter().map(|raw| &raw[r.clone()]).collect();
+                assert!(merkle::span_sums_to(setup, j, &parts, &agg[r.clone()]).expect("sum"));
+            }
+        })
+    });
 }
 
 criterion_group!(benches, bench);

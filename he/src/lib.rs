@@ -123,6 +123,7 @@ mod encoding;
 mod encrypt;
 mod error;
 mod keys;
+pub mod merkle;
 pub mod noise;
 mod ntt;
 mod pack;

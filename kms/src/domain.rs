@@ -276,6 +276,7 @@ pub fn check_deposit(
         client,
         &share_sha256,
         &deposit.upload_sha256,
+        &deposit.upload_root,
     );
     let member = node
         .roster
@@ -293,6 +294,7 @@ pub fn same_deposit(
     deposit: &Deposit,
 ) -> Result<(), AppError> {
     if existing.upload_sha256 == deposit.upload_sha256
+        && existing.upload_root == Some(deposit.upload_root)
         && existing.share_sha256 == checked.share_sha256
     {
         Ok(())
@@ -360,18 +362,25 @@ pub fn check_set(
     Ok(set)
 }
 
-/// The recorded set again is fine; another set conflicts (DESIGN §3, invariant 2).
+/// The recorded set and aggregate again are fine; another set, or the same set with another
+/// aggregate, conflicts (DESIGN §3, invariant 2: one set per round; and one aggregate, so
+/// that every reader is held to the same one).
 pub fn same_set(
-    recorded: Option<&Vec<Contribution>>,
+    row: &RoundRow,
     set: &[Contribution],
+    aggregate: &Sha256Digest,
 ) -> Result<(), AppError> {
-    match recorded {
-        Some(r) if r.as_slice() == set => Ok(()),
-        Some(_) => Err(conflict(
+    match (&row.set, &row.aggregate_sha256) {
+        (Some(r), Some(a)) if r.as_slice() == set && a == aggregate => Ok(()),
+        (Some(r), _) if r.as_slice() == set => Err(conflict(
+            "aggregate_sha256",
+            "this contributor set is recorded with another aggregate",
+        )),
+        (Some(_), _) => Err(conflict(
             "contributors",
             "another contributor set is already recorded for this round",
         )),
-        None => Err(conflict("round", "the round is not open")),
+        (None, _) => Err(conflict("round", "the round is not open")),
     }
 }
 

@@ -41,7 +41,7 @@ use cryptflow_services::http::{
     method_not_allowed, not_found, parse_json, probe_routes, problem_documents,
     refuse_declared_oversize, round_param, AppError,
 };
-use cryptflow_services::{ClientId, ErrorCode, Role, RoundId};
+use cryptflow_services::{ClientId, ErrorCode, Role, RoundId, Sha256Digest};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 
@@ -393,6 +393,7 @@ async fn put_deposit(
     let new = NewDeposit {
         client: &client,
         upload_sha256: deposit.upload_sha256,
+        upload_root: deposit.upload_root,
         share_sha256: checked.share_sha256,
         signature: deposit.signature.to_string(),
         sealed,
@@ -453,38 +454,45 @@ async fn record_contributors(
     let row = registered(&s, &round).await?;
     let outcome = async {
         let body: ContributorSet = parse_json(&headers, &body)?;
+        let aggregate = body.aggregate_sha256;
         let set = cryptflow_services::protocol::canonical_set(body.contributors).map_err(|e| {
             AppError::new(ErrorCode::Unprocessable, e.to_string()).with_field("contributors")
         })?;
         if row.state == KmsRoundState::SetRecorded {
-            domain::same_set(row.set.as_ref(), &set)?;
-            return Ok((set, false));
+            domain::same_set(&row, &set, &aggregate)?;
+            return Ok((set, aggregate, false));
         }
         domain::require_state(&row, KmsRoundState::Open)?;
         let deposits = s.store.deposits(&round).await.map_err(db)?;
-        Ok((domain::check_set(&s.node, &row, set, &deposits)?, true))
+        Ok((domain::check_set(&s.node, &row, set, &deposits)?, aggregate, true))
     }
     .await;
-    let (set, new) = match outcome {
+    let (set, aggregate, new) = match outcome {
         Ok(v) => v,
         Err(e) => return Err(refused(&s, &caller, "set", &round, e).await),
     };
+    let answer = |set| Json(ContributorSet { contributors: set, aggregate_sha256: aggregate });
     if !new {
-        return Ok((StatusCode::OK, Json(ContributorSet { contributors: set })).into_response());
+        return Ok((StatusCode::OK, answer(set)).into_response());
     }
     // The witness learns of the set before the database records it (see `crate::restore`).
     if let Some(w) = &s.witness {
         let digest = cryptflow_services::protocol::set_digest(&set);
         w.note_set(round.as_str(), &digest.to_string()).map_err(AppError::internal)?;
     }
-    if !s.store.record_set(&round, &set, s.clock.now(), &actor(&caller)).await.map_err(db)? {
+    if !s
+        .store
+        .record_set(&round, &set, &aggregate, s.clock.now(), &actor(&caller))
+        .await
+        .map_err(db)?
+    {
         let row = registered(&s, &round).await?;
-        domain::same_set(row.set.as_ref(), &set)?;
-        return Ok((StatusCode::OK, Json(ContributorSet { contributors: set })).into_response());
+        domain::same_set(&row, &set, &aggregate)?;
+        return Ok((StatusCode::OK, answer(set)).into_response());
     }
     s.metrics.sets_recorded.fetch_add(1, Ordering::Relaxed);
     tracing::info!(round = %round, contributors = set.len(), "contributor set recorded");
-    Ok((StatusCode::CREATED, Json(ContributorSet { contributors: set })).into_response())
+    Ok((StatusCode::CREATED, answer(set)).into_response())
 }
 
 /// `GET /v1/rounds/{round}/release` — a member of the recorded set or a roster reader, by
@@ -537,6 +545,25 @@ async fn release(
         shares.push(KeyShare::from_bytes(&bytes).map_err(AppError::internal)?);
     }
     let release = domain::release(&s.node, &shares)?;
+    // Each member's signed root, for verifiers sampling spans of its upload.
+    let roots: std::collections::HashMap<ClientId, Option<Sha256Digest>> = s
+        .store
+        .deposits(&round)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|d| (d.client_id, d.upload_root))
+        .collect();
+    let upload_roots: Option<Vec<Sha256Digest>> =
+        set.iter().map(|c| roots.get(&c.client_id).copied().flatten()).collect();
+    let aggregate_sha256 = row.aggregate_sha256.ok_or_else(|| {
+        AppError::new(
+            ErrorCode::Conflict,
+            "the set was recorded without the aggregate's digest (before this node's upgrade): \
+             the round cannot be released for verification",
+        )
+        .with_field("round")
+    })?;
     let detail = serde_json::json!({ "contributors": set.len() });
     s.store
         .audit_only(s.clock.now(), &actor(&caller), "release.serve", &round, detail)
@@ -548,6 +575,8 @@ async fn release(
         round_id: round,
         share_index: s.node.x().get(),
         contributors: set,
+        aggregate_sha256,
+        upload_roots,
         release: Base64Bytes(release.to_bytes()),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())

@@ -65,6 +65,8 @@ pub struct RoundRow {
     pub state: KmsRoundState,
     /// The recorded contributor set.
     pub set: Option<Vec<Contribution>>,
+    /// The aggregate's digest recorded with the set.
+    pub aggregate_sha256: Option<Sha256Digest>,
     /// Registration time.
     pub created_at: i64,
 }
@@ -76,6 +78,8 @@ pub struct DepositRow {
     pub client_id: ClientId,
     /// Its upload's digest.
     pub upload_sha256: Sha256Digest,
+    /// Its upload's signed root (`None` for a deposit from before roots were signed).
+    pub upload_root: Option<Sha256Digest>,
     /// The share's digest.
     pub share_sha256: Sha256Digest,
 }
@@ -111,6 +115,11 @@ fn deposit_row(r: &sqlx::any::AnyRow) -> Result<DepositRow> {
     Ok(DepositRow {
         client_id: ClientId::parse(r.try_get::<String, _>("client_id")?).map_err(corrupt)?,
         upload_sha256: r.try_get::<String, _>("upload_sha256")?.parse().map_err(corrupt)?,
+        upload_root: r
+            .try_get::<Option<String>, _>("upload_root")?
+            .map(|v| v.parse())
+            .transpose()
+            .map_err(corrupt)?,
         share_sha256: r.try_get::<String, _>("share_sha256")?.parse().map_err(corrupt)?,
     })
 }
@@ -121,6 +130,8 @@ pub struct NewDeposit<'a> {
     pub client: &'a ClientId,
     /// Digests.
     pub upload_sha256: Sha256Digest,
+    /// The upload's signed root.
+    pub upload_root: Sha256Digest,
     /// The share's digest.
     pub share_sha256: Sha256Digest,
     /// The client's signature (hex).
@@ -153,7 +164,7 @@ impl Store {
     /// The round, if registered.
     pub async fn round(&self, round: &RoundId) -> Result<Option<RoundRow>> {
         let row = sqlx::query(
-            "SELECT spec_json, spec_hash, echo_json, state, set_json, created_at FROM rounds WHERE round_id = $1",
+            "SELECT spec_json, spec_hash, echo_json, state, set_json, aggregate_sha256, created_at FROM rounds WHERE round_id = $1",
         )
         .bind(round.as_str())
         .fetch_optional(&self.pool)
@@ -166,6 +177,11 @@ impl Store {
             echo: serde_json::from_str(&row.try_get::<String, _>("echo_json")?).map_err(corrupt)?,
             state: state_of(&row.try_get::<String, _>("state")?)?,
             set: set.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
+            aggregate_sha256: row
+                .try_get::<Option<String>, _>("aggregate_sha256")?
+                .map(|v| v.parse())
+                .transpose()
+                .map_err(corrupt)?,
             created_at: row.try_get("created_at")?,
         }))
     }
@@ -229,7 +245,7 @@ impl Store {
     /// A client's deposit, if any.
     pub async fn deposit(&self, round: &RoundId, client: &ClientId) -> Result<Option<DepositRow>> {
         let row = sqlx::query(
-            "SELECT client_id, upload_sha256, share_sha256 FROM deposits WHERE round_id = $1 AND client_id = $2",
+            "SELECT client_id, upload_sha256, upload_root, share_sha256 FROM deposits WHERE round_id = $1 AND client_id = $2",
         )
         .bind(round.as_str())
         .bind(client.as_str())
@@ -241,7 +257,7 @@ impl Store {
     /// All deposits of a round, sorted by client.
     pub async fn deposits(&self, round: &RoundId) -> Result<Vec<DepositRow>> {
         let rows = sqlx::query(
-            "SELECT client_id, upload_sha256, share_sha256 FROM deposits WHERE round_id = $1 ORDER BY client_id",
+            "SELECT client_id, upload_sha256, upload_root, share_sha256 FROM deposits WHERE round_id = $1 ORDER BY client_id",
         )
         .bind(round.as_str())
         .fetch_all(&self.pool)
@@ -261,8 +277,8 @@ impl Store {
         let _serial = self.audit.lock().await;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO deposits (round_id, client_id, upload_sha256, share_sha256, signature, sealed_share, nonce, master_key_id, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM rounds WHERE round_id = $10 AND state = 'open') \
+            "INSERT INTO deposits (round_id, client_id, upload_sha256, share_sha256, signature, sealed_share, nonce, master_key_id, created_at, upload_root) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM rounds WHERE round_id = $11 AND state = 'open') \
              ON CONFLICT (round_id, client_id) DO NOTHING",
         )
         .bind(round.as_str())
@@ -274,6 +290,7 @@ impl Store {
         .bind(d.sealed.nonce)
         .bind(d.master_key_id)
         .bind(at)
+        .bind(d.upload_root.to_string())
         .bind(round.as_str())
         .execute(&mut *tx)
         .await?
@@ -288,22 +305,24 @@ impl Store {
         Ok(true)
     }
 
-    /// Records the contributor set once: `Ok(true)` if this call recorded it, `Ok(false)` if the
-    /// round was not open (the caller re-reads and compares).
+    /// Records the contributor set with the aggregate's digest once: `Ok(true)` if this call
+    /// recorded it, `Ok(false)` if the round was not open (the caller re-reads and compares).
     pub async fn record_set(
         &self,
         round: &RoundId,
         set: &[Contribution],
+        aggregate: &Sha256Digest,
         at: i64,
         actor: &Actor<'_>,
     ) -> Result<bool> {
         let _serial = self.audit.lock().await;
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "UPDATE rounds SET state = 'set_recorded', set_json = $1, recorded_at = $2 WHERE round_id = $3 AND state = 'open'",
+            "UPDATE rounds SET state = 'set_recorded', set_json = $1, recorded_at = $2, aggregate_sha256 = $3 WHERE round_id = $4 AND state = 'open'",
         )
         .bind(serde_json::to_string(set).map_err(corrupt)?)
         .bind(at)
+        .bind(aggregate.to_string())
         .bind(round.as_str())
         .execute(&mut *tx)
         .await?
@@ -319,7 +338,7 @@ impl Store {
             actor,
             "set.record",
             round,
-            serde_json::json!({ "contributors": clients }),
+            serde_json::json!({ "contributors": clients, "aggregate_sha256": aggregate.to_string() }),
         )
         .await?;
         tx.commit().await?;

@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// One request; the status and the JSON body (problem documents included).
+/// A stand-in aggregate digest the aggregator reports with a set (nodes record and echo it).
+const AGGREGATE: &str = "0707070707070707070707070707070707070707070707070707070707070707";
+
 async fn call(
     method: Method,
     url: &str,
@@ -98,7 +101,8 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
         }
         let info =
             stack.client("site-0").wait_for_aggregate(&r1, Duration::from_secs(60)).await.unwrap();
-        let set = info.transcript.unwrap().contributors;
+        let transcript = info.transcript.unwrap();
+        let (set, recorded_aggregate) = (transcript.contributors, transcript.aggregate_sha256);
         assert_eq!(set.len(), 3);
         assert_eq!(
             deposits(&stack, 1, "r1").await,
@@ -107,11 +111,20 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
         );
 
         // (b) A second, different set is refused: the same set again is fine.
-        let other = json!({ "contributors": set[..2] });
-        let same = json!({ "contributors": set });
+        let other = json!({ "contributors": set[..2], "aggregate_sha256": AGGREGATE });
+        let same = json!({ "contributors": set, "aggregate_sha256": recorded_aggregate });
         let contributors = |x: u8| format!("{}/v1/rounds/r1/contributors", node(x));
         let (s, p) = call(Method::PUT, &contributors(1), Some(&agg), Some(other.clone())).await;
         assert_eq!(s, StatusCode::CONFLICT, "{p}");
+        // The same set with another aggregate: one aggregate per round, so that no reader can
+        // be served one of the aggregator's making (#24).
+        let forged = json!({ "contributors": set, "aggregate_sha256": AGGREGATE });
+        let (s, p) = call(Method::PUT, &contributors(1), Some(&agg), Some(forged)).await;
+        assert_eq!(
+            (s, p["field"].as_str()),
+            (StatusCode::CONFLICT, Some("aggregate_sha256")),
+            "{p}"
+        );
         assert_eq!(
             call(Method::PUT, &contributors(1), Some(&agg), Some(same.clone())).await.0,
             StatusCode::OK
@@ -207,7 +220,7 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
                 Method::PUT,
                 &format!("{}/v1/rounds/r2/contributors", node(1)),
                 Some(&agg),
-                Some(json!({ "contributors": set })),
+                Some(json!({ "contributors": set, "aggregate_sha256": AGGREGATE })),
             )
             .await;
             assert!(
@@ -233,9 +246,12 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
             let bytes = share.to_bytes();
             let share_sha = Sha256Digest(sha256(&bytes));
             let id = ClientId::parse("site-2").unwrap();
-            let sig = signer.sign(&deposit_statement(&r2, &spec_hash, x, &id, &share_sha, &upload));
+            let root = Sha256Digest([6; 32]);
+            let sig = signer
+                .sign(&deposit_statement(&r2, &spec_hash, x, &id, &share_sha, &upload, &root));
             serde_json::to_value(Deposit {
                 upload_sha256: upload,
+                upload_root: root,
                 share: Base64Bytes(bytes),
                 signature: sig,
             })
@@ -334,8 +350,8 @@ async fn a_split_set_never_reaches_the_threshold_twice() {
     }
     let held = deposits(&stack, 1, "split").await;
     assert_eq!(held.len(), 3);
-    let s1 = json!({ "contributors": held[..2] });
-    let s2 = json!({ "contributors": held });
+    let s1 = json!({ "contributors": held[..2], "aggregate_sha256": AGGREGATE });
+    let s2 = json!({ "contributors": held, "aggregate_sha256": AGGREGATE });
     let put = |x: u8, body: Value| {
         let (url, agg) =
             (format!("{}/v1/rounds/split/contributors", stack.node_url(x).unwrap()), agg.clone());
@@ -517,7 +533,7 @@ async fn a_node_restored_from_a_backup_refuses_rounds_it_had_closed() {
         Method::PUT,
         &format!("{node}/v1/rounds/r/contributors"),
         Some(&agg),
-        Some(json!({ "contributors": set[..2] })),
+        Some(json!({ "contributors": set[..2], "aggregate_sha256": AGGREGATE })),
     )
     .await;
     assert!(s == StatusCode::CONFLICT || s == StatusCode::GONE, "{s} {p}");

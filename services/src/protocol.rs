@@ -433,7 +433,8 @@ pub fn echo_statement(x: u8, spec_hash: &Sha256Digest) -> Vec<u8> {
 }
 
 /// What a client signs with a deposit: the round, the spec hash it checked, the node, itself,
-/// the SHA-256 of the share and of its upload (DESIGN §4).
+/// the SHA-256 of the share, of its upload, and its upload's root over verification spans
+/// (`cryptflow_he::merkle`: what a verifier sampling spans checks them against).
 pub fn deposit_statement(
     round: &RoundId,
     spec_hash: &Sha256Digest,
@@ -441,14 +442,16 @@ pub fn deposit_statement(
     client: &ClientId,
     share_sha256: &Sha256Digest,
     upload_sha256: &Sha256Digest,
+    upload_root: &Sha256Digest,
 ) -> Vec<u8> {
-    Canon::new("cryptflow deposit v2")
+    Canon::new("cryptflow deposit v3")
         .bytes(round.as_str().as_bytes())
         .fixed(&spec_hash.0)
         .fixed(&[x])
         .bytes(client.as_str().as_bytes())
         .fixed(&share_sha256.0)
         .fixed(&upload_sha256.0)
+        .fixed(&upload_root.0)
         .0
 }
 
@@ -770,6 +773,7 @@ mod tests {
             &ClientId::parse("a").unwrap(),
             &Sha256Digest([2; 32]),
             &Sha256Digest([3; 32]),
+            &Sha256Digest([4; 32]),
         );
         let sig = k.sign(&st);
         assert!(verify(&k.public_key(), &st, &sig, "deposit").is_ok());

@@ -248,10 +248,18 @@ struct FetchArgs {
     dtype: Option<DType>,
     /// Recompute the aggregate from the contributor set's uploads, each checked against the
     /// digest its member signed, and fail (exit 8) unless it matches. Roster readers only. By
-    /// default a reader verifies when the uploads total at most 1 GiB.
-    #[arg(long, conflicts_with = "no_verify")]
+    /// default a reader recomputes when the uploads total at most 1 GiB and samples 128 spans
+    /// above.
+    #[arg(long, conflicts_with_all = ["no_verify", "verify_spans"])]
     verify: bool,
-    /// Do not verify the aggregate (the mean is still checked against the clip bound).
+    /// Verify by sampling N verification spans (of 2048 values each) with this machine's own
+    /// randomness: each member's span is checked against the upload root it signed and their
+    /// sum against the aggregate's; exit 8 on a mismatch. Catches one tampered span with
+    /// probability N/#spans (printed). Roster readers only.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "no_verify")]
+    verify_spans: Option<u32>,
+    /// Do not verify the aggregate (it must still be the one the key managers recorded, and
+    /// the mean is still checked against the clip bound).
     #[arg(long)]
     no_verify: bool,
 }
@@ -618,9 +626,10 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
         (None, Some(d)) => (vec![d], Vec::new()),
         (None, None) => (vec![DType::F32], Vec::new()),
     };
-    let verify = match (args.verify, args.no_verify) {
-        (true, _) => Verify::Always,
-        (_, true) => Verify::Off,
+    let verify = match (args.verify, args.no_verify, args.verify_spans) {
+        (true, _, _) => Verify::Always,
+        (_, true, _) => Verify::Off,
+        (_, _, Some(s)) => Verify::Spans(s),
         _ => Verify::Auto,
     };
     let client = args.site.client_verifying(verify)?;
@@ -661,6 +670,10 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
                 "key_managers_answered": answered,
                 "verified": match &agg.verification {
                     Verification::Recomputed { uploads, .. } => serde_json::json!({ "recomputed_from_uploads": uploads }),
+                    Verification::Sampled { spans, of, detection_probability, uploads, .. } => serde_json::json!({
+                        "sampled_spans": spans, "of_spans": of, "uploads": uploads,
+                        "detection_probability_one_tampered_span": detection_probability,
+                    }),
                     Verification::NotVerified(why) => serde_json::json!({ "not_verified": why }),
                 },
                 "aggregate_sha256": agg.round.transcript.as_ref().map(|t| t.aggregate_sha256),
@@ -683,6 +696,16 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
                  (recomputed from {bytes} bytes in {:.0} ms)",
                 time.as_secs_f64() * 1e3
             )),
+            Verification::Sampled { spans, of, detection_probability, uploads, bytes, time } => {
+                emit(&format!(
+                    "  verified by sampling: {spans} of {of} spans of the {uploads} uploads match the roots \
+                     their members signed and sum to the aggregate's ({bytes} bytes in {:.0} ms); an \
+                     aggregator that changed one span is caught with probability {:.3} — a deterrent, \
+                     not a proof (--verify recomputes everything)",
+                    time.as_secs_f64() * 1e3,
+                    detection_probability
+                ))
+            }
             Verification::NotVerified(why) => emit(&format!("  not verified: {why}")),
         }
         if c.any() {

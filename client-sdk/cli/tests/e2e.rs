@@ -758,7 +758,7 @@ async fn a_reader_learns_how_much_clipping_shaped_the_mean() {
     // Issue #25: a reader's `fetch` printed `error ≤ 1.06e-6` while the mean was far from the
     // mean of the files — the bound is about the clipped inputs, and only the submitting site
     // knew it had clipped. Now every reader is told, next to the bound.
-    let stack = LocalStack::builder().sites(2).start().await.unwrap();
+    let stack = LocalStack::builder().sites(2).readers(&["auditor"]).start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let p = |p: &Path| p.display().to_string();
@@ -847,6 +847,32 @@ async fn a_reader_learns_how_much_clipping_shaped_the_mean() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("no value of any contribution was clipped"));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"));
+
+    // A roster reader verifies: it recomputes the aggregate by default, samples spans against
+    // the upload roots the members signed on request, and a count of 0 is a usage error.
+    let auditor = profile(&stack, dir, "auditor", Role::Reader);
+    let text = std::fs::read_to_string(&auditor).unwrap() + "reader = true\n";
+    std::fs::write(&auditor, text).unwrap();
+    let read = |extra: &[&str]| {
+        let out = dir.join("auditor.npy");
+        let mut a =
+            args(&["fetch", "--profile", &p(&auditor), "--round", "clean", "--out", &p(&out)]);
+        a.extend(args(extra));
+        a
+    };
+    let v = stdout_json(&cryptflow(read(&["--json"])).await);
+    assert_eq!(v["verified"]["recomputed_from_uploads"], 2, "{v}");
+    let v = stdout_json(&cryptflow(read(&["--json", "--verify-spans", "3"])).await);
+    // 100 values are one span: asking for three checks it, so one tampered span is certain.
+    assert_eq!(v["verified"]["sampled_spans"], 1, "{v}");
+    assert_eq!(v["verified"]["detection_probability_one_tampered_span"], 1.0, "{v}");
+    let o = cryptflow(read(&["--verify-spans", "1"])).await;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("verified by sampling: 1 of 1 spans of the 2 uploads"), "{text}");
+    let o = cryptflow(read(&["--verify-spans", "0"])).await;
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cryptflow(read(&["--verify", "--verify-spans", "2"])).await;
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[tokio::test]

@@ -156,11 +156,15 @@ impl NativeClient {
             "auto" => Verify::Auto,
             "always" => Verify::Always,
             "off" => Verify::Off,
-            other => {
-                return Err(config(format!(
-                    "verify = {other:?}: must be \"auto\", \"always\" or \"off\""
-                )))
-            }
+            other => match other.strip_prefix("spans:").and_then(|n| n.parse::<u32>().ok()) {
+                Some(n) if n >= 1 => Verify::Spans(n),
+                _ => {
+                    return Err(config(format!(
+                        "verify = {other:?}: must be \"auto\", \"always\", \"off\" or a number \
+                         of spans ≥ 1"
+                    )))
+                }
+            },
         };
         let mut b = Client::builder(aggregator).reader(reader);
         if let Some(t) = token {
@@ -337,6 +341,14 @@ impl NativeClient {
                         "verification": match &a.verification {
                             Verification::Recomputed { uploads, bytes, time } => serde_json::json!({
                                 "recomputed_from_uploads": uploads,
+                                "bytes": bytes,
+                                "seconds": time.as_secs_f64(),
+                            }),
+                            Verification::Sampled { spans, of, detection_probability, uploads, bytes, time } => serde_json::json!({
+                                "sampled_spans": spans,
+                                "of_spans": of,
+                                "detection_probability": detection_probability,
+                                "uploads": uploads,
                                 "bytes": bytes,
                                 "seconds": time.as_secs_f64(),
                             }),

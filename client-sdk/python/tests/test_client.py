@@ -61,9 +61,20 @@ def test_a_flat_float64_round_and_a_roster_reader(stack):
     assert np.abs(agg.mean - (x[0] + x[1]) / 2).max() <= agg.max_abs_error
     assert [n["x"] for n in agg.nodes] == [1, 2, 3, 4]
     # A reader recomputes the aggregate from the two signed uploads by default.
-    assert agg.verified == 2 and agg.not_verified is None
+    assert agg.verified == 2 and agg.not_verified is None and agg.sampled_spans is None
+    # …or samples spans (5,000 values are 3 spans: asking for 2 checks 2, 5 checks all 3),
+    # each against the upload root its member signed.
+    for asked, checked in [(2, 2), (5, 3)]:
+        sampler = site(stack, "server-app", verify=asked)
+        agg = sampler.fetch_mean("py-flat", dtype=np.float64)
+        assert agg.verified is None and agg.not_verified is None
+        assert agg.sampled_spans == checked and agg.detection_probability == pytest.approx(checked / 3)
+        assert agg.info["verification"]["uploads"] == 2
     with pytest.raises(cryptflow.ConfigError, match="verify"):
         cryptflow.Client("http://127.0.0.1:1", verify="sometimes")
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(cryptflow.ConfigError, match="verify"):
+            cryptflow.Client("http://127.0.0.1:1", verify=bad)
 
 
 def test_bfloat16_through_ml_dtypes(stack):

@@ -9,6 +9,7 @@ mod interop;
 mod noise;
 mod props;
 mod rejection;
+mod spans;
 mod worked_example;
 
 use crate::planner::{plan, Plan, PlanRequest, Weighting};

@@ -54,10 +54,14 @@ fn world(m: u32) -> World {
         echo,
         state: KmsRoundState::Open,
         set: None,
+        aggregate_sha256: None,
         created_at: 0,
     };
     World { node, sites, row }
 }
+
+/// A stand-in upload root (the node stores and echoes it; it never sees an upload).
+const ROOT: Sha256Digest = Sha256Digest([6; 32]);
 
 fn principal(id: &ClientId, role: Role, signer: Signer) -> Principal {
     Principal { subject: id.clone(), role, signer }
@@ -74,8 +78,14 @@ fn deposit(w: &World, site: usize, upload: Sha256Digest) -> Deposit {
         id,
         &Sha256Digest::of(&share),
         &upload,
+        &ROOT,
     );
-    Deposit { upload_sha256: upload, share: Base64Bytes(share), signature: k.sign(&st) }
+    Deposit {
+        upload_sha256: upload,
+        upload_root: ROOT,
+        share: Base64Bytes(share),
+        signature: k.sign(&st),
+    }
 }
 
 #[test]
@@ -152,6 +162,7 @@ fn sets_are_checked_against_deposits_roster_and_sizes() {
         .map(|i| DepositRow {
             client_id: w.sites[i].0.clone(),
             upload_sha256: Sha256Digest([i as u8; 32]),
+            upload_root: Some(ROOT),
             share_sha256: Sha256Digest([0; 32]),
         })
         .collect();
@@ -175,9 +186,20 @@ fn sets_are_checked_against_deposits_roster_and_sizes() {
     );
     assert!(check_set(&w.node, &w.row, vec![c(0, 0), c(0, 0)], &held).is_err());
     // (b) once recorded, only the same set is answered.
+    // The same set with another aggregate conflicts too (one aggregate per round, #24).
     let recorded = vec![c(0, 0), c(1, 1)];
-    assert!(same_set(Some(&recorded), &recorded).is_ok());
-    assert_eq!(same_set(Some(&recorded), &[c(0, 0), c(2, 2)]).unwrap_err().problem().status, 409);
+    let aggregate = Sha256Digest([7; 32]);
+    let row = RoundRow {
+        set: Some(recorded.clone()),
+        aggregate_sha256: Some(aggregate),
+        state: KmsRoundState::SetRecorded,
+        ..w.row.clone()
+    };
+    assert!(same_set(&row, &recorded, &aggregate).is_ok());
+    assert_eq!(same_set(&row, &[c(0, 0), c(2, 2)], &aggregate).unwrap_err().problem().status, 409);
+    let other = same_set(&row, &recorded, &Sha256Digest([8; 32])).unwrap_err();
+    assert_eq!(other.problem().status, 409);
+    assert_eq!(other.problem().field.as_deref(), Some("aggregate_sha256"));
 }
 
 #[test]

@@ -64,6 +64,9 @@ pub struct RegisteredRound {
 pub struct Deposit {
     /// SHA-256 of the client's upload (the aggregator's receipt says the same).
     pub upload_sha256: Sha256Digest,
+    /// The root of the client's upload over verification spans (`docs/wire-format.md`,
+    /// "Verification spans and the upload root"): what a verifier checks sampled spans against.
+    pub upload_root: Sha256Digest,
     /// The share (`docs/wire-format.md`, "key share"), base64.
     pub share: Base64Bytes,
     /// The client's roster-key signature over the deposit statement
@@ -91,12 +94,16 @@ pub struct DepositList {
     pub deposits: Vec<Contribution>,
 }
 
-/// Body of `PUT /v1/rounds/{round}/contributors` (aggregator), and the set a release echoes.
+/// Body of `PUT /v1/rounds/{round}/contributors` (aggregator): the contributor set and the
+/// digest of the aggregate of its uploads, recorded together once per round.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContributorSet {
     /// The contributor set `S` with each member's upload digest.
     pub contributors: Vec<Contribution>,
+    /// SHA-256 of the aggregate the aggregator publishes for `S`: every release echoes it, so
+    /// a reader served another aggregate than the one committed here fails.
+    pub aggregate_sha256: Sha256Digest,
 }
 
 /// `GET /v1/rounds/{round}/release`: this node's unweighted sum of shares for the recorded set.
@@ -108,6 +115,12 @@ pub struct ReleaseResponse {
     pub share_index: u8,
     /// The recorded set the release is for (compare with the aggregator's transcript).
     pub contributors: Vec<Contribution>,
+    /// The aggregate's SHA-256 recorded with the set: the aggregate a reader decrypts must
+    /// have it.
+    pub aggregate_sha256: Sha256Digest,
+    /// Each member's signed upload root, in the order of `contributors` (absent if a member
+    /// deposited before roots were signed).
+    pub upload_roots: Option<Vec<Sha256Digest>>,
     /// The release (`docs/wire-format.md`, "release"), base64.
     pub release: Base64Bytes,
 }

@@ -133,6 +133,29 @@ pub struct Contribution {
     pub upload_sha256: Sha256Digest,
 }
 
+/// `GET /v1/rounds/{round}/submissions/{client}/spans?at=…` (readers): verification spans of a
+/// contributor's upload, each with its audit path to the upload root its member signed
+/// (`docs/wire-format.md`, "Verification spans and the upload root").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadSpans {
+    /// The spans asked for, in the order asked.
+    pub spans: Vec<UploadSpan>,
+}
+
+/// One verification span of an upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadSpan {
+    /// The span's index (its block), from 0.
+    pub index: u64,
+    /// The span's bytes, base64.
+    pub bytes: super::Base64Bytes,
+    /// Its RFC 9162 audit path, leaf to root.
+    pub path: Vec<Sha256Digest>,
+}
+
+/// Most spans one `…/spans` request may ask for.
+pub const MAX_SPANS_PER_REQUEST: usize = 4096;
+
 /// What a published round aggregated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transcript {

@@ -250,6 +250,16 @@ def _whole(value: Any, argument: str, low: int = 0, error: type = None) -> int:
     return v
 
 
+def _verify_arg(verify: Union[str, int]) -> str:
+    """``Client(verify=…)`` as the native layer takes it: a policy name or ``spans:N``."""
+    if isinstance(verify, str):
+        return verify  # the native layer names a bad one
+    n = _whole(verify, "verify", low=1, error=ConfigError)
+    if n > 2**32 - 1:
+        raise ConfigError(f"verify = {n}: at most {2**32 - 1} spans")
+    return f"spans:{n}"
+
+
 def _positive(value: Any, argument: str) -> float:
     """A finite real argument above zero."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
@@ -331,8 +341,13 @@ class Aggregate:
         clipping: how many contributions and values clipping changed (:class:`Clipping`).
         nodes: per key manager, ``{"x": index, "problem": None or why its release was not used}``.
         verified: how many uploads the aggregate was recomputed from (it matched), or
-            ``None`` when it was not verified — ``not_verified`` then says why.
-        not_verified: why the aggregate was not verified (``None`` when it was).
+            ``None`` when it was not recomputed.
+        sampled_spans: when the aggregate was verified by sampling spans instead, how many
+            (every member's span matched its signed root and their sum the aggregate's);
+            ``detection_probability`` is then the chance a single tampered span was among
+            them — a deterrent, not a proof. ``None`` otherwise.
+        detection_probability: see ``sampled_spans``.
+        not_verified: why the aggregate was not verified at all (``None`` when it was).
         info: everything else the native client reported (round, transcript, bytes).
     """
 
@@ -343,6 +358,8 @@ class Aggregate:
     clipping: Clipping = field(default_factory=lambda: Clipping(0, 0, 0, 0))
     nodes: List[Dict[str, Any]] = field(default_factory=list)
     verified: Optional[int] = None
+    sampled_spans: Optional[int] = None
+    detection_probability: Optional[float] = None
     not_verified: Optional[str] = None
     info: Dict[str, Any] = field(default_factory=dict)
 
@@ -372,14 +389,19 @@ class Client:
         retry_budget: seconds to keep retrying a server that is unreachable or busy.
         ca_file: a PEM bundle of certificate authorities to trust for HTTPS, besides the
             public ones.
-        verify: whether ``fetch_mean`` recomputes the aggregate from the members' uploads
-            (each checked against the digest its member signed) — ``"auto"`` (a roster reader,
-            when the uploads total at most 1 GiB), ``"always"`` (fail if it cannot) or
-            ``"off"``. A mismatch raises :class:`VerificationError`.
+        verify: how ``fetch_mean`` verifies the aggregate (roster readers only) —
+            ``"auto"`` (recompute it from the members' uploads, each checked against the digest
+            its member signed, when they total at most 1 GiB; above, sample 128 spans),
+            ``"always"`` (recompute; fail if it cannot), an ``int`` N ≥ 1 (sample N spans of
+            2048 values with this machine's randomness, each member's span checked against the
+            upload root it signed: catches one tampered span with probability N/#spans — a
+            deterrent, not a proof) or ``"off"``. A mismatch, or an upload the aggregator does
+            not serve, raises :class:`VerificationError`. Whatever this says, the aggregate
+            must be the one the key managers recorded with the set.
 
     Raises:
         ConfigError: a bad URL, unreadable file, malformed committee file or key, or a
-            ``verify`` other than the three above.
+            ``verify`` other than the above.
     """
 
     def __init__(
@@ -398,7 +420,7 @@ class Client:
         allow_single_key_manager: bool = False,
         retry_budget: float = 120.0,
         ca_file: Optional[Union[str, os.PathLike]] = None,
-        verify: str = "auto",
+        verify: Union[str, int] = "auto",
     ) -> None:
         if token is not None and token_file is not None:
             raise ConfigError("give token or token_file, not both")
@@ -432,7 +454,7 @@ class Client:
             allow_single_key_manager=allow_single_key_manager,
             retry_budget_secs=float(retry_budget),
             ca_pem=_read(ca_file, "ca_file"),
-            verify=verify if isinstance(verify, str) else repr(verify),
+            verify=_verify_arg(verify),
         )
 
     # -- rounds (operators) ---------------------------------------------------------------
@@ -693,6 +715,8 @@ class Client:
             clipping=Clipping(c["contributions"], c["values_at_least"], c["values_at_most"], c["of_values"]),
             nodes=info["nodes"],
             verified=info["verification"].get("recomputed_from_uploads"),
+            sampled_spans=info["verification"].get("sampled_spans"),
+            detection_probability=info["verification"].get("detection_probability"),
             not_verified=info["verification"].get("not_verified"),
             info=info,
         )

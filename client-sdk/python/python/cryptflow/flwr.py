@@ -279,7 +279,9 @@ class CryptflowFedAvg(FedAvg):
     Each round's metrics carry ``cryptflow-contributors``, ``cryptflow-max-abs-error``,
     ``cryptflow-clip`` (the bound used), ``cryptflow-clipped-contributions``,
     ``cryptflow-clipped-values`` (at most), ``cryptflow-verified-uploads`` (how many uploads
-    the reader recomputed the aggregate from; 0 when it did not verify — a tampered aggregate
+    the reader recomputed the aggregate from; 0 when it did not recompute it — with
+    ``cryptflow-sampled-spans`` and ``cryptflow-detection-probability`` when it sampled spans
+    instead; a tampered aggregate
     fails the run with :class:`RoundFailedError`) and where the ServerApp's time went
     (``cryptflow-seconds-create``, ``-publish`` — from the last reply to publication — and
     ``-fetch``). ``received`` lists, per server round, the keys of
@@ -454,6 +456,10 @@ class CryptflowFedAvg(FedAvg):
         # How many uploads the aggregate was recomputed from (0: not verified; the reader's
         # `verify` says when it is — by default when the uploads total at most 1 GiB).
         metrics["cryptflow-verified-uploads"] = agg.verified or 0
+        if agg.sampled_spans is not None:
+            # Verified by sampling spans (uploads above 1 GiB): a deterrent, not a proof.
+            metrics["cryptflow-sampled-spans"] = agg.sampled_spans
+            metrics["cryptflow-detection-probability"] = float(agg.detection_probability)
         if agg.not_verified is not None and not self._unverified_warned:
             log.warning("the mean of CryptFlow round %s was not verified: %s", round_id, agg.not_verified)
             self._unverified_warned = True
