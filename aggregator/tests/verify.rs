@@ -89,8 +89,8 @@ async fn commit_forged(stack: &LocalStack, name: &str, change: impl Fn(&mut [u8]
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.file_name().unwrap().to_string_lossy().starts_with("upload.") {
-            let upload = PackedCiphertext::from_bytes(&std::fs::read(path).unwrap()).unwrap();
-            sum.add_upload(&upload).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            sum.add_upload(&PackedCiphertext::from_bytes(&bytes).unwrap()).unwrap();
         }
     }
     assert_eq!(sum.contributors(), 3);
@@ -130,9 +130,10 @@ async fn commit_forged(stack: &LocalStack, name: &str, change: impl Fn(&mut [u8]
         "the nodes refuse the genuine aggregate once the forged one is recorded"
     );
     let pool = aggregator_db(stack).await;
+    // (Published when it closed: its uploads' retention runs from then.)
     sqlx::query(
         "UPDATE rounds SET state = 'published', aggregate_sha256 = $1, recorded_by = $2, \
-         failure = NULL, published_at = 0 WHERE round_id = $3",
+         failure = NULL, published_at = closed_at WHERE round_id = $3",
     )
     .bind(sha.to_string())
     .bind(serde_json::to_string(&recorded).unwrap())

@@ -22,6 +22,7 @@ use cryptflow_services::api::kms::{Deposit, DepositReceipt};
 use cryptflow_services::api::round::{RoundInfo, RoundState, SubmissionReceipt};
 use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::protocol::{self, Committee};
+use cryptflow_services::sealed::{self, SealContext};
 use cryptflow_services::{ClientId, RoundId, Sha256Digest};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use sha2::{Digest, Sha256};
@@ -81,6 +82,9 @@ pub struct VerifiedRound {
     pub open: Vec<u8>,
     /// The key managers' minimum set size `m`.
     pub min_set_size: u32,
+    /// Each verified node's deposit key for the round, from its signed echo: deposits are
+    /// sealed to it (`cryptflow_services::sealed`).
+    pub deposit_keys: std::collections::BTreeMap<u8, Vec<u8>>,
 }
 
 impl Client {
@@ -109,6 +113,7 @@ impl Client {
             })
             .collect();
         let mut verified = Vec::new();
+        let mut deposit_keys = std::collections::BTreeMap::new();
         let mut open = Vec::new();
         let mut hashes = std::collections::BTreeSet::new();
         let mut m = 0;
@@ -144,6 +149,7 @@ impl Client {
                         open.push(x);
                     }
                     verified.push(x);
+                    deposit_keys.insert(x, reg.echo.deposit_key.0);
                 }
                 // A node that does not hold the round (restored from a backup, restarted
                 // before the aggregator re-registered it) or answers nonsense is not counted;
@@ -195,7 +201,15 @@ impl Client {
         let spec_hash =
             hashes.into_iter().next().ok_or_else(|| ClientError::Committee("no echo".into()))?;
         let setup = protocol::setup(&info.spec).map_err(|e| aggregator_protocol(e.to_string()))?;
-        Ok(VerifiedRound { info, setup, spec_hash, nodes: verified, open, min_set_size: m })
+        Ok(VerifiedRound {
+            info,
+            setup,
+            spec_hash,
+            nodes: verified,
+            open,
+            min_set_size: m,
+            deposit_keys,
+        })
     }
 
     /// The client's policy, checked before anything is sent.
@@ -570,9 +584,25 @@ fn deposit_bodies(
             share: Base64Bytes(bytes.to_vec()),
             signature: site.sign(&statement),
         };
-        let body = serde_json::to_vec(&deposit).map_err(|e| ClientError::Input(e.to_string()));
+        // Sealed to the node's deposit key for this round, from its verified echo: only that
+        // node opens it, and only until the round is shredded. A node whose echo did not
+        // verify gets nothing.
+        let Some(node_key) = round.deposit_keys.get(&x) else {
+            zeroize::Zeroize::zeroize(&mut deposit.share.0);
+            continue;
+        };
+        let ctx = SealContext {
+            round: round_id,
+            spec_hash: &round.spec_hash,
+            committee: &committee.digest(),
+            x,
+            node_key,
+        };
+        let sealed = sealed::seal(&ctx, me, &deposit);
         zeroize::Zeroize::zeroize(&mut deposit.share.0);
-        bodies.push((x, zeroize::Zeroizing::new(body?)));
+        let sealed = sealed.map_err(|e| ClientError::Committee(format!("key manager {x}: {e}")))?;
+        let body = serde_json::to_vec(&sealed).map_err(|e| ClientError::Input(e.to_string()))?;
+        bodies.push((x, zeroize::Zeroizing::new(body)));
     }
     drop(shares);
     Ok(bodies)

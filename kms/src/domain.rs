@@ -16,6 +16,7 @@ use cryptflow_he::sharing::{KeyShare, Release, ShareIndex};
 use cryptflow_he::Wire;
 use cryptflow_services::api::kms::{Deposit, KmsRoundState, NodeInfo, SpecEcho};
 use cryptflow_services::api::round::{Contribution, RoundSpec, MAX_DIMENSION, MAX_ROUND_CLIENTS};
+use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::auth::{Principal, Signer};
 use cryptflow_services::http::AppError;
 use cryptflow_services::protocol::{self, Committee, Roster, SiteKey};
@@ -96,8 +97,8 @@ impl Node {
         }
     }
 
-    /// This node's signed echo of `spec`.
-    pub fn echo(&self, spec: &RoundSpec) -> SpecEcho {
+    /// This node's signed echo of `spec`, with its deposit key for the round.
+    pub fn echo(&self, spec: &RoundSpec, deposit_key: &[u8]) -> SpecEcho {
         let roster_digest = self.roster.digest();
         let m = self.roster.min_set_size();
         let hash = protocol::spec_hash(spec, &self.committee.digest(), &roster_digest, m);
@@ -106,7 +107,12 @@ impl Node {
             spec_hash: hash,
             roster_digest,
             min_set_size: m,
-            signature: self.signing.sign(&protocol::echo_statement(self.x.get(), &hash)),
+            deposit_key: Base64Bytes(deposit_key.to_vec()),
+            signature: self.signing.sign(&protocol::echo_statement(
+                self.x.get(),
+                &hash,
+                deposit_key,
+            )),
         }
     }
 }

@@ -87,6 +87,12 @@ impl RoundKey {
     pub fn seal(&self, round: &str, client: &str, secret: &[u8]) -> Result<Sealed, SealError> {
         self.key.seal(round, client, secret)
     }
+    /// The node's deposit key pair for `round` (`cryptflow_services::sealed`), derived from
+    /// this round key: it dies when the round is shredded.
+    pub fn deposit_keys(&self, round: &str) -> cryptflow_services::sealed::DepositKeyPair {
+        let ikm = self.key.derive(format!("deposit key pair\0{round}").as_bytes());
+        cryptflow_services::sealed::DepositKeyPair::derive(ikm.as_ref())
+    }
     /// Opens a share sealed by [`RoundKey::seal`].
     pub fn open(
         &self,

@@ -256,6 +256,10 @@ pub struct AppState {
     witness: Option<Arc<restore::Witness>>,
     repeats: Arc<repeats::Repeats>,
     round_keys: Arc<keystore::RoundKeys>,
+    /// Held by a registration from making the round's key to recording the round, and by
+    /// [`AppState::sweep_round_keys`]: a sweep never takes the key of a round being registered
+    /// (its deposit key is already in the signed echo).
+    registering: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -282,7 +286,13 @@ impl AppState {
             witness: None,
             repeats: Arc::default(),
             round_keys: Arc::new(round_keys),
+            registering: Arc::default(),
         }
+    }
+
+    /// See the field `registering`.
+    pub(crate) async fn registration_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.registering.lock().await
     }
 
     /// Shreds `round`: the database marks it `state` (destroyed, or refused after a restore)
@@ -312,6 +322,7 @@ impl AppState {
     /// Removes the round keys of rounds the database has shredded, refused or does not know:
     /// what a failed or raced [`AppState::shred`] left. Returns how many.
     pub(crate) async fn sweep_round_keys(&self) -> Result<u64, String> {
+        let _registrations = self.registering.lock().await;
         let keys = self.round_keys.clone();
         let rounds = blocking(move || keys.rounds()).await.map_err(|e| e.to_string())?;
         let mut removed = 0;
@@ -334,8 +345,8 @@ impl AppState {
         Ok(removed)
     }
 
-    /// The key of `round` for sealing a deposit, made if the round has none (file I/O off the
-    /// async workers).
+    /// The key of `round`, made if the round has none — at registration: its deposit key pair
+    /// is derived from it (file I/O off the async workers).
     pub(crate) async fn round_key_for(
         &self,
         round: &RoundId,

@@ -6,7 +6,7 @@
 //! | `PUT /v1/rounds/{round}` | aggregator, admin | register a round; answers this node's signed echo |
 //! | `GET /v1/rounds/{round}` | the round's members, readers, aggregator, admin | the spec, echo, state |
 //! | `DELETE /v1/rounds/{round}` | admin | shred the round's shares |
-//! | `PUT /v1/rounds/{round}/deposits/{client}` | the client itself, by roster key | deposit its share for this node |
+//! | `PUT /v1/rounds/{round}/deposits/{client}` | the client itself, by roster key | deposit its share for this node, sealed to the node's deposit key for the round (`cryptflow_services::sealed`) |
 //! | `GET /v1/rounds/{round}/deposits` | aggregator, admin | who holds a deposit here, for which upload |
 //! | `PUT /v1/rounds/{round}/contributors` | aggregator | record the contributor set, once |
 //! | `GET /v1/rounds/{round}/release` | a member of the set or a reader, by roster key | the unweighted sum of the set's shares |
@@ -31,8 +31,8 @@ use axum::{Json, Router};
 use cryptflow_he::sharing::KeyShare;
 use cryptflow_he::Wire;
 use cryptflow_services::api::kms::{
-    AuditEntry, ContributorSet, Deposit, DepositList, DepositReceipt, KmsRoundState, NodeInfo,
-    RegisteredRound, ReleaseResponse,
+    AuditEntry, ContributorSet, DepositList, DepositReceipt, KmsRoundState, NodeInfo,
+    RegisteredRound, ReleaseResponse, SealedDeposit,
 };
 use cryptflow_services::api::round::{Contribution, RoundSpec};
 use cryptflow_services::api::Base64Bytes;
@@ -41,6 +41,7 @@ use cryptflow_services::http::{
     method_not_allowed, not_found, parse_json, probe_routes, problem_documents,
     refuse_declared_oversize, round_param, AppError,
 };
+use cryptflow_services::sealed::SealContext;
 use cryptflow_services::{ClientId, ErrorCode, Role, RoundId, Sha256Digest};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
@@ -278,14 +279,20 @@ async fn register(
     domain::check_registration(&s.node, &round, &spec)?;
     // The witness learns of the round before the database, so no crash can hide it.
     note_round(&s, &round)?;
-    let echo = s.node.echo(&spec);
+    // The round's key is made now (outside the database): the deposit key pair the echo
+    // carries is derived from it, and dies with it at shredding.
+    let guard = s.registration_guard().await;
+    let round_key = s.round_key_for(&round).await.map_err(key_store_error)?;
+    let echo = s.node.echo(&spec, round_key.deposit_keys(round.as_str()).public_key());
+    drop(round_key);
     let at = s.clock.now();
-    if !s
+    let inserted = s
         .store
         .insert_round(&spec, &echo.spec_hash, &echo, at, &actor(&caller))
         .await
-        .map_err(db)?
-    {
+        .map_err(db)?;
+    drop(guard);
+    if !inserted {
         // A concurrent registration won: answer as if it had come first.
         let existing = registered(&s, &round).await?;
         domain::same_registration(&existing, &spec)?;
@@ -357,7 +364,20 @@ async fn put_deposit(
                 format!("only {client} itself deposits its share"),
             ));
         }
-        let deposit: Deposit = parse_json(&headers, &body)?;
+        let sealed: SealedDeposit = parse_json(&headers, &body)?;
+        // Sealed to this node's deposit key for the round; the key dies with the round's.
+        let round_key = s.round_key(&round).await.map_err(key_store_error)?;
+        let ctx = SealContext {
+            round: &round,
+            spec_hash: &row.spec_hash,
+            committee: &s.node.committee().digest(),
+            x: s.node.x().get(),
+            node_key: &row.echo.deposit_key.0,
+        };
+        let deposit =
+            round_key.deposit_keys(round.as_str()).open(&ctx, &client, &sealed).map_err(|e| {
+                AppError::new(ErrorCode::Unprocessable, e.to_string()).with_field("ciphertext")
+            })?;
         let checked = domain::check_deposit(&s.node, &row, &caller, &client, &deposit)?;
         Ok((deposit, checked))
     }
@@ -384,8 +404,9 @@ async fn put_deposit(
         return Err(refused(&s, &caller, "deposit", &round, e).await);
     }
     // Sealed under the round's key (kept outside the database), never the master key alone:
-    // shredding the round deletes that key (see `keystore`).
-    let round_key = s.round_key_for(&round).await.map_err(key_store_error)?;
+    // shredding the round deletes that key (see `keystore`). Made at registration, never here:
+    // a deposit racing a shred cannot bring it back.
+    let round_key = s.round_key(&round).await.map_err(key_store_error)?;
     let sealed = round_key
         .seal(round.as_str(), client.as_str(), &checked.share)
         .map_err(AppError::internal)?;

@@ -105,6 +105,17 @@ impl MasterKey {
         &self.id
     }
 
+    /// A secret derived from this key for `label` (SHA-256 of a domain tag, the label and
+    /// the key): input keying material for keys that must live and die with this one.
+    pub fn derive(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let digest = Sha256::new_with_prefix(b"cryptflow-kms derived secret v1\0")
+            .chain_update((label.len() as u64).to_le_bytes())
+            .chain_update(label)
+            .chain_update(self.key.as_ref())
+            .finalize();
+        Zeroizing::new(digest.into())
+    }
+
     fn aad(round_id: &str, key_id: &str) -> Vec<u8> {
         format!("cryptflow-kms sealed key v1\0{round_id}\0{key_id}").into_bytes()
     }

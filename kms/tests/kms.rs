@@ -11,7 +11,8 @@ use cryptflow_he::{ClientKey, ParameterSet, Wire};
 use cryptflow_services::api::kms::{Deposit, DepositList, RegisteredRound, ReleaseResponse};
 use cryptflow_services::api::round::Contribution;
 use cryptflow_services::api::{Base64Bytes, SignatureHex};
-use cryptflow_services::protocol::deposit_statement;
+use cryptflow_services::protocol::{deposit_statement, Committee};
+use cryptflow_services::sealed::{seal, SealContext};
 use cryptflow_services::{ClientId, Role, RoundId, Sha256Digest};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -236,69 +237,95 @@ async fn one_set_per_round_checked_and_released_to_its_members_only() {
         let round: RegisteredRound = serde_json::from_value(v).unwrap();
         assert!(round.contributors.is_none());
 
-        // Deposits: a forged signature, another site's name, a share for another node.
+        // Deposits travel sealed to the node's deposit key for the round (#24): a forged
+        // signature inside, another site's name, a share for another node, a deposit sealed
+        // for another node or round, a ciphertext changed on the way.
         let spec_hash = round.echo.spec_hash;
         let site2 = stack.site_key("site-2").unwrap();
         let key = ClientKey::generate(&ParameterSet::default_128()).unwrap();
         let shares: Vec<KeyShare> = key.share(CommitteeShape::try_new(3, 2).unwrap()).unwrap();
         let upload = Sha256Digest([5; 32]);
-        let deposit = |x: u8, share: &KeyShare, signer: &cryptflow_services::protocol::SiteKey| {
-            let bytes = share.to_bytes();
-            let share_sha = Sha256Digest(sha256(&bytes));
-            let id = ClientId::parse("site-2").unwrap();
-            let root = Sha256Digest([6; 32]);
-            let sig = signer
-                .sign(&deposit_statement(&r2, &spec_hash, x, &id, &share_sha, &upload, &root));
-            serde_json::to_value(Deposit {
-                upload_sha256: upload,
-                upload_root: root,
-                share: Base64Bytes(bytes),
-                signature: sig,
-            })
-            .unwrap()
-        };
+        let committee =
+            Committee::from_toml(&std::fs::read_to_string(stack.committee_file()).unwrap())
+                .unwrap();
+        let mut echoes = std::collections::BTreeMap::new();
+        for (name, x) in [("r1", 1u8), ("r2", 1), ("r2", 2)] {
+            let (s, v) =
+                call(Method::GET, &format!("{}/v1/rounds/{name}", node(x)), Some(&admin), None)
+                    .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let reg: RegisteredRound = serde_json::from_value(v).unwrap();
+            assert_eq!(reg.echo.deposit_key.0.len(), cryptflow_services::sealed::DEPOSIT_KEY_LEN);
+            echoes.insert((name, x), reg.echo);
+        }
+        // Sealed for node `to` of round `name`; the statement signed for node `x`.
+        let sealed_for =
+            |name: &'static str, to: u8, x: u8, share: &KeyShare, change: &dyn Fn(&mut Deposit)| {
+                let bytes = share.to_bytes();
+                let share_sha = Sha256Digest(sha256(&bytes));
+                let id = ClientId::parse("site-2").unwrap();
+                let root = Sha256Digest([6; 32]);
+                let sig = site2
+                    .sign(&deposit_statement(&r2, &spec_hash, x, &id, &share_sha, &upload, &root));
+                let mut d = Deposit {
+                    upload_sha256: upload,
+                    upload_root: root,
+                    share: Base64Bytes(bytes),
+                    signature: sig,
+                };
+                change(&mut d);
+                let echo = &echoes[&(name, to)];
+                let ctx = SealContext {
+                    round: &RoundId::parse(name).unwrap(),
+                    spec_hash: &echo.spec_hash,
+                    committee: &committee.digest(),
+                    x: to,
+                    node_key: &echo.deposit_key.0,
+                };
+                serde_json::to_value(seal(&ctx, &id, &d).unwrap()).unwrap()
+            };
+        let deposit = |x: u8, share: &KeyShare| sealed_for("r2", x, x, share, &|_| {});
         let url = |x: u8, who: &str| format!("{}/v1/rounds/r2/deposits/{who}", node(x));
         let token2 = roster_token(&stack, "site-2");
-        let mut forged = deposit(1, &shares[0], &site2);
-        forged["signature"] = serde_json::to_value(SignatureHex([0; 64])).unwrap();
+        let forged = sealed_for("r2", 1, 1, &shares[0], &|d| d.signature = SignatureHex([0; 64]));
         let (s, p) = call(Method::PUT, &url(1, "site-2"), Some(&token2), Some(forged)).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
         assert_eq!(p["field"], "signature", "{p}");
-        let (s, p) = call(
-            Method::PUT,
-            &url(1, "site-3"),
-            Some(&token2),
-            Some(deposit(1, &shares[0], &site2)),
-        )
-        .await;
+        let (s, p) =
+            call(Method::PUT, &url(1, "site-3"), Some(&token2), Some(deposit(1, &shares[0]))).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "a deposit in another site's name: {p}");
-        let (s, p) = call(
-            Method::PUT,
-            &url(1, "site-2"),
-            Some(&token2),
-            Some(deposit(1, &shares[1], &site2)),
-        )
-        .await;
+        let wrong_share = sealed_for("r2", 1, 1, &shares[1], &|_| {});
+        let (s, p) = call(Method::PUT, &url(1, "site-2"), Some(&token2), Some(wrong_share)).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "node 2's share at node 1: {p}");
         assert_eq!(p["field"], "share", "{p}");
-        let (s, p) = call(
-            Method::PUT,
-            &url(1, "site-2"),
-            Some(&token2),
-            Some(deposit(1, &shares[0], &site2)),
-        )
-        .await;
+        // Sealed for node 1, replayed to node 2; sealed for round r1, sent into r2; a relay
+        // that changes one byte of the ciphertext: none opens.
+        let for_node_1 = deposit(1, &shares[0]);
+        let into_r1 = sealed_for("r1", 1, 1, &shares[0], &|_| {});
+        let mut changed_on_the_way = deposit(1, &shares[0]);
+        let mut ct =
+            serde_json::from_value::<Base64Bytes>(changed_on_the_way["ciphertext"].clone())
+                .unwrap();
+        ct.0[10] ^= 1;
+        changed_on_the_way["ciphertext"] = serde_json::to_value(ct).unwrap();
+        for (what, at, body) in [
+            ("a deposit sealed for node 1 at node 2", 2u8, for_node_1.clone()),
+            ("a deposit sealed for round r1 in r2", 1, into_r1),
+            ("a ciphertext changed by a relay", 1, changed_on_the_way),
+        ] {
+            let token = roster_token_for(&stack, "site-2", at);
+            let (s, p) = call(Method::PUT, &url(at, "site-2"), Some(&token), Some(body)).await;
+            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {p}");
+            assert_eq!(p["field"], "ciphertext", "{what}: {p}");
+        }
+        let (s, p) = call(Method::PUT, &url(1, "site-2"), Some(&token2), Some(for_node_1)).await;
         assert_eq!(s, StatusCode::CREATED, "{p}");
-        let (s, _) = call(
-            Method::PUT,
-            &url(1, "site-2"),
-            Some(&token2),
-            Some(deposit(1, &shares[0], &site2)),
-        )
-        .await;
+        // The same deposit again (sealed afresh: other bytes) is answered as the first.
+        let (s, _) =
+            call(Method::PUT, &url(1, "site-2"), Some(&token2), Some(deposit(1, &shares[0]))).await;
         assert_eq!(s, StatusCode::OK, "the same deposit again");
-        let mut changed = deposit(1, &shares[0], &site2);
-        changed["upload_sha256"] = json!(Sha256Digest([6; 32]));
+        let changed =
+            sealed_for("r2", 1, 1, &shares[0], &|d| d.upload_sha256 = Sha256Digest([6; 32]));
         let (s, p) = call(Method::PUT, &url(1, "site-2"), Some(&token2), Some(changed)).await;
         assert!(s == StatusCode::CONFLICT || s == StatusCode::UNPROCESSABLE_ENTITY, "{s} {p}");
 

@@ -1,7 +1,8 @@
 //! Shredding is erasure (issue #24, finding 4): an attacker holding a node's master key and a
 //! copy of its database taken before a round was shredded — the SQLite file with its WAL —
 //! recovers none of the round's shares once the round's key has left the round-key store; with
-//! a copy of the key store taken before shredding it does (the documented limit).
+//! a copy of the key store taken before shredding it does (the documented limit). The same
+//! holds for a sealed deposit a relay or TLS terminator archived: its key died with the round.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use cryptflow_client::{ModelUpdate, SubmitOptions};
@@ -11,7 +12,11 @@ use cryptflow_he::Wire;
 use cryptflow_kms::keystore::{KeyStoreError, RoundKeys, ROUND_KEY_ID_PREFIX};
 use cryptflow_kms::seal::Sealed;
 use cryptflow_kms::{KmsConfig, MasterKey};
-use cryptflow_services::{Role, RoundId};
+use cryptflow_services::api::kms::{Deposit, RegisteredRound};
+use cryptflow_services::api::{Base64Bytes, SignatureHex};
+use cryptflow_services::protocol::Committee;
+use cryptflow_services::sealed::{seal, DepositKeyPair, SealContext};
+use cryptflow_services::{ClientId, Role, RoundId, Sha256Digest};
 use sqlx::Row;
 use std::path::{Path, PathBuf};
 
@@ -88,12 +93,41 @@ async fn a_shredded_round_stays_shut_to_the_master_key_and_a_pre_shred_database(
     std::fs::copy(&keys_path, &keys_copy).unwrap();
     let rows = sealed_rows(&db_copy, "shred-1").await;
     assert_eq!(rows.len(), 2, "both deposits are in the copy");
+    // …and a deposit a relay or a TLS terminator archived on its way to node 1: sealed to the
+    // node's deposit key for the round, from its signed echo.
+    let http = reqwest::Client::new();
+    let admin = stack.token("ops", Role::Admin, "kms");
+    let reg: RegisteredRound = http
+        .get(format!("{}/v1/rounds/shred-1", stack.node_url(1).unwrap()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committee =
+        Committee::from_toml(&std::fs::read_to_string(stack.committee_file()).unwrap()).unwrap();
+    let site = ClientId::parse("site-2").unwrap();
+    let archived_deposit = Deposit {
+        upload_sha256: Sha256Digest([1; 32]),
+        upload_root: Sha256Digest([2; 32]),
+        share: Base64Bytes(vec![3; 16400]),
+        signature: SignatureHex([4; 64]),
+    };
+    let ctx = SealContext {
+        round: &round,
+        spec_hash: &reg.echo.spec_hash,
+        committee: &committee.digest(),
+        x: 1,
+        node_key: &reg.echo.deposit_key.0,
+    };
+    let archived = seal(&ctx, &site, &archived_deposit).unwrap();
 
     // The operator shreds the round.
-    let admin = stack.token("ops", Role::Admin, "kms");
-    let resp = reqwest::Client::new()
+    let resp = http
         .delete(format!("{}/v1/rounds/shred-1", stack.node_url(1).unwrap()))
-        .bearer_auth(admin)
+        .bearer_auth(&admin)
         .send()
         .await
         .unwrap();
@@ -109,6 +143,25 @@ async fn a_shredded_round_stays_shut_to_the_master_key_and_a_pre_shred_database(
             "{client}'s share opens under the master key alone"
         );
     }
+    // The archived deposit opens under nothing the attacker holds now: the round's deposit
+    // key was derived from the round key, which is gone; not from the master key (tried here
+    // as a careless implementation would have derived it) nor from the node's signing key.
+    for ikm in [master.derive(b"deposit key pair\0shred-1").to_vec(), vec![0; 32]] {
+        assert!(DepositKeyPair::derive(&ikm).open(&ctx, &site, &archived).is_err());
+    }
+    // Replayed to the node, it is refused: the round is gone.
+    let resp = http
+        .put(format!("{}/v1/rounds/shred-1/deposits/site-2", stack.node_url(1).unwrap()))
+        .bearer_auth(stack.site_key("site-2").unwrap().roster_token(
+            &site,
+            Role::Client,
+            &cryptflow_services::protocol::node_audience(committee.node(1).unwrap()),
+        ))
+        .json(&archived)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::GONE);
     // A key the database has no live round for (a deposit that raced the shred, a round
     // registered after a restored backup) is swept on the node's next tick.
     now.key_for("ghost-round", &master).unwrap();
@@ -129,5 +182,7 @@ async fn a_shredded_round_stays_shut_to_the_master_key_and_a_pre_shred_database(
         let bytes = key.open("shred-1", client, sealed).unwrap();
         KeyShare::from_bytes(&bytes).unwrap();
     }
+    // …and the archived deposit (the same limit).
+    assert_eq!(key.deposit_keys("shred-1").open(&ctx, &site, &archived).unwrap(), archived_deposit);
     stack.stop().await;
 }

@@ -34,6 +34,7 @@ pub mod private_fs;
 pub mod problem;
 pub mod protocol;
 mod role;
+pub mod sealed;
 
 #[cfg(feature = "server")]
 pub mod auth;

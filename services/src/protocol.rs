@@ -54,23 +54,26 @@ pub enum ProtocolError {
     /// A spec inconsistent with its plan or limits.
     #[error("round spec: {0}")]
     Spec(String),
+    /// A sealed deposit that cannot be sealed or opened (`crate::sealed`).
+    #[error("sealed deposit: {0}")]
+    Sealed(String),
 }
 
 /// Length-prefixed appends for canonical encodings.
-struct Canon(Vec<u8>);
+pub(crate) struct Canon(pub(crate) Vec<u8>);
 
 impl Canon {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let mut v = tag.as_bytes().to_vec();
         v.push(0);
         Self(v)
     }
-    fn bytes(mut self, b: &[u8]) -> Self {
+    pub(crate) fn bytes(mut self, b: &[u8]) -> Self {
         self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
         self.0.extend_from_slice(b);
         self
     }
-    fn fixed(mut self, b: &[u8]) -> Self {
+    pub(crate) fn fixed(mut self, b: &[u8]) -> Self {
         self.0.extend_from_slice(b);
         self
     }
@@ -427,9 +430,10 @@ pub fn spec_hash(
         .digest()
 }
 
-/// What node `x` signs when it registers a round.
-pub fn echo_statement(x: u8, spec_hash: &Sha256Digest) -> Vec<u8> {
-    Canon::new("cryptflow spec echo v2").fixed(&[x]).fixed(&spec_hash.0).0
+/// What node `x` signs when it registers a round: the spec hash and its deposit key for the
+/// round.
+pub fn echo_statement(x: u8, spec_hash: &Sha256Digest, deposit_key: &[u8]) -> Vec<u8> {
+    Canon::new("cryptflow spec echo v3").fixed(&[x]).fixed(&spec_hash.0).bytes(deposit_key).0
 }
 
 /// What a client signs with a deposit: the round, the spec hash it checked, the node, itself,
@@ -487,7 +491,7 @@ pub fn verify_echo(
     }
     verify(
         &node.public_key,
-        &echo_statement(echo.share_index, &expected),
+        &echo_statement(echo.share_index, &expected, &echo.deposit_key.0),
         &echo.signature,
         "a spec echo",
     )?;
@@ -708,17 +712,26 @@ mod tests {
         let roster = Sha256Digest([9; 32]);
         let s = spec();
         let h = spec_hash(&s, &c.digest(), &roster, 2);
+        let deposit_key = vec![4u8; crate::sealed::DEPOSIT_KEY_LEN];
         let echo = SpecEcho {
             share_index: 2,
             spec_hash: h,
             roster_digest: roster,
             min_set_size: 2,
-            signature: keys[1].sign(&echo_statement(2, &h)),
+            deposit_key: crate::api::Base64Bytes(deposit_key.clone()),
+            signature: keys[1].sign(&echo_statement(2, &h, &deposit_key)),
         };
         assert_eq!(verify_echo(&c, &s, &echo).unwrap(), h);
         // Signed by another node's key, or for another spec, or under another committee: no.
-        let forged = SpecEcho { signature: keys[0].sign(&echo_statement(2, &h)), ..echo.clone() };
+        let forged = SpecEcho {
+            signature: keys[0].sign(&echo_statement(2, &h, &deposit_key)),
+            ..echo.clone()
+        };
         assert!(verify_echo(&c, &s, &forged).is_err());
+        // Another deposit key than the one signed (a relay or proxy substituting its own): no.
+        let swapped =
+            SpecEcho { deposit_key: crate::api::Base64Bytes(vec![5u8; 1216]), ..echo.clone() };
+        assert!(verify_echo(&c, &s, &swapped).is_err());
         let other = RoundSpec { min_clients: 1, ..s.clone() };
         assert!(verify_echo(&c, &other, &echo).is_err());
         let other_committee =

@@ -47,7 +47,8 @@ fn world(m: u32) -> World {
             &cryptflow_services::api::round::Layout::Dimension(10),
         ),
     };
-    let echo = node.echo(&spec);
+    let echo =
+        node.echo(&spec, cryptflow_services::sealed::DepositKeyPair::derive(&[1; 32]).public_key());
     let row = RoundRow {
         spec_hash: echo.spec_hash,
         spec,

@@ -22,6 +22,10 @@ pub struct SpecEcho {
     pub roster_digest: Sha256Digest,
     /// The minimum contributor set size `m` of the node's configuration.
     pub min_set_size: u32,
+    /// The node's deposit key for this round (an X-Wing public key, 1216 bytes, base64):
+    /// clients seal their deposits to it (`cryptflow_services::sealed`). Fresh per round and
+    /// erased with the round's shares; signed with the rest.
+    pub deposit_key: Base64Bytes,
     /// Ed25519 signature by the node's signing key over the echo statement.
     pub signature: SignatureHex,
 }
@@ -57,8 +61,20 @@ pub struct RegisteredRound {
     pub contributors: Option<Vec<Contribution>>,
 }
 
-/// Body of `PUT /v1/rounds/{round}/deposits/{client}`: a client's share of its round key for
-/// this node, after its upload.
+/// Body of `PUT /v1/rounds/{round}/deposits/{client}`: a [`Deposit`] sealed to the node's
+/// deposit key for the round (`cryptflow_services::sealed`): only that node, and only until
+/// the round is shredded, can open it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedDeposit {
+    /// The HPKE encapsulated key (an X-Wing ciphertext, 1120 bytes), base64.
+    pub encapped_key: Base64Bytes,
+    /// The sealed deposit (its plaintext and a 16-byte tag), base64.
+    pub ciphertext: Base64Bytes,
+}
+
+/// A client's share of its round key for one node, after its upload, as it travels inside a
+/// [`SealedDeposit`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deposit {
