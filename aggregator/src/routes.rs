@@ -476,12 +476,20 @@ async fn upload_spans(
     let mut hasher = cryptflow_he::merkle::RootHasher::new(&setup).keeping_leaves();
     let wanted: std::collections::BTreeSet<u64> = at.iter().copied().collect();
     let mut bytes: std::collections::BTreeMap<u64, Vec<u8>> = std::collections::BTreeMap::new();
+    // Span j covers bytes span_range(j); a chunk overlaps the spans from the one holding its
+    // first byte to the one holding its last.
+    let span_len = cryptflow_he::merkle::span_range(&setup, 0).len().max(1);
+    let span_of =
+        |byte: usize| (byte.saturating_sub(cryptflow_he::wire::HEADER_LEN) / span_len) as u64;
     let mut offset = 0usize;
     while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
         let chunk = chunk.map_err(AppError::internal)?;
         hasher.update(&chunk);
         let chunk_range = offset..offset + chunk.len();
-        for &j in &wanted {
+        if chunk.is_empty() {
+            continue;
+        }
+        for &j in wanted.range(span_of(chunk_range.start)..=span_of(chunk_range.end - 1)) {
             let r = cryptflow_he::merkle::span_range(&setup, j);
             let (from, to) = (r.start.max(chunk_range.start), r.end.min(chunk_range.end));
             if from < to {

@@ -174,6 +174,31 @@ async fn a_reader_recomputes_the_aggregate_and_tampering_fails_loudly() {
         }
         other => panic!("{other:?}"),
     }
+    let e = reader(&stack, Verify::Spans(0)).fetch_mean(&round, None).await.unwrap_err();
+    assert!(matches!(e, ClientError::Config(_)), "sampling no span is not a verification: {e}");
+
+    // The span route names what is wrong with a request: no `at`, an index beyond the
+    // round's spans, too many spans; a member may not fetch spans of others' uploads.
+    let http = reqwest::Client::new();
+    let spans_url =
+        format!("{}/v1/rounds/genuine/submissions/site-1/spans", stack.aggregator_url());
+    let auditor = stack.token("auditor", Role::Reader, "aggregator");
+    let too_many = vec!["0"; 4097].join(",");
+    for query in ["", "?at=", "?at=5", "?at=1,x", &format!("?at={too_many}")] {
+        let res =
+            http.get(format!("{spans_url}{query}")).bearer_auth(&auditor).send().await.unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::BAD_REQUEST, "{query}");
+        let p: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(p["field"], "at", "{query}: {p}");
+    }
+    let res = http.get(format!("{spans_url}?at=4,0")).bearer_auth(&auditor).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let spans: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(spans["spans"][0]["index"], 4);
+    assert_eq!(spans["spans"][1]["index"], 0);
+    let member = stack.token("site-0", Role::Client, "aggregator");
+    let res = http.get(format!("{spans_url}?at=0")).bearer_auth(&member).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::FORBIDDEN);
 
     // An aggregate changed after publication (one coordinate's last bit): it is not the one
     // the key managers recorded with the set, so every client refuses it — a reader that does

@@ -105,8 +105,49 @@ fn withheld(member: &cryptflow_services::ClientId, e: &ClientError) -> ClientErr
     ))
 }
 
-/// Spans asked for in one request.
-const SPANS_PER_REQUEST: usize = 512;
+/// Spans asked for in one request (each request is one pass over the upload at the server).
+const SPANS_PER_REQUEST: usize = cryptflow_services::api::round::MAX_SPANS_PER_REQUEST;
+
+/// The members' upload roots as the releases echo them.
+#[derive(Debug)]
+enum Roots {
+    /// Every release echoes these, one per member of the set.
+    Agreed(Vec<Sha256Digest>),
+    /// No release echoes roots (deposits from before roots were signed).
+    Absent,
+    /// The releases disagree about some members' roots: why, naming them.
+    Disagree(String),
+}
+
+/// What the releases say about the members' roots. A member that signed different roots at
+/// different nodes (or a node misreporting one) makes span sampling impossible for its round,
+/// naming the member — not every fetch (recomputing does not need roots).
+fn agreed_roots(
+    set: &[cryptflow_services::api::round::Contribution],
+    echoed: &[(u8, Option<Vec<Sha256Digest>>)],
+) -> Roots {
+    let lists: Vec<(u8, &Vec<Sha256Digest>)> =
+        echoed.iter().filter_map(|(x, r)| r.as_ref().map(|r| (*x, r))).collect();
+    let Some((_, first)) = lists.first() else { return Roots::Absent };
+    if lists.len() != echoed.len() {
+        return Roots::Disagree("some key managers echo no upload roots".into());
+    }
+    let differing: Vec<String> = set
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| lists.iter().any(|(_, r)| r.get(*i) != first.get(*i)))
+        .map(|(_, c)| c.client_id.to_string())
+        .collect();
+    if differing.is_empty() {
+        Roots::Agreed((*first).clone())
+    } else {
+        Roots::Disagree(format!(
+            "the key managers echo different upload roots for {} (the member signed different \
+             roots at different key managers, or a key manager misreports one)",
+            differing.join(", ")
+        ))
+    }
+}
 
 /// A uniform integer in `0..m` from the OS generator (rejection sampling: no modulo bias).
 fn uniform_below(m: u64) -> u64 {
@@ -204,7 +245,7 @@ impl Client {
         let download_time = start.elapsed();
         // The releases echo the transcript's set: its digests are what the members signed.
         let verification =
-            self.verify_aggregate(round, &setup, &transcript, roots.as_deref(), &aggregate).await?;
+            self.verify_aggregate(round, &setup, &transcript, &roots, &aggregate).await?;
         report(progress, Progress::Decrypting);
         let start = Instant::now();
         let shape = self.committee()?.shape();
@@ -298,7 +339,7 @@ impl Client {
         round: &RoundId,
         setup: &cryptflow_he::RoundSetup,
         transcript: &Transcript,
-        roots: Option<&[Sha256Digest]>,
+        roots: &Roots,
         aggregate: &PackedCiphertext,
     ) -> Result<Verification> {
         let policy = self.inner.policy.verify;
@@ -320,17 +361,23 @@ impl Client {
             Verify::Auto | Verify::Always => None,
         };
         match sample {
-            Some(s) => {
-                let roots = roots.ok_or_else(|| {
-                    ClientError::Verification(
-                        "cannot verify by sampling spans: the key managers echo no upload roots \
-                         for this set (deposited before roots were signed); recompute it instead \
-                         (--verify)"
-                            .into(),
-                    )
-                })?;
-                self.verify_spans(round, setup, transcript, roots, aggregate, s).await
-            }
+            Some(0) => Err(ClientError::Config(
+                "cannot verify by sampling 0 spans: ask for at least one".into(),
+            )),
+            Some(s) => match roots {
+                Roots::Agreed(roots) => {
+                    self.verify_spans(round, setup, transcript, roots, aggregate, s).await
+                }
+                Roots::Absent => Err(ClientError::Verification(
+                    "cannot verify by sampling spans: the key managers echo no upload roots for \
+                     this set (deposited before roots were signed); recompute it instead \
+                     (--verify)"
+                        .into(),
+                )),
+                Roots::Disagree(why) => Err(ClientError::Verification(format!(
+                    "cannot verify by sampling spans: {why}; recompute it instead (--verify)"
+                ))),
+            },
             None => self.recompute(round, setup, transcript, aggregate).await,
         }
     }
@@ -531,7 +578,7 @@ impl Client {
         round: &RoundId,
         transcript: &Transcript,
         ring_degree: usize,
-    ) -> Result<(Vec<Release>, Vec<NodeOutcome>, Option<Vec<Sha256Digest>>)> {
+    ) -> Result<(Vec<Release>, Vec<NodeOutcome>, Roots)> {
         let committee = self.committee()?;
         let t = committee.shape().threshold() as usize;
         let calls = committee
@@ -607,15 +654,10 @@ impl Client {
             return Err(ClientError::Verification(format!(
                 "the aggregate served for round {round} (SHA-256 {}) is not the one the key \
                  managers recorded with its contributor set (key manager {x} recorded {recorded}): \
-                 the aggregator served this reader an aggregate of its own making",
+                 the aggregator served this reader an aggregate other than the one it committed \
+                 (or reported different aggregates to different key managers), or key manager \
+                 {x} misreports what it recorded",
                 transcript.aggregate_sha256
-            )));
-        }
-        if let Some((x, _)) = roots.iter().find(|(_, r)| *r != roots[0].1) {
-            return Err(ClientError::Verification(format!(
-                "key managers {} and {x} echo different upload roots for the same members: one \
-                 of them is lying about what the members signed",
-                roots[0].0
             )));
         }
         if releases.len() < t {
@@ -629,8 +671,7 @@ impl Client {
                 why.join("; ")
             )));
         }
-        let roots = roots.into_iter().next().and_then(|(_, r)| r);
-        Ok((releases, nodes, roots))
+        Ok((releases, nodes, agreed_roots(&transcript.contributors, &roots)))
     }
 }
 
@@ -672,4 +713,35 @@ fn check_release(
         ));
     }
     Ok(release)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use cryptflow_services::api::round::Contribution;
+    use cryptflow_services::ClientId;
+
+    #[test]
+    fn roots_that_differ_between_nodes_name_the_member_and_stop_only_sampling() {
+        let set: Vec<Contribution> = ["a", "b"]
+            .iter()
+            .map(|id| Contribution {
+                client_id: ClientId::parse(*id).unwrap(),
+                upload_sha256: Sha256Digest([0; 32]),
+            })
+            .collect();
+        let (r1, r2, r3) = (Sha256Digest([1; 32]), Sha256Digest([2; 32]), Sha256Digest([3; 32]));
+        let agreed = agreed_roots(&set, &[(1, Some(vec![r1, r2])), (2, Some(vec![r1, r2]))]);
+        assert!(matches!(agreed, Roots::Agreed(ref r) if r == &vec![r1, r2]), "{agreed:?}");
+        match agreed_roots(&set, &[(1, Some(vec![r1, r2])), (2, Some(vec![r1, r3]))]) {
+            Roots::Disagree(why) => assert!(why.contains("for b ") && !why.contains("a,"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(agreed_roots(&set, &[(1, None), (2, None)]), Roots::Absent));
+        assert!(matches!(
+            agreed_roots(&set, &[(1, Some(vec![r1, r2])), (2, None)]),
+            Roots::Disagree(_)
+        ));
+    }
 }

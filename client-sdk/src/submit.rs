@@ -143,6 +143,12 @@ impl Client {
                     }
                     let hash = protocol::verify_echo(committee, &reg.spec, &reg.echo)
                         .map_err(|e| ClientError::Committee(format!("key manager {x}: {e}")))?;
+                    // A signed but unusable deposit key: this node cannot take a deposit (the
+                    // others may still be t), like a node that is down.
+                    if let Err(e) = sealed::check_deposit_key(&reg.echo.deposit_key.0) {
+                        unreachable.push(format!("{x} ({e})"));
+                        continue;
+                    }
                     hashes.insert(hash);
                     m = m.max(reg.echo.min_set_size);
                     if reg.state == cryptflow_services::api::kms::KmsRoundState::Open {

@@ -186,9 +186,17 @@ impl RootHasher {
     /// The root; an error if fewer bytes than a whole ciphertext of the round were fed.
     pub fn finish(self) -> Result<Hash, Error> {
         if self.done != self.spans || self.header.len() != HEADER_LEN {
+            // Expected and received bytes (the last span may be short).
+            let full = |spans: u64| {
+                if spans == self.spans && spans > 0 {
+                    (spans as usize - 1) * self.span_len + self.last_len
+                } else {
+                    spans as usize * self.span_len
+                }
+            };
             return Err(Mismatch::Length {
-                left: HEADER_LEN + (self.spans.saturating_sub(1) as usize) * self.span_len,
-                right: self.header.len() + (self.done as usize) * self.span_len,
+                left: HEADER_LEN + full(self.spans),
+                right: self.header.len() + full(self.done) + self.in_span,
             }
             .into());
         }
@@ -205,8 +213,7 @@ impl RootHasher {
     }
 }
 
-/// The root of a whole ciphertext held in memory (see [`RootHasher`]).
-pub fn root(setup: &RoundSetup, ciphertext: &[u8]) -> Result<Hash, Error> {
+fn whole(setup: &RoundSetup, ciphertext: &[u8]) -> Result<(), Error> {
     if ciphertext.len() as u64 != setup.upload_len() {
         return Err(Mismatch::Length {
             left: setup.upload_len() as usize,
@@ -214,6 +221,12 @@ pub fn root(setup: &RoundSetup, ciphertext: &[u8]) -> Result<Hash, Error> {
         }
         .into());
     }
+    Ok(())
+}
+
+/// The root of a whole ciphertext held in memory (see [`RootHasher`]).
+pub fn root(setup: &RoundSetup, ciphertext: &[u8]) -> Result<Hash, Error> {
+    whole(setup, ciphertext)?;
     let mut h = RootHasher::new(setup);
     h.update(ciphertext);
     h.finish()
@@ -221,13 +234,7 @@ pub fn root(setup: &RoundSetup, ciphertext: &[u8]) -> Result<Hash, Error> {
 
 /// The leaf hashes of a whole ciphertext, one per span (for [`proofs`]).
 pub fn leaves(setup: &RoundSetup, ciphertext: &[u8]) -> Result<Vec<Hash>, Error> {
-    if ciphertext.len() as u64 != setup.upload_len() {
-        return Err(Mismatch::Length {
-            left: setup.upload_len() as usize,
-            right: ciphertext.len(),
-        }
-        .into());
-    }
+    whole(setup, ciphertext)?;
     Ok((0..setup.blocks()).map(|j| leaf_hash(&ciphertext[span_range(setup, j)])).collect())
 }
 

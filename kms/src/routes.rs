@@ -343,8 +343,8 @@ async fn destroy(
 }
 
 /// `PUT /v1/rounds/{round}/deposits/{client}` — the client itself, by roster key. 201 stored,
-/// 200 the same deposit again (in any state), 409 another one or a round no longer open, 410
-/// shredded; 403 another caller or a non-member; 422 naming the invalid field (`share`,
+/// 200 the same deposit again (in any state but shredded), 409 another one or a round no
+/// longer open, 410 shredded; 403 another caller or a non-member; 422 naming the invalid field (`share`,
 /// `signature`).
 async fn put_deposit(
     State(s): State<AppState>,
@@ -365,7 +365,8 @@ async fn put_deposit(
             ));
         }
         let sealed: SealedDeposit = parse_json(&headers, &body)?;
-        // Sealed to this node's deposit key for the round; the key dies with the round's.
+        // Sealed to this node's deposit key for the round; the key dies with the round's (so
+        // a shredded round answers 410 even to the same deposit again).
         let round_key = s.round_key(&round).await.map_err(key_store_error)?;
         let ctx = SealContext {
             round: &round,
@@ -379,10 +380,10 @@ async fn put_deposit(
                 AppError::new(ErrorCode::Unprocessable, e.to_string()).with_field("ciphertext")
             })?;
         let checked = domain::check_deposit(&s.node, &row, &caller, &client, &deposit)?;
-        Ok((deposit, checked))
+        Ok((deposit, checked, round_key))
     }
     .await;
-    let (mut deposit, checked) = match outcome {
+    let (mut deposit, checked, round_key) = match outcome {
         Ok(v) => v,
         Err(e) => return Err(refused(&s, &caller, "deposit", &round, e).await),
     };
@@ -403,10 +404,9 @@ async fn put_deposit(
     if let Err(e) = domain::require_state(&row, KmsRoundState::Open) {
         return Err(refused(&s, &caller, "deposit", &round, e).await);
     }
-    // Sealed under the round's key (kept outside the database), never the master key alone:
-    // shredding the round deletes that key (see `keystore`). Made at registration, never here:
-    // a deposit racing a shred cannot bring it back.
-    let round_key = s.round_key(&round).await.map_err(key_store_error)?;
+    // Sealed at rest under the round's key (kept outside the database), never the master key
+    // alone: shredding the round deletes that key (see `keystore`). Made at registration,
+    // never by a deposit: a deposit racing a shred cannot bring it back.
     let sealed = round_key
         .seal(round.as_str(), client.as_str(), &checked.share)
         .map_err(AppError::internal)?;
@@ -531,10 +531,22 @@ async fn release(
         .and_then(|()| {
             let set = row.set.as_deref().unwrap_or_default();
             domain::may_read(&s.node, set, &caller)
+        })
+        .and_then(|()| {
+            row.aggregate_sha256.ok_or_else(|| {
+                AppError::new(
+                    ErrorCode::Conflict,
+                    "the set was recorded without the aggregate's digest (before this node's \
+                     upgrade): no reader could check the aggregate against it, so the round is \
+                     not released; re-run it",
+                )
+                .with_field("round")
+            })
         });
-    if let Err(e) = outcome {
-        return Err(refused(&s, &caller, "release", &round, e).await);
-    }
+    let aggregate_sha256 = match outcome {
+        Ok(digest) => digest,
+        Err(e) => return Err(refused(&s, &caller, "release", &round, e).await),
+    };
     let set = row.set.clone().unwrap_or_default();
     let members: Vec<&ClientId> = set.iter().map(|c| &c.client_id).collect();
     let sealed = s.store.sealed_shares(&round, &members).await.map_err(db)?.ok_or_else(|| {
@@ -577,14 +589,6 @@ async fn release(
         .collect();
     let upload_roots: Option<Vec<Sha256Digest>> =
         set.iter().map(|c| roots.get(&c.client_id).copied().flatten()).collect();
-    let aggregate_sha256 = row.aggregate_sha256.ok_or_else(|| {
-        AppError::new(
-            ErrorCode::Conflict,
-            "the set was recorded without the aggregate's digest (before this node's upgrade): \
-             the round cannot be released for verification",
-        )
-        .with_field("round")
-    })?;
     let detail = serde_json::json!({ "contributors": set.len() });
     s.store
         .audit_only(s.clock.now(), &actor(&caller), "release.serve", &round, detail)

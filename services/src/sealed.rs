@@ -129,6 +129,16 @@ impl DepositKeyPair {
     }
 }
 
+/// Checks that a node's deposit key (from its echo) is an X-Wing public key.
+pub fn check_deposit_key(key: &[u8]) -> Result<(), ProtocolError> {
+    <Kem as hpke::Kem>::PublicKey::from_bytes(key).map(|_| ()).map_err(|_| {
+        ProtocolError::Sealed(format!(
+            "the deposit key is not an X-Wing public key ({} bytes; {DEPOSIT_KEY_LEN} expected)",
+            key.len()
+        ))
+    })
+}
+
 /// Seals `deposit` by `client` to a node's deposit key in `ctx` (the key from the node's
 /// verified echo).
 pub fn seal(

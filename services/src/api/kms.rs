@@ -24,10 +24,16 @@ pub struct SpecEcho {
     pub min_set_size: u32,
     /// The node's deposit key for this round (an X-Wing public key, 1216 bytes, base64):
     /// clients seal their deposits to it (`cryptflow_services::sealed`). Fresh per round and
-    /// erased with the round's shares; signed with the rest.
+    /// erased with the round's shares; signed with the rest. Empty in an echo stored before
+    /// sealed deposits existed: clients refuse such a round (its echo does not verify).
+    #[serde(default = "no_key")]
     pub deposit_key: Base64Bytes,
     /// Ed25519 signature by the node's signing key over the echo statement.
     pub signature: SignatureHex,
+}
+
+fn no_key() -> Base64Bytes {
+    Base64Bytes(Vec::new())
 }
 
 /// State of a round at a key manager.
