@@ -99,12 +99,14 @@ pub enum ClientError {
     /// The client was configured wrongly (bad URL, bad token).
     #[error("configuration: {0}")]
     Config(String),
-    /// Evidence that a party lied about the aggregate: it is not the sum of the uploads the
-    /// members signed (recomputed from them), an upload does not match its member's signed
-    /// digest, the mean has a value no mean of clipped updates can have, a key manager holds
-    /// another contributor set, or the releases disagree. Also a verification that was asked
-    /// for ([`crate::Verify::Always`]) and could not be done ("cannot verify: …"). Never
-    /// retried, never a warning.
+    /// Evidence that a party lied about the aggregate: it is not the one the key managers
+    /// recorded with the set, not the sum of the uploads the members signed (recomputed from
+    /// them, or on sampled spans checked against the signed upload roots), an upload or span
+    /// does not match what its member signed, the mean has a value no mean of clipped updates
+    /// can have, a key manager holds another contributor set, or the releases disagree. Also a
+    /// verification that could not be done ("cannot verify: …"): an upload the aggregator did
+    /// not serve fails under every policy but [`crate::Verify::Off`]. Never retried, never a
+    /// warning.
     #[error("the aggregate failed verification: {0}")]
     Verification(String),
 }

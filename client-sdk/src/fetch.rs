@@ -1,8 +1,9 @@
 //! `fetch_mean`: download the aggregate (size-capped, digest checked against the transcript),
-//! gather releases from every key manager that answers (each must echo the transcript's set:
-//! a node holding another set is evidence of a split-set attack), verify the aggregate as the
+//! gather releases from every key manager that answers (each must echo the transcript's set —
+//! a node holding another set is evidence of a split-set attack — and the aggregate's digest
+//! it recorded with the set: any other aggregate is evidence too), verify the aggregate as the
 //! policy says ([`crate::Verify`]: a reader recomputes it from the uploads the members
-//! signed), cross-check the releases (an inconsistent one is evidence), combine, range-check
+//! signed, or samples spans against the upload roots they signed), cross-check the releases (an inconsistent one is evidence), combine, range-check
 //! the key sum and decrypt with the self-check — all inside `cryptflow-he` — refuse a mean
 //! beyond the clip bound, and return it in the round's layout with its error bound. Evidence
 //! of tampering is [`ClientError::Verification`], never a warning.

@@ -25,9 +25,10 @@ Exit codes: 0 success; 1 internal error; 2 bad command line; 3 unusable input fi
 4 refused by a server (4xx); 5 server unreachable, failing after retries, or its TLS
 certificate refused (never retried; use --ca-file for a private CA); 6 round failed,
 not published yet, or wait timed out; 7 invalid server response or key-manager committee
-that does not verify; 8 the aggregate failed verification (not the sum of the uploads the
-members signed, or a mean beyond the clip bound: evidence of tampering); 9 refused by this
-client's policy.
+that does not verify; 8 the aggregate failed verification (not the one the key managers
+recorded, not the sum of the uploads the members signed, an upload withheld from a verifying
+reader, or a mean beyond the clip bound: evidence of tampering); 9 refused by this client's
+policy.
 
 Connection settings come from --profile FILE (TOML: aggregator, aggregator_token_file,
 committee_file, client_id, key_file, reader, journal_file, min_contributors,
