@@ -6,14 +6,14 @@
 //! - the publication state machine ([`next_step`]): wait for deposits, publish, or fail.
 
 use cryptflow_he::planner::{self, PlanRequest};
-use cryptflow_he::{MaskSeed, ParameterSet, PlanError};
-use cryptflow_services::api::kms::SpecEcho;
+use cryptflow_he::{ParameterSet, PlanError};
+use cryptflow_services::api::kms::{DepositList, SpecEcho};
 use cryptflow_services::api::round::{
-    Contribution, Layout, RoundRequest, RoundSpec, RoundState, MAX_DIMENSION, MAX_ROUND_CLIENTS,
-    MAX_TENSORS, MAX_TENSOR_NAME,
+    Contribution, Layout, RoundRequest, RoundSpec, RoundState, SeedDerivation, MAX_DIMENSION,
+    MAX_ROUND_CLIENTS, MAX_TENSORS, MAX_TENSOR_NAME,
 };
 use cryptflow_services::http::AppError;
-use cryptflow_services::{ClientId, ErrorCode};
+use cryptflow_services::{ClientId, ErrorCode, Sha256Digest};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 fn invalid(field: &str, detail: impl Into<String>) -> AppError {
@@ -39,8 +39,9 @@ pub fn deadline(request: &RoundRequest, now: i64) -> Result<i64, AppError> {
     }
 }
 
-/// Validates a request and builds the spec (the plan from the planner, `seed` fresh).
-pub fn round_spec(request: &RoundRequest, seed: MaskSeed) -> Result<RoundSpec, AppError> {
+/// Validates a request and builds the spec (the plan from the planner; the mask seed derived
+/// from `seed`, which [`crate::lifecycle::fix_seed`] fills in with the key managers' nonces).
+pub fn round_spec(request: &RoundRequest, seed: SeedDerivation) -> Result<RoundSpec, AppError> {
     let values = request.layout.values().filter(|&v| (1..=MAX_DIMENSION).contains(&v));
     let Some(values) = values else {
         return Err(invalid("layout", format!("must describe 1 to {MAX_DIMENSION} values"))
@@ -108,7 +109,8 @@ pub fn round_spec(request: &RoundRequest, seed: MaskSeed) -> Result<RoundSpec, A
         clients: clients.into_iter().cloned().collect(),
         min_clients: request.min_clients,
         max_clients: request.max_clients,
-        mask_seed: seed,
+        mask_seed: cryptflow_services::protocol::derive_mask_seed(&request.round_id, &seed),
+        seed,
         plan,
         layout_sha256: cryptflow_services::protocol::layout_digest(&request.layout),
     })
@@ -151,12 +153,49 @@ pub fn choose_set(
     best
 }
 
+/// Each node's deposits, less every deposit of a member that signed, at any node, an upload
+/// root other than the root of the upload this aggregator holds (`uploads`: each member's
+/// upload digest and root, computed while receiving it); and, per such member, the nodes where
+/// it did. A member signing the root of something else — at one node is enough, since every
+/// release echoes the roots its node holds — would make every reader that samples spans fail
+/// for the round (#24): it is left out of `S` instead. Only deposits for the upload the
+/// aggregator holds are compared (one for another upload is left out as such, #30); a deposit
+/// or upload without a root (from before roots existed) is kept. A node that lies about a
+/// member's root can have it left out — as it could by withholding its deposit.
+pub fn deposits_matching_roots(
+    lists: BTreeMap<u8, DepositList>,
+    uploads: &BTreeMap<ClientId, (Sha256Digest, Sha256Digest)>,
+) -> (BTreeMap<u8, Vec<Contribution>>, BTreeMap<ClientId, Vec<u8>>) {
+    let mut foreign: BTreeMap<ClientId, Vec<u8>> = BTreeMap::new();
+    for (x, list) in &lists {
+        for d in &list.deposits {
+            let signed = list.upload_roots.get(&d.client_id);
+            if let (Some(signed), Some((sha, ours))) = (signed, uploads.get(&d.client_id)) {
+                if d.upload_sha256 == *sha && signed != ours {
+                    foreign.entry(d.client_id.clone()).or_default().push(*x);
+                }
+            }
+        }
+    }
+    let deposits = lists
+        .into_iter()
+        .map(|(x, list)| {
+            let mut kept = list.deposits;
+            kept.retain(|d| !foreign.contains_key(&d.client_id));
+            (x, kept)
+        })
+        .collect();
+    (deposits, foreign)
+}
+
 /// Why each admitted upload outside `set` was left out, one phrase per member, naming it: its
-/// key shares are at too few key managers, or it deposited shares for another upload than
-/// the one it uploaded (a member whose deposits do not match its upload, #30).
+/// deposits sign another upload root than the upload's (`foreign`), its key shares are at too
+/// few key managers, or it deposited shares for another upload than the one it uploaded (a
+/// member whose deposits do not match its upload, #30).
 pub fn left_out(
     uploads: &[Contribution],
     deposits: &BTreeMap<u8, Vec<Contribution>>,
+    foreign: &BTreeMap<ClientId, Vec<u8>>,
     set: &[Contribution],
     threshold: u8,
 ) -> Vec<String> {
@@ -164,6 +203,14 @@ pub fn left_out(
         .iter()
         .filter(|u| !set.contains(u))
         .map(|u| {
+            if let Some(xs) = foreign.get(&u.client_id) {
+                return format!(
+                    "{} (its deposits at key manager(s) {} sign an upload root other than the root \
+                     of the upload it sent: a verifier sampling spans could not check it)",
+                    u.client_id,
+                    join(xs)
+                );
+            }
             let matching: Vec<u8> =
                 deposits.iter().filter(|(_, ds)| ds.contains(u)).map(|(x, _)| *x).collect();
             let other: Vec<u8> = deposits
@@ -272,7 +319,7 @@ pub fn should_close(
 mod tests {
     use super::*;
     use cryptflow_he::planner::Weighting;
-    use cryptflow_services::{RoundId, Sha256Digest};
+    use cryptflow_services::RoundId;
 
     fn request() -> RoundRequest {
         RoundRequest {
@@ -291,7 +338,7 @@ mod tests {
 
     #[test]
     fn requests_become_specs_or_name_the_field() {
-        let spec = round_spec(&request(), MaskSeed([0; 16])).unwrap();
+        let spec = round_spec(&request(), SeedDerivation::default()).unwrap();
         assert_eq!(spec.clients.iter().map(ClientId::as_str).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(spec.values, 1000);
         for (r, field) in [
@@ -301,7 +348,7 @@ mod tests {
             (RoundRequest { max_abs_error: 1e-30, ..request() }, "max_abs_error"),
             (RoundRequest { layout: Layout::Dimension(0), ..request() }, "layout"),
         ] {
-            let e = round_spec(&r, MaskSeed([0; 16])).unwrap_err();
+            let e = round_spec(&r, SeedDerivation::default()).unwrap_err();
             assert_eq!(e.problem().field.as_deref(), Some(field), "{e:?}");
         }
     }
@@ -356,6 +403,46 @@ mod tests {
     }
 
     #[test]
+    fn a_member_signing_another_upload_root_anywhere_is_left_out_naming_the_nodes() {
+        let id = |s: &str| ClientId::parse(s).unwrap();
+        let c = |who: &str, sha: u8| Contribution {
+            client_id: id(who),
+            upload_sha256: Sha256Digest([sha; 32]),
+        };
+        let list = |deposits: Vec<Contribution>, roots: &[(&str, u8)]| DepositList {
+            deposits,
+            upload_roots: roots.iter().map(|(k, b)| (id(k), Sha256Digest([*b; 32]))).collect(),
+        };
+        // The aggregator holds: a (upload 1, root 1), b (1, 2), d (1, 4); "old" was uploaded
+        // before roots existed.
+        let ours = BTreeMap::from([
+            (id("a"), (Sha256Digest([1; 32]), Sha256Digest([1; 32]))),
+            (id("b"), (Sha256Digest([1; 32]), Sha256Digest([2; 32]))),
+            (id("d"), (Sha256Digest([1; 32]), Sha256Digest([4; 32]))),
+        ]);
+        let all = || vec![c("a", 1), c("b", 1), c("d", 1), c("old", 1)];
+        let lists = BTreeMap::from([
+            (1u8, list(all(), &[("a", 1), ("b", 2), ("d", 4)])),
+            (2u8, list(all(), &[("a", 1), ("b", 2), ("d", 4), ("old", 5)])),
+            // b signed another root at node 3 only; d deposited for another upload there
+            // (left out as such by `left_out`, not as a root mismatch).
+            (3u8, list(vec![c("a", 1), c("b", 1), c("d", 9)], &[("a", 1), ("b", 7), ("d", 8)])),
+        ]);
+        let (deposits, foreign) = deposits_matching_roots(lists, &ours);
+        assert_eq!(foreign, BTreeMap::from([(id("b"), vec![3])]));
+        assert_eq!(deposits[&1], vec![c("a", 1), c("d", 1), c("old", 1)]);
+        assert_eq!(deposits[&3], vec![c("a", 1), c("d", 9)]);
+        let admitted = [c("a", 1), c("b", 1)];
+        let (set, _) = choose_set(&admitted, &deposits, 2);
+        assert_eq!(set, vec![c("a", 1)], "b has t matching deposits, but one signs another root");
+        let why = left_out(&admitted, &deposits, &foreign, &set, 2);
+        assert!(
+            why[0].starts_with("b (its deposits at key manager(s) 3 sign an upload root"),
+            "{why:?}"
+        );
+    }
+
+    #[test]
     fn members_left_out_are_named_with_the_reason() {
         let c = |id: &str, b: u8| Contribution {
             client_id: ClientId::parse(id).unwrap(),
@@ -368,7 +455,7 @@ mod tests {
         ]);
         let (set, _) = choose_set(&uploads, &deposits, 2);
         assert_eq!(set, vec![c("a", 1)]);
-        let why = left_out(&uploads, &deposits, &set, 2);
+        let why = left_out(&uploads, &deposits, &BTreeMap::new(), &set, 2);
         assert_eq!(why[0], "b (its key shares are at 1 of the 2 key managers needed: 1)");
         assert_eq!(
             why[1],

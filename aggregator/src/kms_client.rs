@@ -6,7 +6,7 @@
 //! it can be renewed without a restart.
 
 use cryptflow_services::api::kms::{ContributorSet, DepositList, RegisteredRound, SpecEcho};
-use cryptflow_services::api::round::{Contribution, RoundSpec};
+use cryptflow_services::api::round::{Contribution, RoundSpec, SeedNonce, SeedNonceRequest};
 use cryptflow_services::protocol::Committee;
 use cryptflow_services::{Problem, RoundId, Sha256Digest};
 use std::collections::BTreeMap;
@@ -171,6 +171,34 @@ impl KmsNodes {
         serde_json::from_slice(&body).map_err(|e| bad(format!("bad answer: {e}")))
     }
 
+    /// Node `x`'s nonce for the round's mask seed, given the commitment to the aggregator's
+    /// contribution; its signature is checked against the committee file here, so that a
+    /// misconfigured node is reported now rather than by every client later.
+    pub async fn seed_nonce(
+        &self,
+        x: u8,
+        round: &RoundId,
+        commitment: &Sha256Digest,
+    ) -> Result<SeedNonce, KmsError> {
+        let url = self.url(x, &format!("/v1/rounds/{round}/seed-nonce"))?;
+        let body = SeedNonceRequest { commitment: *commitment };
+        let res = self.send(x, self.http.post(url).json(&body)).await?;
+        let nonce: SeedNonce = Self::json(x, res).await?;
+        let bad = |detail: String| KmsError::Unavailable { x, detail };
+        let node = self.committee.node(x).ok_or_else(|| bad("not in the committee".into()))?;
+        if nonce.share_index != x {
+            return Err(bad(format!("it answered with node {}'s nonce", nonce.share_index)));
+        }
+        cryptflow_services::protocol::verify(
+            &node.public_key,
+            &cryptflow_services::protocol::seed_nonce_statement(x, round, commitment, &nonce.nonce),
+            &nonce.signature,
+            "a seed nonce",
+        )
+        .map_err(|e| bad(format!("its seed nonce does not verify: {e}")))?;
+        Ok(nonce)
+    }
+
     /// Registers the round with node `x`; returns its echo.
     pub async fn register(&self, x: u8, spec: &RoundSpec) -> Result<SpecEcho, KmsError> {
         let url = self.url(x, &format!("/v1/rounds/{}", spec.round_id))?;
@@ -180,11 +208,10 @@ impl KmsNodes {
     }
 
     /// The deposits node `x` holds for the round.
-    pub async fn deposits(&self, x: u8, round: &RoundId) -> Result<Vec<Contribution>, KmsError> {
+    pub async fn deposits(&self, x: u8, round: &RoundId) -> Result<DepositList, KmsError> {
         let url = self.url(x, &format!("/v1/rounds/{round}/deposits"))?;
         let res = self.send(x, self.http.get(url)).await?;
-        let list: DepositList = Self::json(x, res).await?;
-        Ok(list.deposits)
+        Self::json(x, res).await
     }
 
     /// Reports the contributor set and the aggregate's digest to node `x` (idempotent for the

@@ -312,6 +312,17 @@ pub struct AppState {
     fold_contexts: Arc<
         std::sync::Mutex<std::collections::HashMap<cryptflow_services::RoundId, jobs::FoldContext>>,
     >,
+    /// The seed contribution drawn for each round being created, until it is stored with the
+    /// spec: a retried creation asks the key managers under the same commitment (and gets the
+    /// same nonces) instead of spending one of the few commitments a node answers per round.
+    pending_seeds: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<
+                cryptflow_services::RoundId,
+                cryptflow_services::api::round::SeedPart,
+            >,
+        >,
+    >,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Verifier> {
@@ -344,6 +355,7 @@ impl AppState {
             tuning,
             replica: replica_name().into(),
             fold_contexts: Arc::default(),
+            pending_seeds: Arc::default(),
         }
     }
 

@@ -21,12 +21,71 @@ use crate::kms_client::KmsError;
 use crate::store::{RoundRow, UploadRow};
 use crate::AppState;
 use cryptflow_services::api::kms::SpecEcho;
-use cryptflow_services::api::round::{Contribution, RoundState};
+use cryptflow_services::api::round::{
+    Contribution, RoundSpec, RoundState, SeedDerivation, SeedPart,
+};
 use cryptflow_services::http::AppError;
 use cryptflow_services::protocol;
 use cryptflow_services::{ErrorCode, RoundId};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+
+/// Fixes `spec`'s mask seed in two steps (`docs/security.md`, "The mask seed"): a fresh
+/// contribution, its commitment sent to every node, their signed nonces; the seed derives from
+/// the contribution and the nonces of the nodes that answered — at least `t`, else the
+/// problem an admin gets when too few nodes registered a round.
+pub async fn fix_seed(s: &AppState, mut spec: RoundSpec) -> Result<RoundSpec, AppError> {
+    let committee = s.kms.committee();
+    let contribution = {
+        // At most this many creations in flight keep their contribution; beyond, a retry draws
+        // a new one (and spends one more of the nodes' commitments for that round).
+        const MAX_PENDING: usize = 10_000;
+        let mut pending = s.pending_seeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pending.len() >= MAX_PENDING {
+            pending.clear();
+        }
+        *pending.entry(spec.round_id.clone()).or_insert_with(SeedPart::generate)
+    };
+    let commitment = protocol::seed_commitment(&spec.round_id, &contribution);
+    let calls = committee.nodes().iter().map(|n| {
+        let (kms, x, round) = (s.kms.clone(), n.x, spec.round_id.clone());
+        async move { (x, kms.seed_nonce(x, &round, &commitment).await) }
+    });
+    let mut nonces = Vec::new();
+    let mut errors = Vec::new();
+    for (x, outcome) in futures_util::future::join_all(calls).await {
+        match outcome {
+            Ok(nonce) => nonces.push(nonce),
+            Err(e) => {
+                tracing::warn!(round = %spec.round_id, node = x, error = %e, "no seed nonce");
+                count_credentials(s, &e);
+                errors.push(e);
+            }
+        }
+    }
+    let t = committee.shape().threshold();
+    if nonces.len() < t as usize {
+        if errors
+            .iter()
+            .any(|e| matches!(e, KmsError::Refused { .. } | KmsError::Credentials { .. }))
+        {
+            return Err(registration_problem(t, nonces.len(), &errors));
+        }
+        return Err(AppError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "only {} of the {t} key managers needed answered a nonce for the round's mask seed \
+                 ({}); nothing was stored — repeat the request",
+                nonces.len(),
+                errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+            ),
+        ));
+    }
+    nonces.sort_by_key(|n| n.share_index);
+    spec.seed = SeedDerivation { contribution, nonces };
+    spec.mask_seed = protocol::derive_mask_seed(&spec.round_id, &spec.seed);
+    Ok(spec)
+}
 
 /// Registers the round with every node that has not echoed it yet; stores and returns all
 /// echoes, and the refusals of this pass.
@@ -178,11 +237,11 @@ async fn choose_and_plan(s: &AppState, row: &RoundRow) -> Result<bool, AppError>
         let (kms, round, x) = (s.kms.clone(), round.clone(), n.x);
         async move { (x, kms.deposits(x, &round).await) }
     });
-    let mut deposits = BTreeMap::new();
+    let mut lists = BTreeMap::new();
     for (x, outcome) in futures_util::future::join_all(calls).await {
         match outcome {
             Ok(d) => {
-                deposits.insert(x, d);
+                lists.insert(x, d);
             }
             Err(e) => {
                 tracing::warn!(round = %round, node = x, error = %e, "cannot list deposits");
@@ -190,12 +249,20 @@ async fn choose_and_plan(s: &AppState, row: &RoundRow) -> Result<bool, AppError>
             }
         }
     }
+    let roots = uploads
+        .iter()
+        .filter_map(|u| u.upload_root.map(|r| (u.client_id.clone(), (u.sha256, r))))
+        .collect();
+    let (deposits, foreign) = domain::deposits_matching_roots(lists, &roots);
+    for (client, xs) in &foreign {
+        tracing::warn!(round = %round, client = %client, nodes = ?xs, "a member's deposits sign another upload root than its upload's; left out of the set");
+    }
     let t = s.kms.committee().shape().threshold();
     let admitted = contributions(&uploads);
     let (set, _group) = domain::choose_set(&admitted, &deposits, t);
     let grace_over =
         s.clock.now() >= row.closed_at.unwrap_or(0) + s.tuning.deposit_grace_secs as i64;
-    let left_out = domain::left_out(&admitted, &deposits, &set, t);
+    let left_out = domain::left_out(&admitted, &deposits, &foreign, &set, t);
     match domain::next_step(uploads.len(), set, needed, grace_over) {
         Step::WaitForDeposits => Ok(false),
         Step::Fail(why) => {

@@ -30,9 +30,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cryptflow_he::MaskSeed;
 use cryptflow_services::api::round::{
-    RoundInfo, RoundRequest, RoundState, SubmissionReceipt, Transcript, UploadSpans,
+    RoundInfo, RoundRequest, RoundState, SeedDerivation, SubmissionReceipt, Transcript, UploadSpans,
 };
 use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::auth::{Authenticated, Principal};
@@ -145,8 +144,7 @@ async fn create_round(
         Some(existing) => (existing, false),
         None => {
             let deadline = domain::deadline(&request, now)?;
-            let spec =
-                domain::round_spec(&request, MaskSeed::generate().map_err(AppError::internal)?)?;
+            let spec = domain::round_spec(&request, SeedDerivation::default())?;
             if let Some(max) = s.blobs.max_blob_bytes() {
                 let len = protocol::setup(&spec).map_err(AppError::internal)?.upload_len();
                 if len > max {
@@ -162,11 +160,27 @@ async fn create_round(
                     .with_limit(max));
                 }
             }
+            // The request is valid: the key managers help fix the seed (two steps).
+            let spec = match lifecycle::fix_seed(&s, spec).await {
+                Ok(spec) => spec,
+                // Another replica (or an earlier attempt of this request) may have created the
+                // round meanwhile: its nodes then refuse new nonces. Answer with that round.
+                Err(e) => match s.store.round(&round).await.map_err(db)? {
+                    Some(existing) if existing.request == request => {
+                        return see_registered(&s, existing, false).await
+                    }
+                    _ => return Err(e),
+                },
+            };
             let inserted = s
                 .store
                 .insert_round(&request, &spec, deadline, now, s.tuning.fold_span_blocks)
                 .await
                 .map_err(db)?;
+            s.pending_seeds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&round);
             let row = require_round(&s, &round).await?;
             if !inserted && row.request != request {
                 return Err(AppError::new(
@@ -181,7 +195,18 @@ async fn create_round(
             (row, inserted)
         }
     };
-    let (echoes, errors) = lifecycle::register_missing(&s, &row).await?;
+    see_registered(&s, row, created).await
+}
+
+/// Registers a stored round with the nodes that have not echoed it; answers 201 (`created`)
+/// or 200 once `t` have.
+async fn see_registered(
+    s: &AppState,
+    row: crate::store::RoundRow,
+    created: bool,
+) -> Result<Response, AppError> {
+    let round = row.spec.round_id.clone();
+    let (echoes, errors) = lifecycle::register_missing(s, &row).await?;
     let t = s.kms.committee().shape().threshold();
     if echoes.len() < t as usize {
         let problem = lifecycle::registration_problem(t, echoes.len(), &errors);
@@ -199,7 +224,7 @@ async fn create_round(
         return Err(problem);
     }
     tracing::info!(round = %round, nodes = echoes.len(), "round created");
-    let row = require_round(&s, &round).await?;
+    let row = require_round(s, &round).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(info(row))).into_response())
 }
@@ -289,6 +314,7 @@ async fn submit(
                 sha256,
                 bytes: expected,
                 span_sha256: received.span_sha256,
+                upload_root: received.upload_root,
             },
             row.spec.max_clients,
             s.clock.now(),

@@ -105,6 +105,9 @@ pub struct UploadRow {
     /// Its SHA-256 per fold span (see [`crate::fold`]), computed while it was received; empty
     /// for uploads admitted before fold jobs existed.
     pub span_sha256: Vec<Sha256Digest>,
+    /// Its root over verification spans (`cryptflow_he::merkle`), computed while it was
+    /// received; `None` for uploads admitted before roots were computed.
+    pub upload_root: Option<Sha256Digest>,
 }
 
 /// What a fold job does.
@@ -282,7 +285,7 @@ impl Store {
     /// A client's upload, if admitted.
     pub async fn upload(&self, round: &RoundId, client: &ClientId) -> Result<Option<UploadRow>> {
         let row = sqlx::query(
-            "SELECT client_id, sha256, bytes, span_sha256 FROM uploads WHERE round_id = $1 AND client_id = $2",
+            "SELECT client_id, sha256, bytes, span_sha256, upload_root FROM uploads WHERE round_id = $1 AND client_id = $2",
         )
         .bind(round.as_str())
         .bind(client.as_str())
@@ -294,7 +297,7 @@ impl Store {
     /// Every admitted upload, sorted by client.
     pub async fn uploads(&self, round: &RoundId) -> Result<Vec<UploadRow>> {
         let rows = sqlx::query(
-            "SELECT client_id, sha256, bytes, span_sha256 FROM uploads WHERE round_id = $1 ORDER BY client_id",
+            "SELECT client_id, sha256, bytes, span_sha256, upload_root FROM uploads WHERE round_id = $1 ORDER BY client_id",
         )
         .bind(round.as_str())
         .fetch_all(&self.pool)
@@ -341,7 +344,7 @@ impl Store {
             return Ok(Admission::CopyOf(ClientId::parse(&original).map_err(corrupt)?));
         }
         let inserted = sqlx::query(
-            "INSERT INTO uploads (round_id, client_id, sha256, bytes, received_at, span_sha256) VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO uploads (round_id, client_id, sha256, bytes, received_at, span_sha256, upload_root) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (round_id, client_id) DO NOTHING",
         )
         .bind(round.as_str())
@@ -350,6 +353,7 @@ impl Store {
         .bind(i64::try_from(upload.bytes).map_err(corrupt)?)
         .bind(at)
         .bind(upload.span_sha256.iter().map(|d| d.to_string()).collect::<String>())
+        .bind(upload.upload_root.map(|r| r.to_string()))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -431,7 +435,7 @@ impl Store {
         count: u64,
     ) -> Result<Vec<UploadRow>> {
         let rows = sqlx::query(
-            "SELECT u.client_id, u.sha256, u.bytes, u.span_sha256 FROM set_members m \
+            "SELECT u.client_id, u.sha256, u.bytes, u.span_sha256, u.upload_root FROM set_members m \
              JOIN uploads u ON u.round_id = m.round_id AND u.client_id = m.client_id \
              WHERE m.round_id = $1 AND m.ordinal >= $2 AND m.ordinal < $3 ORDER BY m.ordinal",
         )
@@ -774,5 +778,10 @@ fn upload_row(r: &sqlx::any::AnyRow) -> Result<UploadRow> {
         client_id: ClientId::parse(r.try_get::<String, _>("client_id")?).map_err(corrupt)?,
         sha256: r.try_get::<String, _>("sha256")?.parse().map_err(corrupt)?,
         bytes: u64::try_from(r.try_get::<i64, _>("bytes")?).map_err(corrupt)?,
+        upload_root: r
+            .try_get::<Option<String>, _>("upload_root")?
+            .map(|v| v.parse())
+            .transpose()
+            .map_err(corrupt)?,
     })
 }

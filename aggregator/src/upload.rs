@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 pub(crate) struct Received {
     pub sha256: Sha256Digest,
     pub span_sha256: Vec<Sha256Digest>,
+    /// The root over verification spans its member should have signed (stored uploads only).
+    pub upload_root: Option<Sha256Digest>,
     pub blob: Option<crate::blob::BlobWriter>,
 }
 
@@ -38,6 +40,7 @@ pub(crate) async fn receive(
     };
     // Span digests only for an upload that is stored: a retry is hashed for its receipt only.
     let mut spans = store.then(|| crate::fold::SpanHasher::new(setup, row.span_blocks));
+    let mut root = store.then(|| cryptflow_he::merkle::RootHasher::new(setup));
     let mut digest = Sha256::new();
     let mut head: Vec<u8> = Vec::with_capacity(HEADER_LEN);
     let mut received = 0u64;
@@ -85,6 +88,9 @@ pub(crate) async fn receive(
         if let Some(spans) = &mut spans {
             spans.update(&chunk[take..]);
         }
+        if let Some(root) = &mut root {
+            root.update(&chunk);
+        }
         if let Some(w) = &mut writer {
             w.write(chunk).await.map_err(AppError::internal)?;
         }
@@ -100,6 +106,9 @@ pub(crate) async fn receive(
     Ok(Received {
         sha256: Sha256Digest(digest.finalize().into()),
         span_sha256: spans.map(crate::fold::SpanHasher::finish).unwrap_or_default(),
+        upload_root: root
+            .map(|r| r.finish().map(Sha256Digest).map_err(AppError::internal))
+            .transpose()?,
         blob: writer,
     })
 }

@@ -230,7 +230,9 @@ impl ClientBuilder {
     }
 
     /// A journal file recording which update went to which round, so the same update is never
-    /// submitted to two rounds (their two releases would expose it, DESIGN §6).
+    /// submitted to two rounds (their two means would differ by it). Required to submit:
+    /// [`Client::submit`] without one is a [`ClientError::Config`](crate::ClientError::Config).
+    /// Created owner-only (0600) with its directory; JSON lines, appended after each upload.
     pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
         self.journal = Some(path.into());
         self
@@ -328,6 +330,7 @@ fn unix_now() -> u64 {
 ///     .aggregator_token(Token::new(std::fs::read_to_string("site-0.jwt").unwrap()))
 ///     .committee(committee)
 ///     .site(ClientId::parse("site-0").unwrap(), key)
+///     .journal("site-0.journal")
 ///     .build()?;
 /// let round = RoundId::parse("round-1").unwrap();
 /// let update = ModelUpdate::from(ndarray::Array1::<f32>::zeros(1000));

@@ -264,6 +264,16 @@ impl Client {
         if let Some(why) = self.inner.policy.committee_refusal(self.committee()?.shape()) {
             return Err(ClientError::Policy(format!("round {round}: {why}")));
         }
+        // A site submits only with its journal (#24): without one nothing stops the same update
+        // going to two rounds, whose means then differ by it. Refused before any request.
+        let journal = self.inner.journal.as_ref().map(Journal::new).ok_or_else(|| {
+            ClientError::Config(
+                "a site submits only with a journal of which update went to which round (the same update \
+                 in two rounds is exposed by their two means): set one — `ClientBuilder::journal`, the \
+                 CLI's `--journal-file` or profile `journal_file`, Python's `journal_file`"
+                    .into(),
+            )
+        })?;
         let info = self.round(round).await?;
         if &info.spec.round_id != round {
             return Err(aggregator_protocol(format!(
@@ -278,17 +288,21 @@ impl Client {
         // of that order, so a reordering is the same update.
         let update = ModelUpdate::in_layout_order(update, &info.request.layout)?;
         update.check_layout(&info.request.layout)?;
-        let journal = self.inner.journal.as_ref().map(Journal::new);
-        let fingerprint = match &journal {
-            Some(j) => Some(j.check(
-                round,
-                &update,
-                options.experiment.as_deref(),
-                options.allow_resubmission,
-            )?),
-            None => None,
-        };
+        let fingerprint = journal.check(
+            round,
+            &update,
+            options.experiment.as_deref(),
+            options.allow_resubmission,
+        )?;
         let verified = self.verify_round(info).await?;
+        // The seed mixes the aggregator's committed contribution with t nodes' signed nonces
+        // (#24): nothing is encrypted under a seed the aggregator fixed alone, or reused. Checked
+        // after the echoes, so that a wrong committee file is reported as such.
+        protocol::check_seed(self.committee()?, &verified.info.spec).map_err(|e| {
+            aggregator_protocol(format!(
+                "round {round}'s mask seed was not fixed with the key managers: {e}"
+            ))
+        })?;
         // Nothing is uploaded for a round fewer than t key managers still take deposits for
         // (its key shares destroyed by an admin, or a set already recorded).
         let t = self.committee()?.shape().threshold() as usize;
@@ -323,9 +337,7 @@ impl Client {
         drop(encryptor);
         // Journaled before the deposits: once a deposit may have reached a node, the update
         // may end up in a set — even if this process dies or loses the answers.
-        if let (Some(j), Some(f)) = (&journal, fingerprint) {
-            j.record(round, &f)?;
-        }
+        journal.record(round, &fingerprint)?;
         let start = Instant::now();
         let deposited_with = self.deposit(&verified, &me, &key, &digests, progress).await?;
         drop(key); // zeroized: the key existed only for this encryption and these shares

@@ -75,6 +75,7 @@ fn site_client(stack: &LocalStack, id: &str, aggregator: &str, committee: Commit
         .aggregator_token(Token::new(stack.token(id, Role::Client, "aggregator")))
         .committee(committee)
         .site(ClientId::parse(id).unwrap(), stack.site_key(id).unwrap())
+        .journal(stack.journal_path(id))
         .policy(stack.stack_policy())
         .retry(RetryPolicy { budget: Duration::from_secs(30), ..RetryPolicy::default() })
         .build()
@@ -267,6 +268,7 @@ fn impatient(stack: &LocalStack, id: &str) -> Client {
         .aggregator_token(Token::new(stack.token(id, Role::Client, "aggregator")))
         .committee(stack.committee().clone())
         .site(ClientId::parse(id).unwrap(), stack.site_key(id).unwrap())
+        .journal(stack.journal_path(id))
         .policy(stack.stack_policy())
         .retry(RetryPolicy { budget: Duration::from_secs(2), ..RetryPolicy::default() })
         .build()
@@ -564,6 +566,7 @@ async fn another_sites_key_is_named_as_the_mistake_not_reported_as_a_committee_f
         .aggregator_token(Token::new(stack.token("site-0", Role::Client, "aggregator")))
         .committee(stack.committee().clone())
         .site(ClientId::parse("site-0").unwrap(), stack.site_key("site-1").unwrap())
+        .journal(stack.journal_path("site-0"))
         .policy(stack.stack_policy())
         .build()
         .unwrap();

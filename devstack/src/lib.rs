@@ -577,6 +577,15 @@ impl LocalStack {
         self.client_of(id, role, policy, 0)
     }
 
+    /// A fresh journal file for a client of site `id`, in the stack's directory. Each client
+    /// the stack builds gets its own, so tests stay independent of each other's updates; a
+    /// test of the journal itself keeps one client (or passes one path to several).
+    pub fn journal_path(&self, id: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir.path().join("journals").join(format!("{id}-{n}.jsonl"))
+    }
+
     /// An SDK client acting as roster site `id` that talks to aggregator replica `replica`.
     pub fn client_via(&self, id: &str, replica: usize) -> Client {
         self.client_of(id, Role::Client, self.stack_policy(), replica)
@@ -592,7 +601,7 @@ impl LocalStack {
             .straggler_grace(Duration::from_secs(1))
             .retry(RetryPolicy { budget: Duration::from_secs(60), ..RetryPolicy::default() });
         if let (Ok(cid), Some(key)) = (ClientId::parse(id), self.site_key(id)) {
-            b = b.site(cid, key);
+            b = b.site(cid, key).journal(self.journal_path(id));
         }
         // Building only fails for a malformed URL, which the stack never makes.
         b.build().unwrap_or_else(unreachable_client)

@@ -2,6 +2,9 @@
 //! no I/O, unit tested below. The routes call them between extraction and storage.
 //!
 //! - A round can only select roster members, and is immutable once registered.
+//! - A round's mask seed is signed only if `t` nodes' nonces over the aggregator's commitment
+//!   derive it, this node's nonce for that commitment among them, and this node never signed
+//!   it for another round.
 //! - A deposit is accepted only from a member of the round, for this node's share index, with
 //!   the member's roster-key signature over (round, spec hash, node, client, SHA-256 of the
 //!   share, upload digest), while the round is open.
@@ -15,7 +18,9 @@ use crate::store::{DepositRow, RoundRow};
 use cryptflow_he::sharing::{KeyShare, Release, ShareIndex};
 use cryptflow_he::Wire;
 use cryptflow_services::api::kms::{Deposit, KmsRoundState, NodeInfo, SpecEcho};
-use cryptflow_services::api::round::{Contribution, RoundSpec, MAX_DIMENSION, MAX_ROUND_CLIENTS};
+use cryptflow_services::api::round::{
+    Contribution, RoundSpec, SeedNonce, SeedPart, MAX_DIMENSION, MAX_ROUND_CLIENTS,
+};
 use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::auth::{Principal, Signer};
 use cryptflow_services::http::AppError;
@@ -97,6 +102,23 @@ impl Node {
         }
     }
 
+    /// This node's nonce for `round`'s seed, signed over the aggregator's `commitment`.
+    pub fn seed_nonce(
+        &self,
+        round: &RoundId,
+        commitment: &Sha256Digest,
+        nonce: SeedPart,
+    ) -> SeedNonce {
+        let x = self.x.get();
+        SeedNonce {
+            share_index: x,
+            nonce,
+            signature: self
+                .signing
+                .sign(&protocol::seed_nonce_statement(x, round, commitment, &nonce)),
+        }
+    }
+
     /// This node's signed echo of `spec`, with its deposit key for the round.
     pub fn echo(&self, spec: &RoundSpec, deposit_key: &[u8]) -> SpecEcho {
         let roster_digest = self.roster.digest();
@@ -172,6 +194,58 @@ pub fn check_registration(node: &Node, round: &RoundId, spec: &RoundSpec) -> Res
     }
     protocol::setup(spec).map_err(|e| invalid("plan", e.to_string()))?;
     Ok(())
+}
+
+/// Checks how the spec's mask seed was fixed: `t` nonces signed by their nodes over the
+/// commitment to the aggregator's contribution, and the seed their derivation
+/// ([`protocol::check_seed`]); and, if this node was asked for nonces for the round
+/// (`answered`: commitment and nonce), that the spec's commitment is one of those and the seed
+/// includes this node's nonce for it — so that a seed this node signs is new whenever its own
+/// nonce was fresh. A node never asked (down while the seed was fixed) signs a seed `t` others
+/// fixed.
+pub fn check_seed(
+    node: &Node,
+    spec: &RoundSpec,
+    answered: &[(Sha256Digest, SeedPart)],
+) -> Result<(), AppError> {
+    protocol::check_seed(&node.committee, spec).map_err(|e| invalid("seed", e.to_string()))?;
+    if answered.is_empty() {
+        return Ok(());
+    }
+    let x = node.x.get();
+    let commitment = protocol::seed_commitment(&spec.round_id, &spec.seed.contribution);
+    let mine = answered.iter().find(|(c, _)| *c == commitment).map(|(_, n)| n);
+    let included =
+        |nonce: &SeedPart| spec.seed.nonces.iter().any(|n| n.share_index == x && n.nonce == *nonce);
+    match mine {
+        Some(nonce) if included(nonce) => Ok(()),
+        Some(_) => Err(invalid(
+            "seed",
+            format!(
+                "the seed leaves out the nonce key manager {x} answered for its commitment: the \
+                 aggregator could have chosen the seed"
+            ),
+        )),
+        None => Err(invalid(
+            "seed",
+            format!(
+                "the seed's contribution is not one key manager {x} answered a nonce for: the \
+                 aggregator asked under another commitment and left this node's nonce out"
+            ),
+        )),
+    }
+}
+
+/// The seed was signed by this node for `earlier` already: refused (one seed, one round).
+pub fn seed_reused(spec: &RoundSpec, earlier: &RoundId) -> AppError {
+    conflict(
+        "mask_seed",
+        format!(
+            "this key manager signed mask seed {} for round {earlier} already; a seed is never \
+             signed twice",
+            spec.mask_seed
+        ),
+    )
 }
 
 /// An existing registration answers an identical one; anything else conflicts (or is gone).

@@ -3,7 +3,8 @@
 //!
 //! | method and path | who | what |
 //! |---|---|---|
-//! | `PUT /v1/rounds/{round}` | aggregator, admin | register a round; answers this node's signed echo |
+//! | `POST /v1/rounds/{round}/seed-nonce` | aggregator, admin | this node's nonce for the round's mask seed, signed over the aggregator's commitment |
+//! | `PUT /v1/rounds/{round}` | aggregator, admin | register a round (its seed checked); answers this node's signed echo |
 //! | `GET /v1/rounds/{round}` | the round's members, readers, aggregator, admin | the spec, echo, state |
 //! | `DELETE /v1/rounds/{round}` | admin | shred the round's shares |
 //! | `PUT /v1/rounds/{round}/deposits/{client}` | the client itself, by roster key | deposit its share for this node, sealed to the node's deposit key for the round (`cryptflow_services::sealed`) |
@@ -26,7 +27,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cryptflow_he::sharing::KeyShare;
 use cryptflow_he::Wire;
@@ -34,7 +35,7 @@ use cryptflow_services::api::kms::{
     AuditEntry, ContributorSet, DepositList, DepositReceipt, KmsRoundState, NodeInfo,
     RegisteredRound, ReleaseResponse, SealedDeposit,
 };
-use cryptflow_services::api::round::{Contribution, RoundSpec};
+use cryptflow_services::api::round::{Contribution, RoundSpec, SeedNonceRequest, SeedPart};
 use cryptflow_services::api::Base64Bytes;
 use cryptflow_services::auth::{Authenticated, Principal};
 use cryptflow_services::http::{
@@ -77,6 +78,7 @@ fn routes(state: AppState, max_body_bytes: usize, internal: bool) -> Router {
         .route("/v1/node", get(node_info));
     if internal {
         r = r
+            .route("/v1/rounds/{round}/seed-nonce", post(seed_nonce))
             .route("/v1/rounds/{round}/deposits", get(list_deposits))
             .route("/v1/rounds/{round}/contributors", put(record_contributors))
             .route("/v1/audit", get(audit_log));
@@ -277,6 +279,11 @@ async fn register(
         return Ok((StatusCode::OK, Json(view(&s, existing).await?)).into_response());
     }
     domain::check_registration(&s.node, &round, &spec)?;
+    let answered = s.store.seed_nonces(&round).await.map_err(db)?;
+    domain::check_seed(&s.node, &spec, &answered)?;
+    if let Some(earlier) = s.store.round_with_seed(&spec.mask_seed).await.map_err(db)? {
+        return Err(domain::seed_reused(&spec, &earlier));
+    }
     // The witness learns of the round before the database, so no crash can hide it.
     note_round(&s, &round)?;
     // The round's key is made now (outside the database): the deposit key pair the echo
@@ -302,6 +309,59 @@ async fn register(
     tracing::info!(round = %round, spec_hash = %echo.spec_hash, "round registered");
     let row = registered(&s, &round).await?;
     Ok((StatusCode::CREATED, Json(view(&s, row).await?)).into_response())
+}
+
+/// Most commitments a node answers nonces for per round: an aggregator that crashed between
+/// asking and registering asks again with a new contribution; more than a few would let it
+/// choose among many seeds.
+pub const MAX_SEED_COMMITMENTS: u32 = 8;
+
+/// `POST /v1/rounds/{round}/seed-nonce` — aggregator, admins: this node's fresh nonce for the
+/// round's mask seed, signed over the aggregator's commitment to its contribution (the same
+/// nonce again for the same commitment). Refused once the round is registered here (409
+/// `round`), and beyond [`MAX_SEED_COMMITMENTS`] commitments (409 `commitment`).
+async fn seed_nonce(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(round): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    caller.require(&[Role::Aggregator, Role::Admin])?;
+    let round = round_param(round)?;
+    let request: SeedNonceRequest = parse_json(&headers, &body)?;
+    if s.store.is_refused(&round).await.map_err(db)?
+        || s.store.round(&round).await.map_err(db)?.is_some()
+    {
+        return Err(AppError::new(
+            ErrorCode::Conflict,
+            format!("round {round} is registered at this key manager already (or refused): its seed is fixed"),
+        )
+        .with_field("round"));
+    }
+    let nonce = s
+        .store
+        .answer_seed_nonce(
+            &round,
+            &request.commitment,
+            SeedPart::generate(),
+            MAX_SEED_COMMITMENTS,
+            s.clock.now(),
+        )
+        .await
+        .map_err(db)?
+        .map_err(|n| {
+            AppError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "this key manager answered nonces for {n} commitments to round {round}'s seed; \
+                     at most {MAX_SEED_COMMITMENTS} (choosing among many seeds is what two steps stop)"
+                ),
+            )
+            .with_field("commitment")
+            .with_limit(MAX_SEED_COMMITMENTS as u64)
+        })?;
+    Ok(Json(s.node.seed_nonce(&round, &request.commitment, nonce)).into_response())
 }
 
 /// Notes a round in the restore witness, durably.
@@ -450,15 +510,14 @@ async fn list_deposits(
     if matches!(row.state, KmsRoundState::Refused | KmsRoundState::Destroyed) {
         domain::require_state(&row, KmsRoundState::Open)?;
     }
-    let deposits = s
-        .store
-        .deposits(&round)
-        .await
-        .map_err(db)?
+    let rows = s.store.deposits(&round).await.map_err(db)?;
+    let upload_roots =
+        rows.iter().filter_map(|d| d.upload_root.map(|r| (d.client_id.clone(), r))).collect();
+    let deposits = rows
         .into_iter()
         .map(|d| Contribution { client_id: d.client_id, upload_sha256: d.upload_sha256 })
         .collect();
-    Ok(Json(DepositList { deposits }))
+    Ok(Json(DepositList { deposits, upload_roots }))
 }
 
 /// `PUT /v1/rounds/{round}/contributors` — aggregator. Records the set once, durably before

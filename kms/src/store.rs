@@ -7,8 +7,9 @@
 
 use crate::audit::{self, Event};
 use crate::seal::Sealed;
+use cryptflow_he::MaskSeed;
 use cryptflow_services::api::kms::{KmsRoundState, SpecEcho};
-use cryptflow_services::api::round::{Contribution, RoundSpec};
+use cryptflow_services::api::round::{Contribution, RoundSpec, SeedPart};
 use cryptflow_services::{ClientId, RoundId, Sha256Digest};
 use sqlx::{AnyPool, Row};
 
@@ -199,14 +200,15 @@ impl Store {
         let _serial = self.audit.lock().await;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO rounds (round_id, spec_json, spec_hash, echo_json, state, created_at) \
-             VALUES ($1, $2, $3, $4, 'open', $5) ON CONFLICT (round_id) DO NOTHING",
+            "INSERT INTO rounds (round_id, spec_json, spec_hash, echo_json, state, created_at, mask_seed) \
+             VALUES ($1, $2, $3, $4, 'open', $5, $6) ON CONFLICT (round_id) DO NOTHING",
         )
         .bind(spec.round_id.as_str())
         .bind(serde_json::to_string(spec).map_err(corrupt)?)
         .bind(spec_hash.to_string())
         .bind(serde_json::to_string(echo).map_err(corrupt)?)
         .bind(at)
+        .bind(spec.mask_seed.to_string())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -230,6 +232,75 @@ impl Store {
         audit(&mut tx, at, actor, "round.register", &spec.round_id, detail).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The round this node registered with mask seed `seed`, if any.
+    pub async fn round_with_seed(&self, seed: &MaskSeed) -> Result<Option<RoundId>> {
+        let row = sqlx::query("SELECT round_id FROM rounds WHERE mask_seed = $1")
+            .bind(seed.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| RoundId::parse(r.try_get::<String, _>("round_id")?).map_err(corrupt))
+            .transpose()
+    }
+
+    /// The nonces this node answered for `round`'s seed, with the commitment each was for.
+    pub async fn seed_nonces(&self, round: &RoundId) -> Result<Vec<(Sha256Digest, SeedPart)>> {
+        let rows = sqlx::query("SELECT commitment, nonce FROM seed_nonces WHERE round_id = $1")
+            .bind(round.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("commitment")?.parse().map_err(corrupt)?,
+                    SeedPart::try_from(r.try_get::<String, _>("nonce")?).map_err(corrupt)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Stores `fresh` as the nonce for `round`'s seed under `commitment` — or returns the one
+    /// stored for that commitment already. `Err(n)` (inside) when the round has `max`
+    /// commitments already.
+    pub async fn answer_seed_nonce(
+        &self,
+        round: &RoundId,
+        commitment: &Sha256Digest,
+        fresh: SeedPart,
+        max: u32,
+        at: i64,
+    ) -> Result<std::result::Result<SeedPart, u32>> {
+        let _serial = self.audit.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let existing =
+            sqlx::query("SELECT nonce FROM seed_nonces WHERE round_id = $1 AND commitment = $2")
+                .bind(round.as_str())
+                .bind(commitment.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(r) = existing {
+            return Ok(Ok(SeedPart::try_from(r.try_get::<String, _>("nonce")?).map_err(corrupt)?));
+        }
+        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM seed_nonces WHERE round_id = $1")
+            .bind(round.as_str())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if count >= i64::from(max) {
+            return Ok(Err(count as u32));
+        }
+        sqlx::query(
+            "INSERT INTO seed_nonces (round_id, commitment, nonce, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(round.as_str())
+        .bind(commitment.to_string())
+        .bind(String::from(fresh))
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(fresh))
     }
 
     /// Whether `client` is a member of the round.

@@ -479,6 +479,7 @@ async fn the_openapi_document_describes_every_route() {
     let paths = served["paths"].as_object().unwrap();
     for (path, methods) in [
         ("/v1/rounds/{round}", &["get", "put", "delete"][..]),
+        ("/v1/rounds/{round}/seed-nonce", &["post"]),
         ("/v1/rounds/{round}/deposits/{client}", &["put"]),
         ("/v1/rounds/{round}/deposits", &["get"]),
         ("/v1/rounds/{round}/contributors", &["put"]),
@@ -620,5 +621,145 @@ async fn refused_credentials_are_audited_once_per_kind_with_their_count() {
     let reasons: Vec<String> = refused.iter().map(|e| e["detail"].to_string()).collect();
     assert!(reasons.iter().any(|r| r.contains("invalid signature")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("roster key")), "{reasons:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_aggregator_cannot_fix_a_seed_alone_reuse_one_or_leave_a_nonce_out() {
+    // Issue #24: the aggregator alone picked the mask seed, and nodes signed reused and
+    // all-zero seeds. Now each node adds a signed nonce to a seed the aggregator committed to.
+    use cryptflow_services::api::round::{RoundSpec, SeedDerivation, SeedNonce, SeedPart};
+    use cryptflow_services::protocol::{check_seed, derive_mask_seed, seed_commitment};
+    let stack = LocalStack::builder().nodes(3, 2).sites(3).start().await.unwrap();
+    let agg = stack.token("aggregator", Role::Aggregator, "kms");
+    let node = |x: u8| stack.node_url(x).unwrap().to_owned();
+    stack.admin().create_round(&stack.round_request("seeded", 100, 2, 3)).await.unwrap();
+    let (s, v) =
+        call(Method::GET, &format!("{}/v1/rounds/seeded", node(1)), Some(&agg), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let honest: RoundSpec = serde_json::from_value::<RegisteredRound>(v).unwrap().spec;
+    assert_eq!(honest.seed.nonces.len(), 3, "every node up added its nonce");
+    check_seed(stack.committee(), &honest).unwrap();
+
+    let register = |x: u8, spec: RoundSpec| {
+        let (url, agg) = (format!("{}/v1/rounds/{}", node(x), spec.round_id), agg.clone());
+        async move {
+            call(Method::PUT, &url, Some(&agg), Some(serde_json::to_value(spec).unwrap())).await
+        }
+    };
+    let as_round = |id: &str| RoundSpec { round_id: RoundId::parse(id).unwrap(), ..honest.clone() };
+    let field = |v: &Value| v["field"].as_str().unwrap_or_default().to_owned();
+
+    // The aggregator alone: an all-zero seed, no nonces.
+    let alone = RoundSpec {
+        mask_seed: cryptflow_he::MaskSeed([0; 16]),
+        seed: SeedDerivation::default(),
+        ..as_round("alone")
+    };
+    let (s, v) = register(1, alone).await;
+    assert_eq!((s, field(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "seed".into()), "{v}");
+    // Another round's seed and derivation, reused: the nonces were signed for that round.
+    let (s, v) = register(1, as_round("again")).await;
+    assert_eq!((s, field(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "seed".into()), "{v}");
+
+    // Nonces for a commitment, then one node's left out (to pick among subsets), or the
+    // contribution changed after seeing them.
+    let contribution = SeedPart::generate();
+    let round = RoundId::parse("picky").unwrap();
+    let commitment = seed_commitment(&round, &contribution);
+    let mut nonces = Vec::new();
+    for x in 1..=3u8 {
+        let (s, v) = call(
+            Method::POST,
+            &format!("{}/v1/rounds/picky/seed-nonce", node(x)),
+            Some(&agg),
+            Some(json!({ "commitment": commitment })),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        nonces.push(serde_json::from_value::<SeedNonce>(v).unwrap());
+    }
+    // The same commitment again: the same nonce.
+    let (_, v) = call(
+        Method::POST,
+        &format!("{}/v1/rounds/picky/seed-nonce", node(1)),
+        Some(&agg),
+        Some(json!({ "commitment": commitment })),
+    )
+    .await;
+    assert_eq!(serde_json::from_value::<SeedNonce>(v).unwrap(), nonces[0]);
+    let with = |contribution: SeedPart, nonces: &[SeedNonce]| {
+        let mut spec = as_round("picky");
+        spec.seed = SeedDerivation { contribution, nonces: nonces.to_vec() };
+        spec.mask_seed = derive_mask_seed(&spec.round_id, &spec.seed);
+        spec
+    };
+    let changed = SeedPart([9; 32]);
+    let (s, v) = register(2, with(changed, &nonces)).await;
+    assert_eq!((s, field(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "seed".into()), "{v}");
+    let without_1 = with(contribution, &nonces[1..]);
+    let (s, v) = register(1, without_1.clone()).await;
+    assert_eq!((s, field(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "seed".into()), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("leaves out the nonce"), "{v}");
+    // Node 2's nonce is in it: node 2 signs (the aggregator may choose among subsets of the
+    // nonces — unbiasability is not claimed, freshness is).
+    let (s, v) = register(2, without_1).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Node 3 asked under one commitment, the seed built on another (nodes 1 and 2's): node 3
+    // refuses — it was asked, so its nonce must be in the seed.
+    let other = SeedPart::generate();
+    let round2 = RoundId::parse("dodge").unwrap();
+    let mut dodge = Vec::new();
+    for (x, c) in [(1u8, &contribution), (2, &contribution), (3, &other)] {
+        let (s, v) = call(
+            Method::POST,
+            &format!("{}/v1/rounds/dodge/seed-nonce", node(x)),
+            Some(&agg),
+            Some(json!({ "commitment": seed_commitment(&round2, c) })),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        dodge.push(serde_json::from_value::<SeedNonce>(v).unwrap());
+    }
+    let mut spec = as_round("dodge");
+    spec.seed = SeedDerivation { contribution, nonces: dodge[..2].to_vec() };
+    spec.mask_seed = derive_mask_seed(&spec.round_id, &spec.seed);
+    let (s, v) = register(3, spec.clone()).await;
+    assert_eq!((s, field(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "seed".into()), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("not one key manager 3 answered"), "{v}");
+    let (s, v) = register(1, spec).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Once registered, a node gives no more nonces for the round.
+    let (s, v) = call(
+        Method::POST,
+        &format!("{}/v1/rounds/picky/seed-nonce", node(2)),
+        Some(&agg),
+        Some(json!({ "commitment": commitment })),
+    )
+    .await;
+    assert_eq!((s, field(&v)), (StatusCode::CONFLICT, "round".into()), "{v}");
+    // At most a few commitments per round.
+    let mut last = (StatusCode::OK, Value::Null);
+    for i in 0..9u8 {
+        let c = seed_commitment(&RoundId::parse("many").unwrap(), &SeedPart([i; 32]));
+        last = call(
+            Method::POST,
+            &format!("{}/v1/rounds/many/seed-nonce", node(3)),
+            Some(&agg),
+            Some(json!({ "commitment": c })),
+        )
+        .await;
+    }
+    assert_eq!((last.0, field(&last.1)), (StatusCode::CONFLICT, "commitment".into()), "{}", last.1);
+    // Sites are not asked and may not ask.
+    let site = roster_token(&stack, "site-0");
+    let (s, _) = call(
+        Method::POST,
+        &format!("{}/v1/rounds/other/seed-nonce", node(1)),
+        Some(&site),
+        Some(json!({ "commitment": commitment })),
+    )
+    .await;
+    assert!(s == StatusCode::FORBIDDEN || s == StatusCode::UNAUTHORIZED, "{s}");
     stack.stop().await;
 }

@@ -17,7 +17,7 @@
 //! encoding.
 
 use crate::api::kms::SpecEcho;
-use crate::api::round::{Contribution, Layout, RoundSpec};
+use crate::api::round::{Contribution, Layout, RoundSpec, SeedDerivation, SeedPart};
 use crate::api::{PublicKeyHex, SignatureHex};
 use crate::ids::{ClientId, RoundId, Sha256Digest};
 use crate::role::Role;
@@ -415,19 +415,116 @@ pub fn spec_hash(
     roster: &Sha256Digest,
     min_set_size: u32,
 ) -> Sha256Digest {
-    Canon::new("cryptflow round spec v2")
-        .bytes(spec.round_id.as_str().as_bytes())
-        .u64(spec.values)
-        .fixed(&members_digest(&spec.clients).0)
-        .u32(spec.min_clients)
-        .u32(spec.max_clients)
-        .fixed(&spec.mask_seed.0)
-        .fixed(&spec.plan.digest())
+    // A spec from before two-step seeds (no derivation) keeps its v2 hash, so the echoes its
+    // nodes signed then still verify for readers of its mean; no new round is registered
+    // without a derivation (nodes and submitting clients run `check_seed`).
+    let legacy = spec.seed == SeedDerivation::default();
+    let mut c =
+        Canon::new(if legacy { "cryptflow round spec v2" } else { "cryptflow round spec v3" })
+            .bytes(spec.round_id.as_str().as_bytes())
+            .u64(spec.values)
+            .fixed(&members_digest(&spec.clients).0)
+            .u32(spec.min_clients)
+            .u32(spec.max_clients)
+            .fixed(&spec.mask_seed.0);
+    if !legacy {
+        c = c.fixed(&spec.seed.contribution.0).u32(spec.seed.nonces.len() as u32);
+        for n in &spec.seed.nonces {
+            c = c.fixed(&[n.share_index]).fixed(&n.nonce.0).fixed(&n.signature.0);
+        }
+    }
+    c.fixed(&spec.plan.digest())
         .fixed(&spec.layout_sha256.0)
         .fixed(&committee.0)
         .fixed(&roster.0)
         .u32(min_set_size)
         .digest()
+}
+
+/// The aggregator's commitment to its contribution to round `round`'s seed: what it sends the
+/// key managers before any of them answers with a nonce, so that it cannot choose the
+/// contribution after seeing theirs.
+pub fn seed_commitment(round: &RoundId, contribution: &SeedPart) -> Sha256Digest {
+    Canon::new("cryptflow seed commitment v1")
+        .bytes(round.as_str().as_bytes())
+        .fixed(&contribution.0)
+        .digest()
+}
+
+/// What node `x` signs when it answers a nonce for round `round`'s seed, given the
+/// aggregator's commitment.
+pub fn seed_nonce_statement(
+    x: u8,
+    round: &RoundId,
+    commitment: &Sha256Digest,
+    nonce: &SeedPart,
+) -> Vec<u8> {
+    Canon::new("cryptflow seed nonce v1")
+        .fixed(&[x])
+        .bytes(round.as_str().as_bytes())
+        .fixed(&commitment.0)
+        .fixed(&nonce.0)
+        .0
+}
+
+/// The mask seed a derivation gives: the first 16 bytes of SHA-256 over a label, the round,
+/// the contribution and every `(x, nonce)` in the derivation's (node) order.
+pub fn derive_mask_seed(round: &RoundId, seed: &SeedDerivation) -> cryptflow_he::MaskSeed {
+    let mut c = Canon::new("cryptflow mask seed v1")
+        .bytes(round.as_str().as_bytes())
+        .fixed(&seed.contribution.0)
+        .u32(seed.nonces.len() as u32);
+    for n in &seed.nonces {
+        c = c.fixed(&[n.share_index]).fixed(&n.nonce.0);
+    }
+    let d = c.digest().0;
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    cryptflow_he::MaskSeed(out)
+}
+
+/// Checks how a spec's mask seed was fixed, against the pinned committee: at least `t` nonces,
+/// in strictly increasing node order, each of a committee node and signed by it over the
+/// commitment to the spec's contribution, and `mask_seed` their derivation. What it proves:
+/// the seed mixes a contribution fixed before the nonces with the nonces of `t` nodes, so one
+/// honest node's fresh nonce makes it new — not that the aggregator could not choose among
+/// several candidates.
+pub fn check_seed(committee: &Committee, spec: &RoundSpec) -> Result<(), ProtocolError> {
+    let seed = &spec.seed;
+    let t = committee.shape().threshold() as usize;
+    if seed.nonces.len() < t {
+        return Err(ProtocolError::Spec(format!(
+            "the round's mask seed carries {} key-manager nonces; {t} are needed (a seed the \
+             aggregator fixed alone, or a round created before two-step seeds)",
+            seed.nonces.len()
+        )));
+    }
+    if !seed.nonces.windows(2).all(|w| w[0].share_index < w[1].share_index) {
+        return Err(ProtocolError::Spec(
+            "the seed's nonces are not in increasing node order".into(),
+        ));
+    }
+    let commitment = seed_commitment(&spec.round_id, &seed.contribution);
+    for n in &seed.nonces {
+        let node = committee.node(n.share_index).ok_or_else(|| {
+            ProtocolError::Committee(format!(
+                "the seed carries a nonce of node {}, which is not in the committee",
+                n.share_index
+            ))
+        })?;
+        verify(
+            &node.public_key,
+            &seed_nonce_statement(n.share_index, &spec.round_id, &commitment, &n.nonce),
+            &n.signature,
+            "a seed nonce",
+        )?;
+    }
+    if derive_mask_seed(&spec.round_id, seed) != spec.mask_seed {
+        return Err(ProtocolError::Spec(
+            "the round's mask seed is not the one its contribution and nonces derive".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What node `x` signs when it registers a round: the spec hash and its deposit key for the
@@ -687,9 +784,93 @@ mod tests {
             min_clients: 2,
             max_clients: 3,
             mask_seed: MaskSeed([7; 16]),
+            seed: SeedDerivation::default(),
             plan: p,
             layout_sha256: layout_digest(&Layout::Dimension(100)),
         }
+    }
+
+    /// `spec()` with its seed fixed in two steps by the nodes of `keys` listed in `by`.
+    fn seeded(keys: &[SiteKey], by: &[u8]) -> RoundSpec {
+        let mut s = spec();
+        let contribution = SeedPart::generate();
+        let commitment = seed_commitment(&s.round_id, &contribution);
+        let nonces = by
+            .iter()
+            .map(|&x| {
+                let nonce = SeedPart::generate();
+                let signature = keys[x as usize - 1].sign(&seed_nonce_statement(
+                    x,
+                    &s.round_id,
+                    &commitment,
+                    &nonce,
+                ));
+                crate::api::round::SeedNonce { share_index: x, nonce, signature }
+            })
+            .collect();
+        s.seed = SeedDerivation { contribution, nonces };
+        s.mask_seed = derive_mask_seed(&s.round_id, &s.seed);
+        s
+    }
+
+    #[test]
+    fn a_seed_needs_t_signed_nonces_over_the_commitment_and_its_derivation() {
+        // Issue #24: the aggregator alone picked the seed (reused and all-zero seeds were signed).
+        let keys: Vec<_> = (0..3).map(|_| SiteKey::generate()).collect();
+        let c = committee(&keys, 2);
+        assert!(check_seed(&c, &seeded(&keys, &[1, 3])).is_ok());
+        assert!(check_seed(&c, &seeded(&keys, &[1, 2, 3])).is_ok());
+        // Alone, or with one node of a t = 2 committee.
+        let e = check_seed(&c, &spec()).unwrap_err().to_string();
+        assert!(e.contains("0 key-manager nonces; 2 are needed"), "{e}");
+        assert!(check_seed(&c, &seeded(&keys, &[2])).is_err());
+        // A contribution changed after the nonces: the commitment they signed is another.
+        let mut s = seeded(&keys, &[1, 2]);
+        s.seed.contribution.0[0] ^= 1;
+        s.mask_seed = derive_mask_seed(&s.round_id, &s.seed);
+        assert!(check_seed(&c, &s).unwrap_err().to_string().contains("seed nonce"));
+        // A seed other than the derivation's (e.g. a reused one).
+        let mut s = seeded(&keys, &[1, 2]);
+        s.mask_seed = MaskSeed([0; 16]);
+        assert!(check_seed(&c, &s).unwrap_err().to_string().contains("not the one"));
+        // A nonce signed by another node, out of order, or of a node not in the committee.
+        let mut s = seeded(&keys, &[1, 2]);
+        s.seed.nonces[1].share_index = 3;
+        s.mask_seed = derive_mask_seed(&s.round_id, &s.seed);
+        assert!(check_seed(&c, &s).is_err());
+        let mut s = seeded(&keys, &[1, 2]);
+        s.seed.nonces.reverse();
+        s.mask_seed = derive_mask_seed(&s.round_id, &s.seed);
+        assert!(check_seed(&c, &s).unwrap_err().to_string().contains("increasing"));
+        let mut s = seeded(&keys, &[1, 2]);
+        s.seed.nonces[1].share_index = 9;
+        assert!(matches!(check_seed(&c, &s), Err(ProtocolError::Committee(_))));
+        // The derivation is signed with the spec: a changed nonce or signature (the mask seed
+        // left as it was) is another spec hash.
+        let a = seeded(&keys, &[1, 2]);
+        let d = Sha256Digest([0; 32]);
+        let mut b = a.clone();
+        b.seed.nonces[0].nonce.0[0] ^= 1;
+        assert_ne!(spec_hash(&a, &d, &d, 2), spec_hash(&b, &d, &d, 2));
+        let mut b = a.clone();
+        b.seed.nonces[1].signature.0[0] ^= 1;
+        assert_ne!(spec_hash(&a, &d, &d, 2), spec_hash(&b, &d, &d, 2));
+        // A spec without a derivation (from before) keeps its old hash.
+        let old = spec();
+        let v2 = Canon::new("cryptflow round spec v2")
+            .bytes(old.round_id.as_str().as_bytes())
+            .u64(old.values)
+            .fixed(&members_digest(&old.clients).0)
+            .u32(old.min_clients)
+            .u32(old.max_clients)
+            .fixed(&old.mask_seed.0)
+            .fixed(&old.plan.digest())
+            .fixed(&old.layout_sha256.0)
+            .fixed(&d.0)
+            .fixed(&d.0)
+            .u32(2)
+            .digest();
+        assert_eq!(spec_hash(&old, &d, &d, 2), v2);
     }
 
     fn committee(keys: &[SiteKey], t: u8) -> Committee {

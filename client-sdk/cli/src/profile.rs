@@ -62,7 +62,8 @@ pub struct Site {
     /// Fetch as a roster reader rather than a contributor.
     #[arg(long)]
     reader: bool,
-    /// Journal of which update went to which round (refuses resubmitting one update).
+    /// Journal of which update went to which round (refuses resubmitting one update);
+    /// required to submit. Created owner-only.
     #[arg(long, env = "CRYPTFLOW_JOURNAL_FILE")]
     journal_file: Option<PathBuf>,
     /// Refuse rounds that allow fewer contributors than this (at least 2; default 3: one

@@ -2,6 +2,7 @@
 loopback HTTP), started once per session. CRYPTFLOW_DEVSTACK names the binary (default: the
 workspace's release build)."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -33,16 +34,23 @@ def stack():
         proc.kill()
         raise RuntimeError("the local stack did not start")
     desc = json.loads(out.read_text())
+    desc["work"] = work
     yield desc
     proc.terminate()
     proc.wait(timeout=30)
 
 
+_journals = itertools.count()
+
+
 def site(stack, name, tmp_path=None, **kwargs):
-    """A `cryptflow.Client` for roster member `name` of the stack."""
+    """A `cryptflow.Client` for roster member `name` of the stack, with a journal of its own
+    (a fresh file per client, so that tests do not see each other's updates) unless the test
+    passes ``journal_file``."""
     import cryptflow
 
     m = stack["members"][name]
+    kwargs.setdefault("journal_file", os.path.join(stack["work"], f"{name}-{next(_journals)}.journal"))
     return cryptflow.Client(
         stack["aggregator"],
         token=m["token"],

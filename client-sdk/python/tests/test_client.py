@@ -176,6 +176,15 @@ def test_the_journal_refuses_a_repeat_and_a_second_round(stack, tmp_path):
     s.submit("py-journal-2", x, allow_resubmission=True)
 
 
+def test_a_site_without_a_journal_is_refused_before_anything_is_sent(stack):
+    # Issue #24: the journal was opt-in, so a site without one could submit one update to two
+    # rounds and have it exposed by the difference of their means.
+    admin(stack).create_round("py-no-journal", clients=["site-0", "site-1"], dim=10)
+    with pytest.raises(cryptflow.ConfigError, match="journal_file"):
+        site(stack, "site-0", journal_file=None).submit("py-no-journal", np.zeros(10))
+    assert admin(stack).round("py-no-journal")["uploads"] == 0
+
+
 def test_a_committee_file_that_does_not_match_the_nodes_is_a_committee_error(stack, tmp_path):
     import re
 
@@ -190,7 +199,7 @@ def test_a_committee_file_that_does_not_match_the_nodes_is_a_committee_error(sta
     admin(stack).create_round("py-committee", clients=["site-0", "site-1"], dim=10)
     m = stack["members"]["site-0"]
     s = cryptflow.Client(stack["aggregator"], token=m["token"], committee_file=pinned, client_id="site-0",
-                         key_file=m["key_file"], retry_budget=5)
+                         key_file=m["key_file"], journal_file=tmp_path / "site-0.journal", retry_budget=5)
     with pytest.raises(cryptflow.CommitteeError):
         s.submit("py-committee", np.zeros(10))
     assert issubclass(cryptflow.CommitteeError, cryptflow.ProtocolError)

@@ -72,7 +72,7 @@ def test_no_reply_of_another_type_carries_arrays(kind):
 
 
 def test_a_client_without_a_journal_is_refused(stack):
-    out = SecureAggregationMod(lambda ctx: site(stack, "site-0"))(message(), context(), train)
+    out = SecureAggregationMod(lambda ctx: site(stack, "site-0", journal_file=None))(message(), context(), train)
     assert out.has_error() and "journal_file" in out.error.reason
 
 

@@ -42,6 +42,7 @@ fn world(m: u32) -> World {
         min_clients: 2,
         max_clients: 3,
         mask_seed: MaskSeed([1; 16]),
+        seed: Default::default(),
         plan: p,
         layout_sha256: cryptflow_services::protocol::layout_digest(
             &cryptflow_services::api::round::Layout::Dimension(10),

@@ -114,6 +114,11 @@ pub struct DepositReceipt {
 pub struct DepositList {
     /// One entry per depositing client, sorted.
     pub deposits: Vec<Contribution>,
+    /// The upload root each depositing client signed (deposits from before roots were signed
+    /// have none): the aggregator leaves out of the set a member whose signed root is not the
+    /// root of the upload it holds.
+    #[serde(default)]
+    pub upload_roots: std::collections::BTreeMap<crate::ids::ClientId, Sha256Digest>,
 }
 
 /// Body of `PUT /v1/rounds/{round}/contributors` (aggregator): the contributor set and the

@@ -97,15 +97,84 @@ pub struct RoundSpec {
     pub min_clients: u32,
     /// Most contributions (the plan's `C`).
     pub max_clients: u32,
-    /// The public seed of the round's masks, drawn by the aggregator from fresh OS randomness
-    /// at creation.
+    /// The public seed of the round's masks: `cryptflow_services::protocol::derive_mask_seed`
+    /// of [`RoundSpec::seed`], which every node and client recomputes.
     pub mask_seed: MaskSeed,
+    /// How the seed was fixed, in two steps: the aggregator's contribution (committed to
+    /// before any node answered) and the nonces the key managers added, each signed. Empty in
+    /// a spec stored before two-step seeds existed: such a round is refused.
+    #[serde(default)]
+    pub seed: SeedDerivation,
     /// Encoding and transport width (re-derived from its request when parsed).
     pub plan: Plan,
     /// Digest of the round's layout (tensor names and shapes,
     /// `cryptflow_services::protocol::layout_digest`): the key managers sign it with the rest,
     /// so the layout a client is shown cannot differ from the one registered.
     pub layout_sha256: Sha256Digest,
+}
+
+/// 32 bytes of fresh OS randomness, as 64 hexadecimal digits: the aggregator's contribution to
+/// a round's mask seed, or a key manager's nonce.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SeedPart(pub [u8; 32]);
+
+impl SeedPart {
+    /// 32 bytes from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let mut b = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        Self(b)
+    }
+}
+
+impl TryFrom<String> for SeedPart {
+    type Error = crate::ids::DigestError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse::<Sha256Digest>().map(|d| Self(d.0))
+    }
+}
+
+impl From<SeedPart> for String {
+    fn from(p: SeedPart) -> String {
+        Sha256Digest(p.0).to_string()
+    }
+}
+
+/// How a round's mask seed was fixed (`docs/security.md`, "The mask seed"): the aggregator
+/// drew `contribution` and sent only its commitment
+/// (`cryptflow_services::protocol::seed_commitment`) to the key managers; each answered with a
+/// fresh nonce signed over the commitment; then the aggregator revealed the contribution.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedDerivation {
+    /// The aggregator's contribution.
+    pub contribution: SeedPart,
+    /// The key managers' nonces, in increasing node order, at least `t` of them.
+    pub nonces: Vec<SeedNonce>,
+}
+
+/// A key manager's nonce for a round's seed, signed over the aggregator's commitment
+/// (`cryptflow_services::protocol::seed_nonce_statement`). `POST /v1/rounds/{round}/seed-nonce`
+/// at a key manager answers one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedNonce {
+    /// The node's share index `x`.
+    pub share_index: u8,
+    /// The nonce.
+    pub nonce: SeedPart,
+    /// Ed25519 signature by the node's signing key over the nonce statement.
+    pub signature: crate::api::SignatureHex,
+}
+
+/// `POST /v1/rounds/{round}/seed-nonce` at a key manager (aggregator, admins): the commitment
+/// to the aggregator's contribution to the round's seed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedNonceRequest {
+    /// `cryptflow_services::protocol::seed_commitment` of the contribution.
+    pub commitment: Sha256Digest,
 }
 
 /// Round lifecycle at the aggregator.

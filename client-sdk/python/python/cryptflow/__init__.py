@@ -376,8 +376,10 @@ class Client:
         client_id, key_file: this site's roster id and its roster key (``cryptflow keygen``,
             PKCS#8 PEM); needed to submit and to fetch.
         reader: fetch means as a roster reader rather than as a contributor.
-        journal_file: where this site records which update went to which round; an update is
-            never submitted to two rounds (their means would differ by it).
+        journal_file: where this site records which update went to which round (JSON lines,
+            created owner-only); an update is never submitted to two rounds (their means would
+            differ by it). Required to submit: :meth:`submit` without one raises
+            :class:`ConfigError`.
         min_contributors: refuse rounds that declare fewer possible contributors (≥ 2; default
             3, so that one member colluding with the aggregator learns nothing about another
             member's update beyond the mean; ``k`` tolerates ``k − 2``).
@@ -438,7 +440,7 @@ class Client:
             raise ConfigError(f"allow_single_key_manager = {allow_single_key_manager!r}: must be True or False")
         if isinstance(retry_budget, bool) or not isinstance(retry_budget, numbers.Real):
             raise ConfigError(f"retry_budget = {retry_budget!r}: must be a number of seconds")
-        #: The journal file, if any (``cryptflow.flwr`` requires one).
+        #: The journal file, if any (:meth:`submit` requires one).
         self.journal_file: Optional[str] = os.fspath(journal_file) if journal_file is not None else None
         self._native = _call(
             _native.NativeClient,
