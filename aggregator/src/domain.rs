@@ -161,7 +161,9 @@ pub fn choose_set(
 /// for the round (#24): it is left out of `S` instead. Only deposits for the upload the
 /// aggregator holds are compared (one for another upload is left out as such, #30); a deposit
 /// or upload without a root (from before roots existed) is kept. A node that lies about a
-/// member's root can have it left out — as it could by withholding its deposit.
+/// member's root can have that member left out (the aggregator holds no roster keys to check
+/// the member's signature): one more way one key manager can hurt availability, next to
+/// releasing a wrong value, which fails the whole round (`docs/security.md`, "Not protected").
 pub fn deposits_matching_roots(
     lists: BTreeMap<u8, DepositList>,
     uploads: &BTreeMap<ClientId, (Sha256Digest, Sha256Digest)>,

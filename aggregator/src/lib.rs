@@ -312,14 +312,15 @@ pub struct AppState {
     fold_contexts: Arc<
         std::sync::Mutex<std::collections::HashMap<cryptflow_services::RoundId, jobs::FoldContext>>,
     >,
-    /// The seed contribution drawn for each round being created, until it is stored with the
-    /// spec: a retried creation asks the key managers under the same commitment (and gets the
-    /// same nonces) instead of spending one of the few commitments a node answers per round.
+    /// The seed contribution drawn for each round being created (with the order it was drawn
+    /// in), until it is stored with the spec: a retried creation asks the key managers under
+    /// the same commitment (and gets the same nonces) instead of spending one of the few
+    /// commitments a node answers per round.
     pending_seeds: Arc<
         std::sync::Mutex<
             std::collections::HashMap<
                 cryptflow_services::RoundId,
-                cryptflow_services::api::round::SeedPart,
+                (cryptflow_services::api::round::SeedPart, u64),
             >,
         >,
     >,

@@ -30,61 +30,105 @@ use cryptflow_services::{ErrorCode, RoundId};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-/// Fixes `spec`'s mask seed in two steps (`docs/security.md`, "The mask seed"): a fresh
-/// contribution, its commitment sent to every node, their signed nonces; the seed derives from
-/// the contribution and the nonces of the nodes that answered — at least `t`, else the
-/// problem an admin gets when too few nodes registered a round.
+/// Fixes `spec`'s mask seed in two steps (`docs/security.md`, 10.): a contribution, its
+/// commitment sent to every node, their signed nonces; the seed derives from the contribution
+/// and the nonces of the nodes that answered — at least `t`. A node that did not answer is
+/// asked once more under the same commitment (it answers the same nonce): a node whose answer
+/// was lost would otherwise refuse the round for good, its nonce left out. The contribution is
+/// kept in this replica until the spec is stored ([`forget_seed`]), so that a retried creation
+/// asks under the same commitment.
 pub async fn fix_seed(s: &AppState, mut spec: RoundSpec) -> Result<RoundSpec, AppError> {
     let committee = s.kms.committee();
+    let round = spec.round_id.clone();
     let contribution = {
-        // At most this many creations in flight keep their contribution; beyond, a retry draws
-        // a new one (and spends one more of the nodes' commitments for that round).
+        // Bounded: creations are admin requests, each entry lives until its round is stored or
+        // refused; past the bound the oldest-drawn half is dropped (a retry of those draws anew).
         const MAX_PENDING: usize = 10_000;
         let mut pending = s.pending_seeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if pending.len() >= MAX_PENDING {
-            pending.clear();
-        }
-        *pending.entry(spec.round_id.clone()).or_insert_with(SeedPart::generate)
-    };
-    let commitment = protocol::seed_commitment(&spec.round_id, &contribution);
-    let calls = committee.nodes().iter().map(|n| {
-        let (kms, x, round) = (s.kms.clone(), n.x, spec.round_id.clone());
-        async move { (x, kms.seed_nonce(x, &round, &commitment).await) }
-    });
-    let mut nonces = Vec::new();
-    let mut errors = Vec::new();
-    for (x, outcome) in futures_util::future::join_all(calls).await {
-        match outcome {
-            Ok(nonce) => nonces.push(nonce),
-            Err(e) => {
-                tracing::warn!(round = %spec.round_id, node = x, error = %e, "no seed nonce");
-                count_credentials(s, &e);
-                errors.push(e);
+        if pending.len() >= MAX_PENDING && !pending.contains_key(&round) {
+            let mut by_age: Vec<_> = pending.iter().map(|(r, (_, n))| (*n, r.clone())).collect();
+            by_age.sort();
+            for (_, r) in by_age.into_iter().take(MAX_PENDING / 2) {
+                pending.remove(&r);
             }
         }
-    }
-    let t = committee.shape().threshold();
-    if nonces.len() < t as usize {
-        if errors
-            .iter()
-            .any(|e| matches!(e, KmsError::Refused { .. } | KmsError::Credentials { .. }))
-        {
-            return Err(registration_problem(t, nonces.len(), &errors));
+        let next = pending.values().map(|(_, n)| n + 1).max().unwrap_or(0);
+        pending.entry(round.clone()).or_insert_with(|| (SeedPart::generate(), next)).0
+    };
+    let commitment = protocol::seed_commitment(&round, &contribution);
+    let mut nonces = Vec::new();
+    // Each node's last failure.
+    let mut failed: BTreeMap<u8, KmsError> = BTreeMap::new();
+    let mut ask: Vec<u8> = committee.nodes().iter().map(|n| n.x).collect();
+    for pass in 0..2 {
+        let calls = ask.iter().map(|&x| {
+            let (kms, round) = (s.kms.clone(), round.clone());
+            async move { (x, kms.seed_nonce(x, &round, &commitment).await) }
+        });
+        for (x, outcome) in futures_util::future::join_all(calls).await {
+            match outcome {
+                Ok(nonce) => {
+                    failed.remove(&x);
+                    nonces.push(nonce);
+                }
+                Err(e) => {
+                    tracing::warn!(round = %round, node = x, pass, error = %e, "no seed nonce");
+                    count_credentials(s, &e);
+                    failed.insert(x, e);
+                }
+            }
         }
-        return Err(AppError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "only {} of the {t} key managers needed answered a nonce for the round's mask seed \
-                 ({}); nothing was stored — repeat the request",
-                nonces.len(),
-                errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
-            ),
-        ));
+        ask = failed
+            .iter()
+            .filter(|(_, e)| matches!(e, KmsError::Unavailable { .. }))
+            .map(|(x, _)| *x)
+            .collect();
+        if ask.is_empty() {
+            break;
+        }
     }
-    nonces.sort_by_key(|n| n.share_index);
-    spec.seed = SeedDerivation { contribution, nonces };
-    spec.mask_seed = protocol::derive_mask_seed(&spec.round_id, &spec.seed);
-    Ok(spec)
+    let errors: Vec<KmsError> = failed.into_values().collect();
+    let t = committee.shape().threshold();
+    if nonces.len() >= t as usize {
+        nonces.sort_by_key(|n| n.share_index);
+        spec.seed = SeedDerivation { contribution, nonces };
+        spec.mask_seed = protocol::derive_mask_seed(&round, &spec.seed);
+        return Ok(spec);
+    }
+    let listed = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+    let refused_spec = errors.iter().any(|e| {
+        matches!(e, KmsError::Refused { problem, .. } if matches!(problem.status, 409 | 410 | 422))
+    });
+    if refused_spec || errors.iter().any(|e| matches!(e, KmsError::Credentials { .. })) {
+        // The round id is taken (or refused) at a node, or the aggregator's token is: a retry
+        // changes nothing, so the contribution is not kept.
+        forget_seed(s, &round);
+        return Err(registration_problem(t, nonces.len(), &errors));
+    }
+    if errors.iter().any(|e| matches!(e, KmsError::Refused { .. })) {
+        return Err(AppError::new(
+            ErrorCode::BadGateway,
+            format!(
+                "{listed}: a key manager without the seed step is older than this aggregator \
+                 (upgrade the committee and the aggregator together), or the committee file's URL \
+                 is not its internal listener; nothing was stored"
+            ),
+        )
+        .with_field("committee_file"));
+    }
+    Err(AppError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "only {} of the {t} key managers needed answered a nonce for the round's mask seed \
+             ({listed}); nothing was stored — repeat the request",
+            nonces.len()
+        ),
+    ))
+}
+
+/// Drops the seed contribution kept for `round`'s creation (stored, or refused for good).
+pub fn forget_seed(s: &AppState, round: &RoundId) {
+    s.pending_seeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(round);
 }
 
 /// Registers the round with every node that has not echoed it yet; stores and returns all

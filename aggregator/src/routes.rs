@@ -3,7 +3,7 @@
 //!
 //! | method and path | who | what |
 //! |---|---|---|
-//! | `POST /v1/rounds` | admin | create a round: plan it, draw its mask seed, register it with the key managers |
+//! | `POST /v1/rounds` | admin | create a round: plan it, fix its mask seed with the key managers, register it with them |
 //! | `GET /v1/rounds/{round}` | admin, the round's members, readers | the round, its spec, the nodes' echoes, state, transcript |
 //! | `POST /v1/rounds/{round}/close` | admin | close now and publish (or fail) |
 //! | `PUT /v1/rounds/{round}/submissions/{client}` | the client itself, a member of the round | upload an encrypted update |
@@ -122,7 +122,8 @@ fn info(row: RoundRow) -> RoundInfo {
 /// `POST /v1/rounds` — admin. 201 created and registered with at least `t` key managers, 200
 /// for the same request again, 409 for another one with the same id; 422 naming the field or
 /// the planner's bound (with the nearest feasible setting); 503 if too few key managers
-/// could be reached (the round is kept and retried: repeat the request).
+/// could be reached — for the seed's nonces (nothing stored) or to register (the round is
+/// kept and retried) — repeat the request.
 async fn create_round(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -166,10 +167,18 @@ async fn create_round(
                 // Another replica (or an earlier attempt of this request) may have created the
                 // round meanwhile: its nodes then refuse new nonces. Answer with that round.
                 Err(e) => match s.store.round(&round).await.map_err(db)? {
-                    Some(existing) if existing.request == request => {
-                        return see_registered(&s, existing, false).await
+                    Some(existing) => {
+                        lifecycle::forget_seed(&s, &round);
+                        if existing.request != request {
+                            return Err(AppError::new(
+                                ErrorCode::Conflict,
+                                format!("round {round} exists with another request"),
+                            )
+                            .with_field("round_id"));
+                        }
+                        return see_registered(&s, existing, false).await;
                     }
-                    _ => return Err(e),
+                    None => return Err(e),
                 },
             };
             let inserted = s
@@ -177,10 +186,7 @@ async fn create_round(
                 .insert_round(&request, &spec, deadline, now, s.tuning.fold_span_blocks)
                 .await
                 .map_err(db)?;
-            s.pending_seeds
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&round);
+            lifecycle::forget_seed(&s, &round);
             let row = require_round(&s, &round).await?;
             if !inserted && row.request != request {
                 return Err(AppError::new(

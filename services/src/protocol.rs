@@ -418,7 +418,7 @@ pub fn spec_hash(
     // A spec from before two-step seeds (no derivation) keeps its v2 hash, so the echoes its
     // nodes signed then still verify for readers of its mean; no new round is registered
     // without a derivation (nodes and submitting clients run `check_seed`).
-    let legacy = spec.seed == SeedDerivation::default();
+    let legacy = spec.seed.is_legacy();
     let mut c =
         Canon::new(if legacy { "cryptflow round spec v2" } else { "cryptflow round spec v3" })
             .bytes(spec.round_id.as_str().as_bytes())

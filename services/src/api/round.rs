@@ -101,9 +101,10 @@ pub struct RoundSpec {
     /// of [`RoundSpec::seed`], which every node and client recomputes.
     pub mask_seed: MaskSeed,
     /// How the seed was fixed, in two steps: the aggregator's contribution (committed to
-    /// before any node answered) and the nonces the key managers added, each signed. Empty in
-    /// a spec stored before two-step seeds existed: such a round is refused.
-    #[serde(default)]
+    /// before any node answered) and the nonces the key managers added, each signed. Absent
+    /// (and not serialized) in a spec from before two-step seeds, which older clients can then
+    /// still parse: no upload is accepted for such a round, its mean stays readable.
+    #[serde(default, skip_serializing_if = "SeedDerivation::is_legacy")]
     pub seed: SeedDerivation,
     /// Encoding and transport width (re-derived from its request when parsed).
     pub plan: Plan,
@@ -152,6 +153,13 @@ pub struct SeedDerivation {
     pub contribution: SeedPart,
     /// The key managers' nonces, in increasing node order, at least `t` of them.
     pub nonces: Vec<SeedNonce>,
+}
+
+impl SeedDerivation {
+    /// Whether this is the empty derivation of a spec from before two-step seeds.
+    pub fn is_legacy(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A key manager's nonce for a round's seed, signed over the aggregator's commitment
