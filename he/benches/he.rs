@@ -220,5 +220,34 @@ fn verification(
     });
 }
 
-criterion_group!(benches, bench);
+/// The distributed-DP client steps on 2^16 values (issue #26): the rotation, conditional
+/// rounding, and discrete-Gaussian noise shares at σ² = 2^10 and 2^30 grid units² (the
+/// exact sampler's cost grows with log σ through its big-integer arithmetic).
+fn dp(c: &mut Criterion) {
+    use cryptflow_he::dp::rotation::Rotation;
+    use cryptflow_he::dp::rounding::{inflated_sensitivity_sq, round_conditionally};
+    use cryptflow_he::dp::{sample_discrete_gaussians, Variance};
+    use rand_core::SeedableRng;
+    let d = 1usize << 16;
+    let x: Vec<f64> = (0..d).map(|i| ((i * 7) as f64 * 0.001).sin()).collect();
+    let rot = Rotation::new(&MaskSeed([5; 16]), d);
+    let mut g = c.benchmark_group("he/dp/d=2^16");
+    g.throughput(Throughput::Elements(d as u64));
+    g.bench_function("rotate", |b| b.iter(|| rot.rotate(black_box(&x))));
+    let scaled: Vec<f64> = x.iter().map(|v| v * 64.0).collect();
+    let bound = inflated_sensitivity_sq(64.0 * (d as f64).sqrt(), d, 1e-9);
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed([1; 32]);
+    g.bench_function("round_conditionally", |b| {
+        b.iter(|| round_conditionally(black_box(&scaled), bound, &mut rng).expect("within bound"))
+    });
+    for log_s2 in [10u32, 30] {
+        let sigma2 = Variance::integer(1u128 << log_s2).expect("variance");
+        g.bench_function(format!("discrete_gaussian_sigma2=2^{log_s2}"), |b| {
+            b.iter(|| sample_discrete_gaussians(&sigma2, d, &mut rng))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, dp);
 criterion_main!(benches);

@@ -11,7 +11,8 @@
 //! All arithmetic is in `R_q = Z_q[X]/(X^N + 1)`, `N = 2048`, `q = 2^64` (wrapping `u64`).
 //!
 //! - **Round setup** ([`RoundSetup`]): the [plan](planner) (encoding and transport width), a
-//!   public 128-bit [`MaskSeed`] drawn when the round is created, and the update's size. Block
+//!   public 128-bit [`MaskSeed`] fixed when the round is created (by the aggregator and the key
+//!   managers together, in two steps: `cryptflow-services`' protocol), and the update's size. Block
 //!   `j`'s mask `A_j` is the `j`-th run of `N` words of tfhe's CSPRNG seeded with the seed —
 //!   exactly how tfhe expands a seeded GLWE ciphertext list — with `j` one counter over the
 //!   whole update. Nobody chooses a mask and no ciphertext carries one.
@@ -32,6 +33,8 @@
 //!   in the last slot; the mean is `Σc·x / Σc`. Ciphertexts and key releases are never
 //!   weighted per client: a release `Σ w_i·share_i` with public distinct weights would expose
 //!   individual keys (weights 100 and 250 give both keys from two releases).
+//! - **Differential privacy** ([`dp`]): the exact discrete-Gaussian sampler (CKS20) clients
+//!   use for their noise shares in distributed DP — integer and rational arithmetic only.
 //!
 //! ## Security argument
 //!
@@ -119,6 +122,7 @@
 
 mod ciphertext;
 mod decrypt;
+pub mod dp;
 mod encoding;
 mod encrypt;
 mod error;
