@@ -56,7 +56,8 @@ pub struct VarianceError {
     why: &'static str,
 }
 
-/// σ² of a discrete Gaussian, in squared grid units, as the exact rational `num / den`.
+/// σ² of a discrete Gaussian, in squared grid units, as the exact rational `num / den`, kept
+/// in lowest terms (so `25/2` and `50/4` are the same variance and give the same draws).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Variance {
     num: BigUint,
@@ -76,7 +77,9 @@ impl Variance {
         if num / den > MAX_VARIANCE || (num / den == MAX_VARIANCE && !num.is_multiple_of(den)) {
             return Err(error("above 2^64"));
         }
-        Ok(Self { num: BigUint::from(num), den: BigUint::from(den) })
+        // In lowest terms: equal variances consume the generator alike and give equal draws.
+        let g = num_integer::Integer::gcd(&num, &den);
+        Ok(Self { num: BigUint::from(num / g), den: BigUint::from(den / g) })
     }
 
     /// σ² as an integer.
@@ -93,9 +96,13 @@ impl Variance {
 }
 
 /// A uniform integer in `[0, n)`, `n > 0`: whole bytes from `rng`, the top byte masked to the
-/// bit length of `n`, rejected until below `n` (fewer than 2 tries on average).
+/// bit length of `n − 1`, rejected until below `n` (fewer than 2 tries on average); `n = 1`
+/// draws nothing.
 fn uniform_below(n: &BigUint, rng: &mut (impl RngCore + CryptoRng)) -> BigUint {
-    let bits = n.bits();
+    let bits = (n - 1u32).bits();
+    if bits == 0 {
+        return BigUint::zero();
+    }
     let len = bits.div_ceil(8) as usize;
     let spare = (len as u64 * 8 - bits) as u32;
     let mut buf = vec![0u8; len];
@@ -109,8 +116,15 @@ fn uniform_below(n: &BigUint, rng: &mut (impl RngCore + CryptoRng)) -> BigUint {
     }
 }
 
-/// Bernoulli(`num / den`), `num ≤ den`, `den > 0`.
+/// Bernoulli(`num / den`), `den > 0` (certain at `num ≥ den`, drawing nothing; impossible at
+/// `num = 0`).
 fn bernoulli(num: &BigUint, den: &BigUint, rng: &mut (impl RngCore + CryptoRng)) -> bool {
+    if num >= den {
+        return true;
+    }
+    if num.is_zero() {
+        return false;
+    }
     &uniform_below(den, rng) < num
 }
 
@@ -200,9 +214,12 @@ fn floor_sqrt(num: &BigUint, den: &BigUint) -> BigUint {
 /// `exp(−(|y| − σ²/t)² / (2σ²))`, computed exactly as
 /// `exp(−(|y|·t·den − num)² / (2·num·den·t²))` for `σ² = num/den`. σ² = 0 gives 0.
 ///
-/// A candidate beyond `i64` (probability below `exp(−2^58)` for any allowed σ²) is treated as
-/// rejected, so that the result fits an `i64`; the change to the distribution is below that
-/// figure.
+/// A candidate outside `±(2^63 − 1)` (probability about `exp(−2^31)` at the largest allowed
+/// σ²) is rejected, so that the result fits an `i64` and negates safely: the output is then
+/// exactly `N_Z(0, σ²)` conditioned on that range, which differs from `N_Z(0, σ²)` by its mass
+/// beyond `2^63`, below `exp(−2^60)`. The running time depends on the values drawn (CKS20
+/// §5.3): this sampler is for noise whose value is hidden anyway, not for timing-sensitive
+/// secrets.
 pub fn sample_discrete_gaussian(sigma2: &Variance, rng: &mut (impl RngCore + CryptoRng)) -> i64 {
     if sigma2.is_zero() {
         return 0;
@@ -214,7 +231,7 @@ pub fn sample_discrete_gaussian(sigma2: &Variance, rng: &mut (impl RngCore + Cry
     let num_signed = BigInt::from(num.clone());
     loop {
         let y = discrete_laplace(&t, rng);
-        let Some(out) = y.to_i64() else { continue };
+        let Some(out) = y.to_i64().filter(|&v| v != i64::MIN) else { continue };
         let gap = BigInt::from(y.magnitude().clone()) * &td - &num_signed;
         let bias_num = gap.magnitude() * gap.magnitude();
         if bernoulli_exp(bias_num, &bias_den, rng) {
@@ -321,6 +338,16 @@ mod tests {
     }
 
     #[test]
+    fn equal_variances_give_equal_draws() {
+        let (a, b) = (Variance::new(25, 2).unwrap(), Variance::new(50, 4).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(
+            sample_discrete_gaussians(&a, 200, &mut rng(6)),
+            sample_discrete_gaussians(&b, 200, &mut rng(6))
+        );
+    }
+
+    #[test]
     fn variances_are_checked() {
         assert!(Variance::new(1, 0).is_err());
         assert!(Variance::integer(MAX_VARIANCE).is_ok());
@@ -344,11 +371,16 @@ mod tests {
         let hits = (0..100_000).filter(|_| bernoulli_exp(b(5), &b(2), &mut r)).count() as f64;
         let p = (-2.5f64).exp();
         assert!((hits / 1e5 - p).abs() < 5.0 * (p * (1.0 - p) / 1e5).sqrt(), "{hits}");
-        // Uniform below a non-power of two: every value, none beyond.
-        let mut seen = [0u32; 7];
-        for _ in 0..7000 {
-            seen[uniform_below(&b(7), &mut r).to_usize().unwrap()] += 1;
+        // Uniform below a non-power of two and a power of two: every value, none beyond; below
+        // 1 always 0.
+        for n in [7usize, 8] {
+            let mut seen = vec![0u32; n];
+            for _ in 0..1000 * n {
+                seen[uniform_below(&b(n as u64), &mut r).to_usize().unwrap()] += 1;
+            }
+            assert!(seen.iter().all(|&c| (800..1200).contains(&c)), "{seen:?}");
         }
-        assert!(seen.iter().all(|&c| (800..1200).contains(&c)), "{seen:?}");
+        assert!(uniform_below(&b(1), &mut r).is_zero());
+        assert!(bernoulli(&b(5), &b(5), &mut r) && !bernoulli(&b(0), &b(5), &mut r));
     }
 }

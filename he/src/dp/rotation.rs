@@ -46,8 +46,9 @@ impl Rotation {
         self.values - rest + if rest == 0 { 0 } else { rest.next_power_of_two() }
     }
 
-    /// The sign of rotated coordinate `i`, ±1: bit `i mod 256` of
-    /// SHA-256("cryptflow dp rotation signs v1" ‖ 0 ‖ seed ‖ ⌊i/256⌋ as u64 little-endian).
+    /// The sign of rotated coordinate `i`, ±1 (−1 for a set bit): bit `i mod 256` of
+    /// SHA-256("cryptflow dp rotation signs v1" ‖ 0 ‖ seed ‖ ⌊i/256⌋ as u64 little-endian),
+    /// bits numbered from the first byte, least significant bit first within each byte.
     fn signs(&self) -> Vec<f64> {
         let len = self.rotated_len();
         let mut out = Vec::with_capacity(len);
@@ -154,6 +155,18 @@ mod tests {
         let sum: Vec<f64> = rot.rotate(&z).iter().zip(&y).map(|(a, b)| a + b).collect();
         let unsum = rot.unrotate(&sum);
         assert!(unsum.iter().zip(x.iter().zip(&z)).all(|(s, (a, b))| (s - a - b).abs() < 1e-9));
+    }
+
+    #[test]
+    fn whole_blocks_need_no_padding() {
+        let d = 2 * ROTATION_BLOCK;
+        let rot = Rotation::new(&MaskSeed([6; 16]), d);
+        assert_eq!(rot.rotated_len(), d);
+        let x: Vec<f64> = (0..d).map(|i| (i % 13) as f64 - 6.0).collect();
+        let back = rot.unrotate(&rot.rotate(&x));
+        assert!(back.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-9));
+        // Fewer values than a block: one block of the next power of two.
+        assert_eq!(Rotation::new(&MaskSeed([6; 16]), 1000).rotated_len(), 1024);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Clipping and conditional randomized rounding onto the integer grid (Kairouz, Liu, Steinke
 //! 2021, §4, "The Distributed Discrete Gaussian Mechanism"): an update already scaled to grid
 //! units is clipped to L2 norm `c`, then each coordinate is rounded down or up at random
-//! (unbiased), the whole draw repeated until the integer vector's norm is at most the inflated
-//! bound `Δ₂` — checked exactly, on integers — so that the sensitivity the noise is sized for
-//! holds for every upload, not only with high probability.
+//! (unbiased per draw), the whole draw repeated until the integer vector's norm is at most the
+//! inflated bound `Δ₂` — checked exactly, on integers — so that the sensitivity the noise is
+//! sized for holds for every upload, not only with high probability. The condition biases the
+//! result slightly toward 0 (KLS21 bound it by about `β/(1 − β)·√d` in L2), and each rounding
+//! probability is the fractional part to 53 bits.
 //!
 //! ```
 //! use cryptflow_he::dp::rounding::{clip_l2, inflated_sensitivity_sq, round_conditionally};
@@ -48,34 +50,54 @@ pub enum RoundingError {
     },
 }
 
-/// Scales `x` in place to L2 norm `c` if it is longer; returns whether it was. Not-a-number
-/// values count as infinitely long: the vector is then zeroed and reported clipped. A `c`
-/// that is negative or not a number is taken as 0.
+/// Scales `x` in place to L2 norm `c` if it is longer; returns whether it was (the norm is
+/// computed scaled by the largest magnitude, so huge finite values are scaled, not lost).
+/// Infinite or not-a-number values count as infinitely long: the vector is then zeroed and
+/// reported clipped. A `c` that is negative or not a number is taken as 0.
 pub fn clip_l2(x: &mut [f64], c: f64) -> bool {
-    let c = if c >= 0.0 { c } else { 0.0 };
-    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-    if norm.is_nan() || norm.is_infinite() {
+    let c = clip_bound(c);
+    let largest = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if x.iter().any(|v| !v.is_finite()) {
         x.iter_mut().for_each(|v| *v = 0.0);
         return true;
     }
+    if largest == 0.0 {
+        return false;
+    }
+    let norm = largest * x.iter().map(|v| (v / largest).powi(2)).sum::<f64>().sqrt();
     if norm <= c {
         return false;
     }
-    let scale = c / norm;
-    x.iter_mut().for_each(|v| *v *= scale);
+    x.iter_mut().for_each(|v| *v = *v / norm * c);
     true
+}
+
+/// A clip bound as [`clip_l2`] and [`inflated_sensitivity_sq`] use it: negative or NaN → 0.
+fn clip_bound(c: f64) -> f64 {
+    if c >= 0.0 {
+        c
+    } else {
+        0.0
+    }
 }
 
 /// The squared L2 norm bound, in grid units, that a vector of `d` values clipped to `c`
 /// (grid units) meets after randomized rounding with probability at least `1 − β`
 /// (KLS21, Theorem 2 / eq. (18); `compute_l2_sensitivity` in google-research's
 /// `distributed_dp`): `min(c² + d/4 + √(2 ln(1/β))·(c + √d/2), (c + √d)²)`, rounded up to an
-/// integer. The second term holds always (each coordinate moves by less than 1).
+/// integer. The second term holds always, up to floating-point rounding (each coordinate moves
+/// by less than 1). `d` is the length of the vector rounded — after a rotation, its padded
+/// length ([`Rotation::rotated_len`](super::rotation::Rotation::rotated_len)). A `c` negative
+/// or NaN is taken as 0 (as [`clip_l2`] does); a `β` outside `(0, 1)` gives the second term.
 pub fn inflated_sensitivity_sq(c: f64, d: usize, beta: f64) -> u128 {
+    let c = clip_bound(c);
     let d = d as f64;
+    let always = (c + d.sqrt()).powi(2);
+    if !(beta > 0.0 && beta < 1.0) {
+        return always.ceil() as u128;
+    }
     let tail = (2.0 * (1.0 / beta).ln()).sqrt() * (c + d.sqrt() / 2.0);
     let probable = c * c + d / 4.0 + tail;
-    let always = (c + d.sqrt()).powi(2);
     probable.min(always).ceil() as u128
 }
 
@@ -137,6 +159,13 @@ mod tests {
         assert_eq!(bad, vec![0.0, 0.0]);
         let mut empty: Vec<f64> = Vec::new();
         assert!(!clip_l2(&mut empty, 1.0));
+        // Finite values whose squares overflow are scaled, not zeroed.
+        let mut huge = vec![3e200, -4e200];
+        assert!(clip_l2(&mut huge, 5.0));
+        assert!((huge[0] - 3.0).abs() < 1e-12 && (huge[1] + 4.0).abs() < 1e-12, "{huge:?}");
+        let mut neg = vec![1.0, 1.0];
+        assert!(clip_l2(&mut neg, -1.0));
+        assert_eq!(neg, vec![0.0, 0.0]);
     }
 
     #[test]
@@ -175,8 +204,11 @@ mod tests {
         // c = 10, d = 101, β = e^-2: 100 + 25.25 + 2·(10 + √101/2) = 155.30 → 156 (below
         // (10 + √101)² = 402).
         assert_eq!(inflated_sensitivity_sq(10.0, 101, (-2.0f64).exp()), 156);
-        // Tiny c, large d: the always-true bound is the smaller.
+        // Tiny c, large d: the always-true bound is the smaller; so it is for a β outside
+        // (0, 1), and a negative c counts as 0.
         assert_eq!(inflated_sensitivity_sq(0.0, 4, 1e-300), 4);
+        assert_eq!(inflated_sensitivity_sq(1.0, 4, 0.0), 9);
+        assert_eq!(inflated_sensitivity_sq(-10.0, 4, f64::NAN), 4);
         // A bound nobody can meet.
         let e = round_conditionally(&[0.5; 100], 0, &mut rng(1)).unwrap_err();
         assert_eq!(e, RoundingError::BoundNotMet { bound: 0, draws: MAX_ROUNDING_DRAWS });
