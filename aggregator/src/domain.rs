@@ -5,7 +5,7 @@
 //!   a matching digest, [`choose_set`]);
 //! - the publication state machine ([`next_step`]): wait for deposits, publish, or fail.
 
-use cryptflow_he::planner::{self, PlanRequest};
+use cryptflow_he::planner::{self, DpRequest, PlanRequest};
 use cryptflow_he::{ParameterSet, PlanError};
 use cryptflow_services::api::kms::{DepositList, SpecEcho};
 use cryptflow_services::api::round::{
@@ -90,6 +90,12 @@ pub fn round_spec(request: &RoundRequest, seed: SeedDerivation) -> Result<RoundS
             clip_bound: request.clip_bound,
             max_abs_error: request.max_abs_error,
             weighting: request.weighting,
+            dp: request.dp.map(|o| DpRequest {
+                noise_multiplier: o.noise_multiplier,
+                honest_shares: o.honest_shares,
+                colluders: o.colluders,
+                values,
+            }),
         },
     )
     .map_err(|e| {
@@ -116,11 +122,12 @@ pub fn round_spec(request: &RoundRequest, seed: SeedDerivation) -> Result<RoundS
     })
 }
 
-/// The smallest set the key managers will record: `max(min_clients, m)` with `m` the largest
-/// any echo reports.
+/// The smallest set the key managers will record: `max(min_clients, m, m_h + t_c)` with `m`
+/// the largest any echo reports and `m_h + t_c` a DP round's.
 pub fn needed(spec: &RoundSpec, echoes: &[SpecEcho]) -> u32 {
     let m = echoes.iter().map(|e| e.min_set_size).max().unwrap_or(1);
-    spec.min_clients.max(m)
+    let dp = spec.plan.dp().map_or(0, |d| d.min_set().min(u32::MAX as u64) as u32);
+    spec.min_clients.max(m).max(dp)
 }
 
 /// The contributor set: the admitted uploads held by every node of some group of `t` nodes
@@ -289,7 +296,7 @@ pub fn next_step(admitted: usize, set: Vec<Contribution>, needed: u32, grace_ove
     if admitted < needed as usize {
         return Step::Fail(format!(
             "{admitted} upload(s) were admitted before the round closed; it needs {needed} \
-             (max(min_clients, m)), so it cannot publish"
+             (max(min_clients, m, and in a DP round honest_shares + colluders)), so it cannot publish"
         ));
     }
     if !grace_over {
@@ -300,7 +307,7 @@ pub fn next_step(admitted: usize, set: Vec<Contribution>, needed: u32, grace_ove
     } else {
         Step::Fail(format!(
             "{} of {admitted} uploads have their key shares deposited with enough key managers; \
-             the round needs {needed} (max(min_clients, m))",
+             the round needs {needed} (max(min_clients, m, and in a DP round honest_shares + colluders))",
             set.len()
         ))
     }
@@ -335,6 +342,7 @@ mod tests {
             weighting: Weighting::Uniform,
             clip_bound: 1.0,
             max_abs_error: 1e-6,
+            dp: None,
         }
     }
 

@@ -353,6 +353,7 @@ mod tests {
             clip_bound: 1.0,
             max_abs_error: 1e-6,
             weighting: Weighting::Uniform,
+            dp: None,
         };
         let p = plan_round(&params, &req).unwrap();
         RoundSetup::try_new(p, MaskSeed::generate().unwrap(), d).unwrap()

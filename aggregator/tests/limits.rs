@@ -76,6 +76,7 @@ async fn a_thousand_idle_connections_leave_health_and_rounds_working() {
         weighting: Weighting::Uniform,
         clip_bound: 1.0,
         max_abs_error: 1e-6,
+        dp: None,
     };
     tokio::time::timeout(Duration::from_secs(10), admin.create_round(&req))
         .await

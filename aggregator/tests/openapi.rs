@@ -34,6 +34,31 @@ async fn a_round_spec_has_exactly_the_fields_both_openapi_files_describe() {
             .collect();
         assert_eq!(required, sent, "{file}: RoundSpec's required fields");
     }
+    // A DP round's plan carries its mechanism; both files describe it.
+    let dp = cryptflow_services::api::round::RoundRequest {
+        clip_bound: 1.0,
+        max_abs_error: 1e-2,
+        dp: Some(cryptflow_services::api::round::DpOptions {
+            noise_multiplier: 1.0,
+            honest_shares: 1,
+            colluders: 1,
+        }),
+        ..stack.round_request("dp", 10, 2, 2)
+    };
+    stack.admin().create_round(&dp).await.unwrap();
+    let info = stack.admin().round(&RoundId::parse("dp").unwrap()).await.unwrap();
+    let plan = serde_json::to_value(info.spec.plan).unwrap();
+    for file in ["aggregator-openapi.json", "kms-openapi.json"] {
+        let schemas = &schema(file)["components"]["schemas"];
+        assert!(keys(&plan).is_subset(&keys(&schemas["Plan"]["properties"])), "{file}: {plan}");
+        assert_eq!(keys(&plan["dp"]), keys(&schemas["DpRequest"]["properties"]), "{file}");
+    }
+    let request = serde_json::to_value(&info.request).unwrap();
+    let schemas = &schema("aggregator-openapi.json")["components"]["schemas"];
+    assert_eq!(
+        keys(&request["dp"]),
+        keys(&schemas["RoundRequest"]["properties"]["dp"]["properties"])
+    );
     let paths = &schema("aggregator-openapi.json")["paths"];
     assert!(paths["/v1/rounds/{round}/submissions/{client}"]["get"].is_object());
     stack.stop().await;

@@ -21,6 +21,7 @@ async fn smoke() {
             weighting: Weighting::Uniform,
             clip_bound: 1.0,
             max_abs_error: 1e-6,
+            dp: None,
         };
         let info = admin.create_round(&req).await.unwrap();
         assert_eq!(info.echoes.len(), n as usize);

@@ -117,6 +117,7 @@ fn round_plan(k: u32, precision: f64) -> Result<Plan, String> {
             clip_bound: 1.0,
             max_abs_error: precision,
             weighting: Weighting::Uniform,
+            dp: None,
         },
     )
     .map_err(|e| e.to_string())
@@ -283,6 +284,7 @@ async fn round_on(
             weighting: Weighting::Uniform,
             clip_bound: 1.0,
             max_abs_error: precision,
+            dp: None,
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -450,6 +452,7 @@ async fn client_rss(d: u64) -> Result<(), String> {
         weighting: Weighting::Uniform,
         clip_bound: 1.0,
         max_abs_error: 1e-6,
+        dp: None,
     };
     stack.admin().create_round(&req).await.map_err(|e| e.to_string())?;
     let client = stack.client("site-0");

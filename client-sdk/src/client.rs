@@ -65,6 +65,14 @@ pub struct ClientPolicy {
     pub allowed_peers: Option<BTreeSet<ClientId>>,
     /// Whether [`Client::fetch_mean`] recomputes the aggregate from the members' uploads.
     pub verify: Verify,
+    /// Refuse rounds without distributed differential privacy. Default `false`.
+    pub require_dp: bool,
+    /// In a DP round, refuse noise sized against fewer than this many colluding members
+    /// (`t_c`). Default 1 (the least any DP round declares: every member knows its own share).
+    pub min_dp_colluders: u32,
+    /// In a DP round, refuse noise sized for fewer than this many honest shares (`m_h`).
+    /// Default 1.
+    pub min_dp_honest_shares: u32,
 }
 
 impl Default for ClientPolicy {
@@ -77,6 +85,9 @@ impl Default for ClientPolicy {
             allow_single_key_manager: false,
             allowed_peers: None,
             verify: Verify::Auto,
+            require_dp: false,
+            min_dp_colluders: 1,
+            min_dp_honest_shares: 1,
         }
     }
 }

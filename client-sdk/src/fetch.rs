@@ -183,6 +183,11 @@ pub struct Aggregate {
     /// so every reader learns it. `max_abs_error` is against the *clipped* contributions; a mean
     /// that clipping shaped can be much further from the mean of the raw updates.
     pub clipping: Clipping,
+    /// In a DP round: the noise of the mean and the noised count of clipped contributions
+    /// (`clipping` then holds that count rounded, and every value as possibly scaled).
+    /// `max_abs_error` is then the bound each value's noise and rounding stay within except
+    /// with probability 2^-128, not a guarantee.
+    pub dp: Option<cryptflow_he::DpMean>,
     /// What each key manager did.
     pub nodes: Vec<NodeOutcome>,
     /// Whether the aggregate was verified against the members' uploads.
@@ -312,6 +317,7 @@ impl Client {
         }
         let (contributors, total_weight) = (decrypted.contributors(), decrypted.total_weight());
         let clipping = decrypted.clipping();
+        let dp = decrypted.dp().cloned();
         drop(decrypted);
         Ok(Aggregate {
             mean: ModelUpdate::from_flat(&info.request.layout, mean)?,
@@ -320,6 +326,7 @@ impl Client {
             max_abs_error,
             largest,
             clipping,
+            dp,
             nodes,
             verification,
             bytes: downloaded,

@@ -237,6 +237,33 @@ impl Client {
                 spec.round_id, spec.min_clients, round.min_set_size, policy.min_contributors
             )));
         }
+        match spec.plan.dp() {
+            None if policy.require_dp => {
+                return Err(ClientError::Policy(format!(
+                    "round {} has no differential privacy; this client's policy requires it",
+                    spec.round_id
+                )));
+            }
+            Some(dp) if dp.colluders() < policy.min_dp_colluders => {
+                return Err(ClientError::Policy(format!(
+                    "round {}'s noise withstands {} colluding members (colluders); this client's \
+                     policy needs at least {}",
+                    spec.round_id,
+                    dp.colluders(),
+                    policy.min_dp_colluders
+                )));
+            }
+            Some(dp) if dp.honest_shares() < policy.min_dp_honest_shares => {
+                return Err(ClientError::Policy(format!(
+                    "round {}'s noise is sized for {} honest shares (honest_shares); this client's \
+                     policy needs at least {}",
+                    spec.round_id,
+                    dp.honest_shares(),
+                    policy.min_dp_honest_shares
+                )));
+            }
+            _ => {}
+        }
         if let Some(allowed) = &policy.allowed_peers {
             if let Some(stranger) = spec.clients.iter().find(|c| *c != me && !allowed.contains(*c))
             {

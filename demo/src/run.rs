@@ -310,6 +310,7 @@ async fn drive(
             weighting,
             clip_bound: args.clip,
             max_abs_error: args.max_abs_error,
+            dp: None,
         };
         let mut report =
             encrypted_round(&admin, &clients, &request, updates, &counts, args.weighting).await?;

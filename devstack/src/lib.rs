@@ -126,6 +126,7 @@ pub struct Builder {
     sites: usize,
     readers: Vec<String>,
     min_set_size: u32,
+    dp_policy: Option<cryptflow_services::protocol::DpPolicy>,
     database: Database,
     processes: bool,
     max_concurrent_uploads: usize,
@@ -200,6 +201,11 @@ impl Builder {
     /// The roster's minimum set size `m` (default 2).
     pub fn min_set_size(mut self, m: u32) -> Self {
         self.min_set_size = m;
+        self
+    }
+    /// The roster's DP floor (its `[dp]` table; default none).
+    pub fn dp_policy(mut self, p: cryptflow_services::protocol::DpPolicy) -> Self {
+        self.dp_policy = Some(p);
         self
     }
     /// The database (default SQLite).
@@ -286,6 +292,7 @@ impl LocalStack {
             sites: 8,
             readers: Vec::new(),
             min_set_size: 2,
+            dp_policy: None,
             database: Database::Sqlite,
             processes: false,
             max_concurrent_uploads: 16,
@@ -326,7 +333,9 @@ impl LocalStack {
             members.push(RosterMember { id: cid.clone(), public_key: key.public_key(), reader });
             sites.push((cid, key.to_pem().map_err(err)?.to_string()));
         }
-        let roster = Roster::try_new(b.min_set_size, members).map_err(err)?;
+        let roster = Roster::try_new(b.min_set_size, members)
+            .and_then(|r| r.with_dp(b.dp_policy))
+            .map_err(err)?;
         let roster_file = write("roster.toml", &roster.to_toml())?;
         // The committee: node keys and fixed ports.
         let mut node_keys = Vec::new();
@@ -623,6 +632,7 @@ impl LocalStack {
             weighting: Weighting::Uniform,
             clip_bound: 1.0,
             max_abs_error: 1e-6,
+            dp: None,
         }
     }
 

@@ -28,6 +28,7 @@ fn bench(c: &mut Criterion) {
             clip_bound: 1.0,
             max_abs_error: 1e-6,
             weighting: Weighting::Uniform,
+            dp: None,
         },
     )
     .expect("feasible plan");

@@ -29,7 +29,7 @@ use std::ops::Range;
 /// use cryptflow_he::planner::{plan, PlanRequest, Weighting};
 /// use cryptflow_he::{MaskSeed, ParameterSet, RoundSetup};
 /// let p = plan(&ParameterSet::default_128(), &PlanRequest { max_clients: 8, clip_bound: 1.0,
-///     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
+///     max_abs_error: 1e-6, weighting: Weighting::Uniform, dp: None }).unwrap();
 /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 1_000_000).unwrap();
 /// assert_eq!(setup.blocks(), 489); // ⌈10^6 / 2048⌉
 /// // 28 bits per value and per clipping slot, a 64-byte header:
@@ -53,6 +53,11 @@ impl RoundSetup {
         }
         if values > crate::MAX_VALUES {
             return Err(InputError::TooLong { len: values, limit: crate::MAX_VALUES }.into());
+        }
+        if let Some(dp) = plan.dp() {
+            if dp.values() != values {
+                return Err(InputError::Length { expected: dp.values(), got: values }.into());
+            }
         }
         let slots = plan
             .slots(values)
@@ -251,7 +256,7 @@ impl PackedCiphertext {
 /// # use cryptflow_he::*;
 /// # let params = ParameterSet::default_128();
 /// # let p = plan(&params, &PlanRequest { max_clients: 3, clip_bound: 1.0,
-/// #     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
+/// #     max_abs_error: 1e-6, weighting: Weighting::Uniform, dp: None }).unwrap();
 /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 5000).unwrap();
 /// let keys: Vec<ClientKey> = (0..3).map(|_| ClientKey::generate(&params).unwrap()).collect();
 /// let mut sum = RunningSum::zero(&setup, 0..setup.slots()).unwrap();

@@ -38,6 +38,25 @@ pub struct Decrypted {
     contributors: u32,
     step: f64,
     clipping: Clipping,
+    dp: Option<DpMean>,
+}
+
+/// What shaped the mean of a DP round, beyond the contributions: the noise, and the noised
+/// count of contributions that clipping scaled. Every reader learns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DpMean {
+    /// Standard deviation of each coordinate's noise in the mean (the discrete-Gaussian
+    /// shares of every contributor: `γ·√(|S|·σ²/m_h)/|S|`).
+    pub noise_std: f64,
+    /// Contributions whose update clipping scaled to the L2 bound, estimated from the noised
+    /// indicator slot (`ΣI/K`; unbiased, may fall outside `[0, |S|]`).
+    pub clipped_contributions: f64,
+    /// Standard deviation of that estimate.
+    pub clipped_contributions_std: f64,
+    /// Standard deviation of each coordinate's error from the grid rounding (at most
+    /// `γ·√|S|/2/|S|`).
+    pub rounding_std: f64,
+    rotation: crate::dp::rotation::Rotation,
 }
 
 /// How much clipping shaped a mean, from the [clipping slots](crate::planner::CLIPPING_SLOTS)
@@ -95,10 +114,22 @@ impl Decrypted {
         &self.sums
     }
 
-    /// The (weighted) mean `s·Σm / Σc`, computed in `f64`, then narrowed to `T`.
+    /// The (weighted) mean `s·Σm / Σc`, computed in `f64`, then narrowed to `T`. In a DP round
+    /// `Σm` is in the rotated domain: the mean is `γ·Σm/|S|` rotated back, its padding dropped.
     pub fn mean<T: Element>(&self) -> Vec<T> {
         let scale = self.step / self.total_weight as f64;
-        self.sums.par_iter().map(|&m| T::from_f64(m as f64 * scale)).collect()
+        match &self.dp {
+            Some(dp) => {
+                let rotated: Vec<f64> = self.sums.iter().map(|&m| m as f64 * scale).collect();
+                dp.rotation.unrotate(&rotated).into_iter().map(T::from_f64).collect()
+            }
+            None => self.sums.par_iter().map(|&m| T::from_f64(m as f64 * scale)).collect(),
+        }
+    }
+
+    /// In a DP round, the noise and the noised clipping count ([`DpMean`]).
+    pub fn dp(&self) -> Option<&DpMean> {
+        self.dp.as_ref()
     }
 
     /// The guaranteed bound on the error of [`Self::mean`] as `f64` against the exact
@@ -106,7 +137,19 @@ impl Decrypted {
     /// `s·(½ + 2^-11)`, the second term the floating-point slop of encoding), divided by `Σc`,
     /// plus the `f64` rounding of the division. At most the plan's `ε`. Narrowing to `f32` or
     /// a half type adds up to half an ulp of the value, which callers add.
+    ///
+    /// In a DP round the error is random — the noise and the rounding — and this is the bound
+    /// each coordinate stays within except with probability at most 2^-128 ([`TAIL_Z`] times
+    /// their joint standard deviation: both are sub-Gaussian), against the mean of the
+    /// *clipped* updates; the conditional rounding's slight bias toward 0 (KLS21, Lemma 3)
+    /// is not in it.
+    ///
+    /// [`TAIL_Z`]: crate::noise::TAIL_Z
     pub fn error_bound(&self) -> f64 {
+        if let Some(dp) = &self.dp {
+            let std = (dp.noise_std.powi(2) + dp.rounding_std.powi(2)).sqrt();
+            return crate::noise::TAIL_Z * std * (1.0 + 1e-9);
+        }
         let quantisation =
             self.step * (0.5 + 1.0 / 2048.0) * self.contributors as f64 / self.total_weight as f64;
         let largest = self.sums.iter().map(|m| m.unsigned_abs()).max().unwrap_or(0) as f64
@@ -125,7 +168,7 @@ impl AggregateKey {
     /// # use cryptflow_he::*;
     /// # let params = ParameterSet::default_128();
     /// # let p = plan(&params, &PlanRequest { max_clients: 2, clip_bound: 1.0,
-    /// #     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
+    /// #     max_abs_error: 1e-6, weighting: Weighting::Uniform, dp: None }).unwrap();
     /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 1000).unwrap();
     /// let (a, b) = (ClientKey::generate(&params).unwrap(), ClientKey::generate(&params).unwrap());
     /// let mut sum = RunningSum::zero(&setup, 0..setup.slots()).unwrap();
@@ -236,7 +279,14 @@ fn check_aggregate(setup: &RoundSetup, aggregate: &PackedCiphertext) -> Result<u
 
 /// Splits the count slot and the clipping slots off and checks each sum lies in the range its
 /// contributors can produce.
-fn finish(setup: &RoundSetup, mut sums: Vec<i64>, contributors: u32) -> Result<Decrypted, Error> {
+pub(crate) fn finish(
+    setup: &RoundSetup,
+    mut sums: Vec<i64>,
+    contributors: u32,
+) -> Result<Decrypted, Error> {
+    if let Some(dp) = setup.plan().dp() {
+        return finish_dp(setup, dp, sums, contributors);
+    }
     let total_weight = match setup.plan().weighting() {
         Weighting::Uniform => contributors as i64,
         Weighting::Samples { min_count, max_count } => {
@@ -268,7 +318,55 @@ fn finish(setup: &RoundSetup, mut sums: Vec<i64>, contributors: u32) -> Result<D
         values_at_most: (units * unit).min(clients * setup.values()),
         of_values: contributors as u64 * setup.values(),
     };
-    Ok(Decrypted { sums, total_weight, contributors, step: setup.plan().step(), clipping })
+    Ok(Decrypted {
+        sums,
+        total_weight,
+        contributors,
+        step: setup.plan().step(),
+        clipping,
+        dp: None,
+    })
+}
+
+/// [`finish`] for a DP round: every slot's sum within the planner's bound (else a contributor
+/// sent more than its clipped update and share), the indicator slot split off.
+fn finish_dp(
+    setup: &RoundSetup,
+    dp: &crate::planner::DpPlan,
+    mut sums: Vec<i64>,
+    contributors: u32,
+) -> Result<Decrypted, Error> {
+    let bound = dp.sum_bound(contributors);
+    if let Some(slot) = sums.iter().position(|m| m.unsigned_abs() as f64 > bound) {
+        sums.zeroize();
+        return Err(Error::SumOutOfRange { slot: slot as u64, bound });
+    }
+    let indicator = sums.pop().ok_or(Error::Internal("no indicator slot"))?;
+    let s = contributors.max(1) as f64;
+    let share_std = (s * dp.variance() as f64 / dp.honest_shares() as f64).sqrt();
+    let k = dp.indicator() as f64;
+    let estimate = indicator as f64 / k;
+    let clipping = Clipping {
+        contributions: estimate.round().clamp(0.0, contributors as f64) as u32,
+        values_at_least: 0,
+        values_at_most: contributors as u64 * setup.values(),
+        of_values: contributors as u64 * setup.values(),
+    };
+    let mean = DpMean {
+        noise_std: dp.mean_noise_std(contributors),
+        clipped_contributions: estimate,
+        clipped_contributions_std: share_std / k,
+        rounding_std: dp.grid_step() * s.sqrt() / 2.0 / s,
+        rotation: crate::dp::rotation::Rotation::new(&setup.seed(), setup.values() as usize),
+    };
+    Ok(Decrypted {
+        sums,
+        total_weight: contributors as i64,
+        contributors,
+        step: setup.plan().step(),
+        clipping,
+        dp: Some(mean),
+    })
 }
 
 /// The key sum's transform and the plan, shared by the blocks.
@@ -368,7 +466,7 @@ pub struct ReleaseReport {
 /// # use cryptflow_he::*;
 /// # let params = ParameterSet::default_128();
 /// # let p = plan(&params, &PlanRequest { max_clients: 2, clip_bound: 1.0,
-/// #     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
+/// #     max_abs_error: 1e-6, weighting: Weighting::Uniform, dp: None }).unwrap();
 /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 1000).unwrap();
 /// let shape = CommitteeShape::try_new(3, 2).unwrap();
 /// let keys = [ClientKey::generate(&params).unwrap(), ClientKey::generate(&params).unwrap()];

@@ -36,6 +36,7 @@
 //! assert_eq!(noise, again);
 //! ```
 
+pub mod accounting;
 pub mod rotation;
 pub mod rounding;
 

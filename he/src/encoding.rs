@@ -108,7 +108,9 @@ impl<T: Element> Values for Segments<'_, T> {
     }
 }
 
-/// What clipping did to one update. Clipping is never silent: callers surface this.
+/// What clipping did to one update. Clipping is never silent: callers surface this. In a DP
+/// round clipping scales the whole update to the L2 bound: `clipped` is then every value `d`
+/// and `largest_magnitude` the update's L2 norm before clipping.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClipReport {
     /// Number of values whose magnitude exceeded the clip bound.
@@ -251,7 +253,13 @@ mod tests {
     use crate::ParameterSet;
 
     fn p(weighting: Weighting) -> Plan {
-        let r = PlanRequest { max_clients: 4, clip_bound: 1.5, max_abs_error: 1e-3, weighting };
+        let r = PlanRequest {
+            max_clients: 4,
+            clip_bound: 1.5,
+            max_abs_error: 1e-3,
+            weighting,
+            dp: None,
+        };
         plan(&ParameterSet::default_128(), &r).unwrap()
     }
 

@@ -49,6 +49,23 @@ pub struct Encryptor {
     /// holding them is first encrypted (a retry of that block then re-derives the same words,
     /// or the digest check refuses it).
     whole: OnceLock<ClipReport>,
+    /// In a DP round, the whole message, derived once from the update and the noise seed.
+    dp: OnceLock<DpMessage>,
+}
+
+/// A DP round's message (KLS21, Algorithm 1, one client): the update rotated, scaled to the
+/// grid, clipped to L2 norm `c`, rounded conditionally, the clipped-client indicator appended
+/// and a discrete-Gaussian share added to every slot — all drawn from the encryptor's secret
+/// noise seed ([`NoiseSeed::dp_rng`]). Zeroized on drop.
+struct DpMessage {
+    words: Vec<i64>,
+    clipping: ClipReport,
+}
+
+impl Drop for DpMessage {
+    fn drop(&mut self) {
+        self.words.zeroize();
+    }
 }
 
 impl Drop for Encryptor {
@@ -143,6 +160,7 @@ impl ClientKey {
             encoder,
             digests: (0..blocks).map(|_| OnceLock::new()).collect(),
             whole: OnceLock::new(),
+            dp: OnceLock::new(),
         })
     }
 }
@@ -165,7 +183,7 @@ impl Encryptor {
     /// use cryptflow_he::*;
     /// let params = ParameterSet::default_128();
     /// let p = plan(&params, &PlanRequest { max_clients: 8, clip_bound: 1.0, max_abs_error: 1e-6,
-    ///     weighting: Weighting::Uniform }).unwrap();
+    ///     weighting: Weighting::Uniform, dp: None }).unwrap();
     /// let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 100_000).unwrap();
     /// let key = ClientKey::generate(&params).unwrap();
     /// let x: Vec<f32> = (0..100_000).map(|i| (i as f32 * 1e-3).sin() * 1.5).collect();
@@ -217,12 +235,16 @@ impl Encryptor {
         }
         let w = self.setup.transport().get();
         let block_bytes = pack::packed_len(n, w);
+        let dp = match self.setup.plan().dp() {
+            Some(_) => Some(self.dp_message(values)?),
+            None => None,
+        };
         let result = out
             .par_chunks_mut(block_bytes)
             .zip((blocks.start as usize..blocks.end as usize).into_par_iter())
             .map_init(
                 || Scratch::new(n),
-                |scratch, (out, b)| self.encrypt_block(values, b as u64, scratch, out),
+                |scratch, (out, b)| self.encrypt_block(values, dp, b as u64, scratch, out),
             )
             .try_reduce(ClipReport::default, |a, b| Ok(a.merge(b)));
         if result.is_err() {
@@ -234,28 +256,32 @@ impl Encryptor {
     fn encrypt_block(
         &self,
         values: &(impl Values + ?Sized),
+        dp: Option<&DpMessage>,
         b: u64,
         s: &mut Scratch,
         out: &mut [u8],
     ) -> Result<ClipReport, Error> {
         let slots = self.setup.block_slots(b);
         let r = (slots.end - slots.start) as usize;
-        let model = (self.setup.values().min(slots.end).saturating_sub(slots.start)) as usize;
-        let whole = if slots.end > self.encoder.values() {
-            Some(self.whole_clipping(values, s)?)
-        } else {
-            None
+        let report = match dp {
+            Some(m) => {
+                let words = m
+                    .words
+                    .get(slots.start as usize..slots.end as usize)
+                    .ok_or(Error::Internal("DP message length"))?;
+                let delta_log = self.setup.plan().delta().get();
+                for (o, w) in s.messages[..r].iter_mut().zip(words) {
+                    *o = (*w as u64).wrapping_shl(delta_log);
+                }
+                // The whole update's clipping, reported once (with block 0).
+                if b == 0 {
+                    m.clipping
+                } else {
+                    ClipReport::default()
+                }
+            }
+            None => self.encode_block(values, slots.start, r, s)?,
         };
-        if model > 0 {
-            // (A last block may hold only the slots after the values, starting past the end.)
-            values.read(slots.start as usize, &mut s.input[..model]);
-        }
-        let report = self.encoder.encode(
-            &s.input[..model],
-            slots.start,
-            &mut s.messages[..r],
-            whole.as_ref(),
-        )?;
         expand_mask(self.setup.seed(), b, &mut s.mask)?;
         self.plan.mul(&s.mask, &self.key, &mut s.ntt, &mut s.product);
         let mut stream = self.noise.block_stream(b);
@@ -271,6 +297,71 @@ impl Encryptor {
             return Err(Error::ChangedInput { block: b });
         }
         Ok(report)
+    }
+
+    /// Encodes the slots `first .. first + r` of a round without DP into `s.messages`.
+    fn encode_block(
+        &self,
+        values: &(impl Values + ?Sized),
+        first: u64,
+        r: usize,
+        s: &mut Scratch,
+    ) -> Result<ClipReport, Error> {
+        let end = first + r as u64;
+        let model = (self.setup.values().min(end).saturating_sub(first)) as usize;
+        let whole =
+            if end > self.encoder.values() { Some(self.whole_clipping(values, s)?) } else { None };
+        if model > 0 {
+            // (A last block may hold only the slots after the values, starting past the end.)
+            values.read(first as usize, &mut s.input[..model]);
+        }
+        Ok(self.encoder.encode(&s.input[..model], first, &mut s.messages[..r], whole.as_ref())?)
+    }
+
+    /// A DP round's message, derived on first use and kept ([`DpMessage`]): the same
+    /// encryptor always encrypts the same message, so a retried block re-derives identical
+    /// bytes — and an encryptor first given one update keeps encrypting that one. Holds the
+    /// update once in memory (8 bytes per rotated value).
+    fn dp_message(&self, values: &(impl Values + ?Sized)) -> Result<&DpMessage, Error> {
+        use crate::dp::{rotation::Rotation, rounding, sample_discrete_gaussian};
+        if let Some(m) = self.dp.get() {
+            return Ok(m);
+        }
+        let dp = self.setup.plan().dp().ok_or(Error::Internal("not a DP round"))?;
+        let mut x = vec![0.0f64; values.len()];
+        values.read(0, &mut x);
+        if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+            x.zeroize();
+            return Err(InputError::NonFinite { index: index as u64 }.into());
+        }
+        let largest = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let norm = if largest == 0.0 {
+            0.0
+        } else {
+            largest * x.iter().map(|v| (v / largest).powi(2)).sum::<f64>().sqrt()
+        };
+        let mut y = Rotation::new(&self.setup.seed(), x.len()).rotate(&x);
+        x.zeroize();
+        let scale = 2f64.powi(dp.grid_log());
+        y.iter_mut().for_each(|v| *v *= scale);
+        let clipped = rounding::clip_l2(&mut y, self.setup.plan().clip_bound() * scale);
+        let mut rng = self.noise.dp_rng();
+        let rounded = rounding::round_conditionally(&y, dp.rounded_norm_sq(), &mut rng);
+        y.zeroize();
+        let mut words = rounded.map_err(|_| Error::Internal("conditional rounding failed"))?;
+        words.push(if clipped { dp.indicator() as i64 } else { 0 });
+        let share = dp.share_variance();
+        for w in words.iter_mut() {
+            *w = w.saturating_add(sample_discrete_gaussian(&share, &mut rng));
+        }
+        let clipping = if clipped {
+            ClipReport { clipped: self.setup.values(), largest_magnitude: norm }
+        } else {
+            ClipReport::default()
+        };
+        // A racing caller derived the same message; the loser's copy is zeroized on drop.
+        let _ = self.dp.set(DpMessage { words, clipping });
+        self.dp.get().ok_or(Error::Internal("DP message"))
     }
 
     /// How many values of the whole update clipping changes (one pass over the input, kept

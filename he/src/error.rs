@@ -47,6 +47,16 @@ pub enum Error {
     /// release, or an aggregate that is not the sum of the set's uploads).
     #[error("the key sum does not decrypt this aggregate")]
     WrongAggregateKey,
+    /// A DP round's decrypted sum lies beyond the bound honest contributions keep to (their
+    /// clipped, rounded updates and noise shares, except with probability 2^-128): a
+    /// contributor sent a larger message.
+    #[error("slot {slot} of the decrypted DP sum is beyond the bound {bound:.3e} honest contributions keep to: a contributor sent more than its clipped update and noise share")]
+    SumOutOfRange {
+        /// The slot.
+        slot: u64,
+        /// The bound, in grid units.
+        bound: f64,
+    },
     /// The decrypted sum of the counts, or of the clipping slots, lies outside what the
     /// contributors can declare.
     #[error("the decrypted sample counts or clipping counts lie outside the round's range")]

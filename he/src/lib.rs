@@ -89,7 +89,7 @@
 //!
 //! let params = ParameterSet::default_128();
 //! let p = plan(&params, &PlanRequest { max_clients: 3, clip_bound: 1.0, max_abs_error: 1e-6,
-//!     weighting: Weighting::Uniform }).unwrap();
+//!     weighting: Weighting::Uniform, dp: None }).unwrap();
 //! let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 4).unwrap();
 //! let committee = CommitteeShape::try_new(3, 2).unwrap();
 //!
@@ -141,7 +141,7 @@ pub mod wire;
 mod tests;
 
 pub use ciphertext::{CiphertextHeader, CiphertextKind, PackedCiphertext, RoundSetup, RunningSum};
-pub use decrypt::{decrypt_with_releases, Clipping, Decrypted, ReleaseReport};
+pub use decrypt::{decrypt_with_releases, Clipping, Decrypted, DpMean, ReleaseReport};
 pub use encoding::{ClipReport, Element, Segments, Values, MAX_VALUES};
 pub use encrypt::{Encrypted, Encryptor};
 pub use error::{DecodeError, Error, InputError, InvalidParameter, Mismatch, PlanError};

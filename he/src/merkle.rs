@@ -20,7 +20,7 @@
 //!
 //! let params = ParameterSet::default_128(); // N = 2048: 5,000 values are 3 spans
 //! let p = plan(&params, &PlanRequest { max_clients: 2, clip_bound: 1.0, max_abs_error: 1e-3,
-//!     weighting: Weighting::Uniform }).unwrap();
+//!     weighting: Weighting::Uniform, dp: None }).unwrap();
 //! let setup = RoundSetup::try_new(p, MaskSeed::generate().unwrap(), 5000).unwrap();
 //! assert_eq!(setup.blocks(), 3);
 //! let key = ClientKey::generate(&params).unwrap();

@@ -31,7 +31,7 @@
 //! use cryptflow_he::planner::{plan, PlanRequest, Weighting};
 //! use cryptflow_he::ParameterSet;
 //! let request = PlanRequest { max_clients: 8, clip_bound: 1.0, max_abs_error: 1e-6,
-//!     weighting: Weighting::Uniform };
+//!     weighting: Weighting::Uniform, dp: None };
 //! let plan = plan(&ParameterSet::default_128(), &request).unwrap();
 //! assert_eq!(plan.transport().get(), 28); // 3.5 bytes per value: 0.875× float32
 //! assert!(plan.max_abs_error() <= 1e-6);
@@ -94,6 +94,211 @@ pub struct PlanRequest {
     pub max_abs_error: f64,
     /// Weighting.
     pub weighting: Weighting,
+    /// Distributed differential privacy ([`DpRequest`]); `None` for a round without DP. In a
+    /// DP round `clip_bound` is the L2 bound `c` of a whole update and `max_abs_error` the
+    /// coarsest grid step the planner may use (see [`DpPlan`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpRequest>,
+}
+
+/// The distributed discrete Gaussian mechanism of a round (Kairouz, Liu, Steinke, "The
+/// Distributed Discrete Gaussian Mechanism", ICML 2021, Algorithm 1): each client rotates its
+/// update ([`crate::dp::rotation`]), clips it to L2 norm `c`, rounds it to the grid
+/// conditionally ([`crate::dp::rounding`]) and adds a discrete-Gaussian share of variance
+/// `σ²/m_h`, so that the sum of any `m_h` honest shares carries noise of variance `σ²`.
+#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpRequest {
+    /// `z`: the noise of `m_h` honest shares has standard deviation `z` times the mechanism's
+    /// L2 sensitivity (in `(0, 10^6]`).
+    pub noise_multiplier: f64,
+    /// `m_h ≥ 1`: honest shares the noise is sized for.
+    pub honest_shares: u32,
+    /// `t_c ≥ 1`: members of a set other than the protected client that may collude (each
+    /// knows its own share). Key managers never record a set of fewer than `m_h + t_c`.
+    pub colluders: u32,
+    /// `d`: model values of an update (the sensitivity after rounding depends on it).
+    pub values: u64,
+}
+
+/// Largest noise multiplier a DP round may ask for.
+pub const MAX_NOISE_MULTIPLIER: f64 = 1e6;
+
+/// `β` of the conditional rounding ([`crate::dp::rounding::inflated_sensitivity_sq`]): a draw
+/// meets the inflated bound with probability at least `1 − β`.
+pub const DP_ROUNDING_BETA: f64 = 1.0 / 1024.0;
+
+/// The largest factor by which the grid may raise the error of a DP round's sum above the
+/// continuous Gaussian's (see [`DpPlan`]).
+pub const DP_GRID_COST: f64 = 1.05;
+
+/// How the planner sized a DP round's grid and noise, all in grid units (`γ = 2^-k`):
+///
+/// - the grid is the coarsest (fewest bits) with `γ ≤ max_abs_error` on which the error of a
+///   sum of `C` contributions — the noise `σ`, sized for the sensitivity the rounding inflated,
+///   and the rounding's own (standard deviation at most `√C/2`) — costs at most
+///   [`DP_GRID_COST`] times the noise `z·c/γ` a continuous Gaussian would need for the
+///   unrounded bound: `√(σ² + C/4) ≤ 1.05·z·c/γ`;
+/// - `Δ₂²` is the inflated squared L2 bound every rounded update meets (checked on integers);
+/// - the clipped-client indicator slot holds `K = ⌈Δ₂/8⌉` or 0, so the mechanism's squared
+///   sensitivity under zero-out adjacency is `S² = Δ₂² + K²`;
+/// - `σ² = ⌈z²·S²⌉` (an integer), each share `N_Z(0, σ²/m_h)`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DpPlan {
+    request_values: u64,
+    grid_log: i32,
+    sensitivity_sq: u128,
+    indicator: u64,
+    variance: u128,
+    honest_shares: u32,
+    colluders: u32,
+}
+
+impl DpPlan {
+    /// `k`: the grid step is `γ = 2^-k`.
+    pub fn grid_log(&self) -> i32 {
+        self.grid_log
+    }
+    /// `γ`.
+    pub fn grid_step(&self) -> f64 {
+        2f64.powi(-self.grid_log)
+    }
+    /// `d`.
+    pub fn values(&self) -> u64 {
+        self.request_values
+    }
+    /// The rotated length `d'` ([`crate::dp::rotation::Rotation::rotated_len`]).
+    pub fn rotated_len(&self) -> u64 {
+        rotated_len(self.request_values)
+    }
+    /// `Δ₂²`, the squared L2 bound of a rounded update (grid units², an integer).
+    pub fn rounded_norm_sq(&self) -> u128 {
+        self.sensitivity_sq - (self.indicator as u128).pow(2)
+    }
+    /// `K`, the clipped-client indicator of a clipped contribution (grid units).
+    pub fn indicator(&self) -> u64 {
+        self.indicator
+    }
+    /// `S² = Δ₂² + K²`, the mechanism's squared L2 sensitivity (grid units²).
+    pub fn sensitivity_sq(&self) -> u128 {
+        self.sensitivity_sq
+    }
+    /// `σ²`, the variance of the sum of `m_h` shares (grid units², an integer).
+    pub fn variance(&self) -> u128 {
+        self.variance
+    }
+    /// `m_h`.
+    pub fn honest_shares(&self) -> u32 {
+        self.honest_shares
+    }
+    /// `t_c`.
+    pub fn colluders(&self) -> u32 {
+        self.colluders
+    }
+    /// The smallest contributor set key managers may record: `m_h + t_c`.
+    pub fn min_set(&self) -> u64 {
+        self.honest_shares as u64 + self.colluders as u64
+    }
+    /// Each client's share: `σ²/m_h` as an exact rational.
+    pub fn share_variance(&self) -> crate::dp::Variance {
+        // σ² ≤ 2^64 by construction (the planner refuses more).
+        crate::dp::Variance::new(self.variance, self.honest_shares as u128)
+            .unwrap_or_else(|_| crate::dp::Variance::new(0, 1).unwrap_or_else(|_| unreachable!()))
+    }
+    /// Standard deviation, in the mean's units, of each coordinate of the mean of
+    /// `contributors` contributions: `γ·√(|S|·σ²/m_h)/|S|` (the rotation is orthonormal, so
+    /// each un-rotated coordinate carries the same variance).
+    pub fn mean_noise_std(&self, contributors: u32) -> f64 {
+        let s = contributors.max(1) as f64;
+        self.grid_step() * (s * self.variance as f64 / self.honest_shares as f64).sqrt() / s
+    }
+    /// The bound on `|Σm|` of any slot for `contributors` contributions: `|S|·⌈Δ₂⌉ +
+    /// z_tail·√(|S|·σ²/m_h)` with `z_tail` = [`TAIL_Z`] — exceeded with probability at most
+    /// 2^-128 by honest contributions (a discrete Gaussian is sub-Gaussian with variance proxy
+    /// its `σ²`: Canonne, Kamath, Steinke 2020, Corollary 9).
+    pub fn sum_bound(&self, contributors: u32) -> f64 {
+        let s = contributors as f64;
+        let per = (self.rounded_norm_sq() as f64).sqrt().ceil();
+        s * per + TAIL_Z * (s * self.variance as f64 / self.honest_shares as f64).sqrt()
+    }
+}
+
+/// `d'`: `d` rotated in blocks ([`crate::dp::rotation`]).
+fn rotated_len(values: u64) -> u64 {
+    let block = crate::dp::rotation::ROTATION_BLOCK as u64;
+    let rest = values % block;
+    values - rest + if rest == 0 { 0 } else { rest.next_power_of_two() }
+}
+
+impl DpPlan {
+    /// The mechanism for L2 bound `clip_bound` on the grid `γ = 2^-grid_log` (see
+    /// [`DpPlan`]; the planner picks the grid): `Δ₂²` from KLS21's inflated bound at
+    /// [`DP_ROUNDING_BETA`] for the rotated length, `K = ⌈Δ₂/8⌉`, `σ² = ⌈z²·(Δ₂² + K²)⌉`.
+    ///
+    /// # Errors
+    /// [`PlanError::InvalidRequest`] naming `dp.noise_multiplier` if `σ²` exceeds 2^64.
+    pub fn for_grid(clip_bound: f64, grid_log: i32, dp: &DpRequest) -> Result<Self, PlanError> {
+        let c = clip_bound * 2f64.powi(grid_log);
+        let d = rotated_len(dp.values) as usize;
+        let rounded = crate::dp::rounding::inflated_sensitivity_sq(c, d, DP_ROUNDING_BETA);
+        let indicator = ((rounded as f64).sqrt() / 8.0).ceil() as u64;
+        let sensitivity_sq = rounded + (indicator as u128).pow(2);
+        let z = dp.noise_multiplier;
+        let variance = (z * z * sensitivity_sq as f64).ceil();
+        if variance > crate::dp::MAX_VARIANCE as f64 {
+            return Err(invalid(
+                "dp.noise_multiplier",
+                format!(
+                    "σ² = {variance:.3e} grid units² exceeds 2^64 on the grid the clip bound needs: take a smaller noise_multiplier or clip_bound"
+                ),
+            ));
+        }
+        Ok(DpPlan {
+            request_values: dp.values,
+            grid_log,
+            sensitivity_sq,
+            indicator,
+            variance: variance as u128,
+            honest_shares: dp.honest_shares,
+            colluders: dp.colluders,
+        })
+    }
+
+    /// What one round costs each contributor ([`crate::dp::accounting`]): KLS21 Theorem 2 for
+    /// `S²`, `σ²` and `m_h` in `d' + 1` dimensions.
+    pub fn charge(&self) -> crate::dp::accounting::Charge {
+        crate::dp::accounting::Charge::of_mechanism(
+            self.sensitivity_sq,
+            self.variance,
+            self.honest_shares,
+            self.rotated_len() + 1,
+        )
+    }
+}
+
+/// Sizes the DP part of a plan (see [`DpPlan`]); the request's fields are already checked.
+fn dp_plan(request: &PlanRequest, dp: &DpRequest) -> Result<DpPlan, PlanError> {
+    let c_total = request.max_clients as f64;
+    let z = dp.noise_multiplier;
+    for k in -60i32..=60 {
+        let gamma = 2f64.powi(-k);
+        if gamma > request.max_abs_error {
+            continue;
+        }
+        let c = request.clip_bound / gamma;
+        if c > (1u64 << 40) as f64 {
+            break;
+        }
+        let candidate = DpPlan::for_grid(request.clip_bound, k, dp)?;
+        if (candidate.variance as f64 + c_total / 4.0).sqrt() > DP_GRID_COST * z * c {
+            continue;
+        }
+        return Ok(candidate);
+    }
+    Err(invalid(
+        "max_abs_error",
+        format!("no grid step 2^-k ≤ max_abs_error keeps the error of the sum within {DP_GRID_COST} times the noise a continuous Gaussian would need: take a larger max_abs_error or noise_multiplier"),
+    ))
 }
 
 /// A feasible configuration, only ever made by [`plan`] (deserialising one re-runs the
@@ -106,10 +311,11 @@ pub struct Plan {
     step: f64,
     delta: DeltaLog,
     transport: TransportBits,
+    dp: Option<DpPlan>,
 }
 
 /// The serialised form of a [`Plan`]: the request and what the planner derived from it.
-#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlanRepr {
     parameter_set: u16,
@@ -118,6 +324,9 @@ struct PlanRepr {
     step: f64,
     delta_log: DeltaLog,
     transport_bits: TransportBits,
+    /// A DP round's charge per contributor ([`DpPlan::charge`]), re-derived on parsing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dp_charge: Option<crate::dp::accounting::Charge>,
 }
 
 impl From<Plan> for PlanRepr {
@@ -128,6 +337,7 @@ impl From<Plan> for PlanRepr {
             step: p.step,
             delta_log: p.delta,
             transport_bits: p.transport,
+            dp_charge: p.dp.map(|d| d.charge()),
         }
     }
 }
@@ -138,6 +348,12 @@ impl TryFrom<PlanRepr> for Plan {
         let params = ParameterSet::by_id(ParameterSetId(r.parameter_set))
             .map_err(|_| invalid("parameter_set", "is not a known parameter set".into()))?;
         let derived = plan(&params, &r.request)?;
+        if derived.dp.map(|d| d.charge()) != r.dp_charge {
+            return Err(invalid(
+                "dp_charge",
+                "is not the charge the mechanism's parameters give (KLS21, in fixed point)".into(),
+            ));
+        }
         if derived.step != r.step
             || derived.delta != r.delta_log
             || derived.transport != r.transport_bits
@@ -194,9 +410,18 @@ impl Plan {
     pub fn bytes_per_value(&self) -> f64 {
         self.transport.get() as f64 / 8.0
     }
+    /// The DP mechanism, in a DP round.
+    pub fn dp(&self) -> Option<&DpPlan> {
+        self.dp.as_ref()
+    }
+
     /// Slots of an update of `values` values: the values, the [`CLIPPING_SLOTS`], and the
-    /// count last in `samples` rounds.
+    /// count last in `samples` rounds. In a DP round: the rotated values, then the
+    /// clipped-client indicator (`None` unless `values` is the `d` the round was planned for).
     pub fn slots(&self, values: u64) -> Option<u64> {
+        if let Some(dp) = &self.dp {
+            return (values == dp.request_values).then(|| dp.rotated_len() + 1);
+        }
         let count = match self.request.weighting {
             Weighting::Uniform => 0,
             Weighting::Samples { .. } => 1,
@@ -213,7 +438,7 @@ impl Plan {
     /// use cryptflow_he::planner::{plan, PlanRequest, Weighting};
     /// use cryptflow_he::ParameterSet;
     /// let p = plan(&ParameterSet::default_128(), &PlanRequest { max_clients: 8, clip_bound: 1.0,
-    ///     max_abs_error: 1e-6, weighting: Weighting::Uniform }).unwrap();
+    ///     max_abs_error: 1e-6, weighting: Weighting::Uniform, dp: None }).unwrap();
     /// assert_eq!(p.clipping_unit(100_000), 1); // counted exactly
     /// assert!(p.clipping_unit(1 << 30) > 1); // counted in units of a few thousand values
     /// ```
@@ -239,6 +464,18 @@ impl Plan {
         out.extend_from_slice(&self.step.to_bits().to_le_bytes());
         out.push(self.delta.get() as u8);
         out.push(self.transport.get() as u8);
+        // A DP round's mechanism, appended (the bytes of a round without DP are unchanged).
+        if let (Some(r), Some(dp)) = (&self.request.dp, &self.dp) {
+            out.extend_from_slice(b"dp v1\0");
+            out.extend_from_slice(&r.noise_multiplier.to_bits().to_le_bytes());
+            out.extend_from_slice(&r.honest_shares.to_le_bytes());
+            out.extend_from_slice(&r.colluders.to_le_bytes());
+            out.extend_from_slice(&r.values.to_le_bytes());
+            out.extend_from_slice(&dp.grid_log.to_le_bytes());
+            out.extend_from_slice(&dp.sensitivity_sq.to_le_bytes());
+            out.extend_from_slice(&dp.indicator.to_le_bytes());
+            out.extend_from_slice(&dp.variance.to_le_bytes());
+        }
         out
     }
 
@@ -272,6 +509,48 @@ fn check_request(request: &PlanRequest) -> Result<(), PlanError> {
     let e = request.max_abs_error;
     if !(e.is_finite() && e > 0.0 && e <= b) {
         return Err(invalid("max_abs_error", "must be a number in (0, clip_bound]".into()));
+    }
+    if let Some(dp) = &request.dp {
+        let z = dp.noise_multiplier;
+        if !(z.is_finite() && z > 0.0 && z <= MAX_NOISE_MULTIPLIER) {
+            return Err(invalid(
+                "dp.noise_multiplier",
+                format!("must be a number in (0, {MAX_NOISE_MULTIPLIER:e}]"),
+            ));
+        }
+        if dp.honest_shares == 0 {
+            return Err(invalid("dp.honest_shares", "must be at least 1".into()));
+        }
+        if dp.colluders == 0 {
+            return Err(invalid(
+                "dp.colluders",
+                "must be at least 1: every member of a set reads the mean and knows its own share"
+                    .into(),
+            ));
+        }
+        if dp.honest_shares as u64 + dp.colluders as u64 > request.max_clients as u64 {
+            return Err(invalid(
+                "dp.honest_shares",
+                format!(
+                    "honest_shares + colluders = {} exceeds max_clients = {}: no set could be recorded",
+                    dp.honest_shares as u64 + dp.colluders as u64,
+                    request.max_clients
+                ),
+            ));
+        }
+        if !(1..=crate::encoding::MAX_VALUES).contains(&dp.values) {
+            return Err(invalid(
+                "dp.values",
+                format!("must be in [1, {}]", crate::encoding::MAX_VALUES),
+            ));
+        }
+        if request.weighting != Weighting::Uniform {
+            return Err(invalid(
+                "weighting",
+                "a DP round weights uniformly: a sample count would scale an update's sensitivity and travel unnoised"
+                    .into(),
+            ));
+        }
     }
     if let Weighting::Samples { min_count, max_count } = request.weighting {
         if min_count == 0 || min_count > max_count {
@@ -310,11 +589,14 @@ fn fits(params: &ParameterSet, c: f64, delta: u8, w: TransportBits) -> bool {
     key_ok && noise_ok
 }
 
-fn budget(params: &ParameterSet, request: &PlanRequest, step: f64) -> Budget {
+fn budget(params: &ParameterSet, request: &PlanRequest, step: f64, dp: Option<&DpPlan>) -> Budget {
     let (_, c_max) = request.weighting.bounds();
     let c = request.max_clients as f64;
     let per_client = (c_max as f64 * request.clip_bound / step).ceil() + 1.0;
-    let total = (c * per_client).max(c * c_max as f64);
+    let total = match dp {
+        Some(dp) => dp.sum_bound(request.max_clients),
+        None => (c * per_client).max(c * c_max as f64),
+    };
     // (total + ½)·2^δ ≤ 2^63.
     let delta_max =
         (1..=62u8).rev().find(|&d| (total + 0.5) * 2f64.powi(d as i32) <= 2f64.powi(63));
@@ -330,7 +612,7 @@ fn budget(params: &ParameterSet, request: &PlanRequest, step: f64) -> Budget {
 /// let params = ParameterSet::default_128();
 /// // FedAvg over 100 sites holding 1,000 to 1,000,000 examples, mean within 1e-4:
 /// let ok = PlanRequest { max_clients: 100, clip_bound: 1.0, max_abs_error: 1e-4,
-///     weighting: Weighting::Samples { min_count: 1_000, max_count: 1_000_000 } };
+///     weighting: Weighting::Samples { min_count: 1_000, max_count: 1_000_000 }, dp: None };
 /// assert!(plan(&params, &ok).is_ok());
 /// // With counts from 1, no 64-bit encoding can guarantee 1e-4: the refusal says what would.
 /// let too_wide = PlanRequest { weighting: Weighting::Samples { min_count: 1, max_count: 1_000_000 },
@@ -341,8 +623,12 @@ fn budget(params: &ParameterSet, request: &PlanRequest, step: f64) -> Budget {
 /// ```
 pub fn plan(params: &ParameterSet, request: &PlanRequest) -> Result<Plan, PlanError> {
     check_request(request)?;
-    let step = step_of(request);
-    let b = budget(params, request, step);
+    let dp = request.dp.as_ref().map(|d| dp_plan(request, d)).transpose()?;
+    let step = match &dp {
+        Some(dp) => dp.grid_step(),
+        None => step_of(request),
+    };
+    let b = budget(params, request, step, dp.as_ref());
     let c = request.max_clients as f64;
     if let Some(delta_max) = b.delta_max {
         for w in 1..=64u8 {
@@ -357,9 +643,21 @@ pub fn plan(params: &ParameterSet, request: &PlanRequest) -> Result<Plan, PlanEr
                     step,
                     delta,
                     transport: w,
+                    dp,
                 });
             }
         }
+    }
+    if let Some(dp) = &dp {
+        return Err(PlanError::Infeasible {
+            needed_bits: b.message_bits + 1.0 + b.delta_min as f64,
+            message_bits: b.message_bits,
+            margin_bits: b.delta_min,
+            nearest: format!(
+                "the sum bound |S|·Δ₂ + {TAIL_Z}·σ_s·√|S| = {:.3e} grid units is too wide: a smaller max_clients or noise_multiplier",
+                dp.sum_bound(request.max_clients)
+            ),
+        });
     }
     Err(infeasible(params, request, &b))
 }
@@ -373,7 +671,7 @@ pub fn plan(params: &ParameterSet, request: &PlanRequest) -> Result<Plan, PlanEr
 /// use cryptflow_he::ParameterSet;
 /// let params = ParameterSet::default_128();
 /// let r = PlanRequest { max_clients: 3, clip_bound: 1.0, max_abs_error: 1e-6,
-///     weighting: Weighting::Samples { min_count: 1, max_count: 100_000 } };
+///     weighting: Weighting::Samples { min_count: 1, max_count: 100_000 }, dp: None };
 /// let b = largest_clip_bound(&params, &r).unwrap();
 /// assert!(plan(&params, &PlanRequest { clip_bound: b, ..r }).is_ok());
 /// assert!(plan(&params, &PlanRequest { clip_bound: b * 1.01, ..r }).is_err());
@@ -496,8 +794,11 @@ fn infeasible(params: &ParameterSet, request: &PlanRequest, b: &Budget) -> PlanE
 }
 
 fn plan_quiet(params: &ParameterSet, request: &PlanRequest) -> bool {
+    if request.dp.is_some() {
+        return plan(params, request).is_ok();
+    }
     let step = step_of(request);
-    let b = budget(params, request, step);
+    let b = budget(params, request, step, None);
     let c = request.max_clients as f64;
     b.delta_max.is_some_and(|d| fits(params, c, d, TransportBits::FULL))
 }
@@ -512,6 +813,7 @@ mod tests {
             clip_bound: 1.0,
             max_abs_error: e,
             weighting: Weighting::Uniform,
+            dp: None,
         }
     }
 
@@ -557,6 +859,7 @@ mod tests {
             clip_bound: 1.0,
             max_abs_error: 1e-4,
             weighting: Weighting::Samples { min_count: 4, max_count: 1_000_000 },
+            dp: None,
         };
         let p = plan(&params, &r).unwrap();
         assert!(p.transport().get() <= 48, "{p:?}");
@@ -581,6 +884,7 @@ mod tests {
             clip_bound: 1.0,
             max_abs_error: 1e-7,
             weighting: Weighting::Samples { min_count: 1, max_count: 100_000_000 },
+            dp: None,
         };
         let err = plan(&params, &r).unwrap_err().to_string();
         assert!(err.contains("max_count ≤ "), "{err}");

@@ -339,6 +339,21 @@ impl NoiseSeed {
         Self(seed)
     }
 
+    /// The generator of a DP round's rounding and noise share ([`crate::dp`]): ChaCha20 keyed
+    /// by SHA-256("cryptflow dp noise v1" ‖ 0 ‖ the seed, little-endian) — the same secret as
+    /// the encryption noise under its own label, so a retry re-derives the identical message
+    /// and nobody without the seed can predict it.
+    pub(crate) fn dp_rng(&self) -> rand_chacha::ChaCha20Rng {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"cryptflow dp noise v1\0");
+        h.update(self.0.to_le_bytes());
+        let mut key: [u8; 32] = h.finalize().into();
+        let rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(key);
+        key.zeroize();
+        rng
+    }
+
     /// The noise stream of block `block`.
     pub(crate) fn block_stream(&self, block: u64) -> AesStream {
         AesStream::new(self.0, block as u128 * NOISE_CALLS_PER_BLOCK, NOISE_CALLS_PER_BLOCK)

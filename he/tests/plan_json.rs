@@ -25,6 +25,7 @@ fn the_value_schemathesis_found() {
             clip_bound: 122102840085.8644,
             max_abs_error: 122102840085.8644,
             weighting,
+            dp: None,
         };
         round_trip(request).unwrap();
     }
@@ -43,6 +44,6 @@ proptest! {
         let max_abs_error = clip_bound * 10f64.powf(ratio_exp) * 1.000_000_123;
         let weighting =
             if samples { Weighting::Samples { min_count: 1, max_count: 1000 } } else { Weighting::Uniform };
-        round_trip(PlanRequest { max_clients, clip_bound, max_abs_error, weighting })?;
+        round_trip(PlanRequest { max_clients, clip_bound, max_abs_error, weighting, dp: None })?;
     }
 }

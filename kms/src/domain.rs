@@ -193,6 +193,45 @@ pub fn check_registration(node: &Node, round: &RoundId, spec: &RoundSpec) -> Res
         .with_limit(m as u64));
     }
     protocol::setup(spec).map_err(|e| invalid("plan", e.to_string()))?;
+    check_dp_floor(node, spec)
+}
+
+/// The consortium's DP floor (the roster's `[dp]`): rounds without DP refused if it requires
+/// DP, `m_h` and `t_c` at least its minimums.
+fn check_dp_floor(node: &Node, spec: &RoundSpec) -> Result<(), AppError> {
+    let Some(floor) = node.roster.dp() else { return Ok(()) };
+    let Some(dp) = spec.plan.dp() else {
+        return if floor.required {
+            Err(invalid(
+                "dp",
+                "this consortium requires differential privacy: a round without DP is refused",
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    if dp.honest_shares() < floor.min_honest_shares {
+        return Err(invalid(
+            "dp.honest_shares",
+            format!(
+                "`dp.honest_shares` = {} is below this consortium's floor min_honest_shares = {}",
+                dp.honest_shares(),
+                floor.min_honest_shares
+            ),
+        )
+        .with_limit(floor.min_honest_shares as u64));
+    }
+    if dp.colluders() < floor.min_colluders {
+        return Err(invalid(
+            "dp.colluders",
+            format!(
+                "`dp.colluders` = {} is below this consortium's floor min_colluders = {}",
+                dp.colluders(),
+                floor.min_colluders
+            ),
+        )
+        .with_limit(floor.min_colluders as u64));
+    }
     Ok(())
 }
 
@@ -394,13 +433,17 @@ pub fn check_set(
     deposits: &[DepositRow],
 ) -> Result<Vec<Contribution>, AppError> {
     let set = protocol::canonical_set(set).map_err(|e| invalid("contributors", e.to_string()))?;
-    let need = row.spec.min_clients.max(node.roster.min_set_size());
-    if (set.len() as u64) < need as u64 {
+    let dp = row.spec.plan.dp().map_or(0, |d| d.min_set());
+    let need = (row.spec.min_clients.max(node.roster.min_set_size()) as u64).max(dp);
+    if (set.len() as u64) < need {
         return Err(invalid(
             "contributors",
-            format!("{} members; a set needs at least max(min_clients, m) = {need}", set.len()),
+            format!(
+                "{} members; a set needs at least max(min_clients, m, honest_shares + colluders) = {need}",
+                set.len()
+            ),
         )
-        .with_limit(need as u64));
+        .with_limit(need));
     }
     if set.len() > row.spec.max_clients as usize {
         return Err(invalid(

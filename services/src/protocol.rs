@@ -279,6 +279,29 @@ pub struct RosterMember {
 pub struct Roster {
     min_set_size: u32,
     members: Vec<RosterMember>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dp: Option<DpPolicy>,
+}
+
+/// The consortium's floor on differential privacy (the roster file's `[dp]` table): set by
+/// the consortium, like the roster — never by the operator of a round. Each key manager
+/// refuses to register a round below it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpPolicy {
+    /// Refuse rounds without DP.
+    #[serde(default)]
+    pub required: bool,
+    /// Smallest `m_h` (honest shares the noise is sized for) a DP round may declare.
+    #[serde(default = "one")]
+    pub min_honest_shares: u32,
+    /// Smallest `t_c` (colluding members the noise must withstand), at least 1.
+    #[serde(default = "one")]
+    pub min_colluders: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Deserialize)]
@@ -287,12 +310,16 @@ struct RosterFile {
     min_set_size: u32,
     #[serde(default)]
     members: Vec<RosterMember>,
+    #[serde(default)]
+    dp: Option<DpPolicy>,
 }
 
 impl<'de> Deserialize<'de> for Roster {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let f = RosterFile::deserialize(d)?;
-        Roster::try_new(f.min_set_size, f.members).map_err(serde::de::Error::custom)
+        Roster::try_new(f.min_set_size, f.members)
+            .and_then(|r| r.with_dp(f.dp))
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -316,7 +343,26 @@ impl Roster {
                 ProtocolError::Roster(format!("`{}`: not an Ed25519 public key", m.id))
             })?;
         }
-        Ok(Self { min_set_size, members })
+        Ok(Self { min_set_size, members, dp: None })
+    }
+
+    /// The roster with the consortium's DP floor (`None`: rounds may be without DP, any
+    /// `m_h ≥ 1`, `t_c ≥ 1`).
+    pub fn with_dp(mut self, dp: Option<DpPolicy>) -> Result<Self, ProtocolError> {
+        if let Some(p) = &dp {
+            if p.min_honest_shares == 0 || p.min_colluders == 0 {
+                return Err(ProtocolError::Roster(
+                    "dp.min_honest_shares and dp.min_colluders must be at least 1".into(),
+                ));
+            }
+        }
+        self.dp = dp;
+        Ok(self)
+    }
+
+    /// The consortium's DP floor, if any.
+    pub fn dp(&self) -> Option<&DpPolicy> {
+        self.dp.as_ref()
     }
 
     /// Parses a roster file (TOML).
@@ -329,10 +375,16 @@ impl Roster {
         #[derive(Serialize)]
         struct F<'a> {
             min_set_size: u32,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dp: Option<&'a DpPolicy>,
             members: &'a [RosterMember],
         }
-        toml::to_string(&F { min_set_size: self.min_set_size, members: &self.members })
-            .unwrap_or_default()
+        toml::to_string(&F {
+            min_set_size: self.min_set_size,
+            dp: self.dp.as_ref(),
+            members: &self.members,
+        })
+        .unwrap_or_default()
     }
 
     /// `m`.
@@ -348,12 +400,20 @@ impl Roster {
         self.members.binary_search_by(|m| m.id.cmp(id)).ok().map(|i| &self.members[i])
     }
 
-    /// Digest of the roster: `m`, then each member's id, key and reader flag.
+    /// Digest of the roster: `m`, then each member's id, key and reader flag, then — only if
+    /// the roster has one — the DP floor (so a roster without one keeps its digest).
     pub fn digest(&self) -> Sha256Digest {
         let mut c =
             Canon::new("cryptflow roster v2").u32(self.min_set_size).u64(self.members.len() as u64);
         for m in &self.members {
             c = c.bytes(m.id.as_str().as_bytes()).fixed(&m.public_key.0).fixed(&[m.reader as u8]);
+        }
+        if let Some(p) = &self.dp {
+            c = c
+                .bytes(b"dp")
+                .fixed(&[p.required as u8])
+                .u32(p.min_honest_shares)
+                .u32(p.min_colluders);
         }
         c.digest()
     }
@@ -774,6 +834,7 @@ mod tests {
                 clip_bound: 1.0,
                 max_abs_error: 1e-6,
                 weighting: Weighting::Uniform,
+                dp: None,
             },
         )
         .unwrap();

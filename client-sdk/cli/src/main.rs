@@ -462,6 +462,7 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
         weighting,
         clip_bound: args.clip,
         max_abs_error: args.max_abs_error,
+        dp: None,
     };
     let info = args.conn.client()?.create_round(&request).await?;
     print_round(&info, json);

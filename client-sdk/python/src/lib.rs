@@ -380,7 +380,8 @@ fn largest_clip_bound(
         (min, Some(max)) => Weighting::Samples { min_count: min.unwrap_or(1), max_count: max },
         (Some(_), None) => return Err(input("min_count needs max_count")),
     };
-    let request = PlanRequest { max_clients, clip_bound: max_abs_error, max_abs_error, weighting };
+    let request =
+        PlanRequest { max_clients, clip_bound: max_abs_error, max_abs_error, weighting, dp: None };
     let params = cryptflow_he::ParameterSet::default_128();
     Ok(cryptflow_he::planner::largest_clip_bound(&params, &request))
 }

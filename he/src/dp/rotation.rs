@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 pub const ROTATION_BLOCK: usize = 1 << 16;
 
 /// The rotation of one round for updates of `values` values.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rotation {
     seed: MaskSeed,
     values: usize,

@@ -69,6 +69,7 @@ fn clipping_in_samples_rounds_and_large_updates_is_a_range() {
             clip_bound: 1.0,
             max_abs_error: 0.01,
             weighting: Weighting::Samples { min_count: 1, max_count: 2 },
+            dp: None,
         },
     )
     .unwrap();

@@ -4,6 +4,7 @@
 
 mod attacks;
 mod clipping;
+mod dp;
 mod golden;
 mod interop;
 mod noise;
@@ -24,6 +25,7 @@ pub(crate) fn gaussian_plan(params: &ParameterSet, c: u32, e: f64) -> Plan {
             clip_bound: 1.0,
             max_abs_error: e,
             weighting: Weighting::Uniform,
+            dp: None,
         },
     )
     .unwrap()

@@ -14,7 +14,7 @@ fn setup(c: u32, weighting: Weighting, values: u64, seed: u128) -> RoundSetup {
     let params = ParameterSet::toy_insecure();
     let p = plan(
         &params,
-        &PlanRequest { max_clients: c, clip_bound: 1.0, max_abs_error: 1e-5, weighting },
+        &PlanRequest { max_clients: c, clip_bound: 1.0, max_abs_error: 1e-5, weighting, dp: None },
     )
     .unwrap();
     RoundSetup::try_new(p, MaskSeed(seed.to_le_bytes()), values).unwrap()

@@ -33,6 +33,7 @@ fn example() -> Example {
             clip_bound: 1.0,
             max_abs_error: 0.01,
             weighting: Weighting::Uniform,
+            dp: None,
         },
     )
     .unwrap();

@@ -32,6 +32,7 @@ fn world(m: u32) -> World {
             clip_bound: 1.0,
             max_abs_error: 1e-6,
             weighting: Weighting::Uniform,
+            dp: None,
         },
     )
     .unwrap();

@@ -77,8 +77,28 @@ pub struct RoundRequest {
     pub weighting: Weighting,
     /// Values are clipped to `[−clip_bound, clip_bound]` (clipping is reported client-side).
     pub clip_bound: f64,
-    /// Largest acceptable absolute error of a coordinate of the mean.
+    /// Largest acceptable absolute error of a coordinate of the mean. In a DP round: the
+    /// coarsest grid step the planner may use (the noise dominates the error).
     pub max_abs_error: f64,
+    /// Distributed differential privacy (`docs/differential-privacy.md`): clients clip their
+    /// update to L2 norm `clip_bound`, round it to a grid and add a discrete-Gaussian share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpOptions>,
+}
+
+/// The DP mechanism an operator asks for: the noise and whom it is sized for. The key
+/// managers' consortium configuration may floor `honest_shares` and `colluders`, and clients'
+/// policies too; a set of fewer than `honest_shares + colluders` is never recorded.
+#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpOptions {
+    /// `z`: the noise of `honest_shares` honest shares has standard deviation `z` times the
+    /// mechanism's L2 sensitivity.
+    pub noise_multiplier: f64,
+    /// `m_h`: honest shares the noise is sized for (each share has variance `σ²/m_h`).
+    pub honest_shares: u32,
+    /// `t_c ≥ 1`: members of a set, other than the client protected, that may collude.
+    pub colluders: u32,
 }
 
 /// The immutable spec every party of a round agrees on: the aggregator registers it with

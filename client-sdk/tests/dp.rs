@@ -1,0 +1,219 @@
+//! Distributed differential privacy through the local stack (issue #26): sites add
+//! discrete-Gaussian shares under encryption, the mean carries noise of the planned variance
+//! and nothing less, sets below `m_h + t_c` are never recorded, and the consortium's and the
+//! client's DP floors refuse rounds below them.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use cryptflow_client::{ClientError, ClientPolicy, ModelUpdate, RoundState, SubmitOptions};
+use cryptflow_devstack::LocalStack;
+use cryptflow_services::api::round::{DpOptions, RoundRequest};
+use cryptflow_services::protocol::DpPolicy;
+use cryptflow_services::{Role, RoundId};
+use ndarray::Array1;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn dp_request(stack: &LocalStack, round: &str, d: u64, min: u32, max: u32) -> RoundRequest {
+    RoundRequest {
+        clip_bound: 1.0,
+        max_abs_error: 1e-2,
+        dp: Some(DpOptions { noise_multiplier: 1.5, honest_shares: 3, colluders: 1 }),
+        ..stack.round_request(round, d, min, max)
+    }
+}
+
+/// Site `i`'s update: norm about 0.4 (inside the L2 bound 1), or 0.
+fn update(d: usize, i: usize, zero: bool) -> Arc<ModelUpdate> {
+    let scale = if zero { 0.0 } else { 0.4 * (2.0 / d as f64).sqrt() };
+    Arc::new(ModelUpdate::from(Array1::from(
+        (0..d).map(|j| ((i * 31 + j) as f64 * 0.77).sin() * scale).collect::<Vec<_>>(),
+    )))
+}
+
+/// The standard normal CDF (Numerical Recipes' `erfcc`, relative error below 1.2·10^-7).
+fn normal_cdf(x: f64) -> f64 {
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.26551223
+        + t * (1.00002368
+            + t * (0.37409196
+                + t * (0.09678418
+                    + t * (-0.18628806
+                        + t * (0.27886807
+                            + t * (-1.13520398
+                                + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let erfc = t * poly.exp();
+    if x >= 0.0 {
+        1.0 - erfc / 2.0
+    } else {
+        erfc / 2.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_mean_of_a_dp_round_carries_the_noise_of_every_share_and_sets_below_the_floor_are_refused(
+) {
+    let stack = LocalStack::builder().nodes(3, 2).sites(6).start().await.unwrap();
+    let d = 4096usize;
+    let sites = 6usize; // |S| = 6 > m_h + t_c = 4: the extra shares only add noise
+    for (round, zero) in [("zeros", true), ("updates", false)] {
+        stack.admin().create_round(&dp_request(&stack, round, d as u64, 6, 6)).await.unwrap();
+        let id = RoundId::parse(round).unwrap();
+        for i in 0..sites {
+            let s = stack
+                .client(&format!("site-{i}"))
+                .submit(&id, update(d, i, zero), SubmitOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(s.clipping.clipped, 0, "no update is beyond the L2 bound");
+        }
+        let info = stack.admin().wait_for_aggregate(&id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(info.state, RoundState::Published, "{:?}", info.failure);
+        let agg = stack.client("site-0").fetch_mean(&id, None).await.unwrap();
+        assert_eq!(agg.contributors, 6);
+        let mean: Vec<f64> = agg.mean.iter().collect();
+        let truth: Vec<f64> = (0..d)
+            .map(|j| (0..sites).map(|i| update(d, i, zero).iter().nth(j).unwrap()).sum::<f64>())
+            .map(|s| s / sites as f64)
+            .collect();
+        // The variance of each coordinate of the mean, from first principles: the grid the
+        // plan chose (γ = 2^-k, the clip bound c/γ in grid units), KLS21's inflated L2 bound
+        // (eq. 18) for the rotated length 4096 and β = 2^-10, the indicator K = ⌈Δ₂/8⌉, σ² =
+        // ⌈z²(Δ₂² + K²)⌉; |S| shares of σ²/m_h each; the mean divides by |S|.
+        let k = agg.round.spec.plan.dp().unwrap().grid_log();
+        let c = 2f64.powi(k);
+        let dd = d as f64;
+        let beta: f64 = 1.0 / 1024.0;
+        let rounded = (c * c + dd / 4.0 + (2.0 * (1.0 / beta).ln()).sqrt() * (c + dd.sqrt() / 2.0))
+            .min((c + dd.sqrt()).powi(2))
+            .ceil();
+        let kk = (rounded.sqrt() / 8.0).ceil();
+        let sigma2 = (1.5f64 * 1.5 * (rounded + kk * kk)).ceil();
+        let s = sites as f64;
+        let noise_var = s * sigma2 / 3.0 / (s * s) / (c * c);
+        let residuals: Vec<f64> = mean.iter().zip(&truth).map(|(m, t)| m - t).collect();
+        let n = residuals.len() as f64;
+        let var = residuals.iter().map(|r| r * r).sum::<f64>() / n;
+        // Rounding adds at most 1/4 grid unit² per share: within the interval's slack below.
+        let rounding_var = s / 4.0 / (s * s) / (c * c);
+        assert!(
+            var > noise_var * (1.0 - 4.0 * (2.0 / n).sqrt())
+                && var < (noise_var + rounding_var) * (1.0 + 4.0 * (2.0 / n).sqrt()),
+            "{round}: variance {var:e}, the shares' {noise_var:e}"
+        );
+        let report = agg.dp.clone().unwrap();
+        assert!((report.noise_std.powi(2) / noise_var - 1.0).abs() < 1e-9);
+        // Standardized residuals are N(0, 1): Kolmogorov–Smirnov at α = 10^-6.
+        let std = (noise_var + rounding_var).sqrt();
+        let mut z: Vec<f64> = residuals.iter().map(|r| r / std).collect();
+        z.sort_by(f64::total_cmp);
+        let ks = z
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let f = normal_cdf(*r);
+                (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
+            })
+            .fold(0.0, f64::max);
+        assert!(ks < (-(1e-6f64 / 2.0).ln() / (2.0 * n)).sqrt(), "{round}: KS statistic {ks}");
+        assert!(mean.iter().zip(&truth).all(|(m, t)| (m - t).abs() <= agg.max_abs_error));
+    }
+
+    // A set below m_h + t_c = 4 is never recorded: three uploads to a round that would take
+    // two (min_clients = 2, m = 2) fail it, and a node refuses the set of three outright.
+    let req = RoundRequest { deadline_in_secs: Some(6), ..dp_request(&stack, "small", 64, 2, 6) };
+    stack.admin().create_round(&req).await.unwrap();
+    let id = RoundId::parse("small").unwrap();
+    for i in 0..3 {
+        stack
+            .client(&format!("site-{i}"))
+            .submit(&id, update(64, i, false), SubmitOptions::default())
+            .await
+            .unwrap();
+    }
+    let agg_token = stack.token("aggregator", Role::Aggregator, "kms");
+    let deposits: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/rounds/small/deposits", stack.node_url(1).unwrap()))
+        .bearer_auth(&agg_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let set = deposits["deposits"].clone();
+    assert_eq!(set.as_array().unwrap().len(), 3, "{deposits}");
+    let res = reqwest::Client::new()
+        .put(format!("{}/v1/rounds/small/contributors", stack.node_url(1).unwrap()))
+        .bearer_auth(&agg_token)
+        .json(&serde_json::json!({ "contributors": set, "aggregate_sha256": "07".repeat(32) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let problem = res.text().await.unwrap();
+    assert!(problem.contains("honest_shares + colluders) = 4"), "{problem}");
+    let info = stack.admin().wait_for_aggregate(&id, Duration::from_secs(30)).await;
+    let failure = match info {
+        Ok(i) => i.failure.unwrap_or_default(),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        failure.contains("it needs 4") && failure.contains("honest_shares + colluders"),
+        "{failure}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_consortium_and_the_client_floor_dp_rounds() {
+    let floor = DpPolicy { required: true, min_honest_shares: 2, min_colluders: 2 };
+    let stack = LocalStack::builder().nodes(3, 2).sites(5).dp_policy(floor).start().await.unwrap();
+    // The key managers refuse what their consortium configuration floors, whatever the
+    // operator asks: no DP, t_c below the floor.
+    let plain = stack.round_request("plain", 100, 2, 5);
+    let e = stack.admin().create_round(&plain).await.unwrap_err().to_string();
+    assert!(e.contains("requires differential privacy"), "{e}");
+    let low = RoundRequest {
+        dp: Some(DpOptions { noise_multiplier: 1.0, honest_shares: 2, colluders: 1 }),
+        ..dp_request(&stack, "low", 100, 2, 5)
+    };
+    let e = stack.admin().create_round(&low).await.unwrap_err().to_string();
+    assert!(e.contains("dp.colluders"), "{e}");
+    // Bad input names the field, and nothing is created.
+    for (dp, field) in [
+        (
+            DpOptions { noise_multiplier: 0.0, honest_shares: 2, colluders: 2 },
+            "dp.noise_multiplier",
+        ),
+        (
+            DpOptions { noise_multiplier: f64::NAN, honest_shares: 2, colluders: 2 },
+            "dp.noise_multiplier",
+        ),
+        (DpOptions { noise_multiplier: 1.0, honest_shares: 2, colluders: 0 }, "dp.colluders"),
+        (DpOptions { noise_multiplier: 1.0, honest_shares: 5, colluders: 2 }, "dp.honest_shares"),
+    ] {
+        let bad = RoundRequest { dp: Some(dp), ..dp_request(&stack, "bad", 100, 2, 5) };
+        let e = stack.admin().create_round(&bad).await.unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    assert!(stack.admin().round(&RoundId::parse("bad").unwrap()).await.is_err());
+    // A round at the floor is registered; a client whose own policy asks for t_c ≥ 3 refuses
+    // it before sending anything.
+    let ok = RoundRequest {
+        dp: Some(DpOptions { noise_multiplier: 1.0, honest_shares: 2, colluders: 2 }),
+        ..dp_request(&stack, "ok", 100, 4, 5)
+    };
+    stack.admin().create_round(&ok).await.unwrap();
+    let strict = ClientPolicy { min_dp_colluders: 3, ..stack.stack_policy() };
+    let e = stack
+        .client_with("site-0", Role::Client, strict)
+        .submit(&RoundId::parse("ok").unwrap(), update(100, 0, false), SubmitOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Policy(_)), "{e}");
+    assert!(e.to_string().contains("colluders"), "{e}");
+    let info = stack.admin().round(&RoundId::parse("ok").unwrap()).await.unwrap();
+    assert_eq!(info.uploads, 0);
+    stack.stop().await;
+}
