@@ -44,7 +44,7 @@ impl fmt::Debug for Token {
 }
 
 /// What a client refuses to take part in, checked before anything is sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClientPolicy {
     /// Refuse rounds whose `min_clients` (and key managers' `m`) allow fewer contributors
     /// than this. With `min_clients = 1` the mean *is* a single update; with 2 each of the two
@@ -73,6 +73,40 @@ pub struct ClientPolicy {
     /// In a DP round, refuse noise sized for fewer than this many honest shares (`m_h`).
     /// Default 1.
     pub min_dp_honest_shares: u32,
+    /// The site's privacy budget: refuse a round whose charge would take the journal's spend
+    /// (every DP round this site uploaded to, in any training) past `ε` at `δ`, and — once
+    /// set — every round without DP. Default none.
+    pub dp_budget: Option<DpBudget>,
+}
+
+/// A site's privacy budget, `(ε, δ)`: the spend its journal records may not pass `ε` at `δ`
+/// (Rényi DP at the accountant's orders, converted as `dp-accounting` does).
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct DpBudget {
+    /// `ε > 0`.
+    pub epsilon: f64,
+    /// `δ ∈ (0, 1)`.
+    pub delta: f64,
+}
+
+impl DpBudget {
+    /// Checks `ε > 0` (finite) and `δ ∈ (0, 1)`.
+    ///
+    /// # Errors
+    /// [`crate::ClientError::Config`] naming `dp_epsilon` or `dp_delta`.
+    pub fn try_new(epsilon: f64, delta: f64) -> crate::Result<Self> {
+        if !(epsilon.is_finite() && epsilon > 0.0) {
+            return Err(crate::ClientError::Config(format!(
+                "dp_epsilon = {epsilon}: must be a positive number"
+            )));
+        }
+        if !(delta > 0.0 && delta < 1.0) {
+            return Err(crate::ClientError::Config(format!(
+                "dp_delta = {delta}: must be in (0, 1)"
+            )));
+        }
+        Ok(Self { epsilon, delta })
+    }
 }
 
 impl Default for ClientPolicy {
@@ -88,6 +122,7 @@ impl Default for ClientPolicy {
             require_dp: false,
             min_dp_colluders: 1,
             min_dp_honest_shares: 1,
+            dp_budget: None,
         }
     }
 }
@@ -381,6 +416,11 @@ impl Client {
             roots: Vec::new(),
             grace: crate::quorum::GRACE,
         }
+    }
+
+    /// What this client refuses to take part in.
+    pub fn policy(&self) -> &ClientPolicy {
+        &self.inner.policy
     }
 
     pub(crate) fn committee(&self) -> Result<&Committee> {

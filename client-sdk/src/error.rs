@@ -72,6 +72,11 @@ pub enum ClientError {
     /// not allowed, an update already submitted to another round).
     #[error("client policy: {0}")]
     Policy(String),
+    /// The round's privacy charge would take this site past its budget
+    /// ([`ClientPolicy::dp_budget`](crate::ClientPolicy::dp_budget)): nothing was sent. A
+    /// training stops here, cleanly.
+    #[error("privacy budget: {0}")]
+    Budget(String),
     /// The journal says this exact update was already submitted to this round (uploaded, its
     /// key shares deposited or attempted): nothing was sent. A new encryption could not
     /// replace it — the aggregator keeps one upload per client and round.

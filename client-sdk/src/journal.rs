@@ -3,9 +3,16 @@
 //! (DESIGN §6), so the SDK refuses to submit an update it already submitted elsewhere (unless
 //! told to). The update is identified by the SHA-256 of its values (as `f64`, in layout order);
 //! the journal is a file of JSON lines, appended to after each successful submission.
+//!
+//! It is also the site's **privacy ledger** (issue #26): a line of a DP round carries the
+//! round's charge (`cryptflow_he::dp::accounting::Charge`, from the plan the key managers
+//! signed) and its ledger slot (1, 2, … in the order recorded). The site's spend is the sum of
+//! every charge in the file — every training, every committee — and a site with a budget
+//! refuses a round whose charge would take it past the budget.
 
 use crate::error::{ClientError, Result};
 use crate::update::ModelUpdate;
+use cryptflow_he::dp::accounting::{epsilon, Charge};
 use cryptflow_he::Values;
 use cryptflow_services::{RoundId, Sha256Digest};
 use serde::{Deserialize, Serialize};
@@ -18,6 +25,37 @@ use std::path::{Path, PathBuf};
 struct Entry {
     round: RoundId,
     update_sha256: Sha256Digest,
+    /// A DP round's charge and ledger slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dp: Option<LedgerEntry>,
+}
+
+/// A DP round in the ledger.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct LedgerEntry {
+    slot: u64,
+    charge: Charge,
+}
+
+/// What a site has spent: the sum of the charges of the DP rounds its journal records.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ledger {
+    /// DP rounds recorded (the last ledger slot used).
+    pub rounds: u64,
+    /// The sum of their charges (Rényi DP at the accountant's orders).
+    pub spent: Charge,
+}
+
+impl Ledger {
+    /// `ε` of the spend at `δ` (`cryptflow_he::dp::accounting::epsilon`).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for `δ` outside `(0, 1)`.
+    pub fn epsilon(&self, delta: f64) -> Result<f64> {
+        epsilon(&self.spent, delta)
+            .map(|(e, _)| e)
+            .map_err(|e| ClientError::Config(format!("dp_delta: {e}")))
+    }
 }
 
 /// A journal file.
@@ -66,6 +104,18 @@ impl Journal {
         Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 
+    /// The site's spend so far.
+    pub(crate) fn ledger(&self) -> Result<Ledger> {
+        let mut ledger = Ledger::default();
+        for e in self.entries()? {
+            if let Some(dp) = e.dp {
+                ledger.rounds = ledger.rounds.max(dp.slot);
+                ledger.spent = ledger.spent.plus(&dp.charge);
+            }
+        }
+        Ok(ledger)
+    }
+
     /// The update's fingerprint, unless it already went to this round, or to another round
     /// (and that is not allowed).
     pub(crate) fn check(
@@ -94,9 +144,18 @@ impl Journal {
         Ok(f)
     }
 
-    /// Records a submission.
-    pub(crate) fn record(&self, round: &RoundId, f: &Sha256Digest) -> Result<()> {
-        let line = serde_json::to_string(&Entry { round: round.clone(), update_sha256: *f })
+    /// Records a submission, with a DP round's charge in the next ledger slot.
+    pub(crate) fn record(
+        &self,
+        round: &RoundId,
+        f: &Sha256Digest,
+        charge: Option<&Charge>,
+    ) -> Result<()> {
+        let dp = match charge {
+            Some(c) => Some(LedgerEntry { slot: self.ledger()?.rounds + 1, charge: c.clone() }),
+            None => None,
+        };
+        let line = serde_json::to_string(&Entry { round: round.clone(), update_sha256: *f, dp })
             .map_err(|e| ClientError::Config(e.to_string()))?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             cryptflow_services::private_fs::create_dir_all(dir)
@@ -125,7 +184,7 @@ mod tests {
         let r1 = RoundId::parse("r1").unwrap();
         let r2 = RoundId::parse("r2").unwrap();
         let f = j.check(&r1, &u, None, false).unwrap();
-        j.record(&r1, &f).unwrap();
+        j.record(&r1, &f, None).unwrap();
         assert!(
             matches!(j.check(&r1, &u, None, false), Err(ClientError::AlreadySubmitted(_))),
             "nothing to resend"
@@ -145,6 +204,31 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_sums_every_dp_round_in_slot_order_and_survives_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::new(&path);
+        assert_eq!(j.ledger().unwrap(), Ledger::default());
+        let c = Charge::of_mechanism(1, 200, 1, 10);
+        for (i, dp) in [Some(&c), None, Some(&c)].into_iter().enumerate() {
+            let r = RoundId::parse(format!("r{i}")).unwrap();
+            j.record(&r, &Sha256Digest([i as u8; 32]), dp).unwrap();
+        }
+        let l = j.ledger().unwrap();
+        assert_eq!((l.rounds, &l.spent), (2, &c.times(2)));
+        assert!(l.epsilon(1e-5).unwrap() > 0.0);
+        assert!(l.epsilon(0.0).is_err());
+        // A crash mid-line loses that line only.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"round\":\"r9\",\"upd")
+            .unwrap();
+        assert_eq!(j.ledger().unwrap().rounds, 2);
+    }
+
+    #[test]
     fn a_new_experiment_is_a_new_namespace_and_only_that() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path().join("journal.jsonl"));
@@ -155,11 +239,11 @@ mod tests {
             RoundId::parse("r3").unwrap(),
         );
         let f = j.check(&r1, &u, Some("run-1"), false).unwrap();
-        j.record(&r1, &f).unwrap();
+        j.record(&r1, &f, None).unwrap();
         assert!(matches!(j.check(&r2, &u, Some("run-1"), false), Err(ClientError::Policy(_))));
         let g = j.check(&r2, &u, Some("run-2"), false).unwrap();
         assert_ne!(f, g);
-        j.record(&r2, &g).unwrap();
+        j.record(&r2, &g, None).unwrap();
         assert!(matches!(j.check(&r3, &u, Some("run-2"), false), Err(ClientError::Policy(_))));
         // No label and a label are different namespaces; labels cannot run into the values.
         assert_ne!(fingerprint(&u, None), fingerprint(&u, Some("")));

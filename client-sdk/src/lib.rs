@@ -39,11 +39,12 @@ mod submit;
 mod update;
 
 pub use client::{
-    Client, ClientBuilder, ClientPolicy, Token, Verify, AUTO_VERIFY_BYTES, DEFAULT_SAMPLED_SPANS,
-    MAX_CLOCK_SKEW_SECS,
+    Client, ClientBuilder, ClientPolicy, DpBudget, Token, Verify, AUTO_VERIFY_BYTES,
+    DEFAULT_SAMPLED_SPANS, MAX_CLOCK_SKEW_SECS,
 };
 pub use error::{ClientError, Result};
 pub use fetch::{Aggregate, NodeOutcome, OutputType, Verification};
+pub use journal::Ledger;
 pub use progress::{Progress, ProgressFn};
 pub use retry::RetryPolicy;
 pub use submit::{Submission, SubmitOptions, VerifiedRound};

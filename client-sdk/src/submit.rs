@@ -218,6 +218,52 @@ impl Client {
         })
     }
 
+    /// The site's privacy budget against its journal's spend plus this round's charge (a
+    /// site with a budget refuses rounds without DP). Checked before anything is sent.
+    fn check_budget(
+        &self,
+        journal: &Journal,
+        round: &VerifiedRound,
+        charge: Option<&cryptflow_he::dp::accounting::Charge>,
+    ) -> Result<()> {
+        let Some(budget) = self.inner.policy.dp_budget else { return Ok(()) };
+        let budget = crate::DpBudget::try_new(budget.epsilon, budget.delta)?;
+        let id = &round.info.spec.round_id;
+        let Some(charge) = charge else {
+            return Err(ClientError::Policy(format!(
+                "round {id} has no differential privacy; this site has a privacy budget (ε = {} at δ = {}), so \
+                 it takes part only in DP rounds",
+                budget.epsilon, budget.delta
+            )));
+        };
+        let ledger = journal.ledger()?;
+        let spent = ledger.epsilon(budget.delta)?;
+        let after = cryptflow_he::dp::accounting::epsilon(&ledger.spent.plus(charge), budget.delta)
+            .map_err(|e| ClientError::Config(format!("dp_delta: {e}")))?
+            .0;
+        if after > budget.epsilon {
+            return Err(ClientError::Budget(format!(
+                "round {id} would take this site's privacy spend from ε = {spent:.4} to ε = {after:.4} at \
+                 δ = {}, past its budget ε = {} ({} DP rounds in its journal)",
+                budget.delta, budget.epsilon, ledger.rounds
+            )));
+        }
+        Ok(())
+    }
+
+    /// This site's privacy ledger: the DP rounds its journal records and their summed charge.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] without a journal, or if it cannot be read.
+    pub fn ledger(&self) -> Result<crate::Ledger> {
+        let path = self.inner.journal.as_ref().ok_or_else(|| {
+            ClientError::Config(
+                "the privacy ledger is the journal: set one (`ClientBuilder::journal`)".into(),
+            )
+        })?;
+        Journal::new(path).ledger()
+    }
+
     /// The client's policy, checked before anything is sent.
     fn check_policy(&self, round: &VerifiedRound, me: &ClientId) -> Result<()> {
         let spec = &round.info.spec;
@@ -344,6 +390,8 @@ impl Client {
             });
         }
         self.check_policy(&verified, &me)?;
+        let charge = verified.info.spec.plan.dp().map(|d| d.charge());
+        self.check_budget(&journal, &verified, charge.as_ref())?;
         let update = update.standard_layout();
         let progress = options.progress.as_ref();
         let key = ClientKey::generate(verified.setup.params())?;
@@ -364,7 +412,7 @@ impl Client {
         drop(encryptor);
         // Journaled before the deposits: once a deposit may have reached a node, the update
         // may end up in a set — even if this process dies or loses the answers.
-        journal.record(round, &fingerprint)?;
+        journal.record(round, &fingerprint, charge.as_ref())?;
         let start = Instant::now();
         let deposited_with = self.deposit(&verified, &me, &key, &digests, progress).await?;
         drop(key); // zeroized: the key existed only for this encryption and these shares

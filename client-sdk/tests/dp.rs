@@ -16,7 +16,8 @@ use std::time::Duration;
 fn dp_request(stack: &LocalStack, round: &str, d: u64, min: u32, max: u32) -> RoundRequest {
     RoundRequest {
         clip_bound: 1.0,
-        max_abs_error: 1e-2,
+        // The grid γ = 2^-10, the coarsest the round allows (and fine enough for the planner).
+        max_abs_error: 1.0 / 1024.0,
         dp: Some(DpOptions { noise_multiplier: 1.5, honest_shares: 3, colluders: 1 }),
         ..stack.round_request(round, d, min, max)
     }
@@ -77,16 +78,15 @@ async fn the_mean_of_a_dp_round_carries_the_noise_of_every_share_and_sets_below_
             .map(|s| s / sites as f64)
             .collect();
         // The variance of each coordinate of the mean, from first principles: the grid the
-        // plan chose (γ = 2^-k, the clip bound c/γ in grid units), KLS21's inflated L2 bound
-        // (eq. 18) for the rotated length 4096 and β = 2^-10, the indicator K = ⌈Δ₂/8⌉, σ² =
-        // ⌈z²(Δ₂² + K²)⌉; |S| shares of σ²/m_h each; the mean divides by |S|.
-        let k = agg.round.spec.plan.dp().unwrap().grid_log();
-        let c = 2f64.powi(k);
+        // request fixed (γ = 2^-10, the clip bound 1 is 1024 grid units), KLS21's inflated L2
+        // bound (eq. 18) for the rotated length 4096 and β = 2^-10 (√(2 ln 1024) rounded up to
+        // 3.7233), the indicator K = ⌈Δ₂/8⌉, σ² = ⌈z²(Δ₂² + K²)⌉; |S| shares of σ²/m_h each;
+        // the mean divides by |S|.
+        assert_eq!(agg.round.spec.plan.dp().unwrap().grid_log(), 10);
+        let c = 1024.0f64;
         let dd = d as f64;
-        let beta: f64 = 1.0 / 1024.0;
-        let rounded = (c * c + dd / 4.0 + (2.0 * (1.0 / beta).ln()).sqrt() * (c + dd.sqrt() / 2.0))
-            .min((c + dd.sqrt()).powi(2))
-            .ceil();
+        let rounded =
+            (c * c + dd / 4.0 + 3.7233 * (c + dd.sqrt() / 2.0)).min((c + dd.sqrt()).powi(2)).ceil();
         let kk = (rounded.sqrt() / 8.0).ceil();
         let sigma2 = (1.5f64 * 1.5 * (rounded + kk * kk)).ceil();
         let s = sites as f64;
@@ -167,7 +167,13 @@ async fn the_mean_of_a_dp_round_carries_the_noise_of_every_share_and_sets_below_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_consortium_and_the_client_floor_dp_rounds() {
-    let floor = DpPolicy { required: true, min_honest_shares: 2, min_colluders: 2 };
+    let floor = DpPolicy {
+        required: true,
+        min_honest_shares: 2,
+        min_colluders: 2,
+        max_round_epsilon: Some(20.0),
+        delta: 1e-5,
+    };
     let stack = LocalStack::builder().nodes(3, 2).sites(5).dp_policy(floor).start().await.unwrap();
     // The key managers refuse what their consortium configuration floors, whatever the
     // operator asks: no DP, t_c below the floor.
@@ -180,6 +186,13 @@ async fn the_consortium_and_the_client_floor_dp_rounds() {
     };
     let e = stack.admin().create_round(&low).await.unwrap_err().to_string();
     assert!(e.contains("dp.colluders"), "{e}");
+    // Noise too weak for the consortium's largest per-round charge.
+    let weak = RoundRequest {
+        dp: Some(DpOptions { noise_multiplier: 0.1, honest_shares: 2, colluders: 2 }),
+        ..dp_request(&stack, "weak", 100, 4, 5)
+    };
+    let e = stack.admin().create_round(&weak).await.unwrap_err().to_string();
+    assert!(e.contains("max_round_epsilon = 20"), "{e}");
     // Bad input names the field, and nothing is created.
     for (dp, field) in [
         (
@@ -215,5 +228,61 @@ async fn the_consortium_and_the_client_floor_dp_rounds() {
     assert!(e.to_string().contains("colluders"), "{e}");
     let info = stack.admin().round(&RoundId::parse("ok").unwrap()).await.unwrap();
     assert_eq!(info.uploads, 0);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_site_with_a_budget_stops_at_it_across_trainings_and_refuses_rounds_without_dp() {
+    use cryptflow_client::DpBudget;
+    use cryptflow_he::dp::accounting::epsilon;
+    let stack = LocalStack::builder().nodes(3, 2).sites(4).start().await.unwrap();
+    let admin = stack.admin();
+    for r in ["training-a-1", "training-b-1"] {
+        admin.create_round(&dp_request(&stack, r, 64, 3, 4)).await.unwrap();
+    }
+    admin.create_round(&stack.round_request("plain", 64, 3, 4)).await.unwrap();
+    // A budget that one round's charge fits and two do not.
+    let info = admin.round(&RoundId::parse("training-a-1").unwrap()).await.unwrap();
+    let charge = info.spec.plan.dp().unwrap().charge();
+    let (one, _) = epsilon(&charge, 1e-5).unwrap();
+    let (two, _) = epsilon(&charge.times(2), 1e-5).unwrap();
+    assert!(two > one * 1.01);
+    let budget = DpBudget::try_new(one * 1.01, 1e-5).unwrap();
+    let policy = ClientPolicy { dp_budget: Some(budget), ..stack.stack_policy() };
+    let site = stack.client_with("site-0", Role::Client, policy);
+    // A round without DP is refused outright once the site has a budget.
+    let e = site
+        .submit(&RoundId::parse("plain").unwrap(), update(64, 0, false), SubmitOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::Policy(_)) && e.to_string().contains("no differential privacy"),
+        "{e}"
+    );
+    // The first training's round is charged to the site's journal ...
+    site.submit(
+        &RoundId::parse("training-a-1").unwrap(),
+        update(64, 1, false),
+        SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ledger = site.ledger().unwrap();
+    assert_eq!((ledger.rounds, &ledger.spent), (1, &charge));
+    // ... and another training (a new round id, another experiment) cannot restart it.
+    let options =
+        SubmitOptions { experiment: Some("training-b".into()), ..SubmitOptions::default() };
+    let e = site
+        .submit(&RoundId::parse("training-b-1").unwrap(), update(64, 2, false), options)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Budget(_)), "{e}");
+    assert!(e.to_string().contains("past its budget"), "{e}");
+    let round = admin.round(&RoundId::parse("training-b-1").unwrap()).await.unwrap();
+    assert_eq!(round.uploads, 0, "nothing was sent");
+    assert_eq!(site.ledger().unwrap().rounds, 1);
+    // Bad budgets are refused, naming the setting.
+    assert!(DpBudget::try_new(0.0, 1e-5).unwrap_err().to_string().contains("dp_epsilon"));
+    assert!(DpBudget::try_new(1.0, 1.0).unwrap_err().to_string().contains("dp_delta"));
     stack.stop().await;
 }

@@ -96,7 +96,7 @@ impl Decrypted {
     pub fn total_weight(&self) -> u64 {
         self.total_weight as u64
     }
-    /// Number of model values.
+    /// Number of model values (in a DP round: of rotated values, `d'`; [`Self::mean`] has `d`).
     pub fn len(&self) -> usize {
         self.sums.len()
     }
@@ -109,7 +109,8 @@ impl Decrypted {
     pub fn clipping(&self) -> Clipping {
         self.clipping
     }
-    /// The exact sums `Σ m` of the quantised (count-weighted) values.
+    /// The exact sums `Σ m` of the quantised (count-weighted) values; in a DP round, of the
+    /// rotated, rounded and noised values (`d'` of them, the indicator split off).
     pub fn sums(&self) -> &[i64] {
         &self.sums
     }

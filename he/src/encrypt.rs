@@ -5,7 +5,9 @@
 //! per `N` values against the key's precomputed transform), round every word to `w` bits and
 //! pack. The noise `e_j` comes from block `j`'s own stream of the encryptor's secret noise
 //! seed, so any range of blocks can be produced in any order, on any number of threads, and
-//! produced again identically: client memory beyond the input is `O(threads·N)`.
+//! produced again identically: client memory beyond the input is `O(threads·N)` — except in a
+//! DP round, whose message (rotated, clipped, rounded and noised as a whole) is derived once
+//! and kept, 8 bytes per rotated value.
 //!
 //! **One encryption per (round, key, block)** (DESIGN §3, invariant 1): two encryptions of
 //! different values under one key and block give the aggregator `B − B′ = Δ·(M − M′)`. An
@@ -60,6 +62,29 @@ pub struct Encryptor {
 struct DpMessage {
     words: Vec<i64>,
     clipping: ClipReport,
+    /// SHA-256 of each rotation block of the update it was derived from, so that a block
+    /// produced again from changed values is refused ([`Error::ChangedInput`]).
+    input_digests: Vec<[u8; 32]>,
+}
+
+/// SHA-256 of values `range` of an update (little-endian `f64`).
+fn values_digest(
+    values: &(impl Values + ?Sized),
+    range: Range<usize>,
+    buf: &mut [f64],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut at = range.start;
+    while at < range.end {
+        let n = buf.len().min(range.end - at);
+        values.read(at, &mut buf[..n]);
+        for v in &buf[..n] {
+            h.update(v.to_le_bytes());
+        }
+        at += n;
+    }
+    buf.zeroize();
+    h.finalize().into()
 }
 
 impl Drop for DpMessage {
@@ -225,7 +250,7 @@ impl Encryptor {
         let n = self.setup.ring_degree();
         let slots =
             self.setup.block_slots(blocks.start).start..self.setup.block_slots(blocks.end - 1).end;
-        let range = self.setup.payload_range(slots);
+        let range = self.setup.payload_range(slots.clone());
         if out.len() as u64 != range.end - range.start {
             return Err(InputError::Length {
                 expected: range.end - range.start,
@@ -236,7 +261,24 @@ impl Encryptor {
         let w = self.setup.transport().get();
         let block_bytes = pack::packed_len(n, w);
         let dp = match self.setup.plan().dp() {
-            Some(_) => Some(self.dp_message(values)?),
+            Some(_) => {
+                let m = self.dp_message(values)?;
+                // The update these blocks come from must be the one the message was derived
+                // from: the rotation blocks their slots draw on are hashed again.
+                let block = crate::dp::rotation::ROTATION_BLOCK;
+                let d = values.len();
+                let first = (slots.start as usize / block).min(m.input_digests.len());
+                let last = (slots.end as usize).div_ceil(block).min(m.input_digests.len());
+                let mut buf = vec![0.0f64; 4096];
+                for r in first..last {
+                    let range = r * block..((r + 1) * block).min(d);
+                    if values_digest(values, range, &mut buf) != m.input_digests[r] {
+                        out.zeroize();
+                        return Err(Error::ChangedInput { block: blocks.start });
+                    }
+                }
+                Some(m)
+            }
             None => None,
         };
         let result = out
@@ -320,8 +362,9 @@ impl Encryptor {
 
     /// A DP round's message, derived on first use and kept ([`DpMessage`]): the same
     /// encryptor always encrypts the same message, so a retried block re-derives identical
-    /// bytes — and an encryptor first given one update keeps encrypting that one. Holds the
-    /// update once in memory (8 bytes per rotated value).
+    /// bytes, and a block asked for again from a changed update is refused. Unlike a round
+    /// without DP (streamed block by block), the whole update is held while the message is
+    /// derived — about 32 bytes per rotated value at the peak — and the message after (8).
     fn dp_message(&self, values: &(impl Values + ?Sized)) -> Result<&DpMessage, Error> {
         use crate::dp::{rotation::Rotation, rounding, sample_discrete_gaussian};
         if let Some(m) = self.dp.get() {
@@ -334,6 +377,14 @@ impl Encryptor {
             x.zeroize();
             return Err(InputError::NonFinite { index: index as u64 }.into());
         }
+        let input_digests = x
+            .chunks(crate::dp::rotation::ROTATION_BLOCK)
+            .map(|c| {
+                let mut h = Sha256::new();
+                c.iter().for_each(|v| h.update(v.to_le_bytes()));
+                h.finalize().into()
+            })
+            .collect();
         let largest = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let norm = if largest == 0.0 {
             0.0
@@ -360,7 +411,7 @@ impl Encryptor {
             ClipReport::default()
         };
         // A racing caller derived the same message; the loser's copy is zeroized on drop.
-        let _ = self.dp.set(DpMessage { words, clipping });
+        let _ = self.dp.set(DpMessage { words, clipping, input_digests });
         self.dp.get().ok_or(Error::Internal("DP message"))
     }
 

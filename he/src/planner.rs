@@ -128,6 +128,11 @@ pub const MAX_NOISE_MULTIPLIER: f64 = 1e6;
 /// meets the inflated bound with probability at least `1 − β`.
 pub const DP_ROUNDING_BETA: f64 = 1.0 / 1024.0;
 
+/// `√(2 ln(1/β))` at [`DP_ROUNDING_BETA`] (3.72329…), rounded up to five digits: the planner's
+/// bound uses this constant, so every platform derives the same `Δ₂²` (a larger factor only
+/// loosens the bound, which rounding then meets more often).
+pub const DP_ROUNDING_TAIL: f64 = 3.7233;
+
 /// The largest factor by which the grid may raise the error of a DP round's sum above the
 /// continuous Gaussian's (see [`DpPlan`]).
 pub const DP_GRID_COST: f64 = 1.05;
@@ -233,14 +238,17 @@ fn rotated_len(values: u64) -> u64 {
 impl DpPlan {
     /// The mechanism for L2 bound `clip_bound` on the grid `γ = 2^-grid_log` (see
     /// [`DpPlan`]; the planner picks the grid): `Δ₂²` from KLS21's inflated bound at
-    /// [`DP_ROUNDING_BETA`] for the rotated length, `K = ⌈Δ₂/8⌉`, `σ² = ⌈z²·(Δ₂² + K²)⌉`.
+    /// [`DP_ROUNDING_BETA`] (through [`DP_ROUNDING_TAIL`]) for the rotated length,
+    /// `K = ⌈Δ₂/8⌉`, `σ² = ⌈z²·(Δ₂² + K²)⌉` — IEEE 754 `+`, `×`, `√` and `⌈·⌉` only, so
+    /// every platform derives the same integers.
     ///
     /// # Errors
     /// [`PlanError::InvalidRequest`] naming `dp.noise_multiplier` if `σ²` exceeds 2^64.
     pub fn for_grid(clip_bound: f64, grid_log: i32, dp: &DpRequest) -> Result<Self, PlanError> {
         let c = clip_bound * 2f64.powi(grid_log);
         let d = rotated_len(dp.values) as usize;
-        let rounded = crate::dp::rounding::inflated_sensitivity_sq(c, d, DP_ROUNDING_BETA);
+        let rounded =
+            crate::dp::rounding::inflated_sensitivity_sq_with_tail(c, d, DP_ROUNDING_TAIL);
         let indicator = ((rounded as f64).sqrt() / 8.0).ceil() as u64;
         let sensitivity_sq = rounded + (indicator as u128).pow(2);
         let z = dp.noise_multiplier;
@@ -660,6 +668,76 @@ pub fn plan(params: &ParameterSet, request: &PlanRequest) -> Result<Plan, PlanEr
         });
     }
     Err(infeasible(params, request, &b))
+}
+
+/// The smallest noise multiplier `z` (to 0.1 %) with which `rounds` rounds planned as
+/// `request` (its `dp` required; its `noise_multiplier` ignored) cost each contributor at
+/// most `epsilon` at `delta` ([`crate::dp::accounting`]); the plan is feasible at it.
+///
+/// ```
+/// use cryptflow_he::planner::{calibrate_noise_multiplier, plan, DpRequest, PlanRequest, Weighting};
+/// use cryptflow_he::dp::accounting::epsilon;
+/// use cryptflow_he::ParameterSet;
+/// let params = ParameterSet::default_128();
+/// let r = PlanRequest { max_clients: 100, clip_bound: 1.0, max_abs_error: 1.0,
+///     weighting: Weighting::Uniform, dp: Some(DpRequest { noise_multiplier: 1.0,
+///     honest_shares: 99, colluders: 1, values: 1 << 20 }) };
+/// let z = calibrate_noise_multiplier(&params, &r, 3.0, 1e-6, 100).unwrap();
+/// let p = plan(&params, &PlanRequest { dp: Some(DpRequest { noise_multiplier: z,
+///     ..r.dp.unwrap() }), ..r }).unwrap();
+/// let (eps, _) = epsilon(&p.dp().unwrap().charge().times(100), 1e-6).unwrap();
+/// assert!(eps <= 3.0 && eps > 2.9, "{eps}");
+/// assert!(p.transport().get() <= 28); // d = 2^20, |S| = 100: no more bytes than float32's 0.875×
+/// ```
+///
+/// # Errors
+/// [`PlanError::InvalidRequest`] naming `dp` (absent), `dp.epsilon` or `dp.delta` (out of
+/// range), `rounds` (0), or the request's field when no `z` up to [`MAX_NOISE_MULTIPLIER`]
+/// can be planned within `epsilon`.
+pub fn calibrate_noise_multiplier(
+    params: &ParameterSet,
+    request: &PlanRequest,
+    epsilon: f64,
+    delta: f64,
+    rounds: u64,
+) -> Result<f64, PlanError> {
+    let Some(dp) = request.dp else {
+        return Err(invalid("dp", "is required to calibrate a noise multiplier".into()));
+    };
+    if !(epsilon.is_finite() && epsilon > 0.0) {
+        return Err(invalid("dp.epsilon", "must be a positive number".into()));
+    }
+    if !(delta > 0.0 && delta < 1.0) {
+        return Err(invalid("dp.delta", "must be in (0, 1)".into()));
+    }
+    if rounds == 0 {
+        return Err(invalid("rounds", "must be at least 1".into()));
+    }
+    let within = |z: f64| -> Result<bool, PlanError> {
+        let r = PlanRequest { dp: Some(DpRequest { noise_multiplier: z, ..dp }), ..*request };
+        let p = plan(params, &r)?;
+        let charge = p.dp.map(|d| d.charge().times(rounds)).unwrap_or_default();
+        Ok(crate::dp::accounting::epsilon(&charge, delta).is_ok_and(|(e, _)| e <= epsilon))
+    };
+    let (mut lo, mut hi) = (1e-3, MAX_NOISE_MULTIPLIER);
+    if !within(hi)? {
+        return Err(invalid(
+            "dp.epsilon",
+            format!("{epsilon} at δ = {delta} over {rounds} rounds needs a noise multiplier above {MAX_NOISE_MULTIPLIER:e}"),
+        ));
+    }
+    if within(lo)? {
+        return Ok(lo);
+    }
+    while hi / lo > 1.001 {
+        let mid = (lo * hi).sqrt();
+        if within(mid)? {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(hi)
 }
 
 /// The largest clip bound with which `request` (its other fields as they are) can be planned,

@@ -17,6 +17,7 @@ fn epsilon_agrees_with_dp_accounting() {
     assert_eq!(orders, ORDERS);
     let cases = doc["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
+    let mut bounds = 0;
     for c in cases {
         let dp = DpRequest {
             noise_multiplier: c["noise_multiplier"].as_f64().unwrap(),
@@ -35,7 +36,17 @@ fn epsilon_agrees_with_dp_accounting() {
         let spent = plan.charge().times(c["rounds"].as_u64().unwrap());
         let (eps, _) = epsilon(&spent, c["delta"].as_f64().unwrap()).unwrap();
         let golden = c["epsilon"].as_f64().unwrap();
+        if c["tau_bound"].as_bool().unwrap() {
+            // τ matters: the rational bound charges at least the exact ρ, at every order.
+            bounds += 1;
+            let rho = c["rho"].as_f64().unwrap();
+            let charged = plan.charge().nats()[0] / 2.0; // ρ = RDP_2 / 2
+            assert!(charged >= rho, "charged ρ = {charged} below the exact {rho}: {c}");
+            assert!(eps >= golden, "ε = {eps} below the golden {golden}: {c}");
+            continue;
+        }
         // The charge rounds up (2^-32 nats per round and order): never below the golden value.
         assert!(eps >= golden - 1e-12 && eps - golden <= 1e-6, "ε = {eps}, golden {golden}: {c}");
     }
+    assert!(bounds >= 1, "a case where τ matters");
 }

@@ -197,7 +197,8 @@ pub fn check_registration(node: &Node, round: &RoundId, spec: &RoundSpec) -> Res
 }
 
 /// The consortium's DP floor (the roster's `[dp]`): rounds without DP refused if it requires
-/// DP, `m_h` and `t_c` at least its minimums.
+/// DP, `m_h` and `t_c` at least its minimums, one round's charge at most `max_round_epsilon`.
+/// Checked at registration and again before recording a set (the roster may have changed).
 fn check_dp_floor(node: &Node, spec: &RoundSpec) -> Result<(), AppError> {
     let Some(floor) = node.roster.dp() else { return Ok(()) };
     let Some(dp) = spec.plan.dp() else {
@@ -231,6 +232,21 @@ fn check_dp_floor(node: &Node, spec: &RoundSpec) -> Result<(), AppError> {
             ),
         )
         .with_limit(floor.min_colluders as u64));
+    }
+    if let Some(cap) = floor.max_round_epsilon {
+        let charged = cryptflow_he::dp::accounting::epsilon(&dp.charge(), floor.delta)
+            .map(|(e, _)| e)
+            .unwrap_or(f64::INFINITY);
+        if charged > cap {
+            return Err(invalid(
+                "dp.noise_multiplier",
+                format!(
+                    "one round would charge each contributor ε = {charged:.4} at δ = {}, above this \
+                     consortium's max_round_epsilon = {cap}: raise the noise multiplier",
+                    floor.delta
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -433,6 +449,7 @@ pub fn check_set(
     deposits: &[DepositRow],
 ) -> Result<Vec<Contribution>, AppError> {
     let set = protocol::canonical_set(set).map_err(|e| invalid("contributors", e.to_string()))?;
+    check_dp_floor(node, &row.spec)?;
     let dp = row.spec.plan.dp().map_or(0, |d| d.min_set());
     let need = (row.spec.min_clients.max(node.roster.min_set_size()) as u64).max(dp);
     if (set.len() as u64) < need {

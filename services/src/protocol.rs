@@ -275,7 +275,7 @@ pub struct RosterMember {
 
 /// The consortium's roster, part of every key manager's configuration (not of a round): who
 /// may be in a round, with which key, who may read, and the minimum set size `m`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Roster {
     min_set_size: u32,
     members: Vec<RosterMember>,
@@ -286,7 +286,7 @@ pub struct Roster {
 /// The consortium's floor on differential privacy (the roster file's `[dp]` table): set by
 /// the consortium, like the roster — never by the operator of a round. Each key manager
 /// refuses to register a round below it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpPolicy {
     /// Refuse rounds without DP.
@@ -298,6 +298,17 @@ pub struct DpPolicy {
     /// Smallest `t_c` (colluding members the noise must withstand), at least 1.
     #[serde(default = "one")]
     pub min_colluders: u32,
+    /// Largest `ε` one round may charge a contributor, at [`DpPolicy::delta`]: a round whose
+    /// noise is weaker is refused (the operator picks the noise; this bounds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_round_epsilon: Option<f64>,
+    /// `δ` of `max_round_epsilon` (default 10^-5).
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+}
+
+fn default_delta() -> f64 {
+    1e-5
 }
 
 fn one() -> u32 {
@@ -353,6 +364,14 @@ impl Roster {
             if p.min_honest_shares == 0 || p.min_colluders == 0 {
                 return Err(ProtocolError::Roster(
                     "dp.min_honest_shares and dp.min_colluders must be at least 1".into(),
+                ));
+            }
+            if !(p.delta > 0.0 && p.delta < 1.0) {
+                return Err(ProtocolError::Roster("dp.delta must be in (0, 1)".into()));
+            }
+            if p.max_round_epsilon.is_some_and(|e| !(e.is_finite() && e > 0.0)) {
+                return Err(ProtocolError::Roster(
+                    "dp.max_round_epsilon must be a positive number".into(),
                 ));
             }
         }
@@ -413,7 +432,9 @@ impl Roster {
                 .bytes(b"dp")
                 .fixed(&[p.required as u8])
                 .u32(p.min_honest_shares)
-                .u32(p.min_colluders);
+                .u32(p.min_colluders)
+                .fixed(&p.max_round_epsilon.unwrap_or(0.0).to_bits().to_le_bytes())
+                .fixed(&p.delta.to_bits().to_le_bytes());
         }
         c.digest()
     }

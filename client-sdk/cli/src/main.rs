@@ -70,6 +70,14 @@ enum Command {
     Submit(SubmitArgs),
     /// Download and decrypt a round's mean into a .npy or .safetensors file.
     Fetch(FetchArgs),
+    /// This site's privacy ledger: the DP rounds its journal records and the ε they spent.
+    Ledger {
+        #[command(flatten)]
+        site: Site,
+        /// δ at which to state the spend (default: the site's budget's, else 1e-5).
+        #[arg(long, value_parser = positive_finite)]
+        delta: Option<f64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +207,31 @@ struct CreateArgs {
     /// Largest acceptable absolute error of a coordinate of the mean.
     #[arg(long, default_value_t = 1e-6, value_parser = positive_finite)]
     max_abs_error: f64,
+    /// Distributed differential privacy: clip each update to this L2 norm (replaces --clip;
+    /// needs --dp-noise-multiplier or --dp-epsilon).
+    #[arg(long, value_parser = positive_finite)]
+    l2_clip: Option<f64>,
+    /// DP: the noise multiplier z (the noise of the honest shares has standard deviation
+    /// z × the L2 sensitivity).
+    #[arg(long, requires = "l2_clip", conflicts_with = "dp_epsilon", value_parser = positive_finite)]
+    dp_noise_multiplier: Option<f64>,
+    /// DP: instead of z, the ε each contributor may spend on this round (at --dp-delta; with
+    /// --dp-rounds, on that many rounds like it): the smallest z that meets it.
+    #[arg(long, requires = "l2_clip", value_parser = positive_finite)]
+    dp_epsilon: Option<f64>,
+    /// DP: δ of --dp-epsilon.
+    #[arg(long, default_value_t = 1e-5, value_parser = positive_finite)]
+    dp_delta: f64,
+    /// DP: rounds like this one the --dp-epsilon covers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    dp_rounds: u64,
+    /// DP: members of a set, other than the client protected, that may collude (t_c ≥ 1).
+    #[arg(long, default_value_t = 1)]
+    dp_colluders: u32,
+    /// DP: honest shares the noise is sized for (m_h; default max_clients − colluders). Key
+    /// managers never record a set of fewer than m_h + t_c.
+    #[arg(long)]
+    dp_honest_shares: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -313,11 +346,48 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Submit(args) => submit(args, json).await,
         Command::Fetch(args) => fetch(args, json).await,
+        Command::Ledger { site, delta } => {
+            let client = site.client()?;
+            let ledger = client.ledger()?;
+            let budget = client.policy().dp_budget;
+            let delta = delta.or(budget.map(|b| b.delta)).unwrap_or(1e-5);
+            let spent = ledger.epsilon(delta)?;
+            if json {
+                emit(
+                    &serde_json::json!({
+                        "dp_rounds": ledger.rounds,
+                        "delta": delta,
+                        "epsilon_spent": spent,
+                        "epsilon_budget": budget.map(|b| b.epsilon),
+                        "rdp_units": ledger.spent.units().to_vec(),
+                    })
+                    .to_string(),
+                );
+            } else {
+                emit(&format!(
+                    "{} DP rounds; ε spent = {spent:.4} at δ = {delta:e}",
+                    ledger.rounds
+                ));
+                if let Some(b) = budget {
+                    emit(&format!(
+                        "budget ε = {} at δ = {:e}: {}",
+                        b.epsilon,
+                        b.delta,
+                        if b.delta == delta {
+                            format!("{:.4} left", (b.epsilon - spent).max(0.0))
+                        } else {
+                            "stated at another δ".to_owned()
+                        }
+                    ));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
 /// A finite number above zero (`nan`, `inf`, `0` and negatives are refused by name).
-fn positive_finite(s: &str) -> Result<f64, String> {
+pub(crate) fn positive_finite(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("`{s}` is not a number: {e}"))?;
     if v.is_finite() && v > 0.0 {
         Ok(v)
@@ -451,12 +521,13 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
         Some(d) => (Some(d), None),
         None => (None, Some(args.deadline_in)),
     };
-    let request = RoundRequest {
+    let max_clients = args.max_clients.unwrap_or(n);
+    let mut request = RoundRequest {
         round_id: round_id(&args.round)?,
         layout,
         clients,
         min_clients: args.min_clients.unwrap_or(n),
-        max_clients: args.max_clients.unwrap_or(n),
+        max_clients,
         deadline,
         deadline_in_secs,
         weighting,
@@ -464,6 +535,52 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
         max_abs_error: args.max_abs_error,
         dp: None,
     };
+    if let Some(c) = args.l2_clip {
+        let honest = args.dp_honest_shares.unwrap_or(max_clients.saturating_sub(args.dp_colluders));
+        let mut dp = cryptflow_services::api::round::DpOptions {
+            noise_multiplier: args.dp_noise_multiplier.unwrap_or(1.0),
+            honest_shares: honest,
+            colluders: args.dp_colluders,
+        };
+        // The grid is the planner's choice: the error of a DP mean is its noise.
+        request.clip_bound = c;
+        request.max_abs_error = c;
+        match (args.dp_noise_multiplier, args.dp_epsilon) {
+            (Some(_), _) => {}
+            (None, Some(eps)) => {
+                let values = request
+                    .layout
+                    .values()
+                    .ok_or_else(|| CliError::usage("the layout's size overflows"))?;
+                let plan = cryptflow_he::planner::PlanRequest {
+                    max_clients,
+                    clip_bound: c,
+                    max_abs_error: c,
+                    weighting: request.weighting,
+                    dp: Some(cryptflow_he::planner::DpRequest {
+                        noise_multiplier: 1.0,
+                        honest_shares: honest,
+                        colluders: args.dp_colluders,
+                        values,
+                    }),
+                };
+                dp.noise_multiplier = cryptflow_he::planner::calibrate_noise_multiplier(
+                    &cryptflow_he::ParameterSet::default_128(),
+                    &plan,
+                    eps,
+                    args.dp_delta,
+                    args.dp_rounds,
+                )
+                .map_err(|e| CliError::usage(format!("--dp-epsilon: {e}")))?;
+            }
+            (None, None) => {
+                return Err(CliError::usage(
+                    "--l2-clip needs --dp-noise-multiplier or --dp-epsilon",
+                ))
+            }
+        }
+        request.dp = Some(dp);
+    }
     let info = args.conn.client()?.create_round(&request).await?;
     print_round(&info, json);
     Ok(())
@@ -531,8 +648,12 @@ fn print_round(info: &RoundInfo, json: bool) {
         info.echoes.iter().map(|e| e.share_index).collect::<Vec<_>>()
     ));
     emit(&format!(
-        "  values clipped to ±{}; {}",
-        s.plan.clip_bound(),
+        "  {}; {}",
+        if s.plan.dp().is_some() {
+            format!("updates clipped to L2 norm {}", s.plan.clip_bound())
+        } else {
+            format!("values clipped to ±{}", s.plan.clip_bound())
+        },
         match s.plan.weighting() {
             Weighting::Uniform => "uniform weighting".to_owned(),
             Weighting::Samples { min_count, max_count } => {
@@ -542,6 +663,26 @@ fn print_round(info: &RoundInfo, json: bool) {
             }
         }
     ));
+    if let Some(dp) = s.plan.dp() {
+        let charge = dp.charge();
+        let eps = |delta: f64| {
+            cryptflow_he::dp::accounting::epsilon(&charge, delta)
+                .map(|(e, _)| e)
+                .unwrap_or(f64::NAN)
+        };
+        emit(&format!(
+            "  differential privacy: updates clipped to L2 norm {}, noise multiplier {}, sized for {} honest \
+             shares against {} colluding members (sets of at least {}); each contributor is charged \
+             ε = {:.4} at δ = 1e-5 ({:.4} at δ = 1e-6) for this round",
+            s.plan.clip_bound(),
+            s.plan.request().dp.map_or(f64::NAN, |r| r.noise_multiplier),
+            dp.honest_shares(),
+            dp.colluders(),
+            dp.min_set(),
+            eps(1e-5),
+            eps(1e-6)
+        ));
+    }
     if let Some(t) = &info.transcript {
         emit(&format!(
             "  aggregate sha256 {} (set recorded by key managers {:?})",
@@ -679,6 +820,12 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
                     Verification::NotVerified(why) => serde_json::json!({ "not_verified": why }),
                 },
                 "aggregate_sha256": agg.round.transcript.as_ref().map(|t| t.aggregate_sha256),
+                "dp": agg.dp.as_ref().map(|d| serde_json::json!({
+                    "noise_std": d.noise_std,
+                    "rounding_std": d.rounding_std,
+                    "clipped_contributions": d.clipped_contributions,
+                    "clipped_contributions_std": d.clipped_contributions_std,
+                })),
             })
             .to_string(),
         );
@@ -710,7 +857,18 @@ async fn fetch(args: FetchArgs, json: bool) -> Result<(), CliError> {
             }
             Verification::NotVerified(why) => emit(&format!("  not verified: {why}")),
         }
-        if c.any() {
+        if let Some(d) = &agg.dp {
+            // Differential privacy: the noise is the error, and clipping is known only noised.
+            emit(&format!(
+                "  differential privacy: each value carries noise of standard deviation {:.3e} (the bound above \
+                 holds except with probability 2^-128 per value); about {:.1} ± {:.1} contributions were \
+                 scaled to the L2 bound {} (a noised count)",
+                d.noise_std,
+                d.clipped_contributions,
+                d.clipped_contributions_std,
+                agg.round.spec.plan.clip_bound()
+            ));
+        } else if c.any() {
             // The bound above is against the clipped contributions, not the raw updates.
             warn(&format!(
                 "warning: clipping shaped this mean: {} of {} contributions had values beyond the round's \

@@ -98,7 +98,9 @@ impl From<ClientError> for CliError {
             | ClientError::Transport { .. }
             | ClientError::Certificate { .. } => Exit::Unavailable,
             ClientError::Protocol { .. } | ClientError::Committee(_) => Exit::Protocol,
-            ClientError::Policy(_) | ClientError::AlreadySubmitted(_) => Exit::Policy,
+            ClientError::Policy(_) | ClientError::AlreadySubmitted(_) | ClientError::Budget(_) => {
+                Exit::Policy
+            }
             ClientError::RoundState { .. } | ClientError::Timeout(_) => Exit::RoundState,
             ClientError::Crypto(_) => Exit::Input,
             ClientError::Config(_) => Exit::Usage,

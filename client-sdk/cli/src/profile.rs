@@ -10,6 +10,8 @@
 //! min_contributors = 3                # the default: refuse rounds that could publish fewer
 //! min_tolerated_colluding_nodes = 1   # the default: refuse a committee like (3, 2)
 //! allow_single_key_manager = false    # the default: refuse a committee of one node
+//! dp_epsilon = 8.0                    # optional: this site's privacy budget, ε at δ (the
+//! dp_delta = 1e-6                     #   journal's spend; rounds without DP refused)
 //! ca_file = "consortium-ca.pem"   # optional: a CA the services' HTTPS certificates chain to
 //! ```
 //!
@@ -17,7 +19,7 @@
 
 use crate::output::CliError;
 use clap::Args;
-use cryptflow_client::{Client, ClientBuilder, ClientPolicy, RetryPolicy, Token, Verify};
+use cryptflow_client::{Client, ClientBuilder, ClientPolicy, DpBudget, RetryPolicy, Token, Verify};
 use cryptflow_services::protocol::{Committee, SiteKey};
 use cryptflow_services::ClientId;
 use serde::Deserialize;
@@ -80,6 +82,13 @@ pub struct Site {
     #[arg(long, env = "CRYPTFLOW_ALLOW_SINGLE_KEY_MANAGER", num_args = 0..=1,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     allow_single_key_manager: Option<bool>,
+    /// This site's privacy budget ε (with --dp-delta): refuse a round whose charge would take
+    /// the journal's spend past it, and every round without DP.
+    #[arg(long, env = "CRYPTFLOW_DP_EPSILON", requires = "dp_delta", value_parser = crate::positive_finite)]
+    dp_epsilon: Option<f64>,
+    /// The δ of the budget (in (0, 1)).
+    #[arg(long, env = "CRYPTFLOW_DP_DELTA", value_parser = crate::positive_finite)]
+    dp_delta: Option<f64>,
 }
 
 /// The profile file's contents.
@@ -98,6 +107,8 @@ struct Profile {
     min_tolerated_colluding_nodes: Option<u8>,
     #[serde(default)]
     allow_single_key_manager: bool,
+    dp_epsilon: Option<f64>,
+    dp_delta: Option<f64>,
     ca_file: Option<PathBuf>,
 }
 
@@ -209,6 +220,13 @@ impl Site {
         }
         policy.allow_single_key_manager =
             self.allow_single_key_manager.unwrap_or(profile.allow_single_key_manager);
+        match (self.dp_epsilon.or(profile.dp_epsilon), self.dp_delta.or(profile.dp_delta)) {
+            (Some(e), Some(d)) => {
+                policy.dp_budget = Some(DpBudget::try_new(e, d).map_err(CliError::from)?);
+            }
+            (None, None) | (None, Some(_)) => {}
+            (Some(_), None) => return Err(CliError::usage("dp_epsilon needs dp_delta")),
+        }
         builder.policy(policy).build().map_err(CliError::from)
     }
 }

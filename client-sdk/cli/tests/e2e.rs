@@ -991,3 +991,132 @@ async fn a_site_whose_clock_is_off_contributes_and_beyond_the_bound_is_told_by_h
     let mean = ndarray::Array1::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
     assert!((mean[0] - 0.25).abs() < 1e-5, "{mean}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dp_round_from_the_cli_charges_each_site_and_the_ledger_says_how_much() {
+    // Issue #26: `round create --l2-clip --dp-epsilon` calibrates the noise, `round status`
+    // states the charge, `fetch` the noise, and `ledger` the site's spend; a site with a budget
+    // refuses a round that would pass it, with the policy exit code.
+    let stack = LocalStack::builder().sites(3).start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = |p: &Path| p.display().to_string();
+    let ops = profile(&stack, dir, "ops", Role::Admin);
+    let sites: Vec<PathBuf> =
+        (0..3).map(|i| profile(&stack, dir, &format!("site-{i}"), Role::Client)).collect();
+    let create = |round: &str| {
+        args(&[
+            "round",
+            "create",
+            "--profile",
+            &p(&ops),
+            "--round",
+            round,
+            "--dim",
+            "300",
+            "--clients",
+            "site-0,site-1,site-2",
+            "--min-clients",
+            "3",
+            "--l2-clip",
+            "1",
+            "--dp-epsilon",
+            "2",
+            "--dp-delta",
+            "1e-5",
+            "--dp-honest-shares",
+            "2",
+        ])
+    };
+    for round in ["dp-1", "dp-2"] {
+        let o = cryptflow(create(round)).await;
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            text.contains("differential privacy: updates clipped to L2 norm 1")
+                && text.contains(
+                    "sized for 2 honest shares against 1 colluding members (sets of at least 3)"
+                ),
+            "{text}"
+        );
+        // Calibrated to ε ≤ 2 at δ = 1e-5 for this round, and close to it.
+        let eps: f64 =
+            text.split("ε = ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(eps <= 2.0 && eps > 1.9, "{text}");
+    }
+    for (i, site) in sites.iter().enumerate() {
+        let file = dir.join(format!("dp-{i}.npy"));
+        Array1::from(vec![0.01f32 * i as f32; 300])
+            .write_npy(std::fs::File::create(&file).unwrap())
+            .unwrap();
+        let o = cryptflow(args(&[
+            "submit",
+            "--profile",
+            &p(site),
+            "--round",
+            "dp-1",
+            "--update",
+            &p(&file),
+        ]))
+        .await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let out = dir.join("mean.npy");
+    let o = cryptflow(args(&[
+        "fetch",
+        "--profile",
+        &p(&sites[0]),
+        "--round",
+        "dp-1",
+        "--wait",
+        "60",
+        "--out",
+        &p(&out),
+        "--json",
+    ]))
+    .await;
+    let v = stdout_json(&o);
+    assert!(v["dp"]["noise_std"].as_f64().unwrap() > 0.0, "{v}");
+    let o = cryptflow(args(&["ledger", "--profile", &p(&sites[0]), "--json"])).await;
+    let v = stdout_json(&o);
+    assert_eq!(v["dp_rounds"], 1, "{v}");
+    let spent = v["epsilon_spent"].as_f64().unwrap();
+    assert!(spent > 1.9 && spent <= 2.0, "{v}");
+    // With a budget of ε = 2.5, a second round of ε ≈ 2 (ε ≈ 2.8 for both) is refused before
+    // anything is sent.
+    let file = dir.join("dp-0.npy");
+    let o = cryptflow(args(&[
+        "submit",
+        "--profile",
+        &p(&sites[0]),
+        "--round",
+        "dp-2",
+        "--update",
+        &p(&file),
+        "--experiment",
+        "second",
+        "--dp-epsilon",
+        "2.5",
+        "--dp-delta",
+        "1e-5",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(9), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("past its budget ε = 2.5"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = cryptflow(args(&[
+        "ledger",
+        "--profile",
+        &p(&sites[0]),
+        "--dp-epsilon",
+        "2.5",
+        "--dp-delta",
+        "1e-5",
+    ]))
+    .await;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("1 DP rounds") && text.contains("left"), "{text}");
+}

@@ -42,12 +42,15 @@ fn kind(e: &ClientError) -> &'static str {
             | He::InconsistentReleases,
         ) => "committee",
         // Bytes a server sent that do not decode or do not fit the round.
-        ClientError::Crypto(He::Decode(_) | He::Mismatch(_) | He::CountOutOfRange) => "protocol",
+        ClientError::Crypto(
+            He::Decode(_) | He::Mismatch(_) | He::CountOutOfRange | He::SumOutOfRange { .. },
+        ) => "protocol",
         ClientError::Refused { .. } => "refused",
         ClientError::Server { .. } | ClientError::Transport { .. } => "unavailable",
         ClientError::Protocol { .. } => "protocol",
         ClientError::Committee(_) => "committee",
         ClientError::Policy(_) => "policy",
+        ClientError::Budget(_) => "budget",
         ClientError::AlreadySubmitted(_) => "already_submitted",
         ClientError::RoundState { .. } | ClientError::Timeout(_) => "round_state",
         // The fix is on this side: the CA to trust (ca_file), or the server's certificate.

@@ -76,14 +76,15 @@ impl Charge {
 
     /// The charge of one round of the distributed discrete Gaussian: squared sensitivity
     /// `S²` and variance `σ²` of `m_h` shares (grid units), `honest_shares = m_h`, `dims = d`
-    /// (module docs). `σ² = 0` (no noise) charges `u64::MAX` at every order.
+    /// (module docs). KLS21's theorem needs each share's `σ_s ≥ ½`: a variance `σ² < m_h/4`
+    /// (or 0) charges `u64::MAX` at every order — no guarantee claimed.
     pub fn of_mechanism(
         sensitivity_sq: u128,
         variance: u128,
         honest_shares: u32,
         dims: u64,
     ) -> Self {
-        if variance == 0 {
+        if variance == 0 || variance.saturating_mul(4) < honest_shares.max(1) as u128 {
             return Self([u64::MAX; ORDERS.len()]);
         }
         let unit = BigUint::from(UNITS_PER_NAT);
@@ -178,10 +179,12 @@ mod tests {
 
     #[test]
     fn more_shares_with_little_noise_each_cost_the_tau_term() {
-        // σ_s² = 0.1 per share: τ is not negligible, and the bound charges more than S²/(2σ²).
-        let alone = Charge::of_mechanism(100, 10, 1, 1000);
-        let split = Charge::of_mechanism(100, 10, 100, 1000);
+        // σ_s² = 0.3 per share: τ is not negligible, and the bound charges more than S²/(2σ²).
+        let alone = Charge::of_mechanism(100, 30, 1, 1000);
+        let split = Charge::of_mechanism(100, 30, 100, 1000);
         assert!(split.units().iter().zip(alone.units()).all(|(s, a)| s > a));
+        // σ_s² = 0.2 < ¼: outside the theorem, nothing is claimed.
+        assert_eq!(Charge::of_mechanism(100, 20, 100, 1000).units()[0], u64::MAX);
         // With σ_s² = 10^6 the bound's τ term is below a unit: at most one unit more.
         let big = Charge::of_mechanism(1 << 40, 100 << 40, 1, 1 << 20);
         let split = Charge::of_mechanism(1 << 40, 100 << 40, 100, 1 << 20);

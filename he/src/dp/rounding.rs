@@ -90,14 +90,21 @@ fn clip_bound(c: f64) -> f64 {
 /// length ([`Rotation::rotated_len`](super::rotation::Rotation::rotated_len)). A `c` negative
 /// or NaN is taken as 0 (as [`clip_l2`] does); a `β` outside `(0, 1)` gives the second term.
 pub fn inflated_sensitivity_sq(c: f64, d: usize, beta: f64) -> u128 {
+    if !(beta > 0.0 && beta < 1.0) {
+        return inflated_sensitivity_sq_with_tail(c, d, f64::INFINITY);
+    }
+    inflated_sensitivity_sq_with_tail(c, d, (2.0 * (1.0 / beta).ln()).sqrt())
+}
+
+/// [`inflated_sensitivity_sq`] with `√(2 ln(1/β))` given as `tail`: a constant rounded up
+/// (the DP planner's [`DP_ROUNDING_TAIL`](crate::planner::DP_ROUNDING_TAIL)) keeps `ln` — whose
+/// last bit may differ between platforms — out of a bound every party must derive alike;
+/// only `+`, `×`, `√` (correctly rounded in IEEE 754) and `⌈·⌉` remain.
+pub fn inflated_sensitivity_sq_with_tail(c: f64, d: usize, tail: f64) -> u128 {
     let c = clip_bound(c);
     let d = d as f64;
     let always = (c + d.sqrt()).powi(2);
-    if !(beta > 0.0 && beta < 1.0) {
-        return always.ceil() as u128;
-    }
-    let tail = (2.0 * (1.0 / beta).ln()).sqrt() * (c + d.sqrt() / 2.0);
-    let probable = c * c + d / 4.0 + tail;
+    let probable = c * c + d / 4.0 + tail * (c + d.sqrt() / 2.0);
     probable.min(always).ceil() as u128
 }
 

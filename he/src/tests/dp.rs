@@ -47,11 +47,9 @@ fn zero_updates_decrypt_to_noise_of_the_planned_variance() {
     let dp = *p.dp().unwrap();
     // σ² from first principles (KLS21 eq. 18 and the indicator), not from the plan's σ².
     let c = 2f64.powi(dp.grid_log()); // clip bound 1 in grid units
-    let beta = crate::planner::DP_ROUNDING_BETA;
     let dd = d as f64;
-    let rounded = (c * c + dd / 4.0 + (2.0 * (1.0 / beta).ln()).sqrt() * (c + dd.sqrt() / 2.0))
-        .min((c + dd.sqrt()).powi(2))
-        .ceil();
+    let rounded =
+        (c * c + dd / 4.0 + 3.7233 * (c + dd.sqrt() / 2.0)).min((c + dd.sqrt()).powi(2)).ceil();
     let k = (rounded.sqrt() / 8.0).ceil();
     let sigma2 = (z * z * (rounded + k * k)).ceil();
     let expected = clients as f64 * sigma2 / 3.0 / (clients as f64).powi(2) / (c * c);
@@ -145,6 +143,15 @@ fn a_retry_re_derives_the_identical_message_and_another_upload_fresh_noise() {
     let mut again = vec![0u8; (range.end - range.start) as usize];
     e.encrypt_blocks(&x[..], 1..2, &mut again).unwrap();
     assert_eq!(&first.payload[range.start as usize..range.end as usize], &again[..]);
+    // A block produced again from a changed update is refused and wiped, not sent.
+    let mut changed = x.clone();
+    changed[4000] += 0.5;
+    let mut out = vec![1u8; (range.end - range.start) as usize];
+    assert!(matches!(
+        e.encrypt_blocks(&changed[..], 1..2, &mut out),
+        Err(Error::ChangedInput { block: 1 })
+    ));
+    assert!(out.iter().all(|&b| b == 0));
     // Another noise seed (another upload): other noise and other rounding.
     let other = key.encryptor_with_noise_seed_insecure(&setup, None, 43).unwrap();
     assert_ne!(other.encrypt(&x[..]).unwrap().ciphertext.payload, first.payload);
@@ -179,9 +186,28 @@ fn the_planner_sizes_the_width_from_the_sum_bound() {
     assert!(error <= 1.05 * 19.0 * c, "{error} vs {}", 19.0 * c);
     assert_eq!(p.slots(1 << 20), Some((1 << 20) + 1));
     assert_eq!(p.slots(1000), None, "a DP plan is for its own d");
-    // No-DP plans are unchanged: the same digest as before DP existed.
+    // No-DP plans are unchanged.
     let plain = crate::tests::gaussian_plan(&ParameterSet::default_128(), 8, 1e-6);
     assert_eq!(plain.transport().get(), 28);
+}
+
+#[test]
+fn a_plan_whose_charge_is_not_its_mechanisms_is_refused() {
+    let p = dp_plan(4, 100, 1.0, 2, 1);
+    let json = serde_json::to_value(p).unwrap();
+    assert_eq!(serde_json::from_value::<Plan>(json.clone()).unwrap(), p);
+    let mut forged = json.clone();
+    forged["dp_charge"][0] = (forged["dp_charge"][0].as_u64().unwrap() - 1).into();
+    let e = serde_json::from_value::<Plan>(forged).unwrap_err().to_string();
+    assert!(e.contains("dp_charge"), "{e}");
+    let mut missing = json;
+    missing.as_object_mut().unwrap().remove("dp_charge");
+    assert!(serde_json::from_value::<Plan>(missing).unwrap_err().to_string().contains("dp_charge"));
+    // A plan without DP keeps its 67 canonical bytes (its digest as before DP existed); a DP
+    // plan appends 74.
+    let plain = crate::tests::gaussian_plan(&ParameterSet::default_128(), 8, 1e-6);
+    assert_eq!(plain.canonical_bytes().len(), 67);
+    assert_eq!(p.canonical_bytes().len(), 141);
 }
 
 #[test]

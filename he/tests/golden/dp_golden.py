@@ -7,7 +7,8 @@ contributor set, not the charge), the rounds and δ. From them, with the formula
 Liu and Steinke ("The Distributed Discrete Gaussian Mechanism", ICML 2021):
 
 - the rotated length d' (blocks of 2^16, the last padded to a power of two);
-- Δ₂² = ⌈min(c² + d'/4 + √(2 ln(1/β))·(c + √d'/2), (c + √d')²)⌉ (eq. 18), c in grid units;
+- Δ₂² = ⌈min(c² + d'/4 + √(2 ln(1/β))·(c + √d'/2), (c + √d')²)⌉ (eq. 18), c in grid units,
+  √(2 ln(1/β)) rounded up to 3.7233 as the planner does;
 - K = ⌈Δ₂/8⌉ (the clipped-client indicator), S² = Δ₂² + K², σ² = ⌈z²·S²⌉;
 - ρ = S²/(2σ²) + τ·(d' + 1)/4 with τ = 10·Σ_{k=1}^{m_h−1} exp(−2π²(σ²/m_h)·k/(k+1)) (Theorem 2);
 
@@ -28,6 +29,9 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
 ORDERS = [2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256]
 BETA = 1.0 / 1024.0
+# √(2 ln(1/β)) = 3.72329…, rounded up as CryptFlow's planner does (DP_ROUNDING_TAIL).
+TAIL = 3.7233
+assert TAIL >= math.sqrt(2.0 * math.log(1.0 / BETA))
 BLOCK = 1 << 16
 
 CASES = [
@@ -38,6 +42,10 @@ CASES = [
     (2.0, 8, 1000, 5.0, 1, 1, 1000, 1e-7),
     (1.0, 14, 1 << 20, 0.8, 50, 2, 10, 1e-6),
     (0.1, 16, 7, 3.0, 5, 3, 300, 1e-5),
+    # Shares of variance near ½ (σ_s² ≈ 0.5 and 2.6): τ matters, and CryptFlow's rational bound
+    # on it must charge at least the exact ρ (these cases are checked as bounds, not to 1e-6).
+    (1.0, 3, 7, 0.7, 100, 1, 5, 1e-5),
+    (1.0, 3, 7, 1.0, 40, 1, 5, 1e-5),
 ]
 
 
@@ -50,7 +58,7 @@ def case(c, k, d, z, m_h, t_c, rounds, delta):
     cg = c * 2.0**k
     dr = rotated_len(d)
     always = (cg + math.sqrt(dr)) ** 2
-    tail = math.sqrt(2.0 * math.log(1.0 / BETA)) * (cg + math.sqrt(dr) / 2.0)
+    tail = TAIL * (cg + math.sqrt(dr) / 2.0)
     rounded = math.ceil(min(cg * cg + dr / 4.0 + tail, always))
     indicator = math.ceil(math.sqrt(rounded) / 8.0)
     s2 = rounded + indicator**2
@@ -69,6 +77,7 @@ def case(c, k, d, z, m_h, t_c, rounds, delta):
         "clip_bound": c, "grid_log": k, "values": d, "noise_multiplier": z,
         "honest_shares": m_h, "colluders": t_c, "rounds": rounds, "delta": delta,
         "sensitivity_sq": s2, "variance": sigma2, "rho": rho, "epsilon": eps,
+        "tau_bound": tau > 1e-15,
     }
 
 

@@ -76,6 +76,7 @@ pub struct RoundRequest {
     /// sample count, the counts encrypted with the update).
     pub weighting: Weighting,
     /// Values are clipped to `[−clip_bound, clip_bound]` (clipping is reported client-side).
+    /// In a DP round: each update is clipped to L2 norm `clip_bound`.
     pub clip_bound: f64,
     /// Largest acceptable absolute error of a coordinate of the mean. In a DP round: the
     /// coarsest grid step the planner may use (the noise dominates the error).

@@ -41,6 +41,7 @@ __all__ = [
     "Aggregate",
     "Clipping",
     "AlreadySubmittedError",
+    "BudgetError",
     "Client",
     "CommitteeError",
     "ConfigError",
@@ -118,6 +119,11 @@ class AlreadySubmittedError(PolicyError):
     """The journal says this exact update already went to this round: nothing was sent."""
 
 
+class BudgetError(PolicyError):
+    """The round's privacy charge would take this site past its budget (``dp_epsilon`` at
+    ``dp_delta``): nothing was sent. A training stops here."""
+
+
 class VerificationError(CryptflowError):
     """Evidence that the aggregate was tampered with: recomputed from the uploads the members
     signed it differs, an upload does not match its member's signed digest or cannot be
@@ -134,6 +140,7 @@ _KINDS = {
     "committee": CommitteeError,
     "policy": PolicyError,
     "already_submitted": AlreadySubmittedError,
+    "budget": BudgetError,
     "verification": VerificationError,
 }
 
