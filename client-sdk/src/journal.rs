@@ -100,8 +100,61 @@ impl Journal {
                 return Err(ClientError::Config(format!("journal {}: {e}", self.path.display())))
             }
         };
-        // A torn last line after a crash is skipped.
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        // A torn line (a crash in the middle of its one write; the next record starts on a
+        // line of its own) never ends in `}` and is skipped: its submission never reached a
+        // deposit, which waits for the record. Any other line that does not parse is an
+        // error — skipping it could drop a charge from the ledger.
+        let lines: Vec<&str> = text.lines().collect();
+        let mut out = Vec::with_capacity(lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            match serde_json::from_str(l) {
+                Ok(e) => out.push(e),
+                Err(_) if !l.trim_end().ends_with('}') => {}
+                Err(e) => {
+                    return Err(ClientError::Config(format!(
+                        "journal {} line {}: {e} — the journal is this site's privacy ledger and \
+                         record of submissions: restore it from a backup",
+                        self.path.display(),
+                        i + 1
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Holds the journal exclusively (an advisory lock on the file) until dropped: a site's
+    /// submissions to DP rounds check the budget and record their charge under it, so two at
+    /// once cannot both spend what is left. Waits up to `wait`.
+    pub(crate) async fn lock(&self, wait: std::time::Duration) -> Result<std::fs::File> {
+        let fail = |e: std::io::Error| {
+            ClientError::Config(format!("journal {}: {e}", self.path.display()))
+        };
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            cryptflow_services::private_fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let file = cryptflow_services::private_fs::options()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(fail)?;
+        let start = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(ClientError::Config(format!(
+                        "journal {}: another submission of this site held it for {:.0} s",
+                        self.path.display(),
+                        wait.as_secs_f64()
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+            }
+        }
     }
 
     /// The site's spend so far.
@@ -167,7 +220,12 @@ impl Journal {
             .append(true)
             .open(&self.path)
             .map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))?;
-        writeln!(f, "{line}")
+        // One write of the whole line (after a newline if a crash left a torn one), synced
+        // before the deposits it precedes.
+        let torn = std::fs::read(&self.path).map(|b| b.last().is_some_and(|&c| c != b'\n'));
+        let text = if torn.unwrap_or(false) { format!("\n{line}\n") } else { format!("{line}\n") };
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_data())
             .map_err(|e| ClientError::Config(format!("journal {}: {e}", self.path.display())))
     }
 }
@@ -226,6 +284,25 @@ mod tests {
             .write_all(b"{\"round\":\"r9\",\"upd")
             .unwrap();
         assert_eq!(j.ledger().unwrap().rounds, 2);
+        // The next record starts on a line of its own: nothing recorded is lost.
+        j.record(&RoundId::parse("r10").unwrap(), &Sha256Digest([9; 32]), Some(&c)).unwrap();
+        let l = j.ledger().unwrap();
+        assert_eq!((l.rounds, &l.spent), (3, &c.times(3)));
+        // A corrupt line that is not the last is an error, not a charge dropped.
+        let text = std::fs::read_to_string(&path).unwrap().replacen("{", "{x", 1);
+        std::fs::write(&path, text).unwrap();
+        assert!(matches!(j.ledger(), Err(ClientError::Config(m)) if m.contains("line 1")));
+    }
+
+    #[tokio::test]
+    async fn one_holder_of_the_journal_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path().join("journal.jsonl"));
+        let held = j.lock(std::time::Duration::from_secs(1)).await.unwrap();
+        let e = j.lock(std::time::Duration::from_millis(300)).await.unwrap_err();
+        assert!(e.to_string().contains("another submission"), "{e}");
+        drop(held);
+        assert!(j.lock(std::time::Duration::from_millis(300)).await.is_ok());
     }
 
     #[test]

@@ -391,6 +391,12 @@ impl Client {
         }
         self.check_policy(&verified, &me)?;
         let charge = verified.info.spec.plan.dp().map(|d| d.charge());
+        // A DP round's budget check and its charge happen under the journal's lock: two
+        // submissions at once cannot both spend what is left.
+        let _held = match (&charge, self.inner.policy.dp_budget) {
+            (Some(_), Some(_)) => Some(journal.lock(self.retry().budget).await?),
+            _ => None,
+        };
         self.check_budget(&journal, &verified, charge.as_ref())?;
         let update = update.standard_layout();
         let progress = options.progress.as_ref();

@@ -56,6 +56,50 @@ pub fn key_bound(params: &ParameterSet, contributors: u32) -> f64 {
     TAIL_Z * params.key_std() * (contributors as f64).sqrt()
 }
 
+/// The standard normal CDF `Φ(x)`, from the complementary error function (Numerical Recipes'
+/// `erfcc`, relative error below 1.2·10^-7): for the statistical tests of the noise.
+pub fn normal_cdf(x: f64) -> f64 {
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    if x >= 0.0 {
+        1.0 - erfc / 2.0
+    } else {
+        erfc / 2.0
+    }
+}
+
+/// Whether `samples` pass the Kolmogorov–Smirnov test against `N(0, 1)` at level `alpha`
+/// (asymptotic critical value `√(ln(2/α)/(2n))`); returns the statistic and the verdict.
+///
+/// ```
+/// use cryptflow_he::noise::kolmogorov_smirnov_normal;
+/// let uniform: Vec<f64> = (0..1000).map(|i| i as f64 / 1000.0).collect();
+/// assert!(!kolmogorov_smirnov_normal(&uniform, 1e-6).1);
+/// ```
+pub fn kolmogorov_smirnov_normal(samples: &[f64], alpha: f64) -> (f64, bool) {
+    let mut z = samples.to_vec();
+    z.sort_by(f64::total_cmp);
+    let n = z.len() as f64;
+    let d = z
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let f = normal_cdf(*r);
+            (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
+        })
+        .fold(0.0, f64::max);
+    (d, d < ((2.0 / alpha).ln() / (2.0 * n)).sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

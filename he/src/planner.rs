@@ -713,25 +713,40 @@ pub fn calibrate_noise_multiplier(
     if rounds == 0 {
         return Err(invalid("rounds", "must be at least 1".into()));
     }
-    let within = |z: f64| -> Result<bool, PlanError> {
-        let r = PlanRequest { dp: Some(DpRequest { noise_multiplier: z, ..dp }), ..*request };
-        let p = plan(params, &r)?;
+    // A z the planner refuses (σ² beyond 2^64 on the grid, a width beyond 64 bits) is not
+    // feasible; the request's other fields are checked once, first.
+    let with_z =
+        |z: f64| PlanRequest { dp: Some(DpRequest { noise_multiplier: z, ..dp }), ..*request };
+    plan(params, &with_z(1.0)).map(|_| ()).or_else(|e| match e {
+        PlanError::InvalidRequest { field: "dp.noise_multiplier", .. }
+        | PlanError::Infeasible { .. } => Ok(()),
+        e => Err(e),
+    })?;
+    let within = |z: f64| -> bool {
+        let Ok(p) = plan(params, &with_z(z)) else { return false };
         let charge = p.dp.map(|d| d.charge().times(rounds)).unwrap_or_default();
-        Ok(crate::dp::accounting::epsilon(&charge, delta).is_ok_and(|(e, _)| e <= epsilon))
+        crate::dp::accounting::epsilon(&charge, delta).is_ok_and(|(e, _)| e <= epsilon)
     };
-    let (mut lo, mut hi) = (1e-3, MAX_NOISE_MULTIPLIER);
-    if !within(hi)? {
+    // The largest plannable z (noise grows with it; so do σ² and the width).
+    let mut hi = MAX_NOISE_MULTIPLIER;
+    while plan(params, &with_z(hi)).is_err() && hi > 1e-3 {
+        hi /= 2.0;
+    }
+    if !within(hi) {
         return Err(invalid(
             "dp.epsilon",
-            format!("{epsilon} at δ = {delta} over {rounds} rounds needs a noise multiplier above {MAX_NOISE_MULTIPLIER:e}"),
+            format!(
+                "{epsilon} at δ = {delta} over {rounds} rounds needs more noise than a plannable round carries (noise multiplier above {hi:.3e} for this clip bound, model size and max_clients)"
+            ),
         ));
     }
-    if within(lo)? {
+    let mut lo = 1e-3;
+    if within(lo) {
         return Ok(lo);
     }
     while hi / lo > 1.001 {
         let mid = (lo * hi).sqrt();
-        if within(mid)? {
+        if within(mid) {
             hi = mid;
         } else {
             lo = mid;

@@ -28,11 +28,11 @@ not published yet, or wait timed out; 7 invalid server response or key-manager c
 that does not verify; 8 the aggregate failed verification (not the one the key managers
 recorded, not the sum of the uploads the members signed, an upload withheld from a verifying
 reader, or a mean beyond the clip bound: evidence of tampering); 9 refused by this client's
-policy.
+policy (its privacy budget included).
 
 Connection settings come from --profile FILE (TOML: aggregator, aggregator_token_file,
 committee_file, client_id, key_file, reader, journal_file, min_contributors,
-min_tolerated_colluding_nodes, allow_single_key_manager, ca_file), overridden by the flags and
+min_tolerated_colluding_nodes, allow_single_key_manager, dp_epsilon, dp_delta, ca_file), overridden by the flags and
 their CRYPTFLOW_* environment variables.";
 
 /// CryptFlow: federated averaging of model updates that no server sees in the clear.
@@ -204,9 +204,10 @@ struct CreateArgs {
     /// Values are clipped to ±this.
     #[arg(long, default_value_t = 1.0, value_parser = positive_finite)]
     clip: f64,
-    /// Largest acceptable absolute error of a coordinate of the mean.
-    #[arg(long, default_value_t = 1e-6, value_parser = positive_finite)]
-    max_abs_error: f64,
+    /// Largest acceptable absolute error of a coordinate of the mean (default 1e-6); with
+    /// --l2-clip, the coarsest grid step (default: the planner's choice).
+    #[arg(long, value_parser = positive_finite)]
+    max_abs_error: Option<f64>,
     /// Distributed differential privacy: clip each update to this L2 norm (replaces --clip;
     /// needs --dp-noise-multiplier or --dp-epsilon).
     #[arg(long, value_parser = positive_finite)]
@@ -532,7 +533,7 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
         deadline_in_secs,
         weighting,
         clip_bound: args.clip,
-        max_abs_error: args.max_abs_error,
+        max_abs_error: args.max_abs_error.unwrap_or(1e-6),
         dp: None,
     };
     if let Some(c) = args.l2_clip {
@@ -542,9 +543,14 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
             honest_shares: honest,
             colluders: args.dp_colluders,
         };
-        // The grid is the planner's choice: the error of a DP mean is its noise.
+        // The grid is the planner's choice unless asked: the error of a DP mean is its noise.
         request.clip_bound = c;
-        request.max_abs_error = c;
+        request.max_abs_error = args.max_abs_error.unwrap_or(c);
+        if args.dp_colluders == 0 || honest == 0 {
+            return Err(CliError::usage(
+                "--dp-colluders and --dp-honest-shares must be at least 1 (max_clients − colluders by default)",
+            ));
+        }
         match (args.dp_noise_multiplier, args.dp_epsilon) {
             (Some(_), _) => {}
             (None, Some(eps)) => {
@@ -555,7 +561,7 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
                 let plan = cryptflow_he::planner::PlanRequest {
                     max_clients,
                     clip_bound: c,
-                    max_abs_error: c,
+                    max_abs_error: request.max_abs_error,
                     weighting: request.weighting,
                     dp: Some(cryptflow_he::planner::DpRequest {
                         noise_multiplier: 1.0,
@@ -571,7 +577,9 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
                     args.dp_delta,
                     args.dp_rounds,
                 )
-                .map_err(|e| CliError::usage(format!("--dp-epsilon: {e}")))?;
+                .map_err(|e| {
+                    CliError::usage(format!("calibrating the noise for --dp-epsilon: {e}"))
+                })?;
             }
             (None, None) => {
                 return Err(CliError::usage(

@@ -27,7 +27,7 @@ pub enum Exit {
     /// 8: the aggregate failed verification: evidence of tampering.
     Verification = 8,
     /// 9: this client's policy refuses the round (too few contributors, a peer not allowed,
-    /// an update already submitted to another round).
+    /// an update already submitted to another round, a round past the site's privacy budget).
     Policy = 9,
 }
 

@@ -84,7 +84,7 @@ pub struct Site {
     allow_single_key_manager: Option<bool>,
     /// This site's privacy budget ε (with --dp-delta): refuse a round whose charge would take
     /// the journal's spend past it, and every round without DP.
-    #[arg(long, env = "CRYPTFLOW_DP_EPSILON", requires = "dp_delta", value_parser = crate::positive_finite)]
+    #[arg(long, env = "CRYPTFLOW_DP_EPSILON", value_parser = crate::positive_finite)]
     dp_epsilon: Option<f64>,
     /// The δ of the budget (in (0, 1)).
     #[arg(long, env = "CRYPTFLOW_DP_DELTA", value_parser = crate::positive_finite)]
@@ -224,8 +224,9 @@ impl Site {
             (Some(e), Some(d)) => {
                 policy.dp_budget = Some(DpBudget::try_new(e, d).map_err(CliError::from)?);
             }
-            (None, None) | (None, Some(_)) => {}
+            (None, None) => {}
             (Some(_), None) => return Err(CliError::usage("dp_epsilon needs dp_delta")),
+            (None, Some(_)) => return Err(CliError::usage("dp_delta needs dp_epsilon")),
         }
         builder.policy(policy).build().map_err(CliError::from)
     }

@@ -138,7 +138,9 @@ impl NativeClient {
     #[pyo3(signature = (
         aggregator, *, token=None, committee_toml=None, client_id=None, key_pem=None,
         reader=false, journal=None, min_contributors=3, min_tolerated_colluding_nodes=1,
-        allow_single_key_manager=false, retry_budget_secs=120.0, ca_pem=None, verify="auto"
+        allow_single_key_manager=false, retry_budget_secs=120.0, ca_pem=None, verify="auto",
+        dp_epsilon=None, dp_delta=None, require_dp=false, min_dp_colluders=1,
+        min_dp_honest_shares=1
     ))]
     fn new(
         aggregator: &str,
@@ -154,6 +156,11 @@ impl NativeClient {
         retry_budget_secs: f64,
         ca_pem: Option<String>,
         verify: &str,
+        dp_epsilon: Option<f64>,
+        dp_delta: Option<f64>,
+        require_dp: bool,
+        min_dp_colluders: u32,
+        min_dp_honest_shares: u32,
     ) -> PyResult<Self> {
         let verify = match verify {
             "auto" => Verify::Auto,
@@ -196,11 +203,20 @@ impl NativeClient {
                 "min_contributors = {min_contributors}: must be at least 2"
             )));
         }
+        let dp_budget = match (dp_epsilon, dp_delta) {
+            (Some(e), Some(d)) => Some(cryptflow_client::DpBudget::try_new(e, d).map_err(error)?),
+            (None, None) => None,
+            _ => return Err(config("dp_epsilon and dp_delta go together")),
+        };
         b = b.policy(ClientPolicy {
             min_contributors,
             min_tolerated_colluding_nodes,
             allow_single_key_manager,
             verify,
+            require_dp,
+            min_dp_colluders,
+            min_dp_honest_shares,
+            dp_budget,
             ..ClientPolicy::default()
         });
         b = b.retry(RetryPolicy {
@@ -308,6 +324,19 @@ impl NativeClient {
         .to_string())
     }
 
+    /// This site's privacy ledger as JSON: DP rounds, the summed charge, ε at `delta`.
+    fn ledger(&self, delta: f64) -> PyResult<String> {
+        let l = self.client.ledger().map_err(error)?;
+        let eps = l.epsilon(delta).map_err(error)?;
+        Ok(serde_json::json!({
+            "dp_rounds": l.rounds,
+            "delta": delta,
+            "epsilon_spent": eps,
+            "rdp_units": l.spent.units().to_vec(),
+        })
+        .to_string())
+    }
+
     /// The mean, flat (float64, in layout order), and what came with it as JSON.
     #[pyo3(signature = (round, progress=None))]
     fn fetch_mean<'py>(
@@ -358,6 +387,12 @@ impl NativeClient {
                             Verification::NotVerified(why) => serde_json::json!({ "not_verified": why }),
                         },
                         "bytes": a.bytes,
+                        "dp": a.dp.as_ref().map(|d| serde_json::json!({
+                            "noise_std": d.noise_std,
+                            "rounding_std": d.rounding_std,
+                            "clipped_contributions": d.clipped_contributions,
+                            "clipped_contributions_std": d.clipped_contributions_std,
+                        })),
                     });
                     Ok::<_, ClientError>((info.to_string(), flat))
                 })
@@ -390,10 +425,56 @@ fn largest_clip_bound(
 }
 
 /// The module.
+/// The smallest noise multiplier with which `rounds` DP rounds of `values` values clipped to
+/// L2 norm `l2_clip` (grid step at most `max_abs_error`), of at most `max_clients`
+/// contributions, sized for `honest_shares` shares against `colluders`, cost each contributor
+/// at most `epsilon` at `delta`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn calibrate_noise_multiplier(
+    max_clients: u32,
+    l2_clip: f64,
+    max_abs_error: f64,
+    values: u64,
+    honest_shares: u32,
+    colluders: u32,
+    epsilon: f64,
+    delta: f64,
+    rounds: u64,
+) -> PyResult<f64> {
+    use cryptflow_he::planner::{DpRequest, PlanRequest, Weighting};
+    let request = PlanRequest {
+        max_clients,
+        clip_bound: l2_clip,
+        max_abs_error,
+        weighting: Weighting::Uniform,
+        dp: Some(DpRequest { noise_multiplier: 1.0, honest_shares, colluders, values }),
+    };
+    cryptflow_he::planner::calibrate_noise_multiplier(
+        &cryptflow_he::ParameterSet::default_128(),
+        &request,
+        epsilon,
+        delta,
+        rounds,
+    )
+    .map_err(|e| input(e.to_string()))
+}
+
+/// `ε` at `delta` of a charge (a round's `spec.plan.dp_charge`, or a ledger's `rdp_units`).
+#[pyfunction]
+fn dp_epsilon(units: Vec<u64>, delta: f64) -> PyResult<f64> {
+    let charge = cryptflow_he::dp::accounting::Charge::try_from(units).map_err(input)?;
+    cryptflow_he::dp::accounting::epsilon(&charge, delta)
+        .map(|(e, _)| e)
+        .map_err(|e| input(format!("delta: {e}")))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
     m.add_function(wrap_pyfunction!(largest_clip_bound, m)?)?;
+    m.add_function(wrap_pyfunction!(calibrate_noise_multiplier, m)?)?;
+    m.add_function(wrap_pyfunction!(dp_epsilon, m)?)?;
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     Ok(())

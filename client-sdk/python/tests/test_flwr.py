@@ -110,6 +110,25 @@ def test_a_train_reply_carries_metrics_and_the_receipt_only(stack, tmp_path):
     assert np.abs(agg.mean["w"] - exact).max() <= agg.max_abs_error
 
 
+def test_a_dp_rounds_reply_carries_the_receipt_and_nothing_else(stack, tmp_path):
+    # Issue #26: a sample count or a loss in the reply travels unnoised.
+    w = {"w": WEIGHTS["w"]}
+    admin(stack).create_round("py-mod-dp", clients=["site-0", "site-1", "site-2"], like=w,
+                              dp={"noise_multiplier": 1.0, "honest_shares": 2, "colluders": 1})
+    for i in range(3):
+        mod = SecureAggregationMod(lambda ctx, i=i: site(stack, f"site-{i}", journal_file=tmp_path / f"dp{i}.j"))
+        r = mod(message(round_id="py-mod-dp", weights=w), context(), train)
+        assert not r.has_error(), r.error
+        assert len(r.content.array_records) == 0
+        assert list(r.content["metrics"].keys()) == []
+        assert r.content["cryptflow"]["round"] == "py-mod-dp"
+    reader = site(stack, "server-app")
+    reader.wait_for_aggregate("py-mod-dp", timeout=60)
+    agg = reader.fetch_mean("py-mod-dp", dtype=np.float64)
+    assert agg.dp["noise_std"] > 0
+    assert np.abs(agg.mean["w"] - 0.25).max() <= agg.max_abs_error
+
+
 def train_steps(msg, ctx):
     """A train function: float weights + 0.25, integer buffers + 3 (steps taken), 10 examples."""
     new = {k: Array(np.asarray(a + 0.25 if a.dtype.kind == "f" else a + 3))

@@ -89,44 +89,13 @@ fn the_mean_is_right_up_to_the_noise_and_clipping_is_reported_noised() {
     let mean = out.mean::<f64>();
     let std = (report.noise_std.powi(2) + report.rounding_std.powi(2)).sqrt();
     let bound = out.error_bound();
-    let mut residuals: Vec<f64> = mean.iter().zip(&truth).map(|(m, t)| (m - t) / std).collect();
+    let residuals: Vec<f64> = mean.iter().zip(&truth).map(|(m, t)| (m - t) / std).collect();
     assert!(mean.iter().zip(&truth).all(|(m, t)| (m - t).abs() <= bound));
     // Standardized residuals are N(0, 1): Kolmogorov–Smirnov at α = 10^-6.
-    residuals.sort_by(f64::total_cmp);
-    let n = residuals.len() as f64;
-    let ks = residuals
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let f = normal_cdf(*r);
-            (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
-        })
-        .fold(0.0, f64::max);
-    assert!(ks < (-(1e-6f64 / 2.0).ln() / (2.0 * n)).sqrt(), "KS statistic {ks}");
+    let (ks, pass) = crate::noise::kolmogorov_smirnov_normal(&residuals, 1e-6);
+    assert!(pass, "KS statistic {ks}");
     // One contribution was clipped; the reader sees it only through the noised indicator.
     assert!((report.clipped_contributions - 1.0).abs() < 6.0 * report.clipped_contributions_std);
-}
-
-/// The standard normal CDF, from the complementary error function (Numerical Recipes'
-/// `erfcc`, relative error below 1.2·10^-7).
-fn normal_cdf(x: f64) -> f64 {
-    let z = x.abs() / std::f64::consts::SQRT_2;
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let erfc = t
-        * (-z * z - 1.26551223
-            + t * (1.00002368
-                + t * (0.37409196
-                    + t * (0.09678418
-                        + t * (-0.18628806
-                            + t * (0.27886807
-                                + t * (-1.13520398
-                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-            .exp();
-    if x >= 0.0 {
-        1.0 - erfc / 2.0
-    } else {
-        erfc / 2.0
-    }
 }
 
 #[test]
@@ -208,6 +177,36 @@ fn a_plan_whose_charge_is_not_its_mechanisms_is_refused() {
     let plain = crate::tests::gaussian_plan(&ParameterSet::default_128(), 8, 1e-6);
     assert_eq!(plain.canonical_bytes().len(), 67);
     assert_eq!(p.canonical_bytes().len(), 141);
+}
+
+#[test]
+fn calibration_works_for_large_models_and_names_what_cannot_be_met() {
+    use crate::planner::calibrate_noise_multiplier;
+    let params = ParameterSet::default_128();
+    // d = 2^23: at z = 10^6 σ² passes 2^64; calibration must not stop there.
+    let r = PlanRequest {
+        max_clients: 100,
+        clip_bound: 1.0,
+        max_abs_error: 1.0,
+        weighting: Weighting::Uniform,
+        dp: Some(DpRequest {
+            noise_multiplier: 1.0,
+            honest_shares: 99,
+            colluders: 1,
+            values: 1 << 23,
+        }),
+    };
+    let z = calibrate_noise_multiplier(&params, &r, 3.0, 1e-6, 100).unwrap();
+    assert!(z > 1.0 && z < 100.0, "{z}");
+    // ε = 10^-9 over 10^6 rounds needs more noise than any plannable round carries.
+    let e = calibrate_noise_multiplier(&params, &r, 1e-9, 1e-6, 1_000_000).unwrap_err();
+    assert!(e.to_string().contains("dp.epsilon"), "{e}");
+    for (eps, delta, rounds, field) in
+        [(0.0, 1e-6, 1, "dp.epsilon"), (1.0, 1.0, 1, "dp.delta"), (1.0, 1e-6, 0, "rounds")]
+    {
+        let e = calibrate_noise_multiplier(&params, &r, eps, delta, rounds).unwrap_err();
+        assert!(e.to_string().contains(field), "{field}: {e}");
+    }
 }
 
 #[test]

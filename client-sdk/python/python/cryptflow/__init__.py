@@ -42,6 +42,7 @@ __all__ = [
     "Clipping",
     "AlreadySubmittedError",
     "BudgetError",
+    "round_epsilon",
     "Client",
     "CommitteeError",
     "ConfigError",
@@ -267,6 +268,26 @@ def _verify_arg(verify: Union[str, int]) -> str:
     return f"spans:{n}"
 
 
+def _number(value: Any, argument: str, error: type) -> float:
+    """A real argument (not a bool); its range is checked where it is used, naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise error(f"{argument} = {value!r}: must be a number")
+    return float(value)
+
+
+def _flag(value: Any, argument: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{argument} = {value!r}: must be True or False")
+    return value
+
+
+def _u32(value: Any, argument: str, low: int, error: type = None) -> int:
+    v = _whole(value, argument, low=low, error=error)
+    if v > 2**32 - 1:
+        raise (error or InputError)(f"{argument} = {v}: must be at most {2**32 - 1}")
+    return v
+
+
 def _positive(value: Any, argument: str) -> float:
     """A finite real argument above zero."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
@@ -355,6 +376,12 @@ class Aggregate:
             them — a deterrent, not a proof. ``None`` otherwise.
         detection_probability: see ``sampled_spans``.
         not_verified: why the aggregate was not verified at all (``None`` when it was).
+        dp: in a differentially private round, ``{"noise_std", "rounding_std",
+            "clipped_contributions", "clipped_contributions_std"}`` — the standard deviation of
+            each value's noise, and the noised count of contributions clipping scaled (the only
+            clipping signal of a DP round; ``clipping`` then holds it rounded). ``max_abs_error``
+            is then a bound each value exceeds with probability at most 2^-128, not a
+            guarantee. ``None`` otherwise.
         info: everything else the native client reported (round, transcript, bytes).
     """
 
@@ -368,7 +395,17 @@ class Aggregate:
     sampled_spans: Optional[int] = None
     detection_probability: Optional[float] = None
     not_verified: Optional[str] = None
+    dp: Optional[Dict[str, float]] = None
     info: Dict[str, Any] = field(default_factory=dict)
+
+
+def round_epsilon(round_info: Mapping[str, Any], delta: float = 1e-5) -> Optional[float]:
+    """The ε (at ``delta``) one DP round charges each contributor, from its signed plan
+    (``round_info`` as :meth:`Client.round` returns it); ``None`` for a round without DP."""
+    charge = round_info["spec"]["plan"].get("dp_charge")
+    if charge is None:
+        return None
+    return _call(_native.dp_epsilon, list(charge), _number(delta, "delta", InputError))
 
 
 class Client:
@@ -407,10 +444,19 @@ class Client:
             deterrent, not a proof) or ``"off"``. A mismatch, or an upload the aggregator does
             not serve, raises :class:`VerificationError`. Whatever this says, the aggregate
             must be the one the key managers recorded with the set.
+        dp_epsilon, dp_delta: this site's privacy budget (``docs/differential-privacy.md``):
+            :meth:`submit` refuses, with :class:`BudgetError`, a round whose charge would take
+            the spend its journal records (every DP round it uploaded to, in any training) past
+            ``dp_epsilon`` at ``dp_delta``, and — with a budget — any round without DP
+            (:class:`PolicyError`). :meth:`ledger` shows the spend.
+        require_dp: refuse rounds without differential privacy (:class:`PolicyError`).
+        min_dp_colluders, min_dp_honest_shares: refuse DP rounds whose noise withstands fewer
+            colluding members (``t_c``) or is sized for fewer honest shares (``m_h``).
 
     Raises:
-        ConfigError: a bad URL, unreadable file, malformed committee file or key, or a
-            ``verify`` other than the above.
+        ConfigError: a bad URL, unreadable file, malformed committee file or key, a
+            ``verify`` other than the above, or a budget with ``dp_epsilon ≤ 0`` or
+            ``dp_delta`` outside ``(0, 1)`` (or one without the other).
     """
 
     def __init__(
@@ -430,6 +476,11 @@ class Client:
         retry_budget: float = 120.0,
         ca_file: Optional[Union[str, os.PathLike]] = None,
         verify: Union[str, int] = "auto",
+        dp_epsilon: Optional[float] = None,
+        dp_delta: Optional[float] = None,
+        require_dp: bool = False,
+        min_dp_colluders: int = 1,
+        min_dp_honest_shares: int = 1,
     ) -> None:
         if token is not None and token_file is not None:
             raise ConfigError("give token or token_file, not both")
@@ -447,6 +498,7 @@ class Client:
             raise ConfigError(f"allow_single_key_manager = {allow_single_key_manager!r}: must be True or False")
         if isinstance(retry_budget, bool) or not isinstance(retry_budget, numbers.Real):
             raise ConfigError(f"retry_budget = {retry_budget!r}: must be a number of seconds")
+        self._dp_delta = dp_delta
         #: The journal file, if any (:meth:`submit` requires one).
         self.journal_file: Optional[str] = os.fspath(journal_file) if journal_file is not None else None
         self._native = _call(
@@ -464,6 +516,11 @@ class Client:
             retry_budget_secs=float(retry_budget),
             ca_pem=_read(ca_file, "ca_file"),
             verify=_verify_arg(verify),
+            dp_epsilon=None if dp_epsilon is None else _number(dp_epsilon, "dp_epsilon", ConfigError),
+            dp_delta=None if dp_delta is None else _number(dp_delta, "dp_delta", ConfigError),
+            require_dp=_flag(require_dp, "require_dp"),
+            min_dp_colluders=_u32(min_dp_colluders, "min_dp_colluders", low=1, error=ConfigError),
+            min_dp_honest_shares=_u32(min_dp_honest_shares, "min_dp_honest_shares", low=1, error=ConfigError),
         )
 
     # -- rounds (operators) ---------------------------------------------------------------
@@ -482,8 +539,9 @@ class Client:
         min_count: int = 1,
         max_count: Optional[int] = None,
         clip: float = 1.0,
-        max_abs_error: float = 1e-6,
+        max_abs_error: Optional[float] = None,
         pass_integers: bool = False,
+        dp: Optional[Mapping[str, Any]] = None,
     ) -> Dict[str, Any]:
         """Creates a round (admin token): the aggregator plans it and registers it with the key
         managers.
@@ -500,9 +558,18 @@ class Client:
                 between ``min_count`` and ``max_count`` — required: a site with more samples
                 cannot contribute —, encrypted with the values; the wider the range, the more
                 bits per value).
-            clip: values are clipped to ±clip.
-            max_abs_error: the largest acceptable absolute error of a value of the mean.
+            clip: values are clipped to ±clip; in a DP round, each update to L2 norm ``clip``.
+            max_abs_error: the largest acceptable absolute error of a value of the mean
+                (default 1e-6); in a DP round, the coarsest grid step (default: the planner's
+                choice — the noise is the error).
             pass_integers: with ``like``, leave its integer tensors out of the round.
+            dp: differential privacy of the mean (``docs/differential-privacy.md``), a dict:
+                ``noise_multiplier`` — or ``epsilon`` with ``delta`` (default 1e-5) and
+                ``rounds`` (default 1): the smallest noise with which that many rounds like
+                this one cost each site at most ``epsilon`` —, ``colluders`` (``t_c``, default
+                1) and ``honest_shares`` (``m_h``, default ``max_clients − colluders``). Each
+                site adds a discrete-Gaussian share; key managers never record a set of fewer
+                than ``m_h + t_c``. Weighting must be ``"uniform"``.
 
         Returns:
             The round as a dict (its ``spec`` holds the plan and the mask seed).
@@ -531,18 +598,69 @@ class Client:
             raise InputError(f"weighting {weighting!r}: use 'uniform' or 'samples'")
         if weighting == "uniform" and max_count is not None:
             raise InputError("max_count: applies to weighting='samples' only")
+        max_n = _whole(max_clients if max_clients is not None else n, "max_clients")
         request = {
             "round_id": round_id,
             "layout": layout,
             "clients": list(clients),
             "min_clients": _whole(min_clients if min_clients is not None else n, "min_clients"),
-            "max_clients": _whole(max_clients if max_clients is not None else n, "max_clients"),
+            "max_clients": max_n,
             "deadline_in_secs": _whole(deadline_in, "deadline_in", low=1),
             "weighting": w,
             "clip_bound": _positive(clip, "clip"),
-            "max_abs_error": _positive(max_abs_error, "max_abs_error"),
+            "max_abs_error": _positive(max_abs_error if max_abs_error is not None else 1e-6, "max_abs_error"),
         }
+        if dp is not None:
+            if max_abs_error is None:
+                request["max_abs_error"] = request["clip_bound"]
+            request["dp"] = self._dp_options(dp, request, max_n)
         return json.loads(_call(self._native.create_round, json.dumps(request)))
+
+    @staticmethod
+    def _dp_options(dp: Mapping[str, Any], request: Dict[str, Any], max_n: int) -> Dict[str, Any]:
+        if not isinstance(dp, Mapping):
+            raise InputError(f"dp = {dp!r}: must be a dict (noise_multiplier or epsilon, colluders, honest_shares)")
+        known = {"noise_multiplier", "epsilon", "delta", "rounds", "colluders", "honest_shares"}
+        unknown = sorted(set(dp) - known)
+        if unknown:
+            raise InputError(f"dp: unknown key(s) {unknown}; known: {sorted(known)}")
+        colluders = _u32(dp.get("colluders", 1), "dp['colluders']", low=1)
+        honest = _u32(dp.get("honest_shares", max(max_n - colluders, 1)), "dp['honest_shares']", low=1)
+        if ("noise_multiplier" in dp) == ("epsilon" in dp):
+            raise InputError("dp: give exactly one of noise_multiplier and epsilon")
+        if "noise_multiplier" in dp:
+            if "delta" in dp or "rounds" in dp:
+                raise InputError("dp: delta and rounds go with epsilon (they calibrate the noise), not with noise_multiplier")
+            z = _positive(dp["noise_multiplier"], "dp['noise_multiplier']")
+        else:
+            delta = _positive(dp.get("delta", 1e-5), "dp['delta']")
+            if delta >= 1:
+                raise InputError(f"dp['delta'] = {delta!r}: must be in (0, 1)")
+            layout = request["layout"]
+            values = layout["dimension"] if "dimension" in layout else sum(
+                int(np.prod(t["shape"], dtype=np.int64)) for t in layout["tensors"])
+            z = _call(
+                _native.calibrate_noise_multiplier, _u32(max_n, "max_clients", low=1), request["clip_bound"],
+                request["max_abs_error"], values, honest, colluders,
+                _positive(dp["epsilon"], "dp['epsilon']"), delta,
+                _whole(dp.get("rounds", 1), "dp['rounds']", low=1),
+            )
+        return {"noise_multiplier": z, "honest_shares": honest, "colluders": colluders}
+
+    def ledger(self, delta: Optional[float] = None) -> Dict[str, Any]:
+        """This site's privacy ledger, from its journal: ``dp_rounds`` (DP rounds it uploaded
+        to, in any training), ``epsilon_spent`` at ``delta`` (default: the budget's δ, else
+        1e-5), ``delta``, and ``rdp_units`` (the summed charge at the accountant's orders, in
+        2^-32 nats).
+
+        Raises:
+            ConfigError: no journal, or ``delta`` outside ``(0, 1)``."""
+        if delta is None:
+            delta = self._dp_delta if self._dp_delta is not None else 1e-5
+        delta = _number(delta, "delta", ConfigError)
+        if not 0 < delta < 1:
+            raise ConfigError(f"delta = {delta!r}: must be in (0, 1)")
+        return json.loads(_call(self._native.ledger, delta))
 
     def round(self, round_id: str) -> Dict[str, Any]:
         """The round: request, spec (plan, seed), state, uploads, key managers' echoes and,
@@ -727,6 +845,7 @@ class Client:
             sampled_spans=info["verification"].get("sampled_spans"),
             detection_probability=info["verification"].get("detection_probability"),
             not_verified=info["verification"].get("not_verified"),
+            dp=info.get("dp"),
             info=info,
         )
 

@@ -15,7 +15,10 @@ Two pieces replace plaintext FedAvg without changing the user's train function:
 The ServerApp therefore learns the mean — what FedAvg publishes anyway — and nothing about any
 single client's update; the aggregator learns nothing at all. **What the ServerApp does see in
 the clear**: the train function's reply metrics (``num-examples``, losses, anything it puts in
-its ``MetricRecord``) and the upload receipt.
+its ``MetricRecord``) and the upload receipt — except in a round with differential privacy
+(``docs/differential-privacy.md``), where the mod replies with the receipt alone and submits
+without a sample count (the strategy cannot yet create such rounds: create them with
+:meth:`cryptflow.Client.create_round`'s ``dp=``).
 
 Models: the arrays are whatever the app sends — numpy arrays or a PyTorch model's
 ``state_dict()`` (``ArrayRecord(model.state_dict())``). Every tensor keeps its shape and dtype
@@ -64,7 +67,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from . import Aggregate, Client, CryptflowError, PolicyError, _c_contiguous
+from . import Aggregate, BudgetError, Client, CryptflowError, PolicyError, _c_contiguous
 
 __all__ = ["INTEGERS_KEY", "ROUND_KEY", "AdaptiveClip", "CryptflowFedAvg", "RoundFailedError", "SecureAggregationMod"]
 
@@ -194,9 +197,6 @@ class SecureAggregationMod:
         if list(trained) != list(received):
             return _error_reply(msg, "CryptFlow: the returned arrays differ in names from those received")
         metrics = next(iter(out.content.metric_records.values()), MetricRecord())
-        if self._count_key not in metrics:
-            return _error_reply(msg, f"CryptFlow: the train reply has no `{self._count_key}` metric")
-        count = int(metrics[self._count_key])
         for name in received:
             if trained[name].shape != received[name].shape or trained[name].dtype != received[name].dtype:
                 return _error_reply(
@@ -214,8 +214,17 @@ class SecureAggregationMod:
                     msg, "CryptFlow: this site's cryptflow.Client has no journal_file; without one the same "
                     "update could be submitted to two rounds (refused)"
                 )
+            dp_round = "dp" in client.round(round_id)["spec"]["plan"]
+            count = None
+            if not dp_round:
+                if self._count_key not in metrics:
+                    return _error_reply(msg, f"CryptFlow: the train reply has no `{self._count_key}` metric")
+                count = int(metrics[self._count_key])
             result = client.submit(round_id, update, count=count, pass_integers=integers == "keep",
                                    experiment=self._experiment)
+        except BudgetError:
+            # The site's spend is its own business: the ServerApp learns only that it stopped.
+            return _error_reply(msg, "CryptFlow: BudgetError: this site's privacy budget does not cover the round")
         except PolicyError as e:
             hint = " — for a re-run of an experiment, give SecureAggregationMod a new `experiment`" \
                 if "already submitted" in str(e) else ""
@@ -225,6 +234,10 @@ class SecureAggregationMod:
         # No clipping count of this site's own: per-site information is what secure aggregation
         # hides; the count over all sites comes with the mean.
         receipt = ConfigRecord({"round": round_id, "upload-sha256": str(result["receipt"]["upload_sha256"])})
+        if dp_round:
+            # In a differentially private round nothing but the receipt leaves the site: a
+            # sample count or a loss travels unnoised and would undo the mean's privacy.
+            return Message(RecordDict({"metrics": MetricRecord(), "cryptflow": receipt}), reply_to=msg)
         return Message(RecordDict({"metrics": MetricRecord(dict(metrics)), "cryptflow": receipt}), reply_to=msg)
 
 
