@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let params = ParameterSet::toy_insecure();
     let Ok(p) = plan(
         &params,
-        &PlanRequest { max_clients: 4, clip_bound: 1.0, max_abs_error: 1e-3, weighting: Weighting::Uniform },
+        &PlanRequest { max_clients: 4, clip_bound: 1.0, max_abs_error: 1e-3, weighting: Weighting::Uniform, dp: None },
     ) else {
         return;
     };
